@@ -1,5 +1,32 @@
-"""deconvnet: Zeiler & Fergus (ECCV 2014) deconvnet visualisations for torchvision VGG16 and AlexNet."""
+"""deconvnet: Zeiler & Fergus (ECCV 2014) deconvnet visualisations for torchvision VGG16 and AlexNet.
+
+    model = deconvnet.load_model("vgg16")                      # pretrained if cached, else random
+    x = deconvnet.load_image("cat", model)                     # [1, 3, 224, 224]
+    r = deconvnet.reconstruct(model, x, stage=3, keep="max")   # [1, 3, 224, 224]
+"""
 
 from deconvnet.architecture import STAGES, Stage, stage, stages
+from deconvnet.display import save_png, tile_grid, to_display
+from deconvnet.geometry import ReceptiveField, min_input_size, receptive_field
+from deconvnet.images import denormalize, load_image, preprocess, sample_names, to_pil
+from deconvnet.mirror import RULES, Mirror, Seeds, unpool
+from deconvnet.models import (
+    Preprocessing,
+    WeightsInfo,
+    WeightsUnavailableError,
+    class_names,
+    load_model,
+    model_name,
+    preprocessing,
+    supported_models,
+    weights_info,
+)
+from deconvnet.reconstruct import reconstruct
 
-__all__ = ["STAGES", "Stage", "stage", "stages"]
+__all__ = [
+    "RULES", "STAGES", "Mirror", "Preprocessing", "ReceptiveField", "Seeds", "Stage",
+    "WeightsInfo", "WeightsUnavailableError", "class_names", "denormalize", "load_image",
+    "load_model", "min_input_size", "model_name", "preprocess", "preprocessing",
+    "receptive_field", "reconstruct", "sample_names", "save_png", "stage", "stages",
+    "supported_models", "tile_grid", "to_display", "to_pil", "unpool", "weights_info",
+]

@@ -77,7 +77,7 @@ def _channels_before(layers: list[nn.Module], index: int) -> int:
 
 def stages(model: nn.Module) -> list[Stage]:
     """The five paper layers of `model` with their feature index, name and channel count."""
-    layers = list(model.features)
+    layers = list(features_of(model))
     out = []
     for number, index in enumerate(_stage_indices(model), start=1):
         kind = type(layers[index]).__name__

@@ -1,0 +1,317 @@
+"""The deconvnet of Fig. 1: a mirror of `model.features` up to a stage, run from the top down.
+
+For each forward module, walking backwards from the stage, the mirror has one stage:
+
+    forward Conv2d     ->  TiedTransposedConv  (the SAME weight tensor, no bias, exact output size)
+    forward ReLU       ->  BackwardReLU        (rule: deconvnet | backprop | guided)
+    forward MaxPool2d  ->  Unpool              (switches of THIS image; colliding switches summed)
+
+`Mirror.record` runs the forward pass once and keeps what the mirror needs (switches, ReLU masks);
+`Mirror.project` sends any number of seeds down from that one record. Every signal lives in a
+window of its level (`deconvnet.windows.Region`): a single-unit seed only ever touches its
+receptive field, so the mirror computes there and nowhere else; a whole map is a window too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deconvnet.geometry import level_sizes, spans, stage_layers, windows
+from deconvnet.windows import Region, fit_to_map, gather_window, reframe
+
+RULES = ("deconvnet", "backprop", "guided")
+
+
+def check_rule(rule: object) -> str:
+    """The rule name, or ValueError listing the accepted ones."""
+    if not isinstance(rule, str) or rule not in RULES:
+        raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    return rule
+
+
+@dataclass
+class ForwardRecord:
+    """What one forward pass through `features[: stage index + 1]` leaves for the mirror.
+
+    sizes: [(H_i, W_i)] map size before module i (index len(layers) = the stage output)
+    switches: module index -> [B, C, h, w] int64, flat argmax positions into the (H_i * W_i) map
+    switch_masks: module index -> [B, C, H_i, W_i] bool, True at the switches (non-overlapping
+        pooling only: there every input position belongs to at most one window)
+    masks: module index -> [B, C, h, w] bool, forward input of that ReLU > 0
+    output: [B, C, h, w] the stage output
+    """
+
+    sizes: list[tuple[int, int]]
+    output: Tensor
+    switches: dict[int, Tensor] = field(default_factory=dict)
+    switch_masks: dict[int, Tensor] = field(default_factory=dict)
+    masks: dict[int, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Seeds:
+    """Single activations to project: image, channel, y, x [K] int64 (CPU); value [K] (any device)."""
+
+    image: Tensor
+    channel: Tensor
+    y: Tensor
+    x: Tensor
+    value: Tensor
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def __getitem__(self, part: slice) -> "Seeds":
+        return Seeds(self.image[part], self.channel[part], self.y[part], self.x[part],
+                     self.value[part])
+
+
+def unpool(pooled: Tensor, switches: Tensor, size: tuple[int, int]) -> Tensor:
+    """Exact adjoint of max-pool selection on whole maps.
+
+    pooled, switches [N, C, h, w] -> [N, C, H, W]: every value lands at its switch, colliding
+    switches (overlapping windows) are summed, zeros elsewhere.
+    """
+    n, c = pooled.shape[:2]
+    out = pooled.new_zeros(n, c, size[0] * size[1])
+    out.scatter_add_(2, switches.flatten(2), pooled.flatten(2))
+    return out.view(n, c, *size)
+
+
+class MirrorStage(nn.Module):
+    """One deconvnet stage: takes a Region at the output level of forward module `index`,
+    returns it at that module's input level."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, region: Region, record: ForwardRecord) -> Region:  # pragma: no cover
+        raise NotImplementedError
+
+
+def is_tiling(pool: nn.MaxPool2d) -> bool:
+    """Whether the pooling windows tile the map without overlap (kernel == stride, no padding)."""
+    return all(sp.kernel == sp.stride and sp.padding == 0 and sp.dilation == 1
+               and not sp.ceil_mode for sp in spans(pool))
+
+
+class Unpool(MirrorStage):
+    """Unpooling through the recorded switches (the exact adjoint of max pooling).
+
+    Overlapping pooling (AlexNet 3x3/2) scatters and sums colliding switches; tiling pooling
+    (VGG 2x2/2) has no collisions and takes the equal, cheaper route: repeat each value over its
+    window and keep it at the switch only.
+    """
+
+    def __init__(self, pool: nn.MaxPool2d, index: int) -> None:
+        super().__init__(index)
+        self.span_y, self.span_x = spans(pool)
+        self.tiling = is_tiling(pool)
+
+    def extra_repr(self) -> str:
+        return f"switches of features[{self.index}], kernel={self.span_y.kernel}, " \
+               f"stride={self.span_y.stride}, collisions summed"
+
+    def forward(self, region: Region, record: ForwardRecord) -> Region:
+        sy, sx = self.span_y, self.span_x
+        ly, lx = region.size
+        # the window below: output positions [a, a + ly) read input positions from a*s - p
+        oy = region.origin_y * sy.stride - sy.padding
+        ox = region.origin_x * sx.stride - sx.padding
+        out_ly, out_lx = (ly - 1) * sy.stride + sy.extent, (lx - 1) * sx.stride + sx.extent
+        height, width = record.sizes[self.index]
+        if self.tiling and self.index in record.switch_masks:
+            k, c = region.signal.shape[:2]
+            up = region.signal[:, :, :, None, :, None].expand(
+                k, c, ly, sy.stride, lx, sx.stride).reshape(k, c, out_ly, out_lx)
+            at_switch = gather_window(record.switch_masks[self.index], region.image, oy, ox,
+                                      (out_ly, out_lx), False)
+            return fit_to_map(Region(up * at_switch, region.image, oy, ox), (height, width))
+        switches = gather_window(record.switches[self.index], region.image, region.origin_y,
+                                 region.origin_x, (ly, lx), 0)
+        dev = switches.device
+        rows = switches // width - oy.to(dev)[:, None, None, None]
+        cols = switches % width - ox.to(dev)[:, None, None, None]
+        # padding positions carry zero signal; clamping their (meaningless) target is harmless
+        local = (rows * out_lx + cols).clamp_(0, out_ly * out_lx - 1)
+        k, c = region.signal.shape[:2]
+        out = region.signal.new_zeros(k, c, out_ly * out_lx)
+        out.scatter_add_(2, local.flatten(2), region.signal.flatten(2))
+        below = Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox)
+        return fit_to_map(below, (height, width))
+
+
+class BackwardReLU(MirrorStage):
+    """The ReLU of the mirror: deconvnet relu(R), backprop R*[f>0], guided relu(R)*[f>0]."""
+
+    def __init__(self, rule: str, index: int) -> None:
+        super().__init__(index)
+        self.rule = check_rule(rule)
+
+    def extra_repr(self) -> str:
+        return {"deconvnet": "relu(R)", "backprop": "R * [f > 0]",
+                "guided": "relu(R) * [f > 0]"}[self.rule] + f" (f: input of features[{self.index}])"
+
+    def forward(self, region: Region, record: ForwardRecord) -> Region:
+        signal = region.signal
+        if self.rule != "backprop":
+            signal = F.relu(signal)
+        if self.rule != "deconvnet":
+            mask = gather_window(record.masks[self.index], region.image, region.origin_y,
+                                 region.origin_x, region.size, False)
+            signal = signal * mask
+        return Region(signal, region.image, region.origin_y, region.origin_x)
+
+
+class TiedTransposedConv(MirrorStage):
+    """Transposed convolution with the forward Conv2d's own weight tensor (tied), no bias."""
+
+    def __init__(self, conv: nn.Conv2d, index: int) -> None:
+        super().__init__(index)
+        self._conv = (conv,)  # a reference, not a submodule: the weight is read at call time
+        self.span_y, self.span_x = spans(conv)
+
+    @property
+    def weight(self) -> Tensor:
+        """The forward convolution's weight [C_out, C_in / groups, kh, kw], the same tensor."""
+        return self._conv[0].weight
+
+    def extra_repr(self) -> str:
+        c = self._conv[0]
+        return (f"{c.out_channels} -> {c.in_channels}, kernel={c.kernel_size}, stride={c.stride}, "
+                f"padding={c.padding}, weight tied to features[{self.index}]")
+
+    def forward(self, region: Region, record: ForwardRecord) -> Region:
+        c = self._conv[0]
+        sy, sx = self.span_y, self.span_x
+        # padding 0: output position t sits at map position origin*s - p + t
+        signal = region.signal
+        if signal.device.type == "cpu":  # oneDNN's transposed convolution is faster in NHWC
+            signal = signal.contiguous(memory_format=torch.channels_last)
+        out = F.conv_transpose2d(signal, c.weight, None, c.stride, 0, 0, c.groups,
+                                 c.dilation)
+        below = Region(out, region.image, region.origin_y * sy.stride - sy.padding,
+                       region.origin_x * sx.stride - sx.padding)
+        return fit_to_map(below, record.sizes[self.index])
+
+
+class Mirror(nn.Module):
+    """The deconvnet attached to `model.features` up to one stage (Fig. 1).
+
+    `stages` run top-down: stages[0] mirrors the stage's own last module, stages[-1] the first conv.
+    """
+
+    def __init__(self, model: nn.Module, stage: int, rule: str = "deconvnet") -> None:
+        super().__init__()
+        self.rule = check_rule(rule)
+        self.stage = stage
+        self._layers = stage_layers(model, stage)  # validates stage and modules
+        self._windows = windows(self._layers)
+        mirrored: list[MirrorStage] = []
+        for i, m in reversed(list(enumerate(self._layers))):
+            if isinstance(m, nn.Conv2d):
+                mirrored.append(TiedTransposedConv(m, i))
+            elif isinstance(m, nn.ReLU):
+                mirrored.append(BackwardReLU(rule, i))
+            else:
+                mirrored.append(Unpool(m, i))
+        self.stages = nn.ModuleList(mirrored)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The forward modules `features[: stage index + 1]` this mirror is attached to."""
+        return list(self._layers)
+
+    def record(self, images: Tensor) -> ForwardRecord:
+        """One forward pass [B, 3, H, W] -> ForwardRecord, without touching the model's state.
+
+        Convolutions use the model's own parameters; ReLU and pooling run out of place on our own
+        tensors, so torchvision's inplace flags and any hooks on the model are left alone.
+        """
+        need_masks = self.rule != "deconvnet"
+        sizes = level_sizes(self._layers, images.shape[-2], images.shape[-1])
+        record = ForwardRecord(sizes=sizes, output=images)
+        x = images
+        for i, m in enumerate(self._layers):
+            if isinstance(m, nn.Conv2d):
+                x = F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            elif isinstance(m, nn.ReLU):
+                if need_masks:
+                    record.masks[i] = x > 0
+                x = F.relu(x, inplace=x is not images)  # our own conv output: no copy needed
+            else:
+                pooled, switches = F.max_pool2d(
+                    x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                    return_indices=True)
+                record.switches[i] = switches
+                if is_tiling(m):
+                    at_switch = torch.zeros(x.shape[:2] + (x.shape[2] * x.shape[3],),
+                                            dtype=torch.bool, device=x.device)
+                    record.switch_masks[i] = at_switch.scatter_(
+                        2, switches.flatten(2), True).view_as(x)
+                x = pooled
+        record.output = x
+        return record
+
+    def run(self, region: Region, record: ForwardRecord) -> Region:
+        """Send a Region at the stage level down to the input pixels."""
+        for mirror_stage in self.stages:
+            region = mirror_stage(region, record)
+        return region
+
+    def project_map(self, record: ForwardRecord, chunk_size: int = 8) -> Tensor:
+        """Reconstruct every image's whole stage output ("keep all"): -> [B, 3, H, W]."""
+        output = record.output
+        b = output.shape[0]
+        pieces = []
+        for start in range(0, b, chunk_size):
+            image = torch.arange(start, min(start + chunk_size, b))
+            zero = torch.zeros_like(image)
+            region = Region(output[start : start + len(image)], image, zero, zero)
+            pieces.append(self._to_frame(self.run(region, record), zero, zero, record.sizes[0]))
+        return torch.cat(pieces)
+
+    def project(self, record: ForwardRecord, seeds: Seeds, frame: str = "image",
+                chunk_size: int = 16) -> Tensor:
+        """Reconstruct single activations, each alone, all from one record.
+
+        frame="image": [K, 3, H, W], the full input frame.
+        frame="receptive_field": [K, 3, rf_h, rf_w], the window of the seed unit's receptive field
+        (top-left at `receptive_field_origin(seeds)`), zero where it crosses the image border.
+        Seeds go through in chunks of `chunk_size`, so memory is bounded for any K.
+        """
+        if frame not in ("image", "receptive_field"):
+            raise ValueError(f"frame: expected 'image' or 'receptive_field', got {frame!r}")
+        c = record.output.shape[1]
+        pieces = []
+        for start in range(0, len(seeds), chunk_size):
+            part = seeds[start : start + chunk_size]
+            k = len(part)
+            signal = record.output.new_zeros(k, c, 1, 1)
+            signal[torch.arange(k), part.channel.to(signal.device), 0, 0] = part.value.to(
+                signal.device, signal.dtype)
+            region = self.run(Region(signal, part.image, part.y, part.x), record)
+            if frame == "image":
+                zero = torch.zeros_like(part.y)
+                pieces.append(self._to_frame(region, zero, zero, record.sizes[0]))
+            else:
+                top, left = self.receptive_field_origin(part)
+                pieces.append(self._to_frame(region, top, left, self._windows[0].size))
+        if not pieces:
+            return record.output.new_zeros(0, 3, *(record.sizes[0] if frame == "image"
+                                                   else self._windows[0].size))
+        return torch.cat(pieces)
+
+    def receptive_field_origin(self, seeds: Seeds) -> tuple[Tensor, Tensor]:
+        """Top-left input pixel (may be negative) of each seed's receptive field: ([K], [K])."""
+        w = self._windows[0]
+        return seeds.y * w.jump[0] + w.start[0], seeds.x * w.jump[1] + w.start[1]
+
+    @staticmethod
+    def _to_frame(region: Region, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
+        return reframe(region, top, left, size).signal

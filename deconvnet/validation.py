@@ -1,0 +1,31 @@
+"""Checks on user input that run before any heavy work, each naming the input and what is accepted."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from deconvnet.geometry import min_input_size
+
+
+def check_images(images: object, model: nn.Module, name: str = "images") -> Tensor:
+    """`images` as a float tensor [B, 3, H, W] the model accepts; ValueError otherwise."""
+    if not isinstance(images, Tensor):
+        raise ValueError(f"{name}: expected a float tensor [B, 3, H, W], got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name}: expected shape [B, 3, H, W] (4-D, 3 colour channels), "
+                         f"got {list(images.shape)}")
+    if images.shape[0] < 1:
+        raise ValueError(f"{name}: the batch is empty (shape {list(images.shape)})")
+    if not images.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor in the model's normalised "
+                         f"input space, got dtype {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).sum())
+        raise ValueError(f"{name}: contains {bad} NaN or infinite value(s); all values must be finite")
+    smallest = min_input_size(model)
+    h, w = images.shape[-2:]
+    if h < smallest or w < smallest:
+        raise ValueError(f"{name}: {h}x{w} is smaller than {type(model).__name__} accepts; height "
+                         f"and width must be at least {smallest}")
+    return images

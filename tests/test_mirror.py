@@ -1,0 +1,149 @@
+"""The mirror's building blocks: unpooling and tied transposed convolution as exact adjoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deconvnet
+from deconvnet.mirror import ForwardRecord, Mirror, TiedTransposedConv, Unpool, unpool
+from deconvnet.windows import Region
+
+
+def _pool(x: torch.Tensor, pool: nn.MaxPool2d):
+    return F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                        pool.ceil_mode, return_indices=True)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a * b).sum())
+
+
+# real pooling layers: (model fixture, features index, input map shape)
+POOLS = [("vgg_float64", 4, (1, 64, 224, 224)), ("vgg_float64", 30, (2, 512, 14, 14)),
+         ("alexnet_float64", 2, (1, 64, 55, 55)), ("alexnet_float64", 5, (2, 192, 27, 27)),
+         ("alexnet_float64", 12, (1, 256, 13, 13))]
+
+
+def test_unpool_puts_each_value_at_its_switch_and_zero_elsewhere():
+    x = torch.tensor([[[[1.0, 5.0, 2.0, 0.0],
+                        [3.0, 4.0, 9.0, 1.0],
+                        [0.0, 0.0, 1.0, 1.0],
+                        [7.0, 0.0, 2.0, 3.0]]]])
+    pooled, switches = F.max_pool2d(x, 2, 2, return_indices=True)
+    assert pooled.flatten().tolist() == [5.0, 9.0, 7.0, 3.0]
+    up = unpool(pooled, switches, (4, 4))
+    want = torch.tensor([[[[0.0, 5.0, 0.0, 0.0],
+                           [0.0, 0.0, 9.0, 0.0],
+                           [0.0, 0.0, 0.0, 0.0],
+                           [7.0, 0.0, 0.0, 3.0]]]])
+    assert torch.equal(up, want)
+
+
+def test_overlapping_windows_that_share_a_switch_sum_their_values():
+    # 3x3 stride 2 on a 1x5 row: windows [0..2] and [2..4] both pick position 2
+    x = torch.tensor([[[[0.0, 1.0, 9.0, 1.0, 0.0]] * 3]])
+    pooled, switches = F.max_pool2d(x, 3, 2, return_indices=True)
+    assert switches.flatten().tolist() == [2, 2]
+    up = unpool(torch.tensor([[[[2.0, 5.0]]]]), switches, (3, 5))
+    assert up[0, 0, 0, 2] == 7.0 and up.sum() == 7.0
+    # torch's MaxUnpool2d keeps one write there: it is not the adjoint
+    assert nn.MaxUnpool2d(3, 2)(torch.tensor([[[[2.0, 5.0]]]]), switches, (3, 5)).sum() != 7.0
+
+
+@pytest.mark.parametrize("fixture,index,shape", POOLS)
+def test_unpool_is_the_adjoint_of_pool_selection(request, fixture, index, shape):
+    model = request.getfixturevalue(fixture)
+    pool = model.features[index]
+    gen = torch.Generator().manual_seed(index)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    pooled, switches = _pool(x, pool)
+    y = torch.randn(pooled.shape, generator=gen, dtype=torch.float64)
+    selected = x.flatten(2).gather(2, switches.flatten(2)).view_as(pooled)  # A x
+    back = unpool(y, switches, tuple(shape[2:]))  # A^T y
+    assert _dot(selected, y) == pytest.approx(_dot(x, back), rel=1e-12)
+    # the module's window path gives the same A^T y
+    region = Region(y, torch.arange(shape[0]), torch.zeros(shape[0], dtype=torch.long),
+                    torch.zeros(shape[0], dtype=torch.long))
+    record = ForwardRecord(sizes={index: tuple(shape[2:])}, output=pooled,
+                           switches={index: switches})
+    got = Unpool(pool, index)(region, record)
+    assert torch.equal(got.origin_y, torch.zeros(shape[0], dtype=torch.long))
+    torch.testing.assert_close(got.signal, back, rtol=0, atol=1e-12)
+
+
+def test_alexnet_pool1_shares_switches_and_vgg_pooling_does_not(alexnet_float64, vgg_float64):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(1, 64, 55, 55, generator=gen, dtype=torch.float64))
+    _, switches = _pool(x, alexnet_float64.features[2])
+    flat = switches[0].flatten(1)  # one row of switches per channel
+    shared = sum(int((torch.bincount(row)[row] > 1).sum()) for row in flat) / flat.numel()
+    assert 0.1 < shared < 0.9, shared  # a large fraction of pooled units share their switch
+    _, switches = _pool(torch.randn(1, 64, 224, 224, generator=gen), vgg_float64.features[4])
+    flat = switches[0].flatten(1)  # one row of switches per channel
+    assert all(int(torch.bincount(row).max()) == 1 for row in flat)
+
+
+@pytest.mark.parametrize("index,shape", [(4, (2, 64, 32, 32)), (9, (1, 128, 17, 17)),
+                                         (30, (1, 512, 15, 14))])
+def test_pool_of_unpool_gives_back_the_pooled_values_when_windows_tile(vgg_float64, index, shape):
+    pool = vgg_float64.features[index]
+    gen = torch.Generator().manual_seed(index)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    pooled, switches = _pool(x, pool)
+    y = torch.rand(pooled.shape, generator=gen, dtype=torch.float64) + 0.1  # positive values
+    up = unpool(y, switches, tuple(shape[2:]))
+    assert torch.equal(up.flatten(2).gather(2, switches.flatten(2)).view_as(y), y)
+    # max-pooling the unpooled map (all other entries zero) recovers y exactly
+    assert torch.equal(F.max_pool2d(up, pool.kernel_size, pool.stride), y)
+    # the tiling route (repeat over the window, keep at the switch) equals the scatter route
+    mirror = Mirror(vgg_float64, 5)
+    record = mirror.record(torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=gen))
+    assert record.switch_masks, "VGG pooling must take the tiling route"
+
+
+# real convolution layers: (model fixture, features index, input shape)
+CONVS = [("alexnet_float64", 0, (1, 3, 224, 224)), ("alexnet_float64", 0, (2, 3, 67, 90)),
+         ("alexnet_float64", 3, (1, 64, 27, 27)), ("vgg_float64", 0, (1, 3, 45, 61)),
+         ("vgg_float64", 28, (1, 512, 14, 14)), ("vgg_float64", 10, (1, 128, 56, 56))]
+
+
+@pytest.mark.parametrize("fixture,index,shape", CONVS)
+def test_tied_transposed_conv_is_the_adjoint_of_the_convolution(request, fixture, index, shape):
+    model = request.getfixturevalue(fixture)
+    conv = model.features[index]
+    gen = torch.Generator().manual_seed(index)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    ax = F.conv2d(x, conv.weight, None, conv.stride, conv.padding)  # A x, no bias
+    y = torch.randn(ax.shape, generator=gen, dtype=torch.float64)
+    b = shape[0]
+    zero = torch.zeros(b, dtype=torch.long)
+    record = ForwardRecord(sizes={index: tuple(shape[2:])}, output=ax)
+    back = TiedTransposedConv(conv, index)(Region(y, torch.arange(b), zero, zero), record)
+    assert back.signal.shape == x.shape  # exactly the forward input size (AlexNet conv1: +1 row)
+    assert _dot(ax, y) == pytest.approx(_dot(x, back.signal), rel=1e-12)
+
+
+def test_transposed_conv_reads_the_forward_weight_tensor_itself(alexnet_float32):
+    mirror = Mirror(alexnet_float32, 2)
+    tied = [s for s in mirror.stages if isinstance(s, TiedTransposedConv)]
+    assert [t.weight is alexnet_float32.features[t.index].weight for t in tied] == [True, True]
+    assert list(mirror.parameters()) == []  # nothing copied into the mirror
+
+
+def test_mirror_prints_as_fig1(vgg_float32, alexnet_float32):
+    text = repr(Mirror(alexnet_float32, 1))
+    assert "Unpool" in text and "BackwardReLU" in text and "TiedTransposedConv" in text
+    assert "collisions summed" in text and "weight tied to features[0]" in text
+    assert len(Mirror(vgg_float32, 5).stages) == 31
+
+
+def test_unsupported_module_is_named(alexnet_float32):
+    import copy
+
+    model = copy.deepcopy(alexnet_float32)
+    model.features[4] = nn.Tanh()
+    with pytest.raises(ValueError, match=r"features\[4\]: Tanh has no deconvnet mirror"):
+        deconvnet.reconstruct(model, torch.zeros(1, 3, 63, 63), 2)

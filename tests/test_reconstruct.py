@@ -1,0 +1,254 @@
+"""The `reconstruct` contract: values, rules, receptive fields, the caller's model, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+import deconvnet
+from deconvnet.architecture import stage as stage_of
+from deconvnet.seeds import select_seeds
+
+
+def _image(h: int, w: int, seed: int = 0, batch: int = 1, dtype=torch.float64) -> torch.Tensor:
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _hooked_reference(model: nn.Module, x: torch.Tensor, stage: int, channel: int, rule: str):
+    """Independent oracle: autograd through a copy whose ReLU gradients a backward hook rewrites."""
+    index = stage_of(model, stage).index
+    features = copy.deepcopy(model.features[: index + 1])
+    for m in features:
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+            if rule == "deconvnet":  # relu of the signal from above, forward mask ignored
+                m.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gout[0]),))
+            else:  # guided: relu of the masked gradient
+                m.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gin[0]),))
+    xg = x.clone().requires_grad_(True)
+    a = features(xg)
+    seed = torch.zeros_like(a)
+    flat = int(a[0, channel].detach().flatten().argmax())
+    seed[0, channel].view(-1)[flat] = a[0, channel].detach().flatten()[flat]
+    return torch.autograd.grad(a, xg, seed)[0]
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+@pytest.mark.parametrize("stage", [1, 3, 5])
+def test_deconvnet_and_guided_rules_equal_a_hook_based_reference(model64, rule, stage):
+    h, w = (45, 61) if type(model64).__name__ == "VGG" else (67, 90)
+    x = _image(h, w, seed=stage)
+    with torch.no_grad():  # two live channels (random weights leave some channels dead)
+        a = model64.features[: stage_of(model64, stage).index + 1](x.clone())
+    for channel in a[0].flatten(1).amax(1).topk(2).indices.tolist():
+        got = deconvnet.reconstruct(model64, x, stage, keep=channel, rule=rule)
+        want = _hooked_reference(model64, x, stage, channel, rule)
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_three_rules_differ(vgg_float64):
+    x = _image(48, 48, seed=3)
+    out = {r: deconvnet.reconstruct(vgg_float64, x, 3, keep="max", rule=r) for r in deconvnet.RULES}
+    assert not torch.allclose(out["deconvnet"], out["backprop"])
+    assert not torch.allclose(out["deconvnet"], out["guided"])
+    assert not torch.allclose(out["guided"], out["backprop"])
+
+
+@pytest.mark.parametrize("keep", ["all", "max", 2])
+def test_reconstruction_has_the_input_shape(model64, keep):
+    for h, w in ((63, 63), (70, 97), (101, 64)):
+        x = _image(h, w, batch=2)
+        assert deconvnet.reconstruct(model64, x, 2, keep=keep).shape == (2, 3, h, w)
+
+
+def test_a_channel_list_gives_one_reconstruction_per_channel_each_alone(alexnet_float64):
+    x = _image(80, 80)
+    many = deconvnet.reconstruct(alexnet_float64, x, 4, keep=[3, 1, 3])
+    assert many.shape == (3, 3, 80, 80)
+    for row, channel in zip(many, [3, 1, 3]):
+        torch.testing.assert_close(row[None], deconvnet.reconstruct(alexnet_float64, x, 4, channel),
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_mirror_weights_are_tied_to_the_model(alexnet_float32):
+    model = copy.deepcopy(alexnet_float32)
+    x = _image(63, 63, dtype=torch.float32)
+    before = deconvnet.reconstruct(model, x, 1, keep="max")
+    with torch.no_grad():
+        model.features[0].weight.mul_(2.0)  # with the bias, every activation doubles
+        model.features[0].bias.mul_(2.0)
+    after = deconvnet.reconstruct(model, x, 1, keep="max")
+    # seed value doubles with the forward weight, and the transposed conv doubles again
+    torch.testing.assert_close(after, 4.0 * before, rtol=1e-5, atol=1e-6)
+
+
+def _model_state(model: nn.Module):
+    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+             for m in model.modules()]
+    inplace = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
+    return ({k: v.clone() for k, v in model.state_dict().items()}, hooks, inplace, model.training,
+            [p.requires_grad for p in model.parameters()])
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "backprop", "guided"])
+def test_the_callers_model_is_left_exactly_as_it_was(alexnet_float32, rule):
+    model = copy.deepcopy(alexnet_float32)
+    before = _model_state(model)
+    for keep in ("all", "max", 5, [1, 2]):
+        deconvnet.reconstruct(model, _image(63, 63, dtype=torch.float32), 5, keep=keep, rule=rule)
+    after = _model_state(model)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert before[1:] == after[1:]
+    assert all(before[2]), "torchvision's ReLUs stay inplace=True"
+
+
+def test_a_stage1_seed_reconstructs_its_filter_on_the_receptive_field(alexnet_float64):
+    """AlexNet stage 1 is conv1 -> relu -> pool: a kept unit of value a at channel c projects to
+    a * W[c] placed on the 11x11 window of the conv unit its switch points at."""
+    model = alexnet_float64
+    x = _image(99, 99, seed=4)
+    channel = 17
+    conv = model.features[0]
+    a_conv = torch.relu(nn.functional.conv2d(x, conv.weight, conv.bias, 4, 2))
+    pooled, switches = nn.functional.max_pool2d(a_conv, 3, 2, return_indices=True)
+    flat = int(pooled[0, channel].flatten().argmax())
+    value = pooled[0, channel].flatten()[flat]
+    sy, sx = divmod(int(switches[0, channel].flatten()[flat]), a_conv.shape[-1])
+    want = torch.zeros_like(x)
+    top, left = sy * 4 - 2, sx * 4 - 2
+    patch = value * conv.weight[channel]  # [3, 11, 11], unflipped
+    y0, x0 = max(top, 0), max(left, 0)
+    want[0, :, y0 : top + 11, x0 : left + 11] = patch[:, y0 - top :, x0 - left :]
+    got = deconvnet.reconstruct(model, x, 1, keep=channel)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "backprop", "guided"])
+def test_every_nonzero_pixel_lies_in_the_seed_units_receptive_field(model64, rule):
+    size = 64 if type(model64).__name__ == "VGG" else 95
+    x = _image(size, size, seed=5)
+    for stage in (1, 2, 3):
+        rf = deconvnet.receptive_field(model64, stage)
+        mirror = deconvnet.Mirror(model64, stage, rule)
+        record = mirror.record(x)
+        seeds = select_seeds(record.output, list(range(6)))
+        recon = mirror.project(record, seeds)
+        for k in range(len(seeds)):
+            top, left, bottom, right = rf.box(int(seeds.y[k]), int(seeds.x[k]))
+            inside = torch.zeros(size, size, dtype=torch.bool)
+            inside[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)] = True
+            assert recon[k].abs().amax(0)[~inside].max() == 0
+            assert recon[k].abs().amax(0)[inside].max() > 0
+
+
+def test_receptive_field_crops_equal_the_full_frame(vgg_float64):
+    x = _image(70, 53, seed=6)
+    mirror = deconvnet.Mirror(vgg_float64, 3)
+    record = mirror.record(x)
+    from deconvnet.seeds import select_seeds
+
+    seeds = select_seeds(record.output, [0, 9, 40])
+    full = mirror.project(record, seeds, frame="image")
+    crops = mirror.project(record, seeds, frame="receptive_field")
+    rf = deconvnet.receptive_field(vgg_float64, 3)
+    assert crops.shape == (3, 3, rf.size[0], rf.size[1])
+    top, left = mirror.receptive_field_origin(seeds)
+    for k in range(3):
+        padded = torch.nn.functional.pad(full[k], (rf.size[1],) * 2 + (rf.size[0],) * 2)
+        t, l = int(top[k]) + rf.size[0], int(left[k]) + rf.size[1]
+        assert torch.equal(crops[k], padded[:, t : t + rf.size[0], l : l + rf.size[1]])
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "backprop", "guided"])
+@pytest.mark.parametrize("keep", ["all", "max", 4])
+def test_projection_is_positively_homogeneous_in_the_seed(vgg_float64, keep, rule):
+    """Scaling the kept activations by k > 0 scales the reconstruction by k."""
+    mirror = deconvnet.Mirror(vgg_float64, 4, rule)
+    record = mirror.record(_image(40, 40, seed=7))
+
+    def project():
+        if keep == "all":
+            return mirror.project_map(record)
+        return mirror.project(record, select_seeds(record.output, keep))
+
+    base = project()
+    record.output = record.output * 3.5  # same switches and masks, seeds scaled by 3.5
+    assert base.abs().max() > 0
+    torch.testing.assert_close(project(), 3.5 * base, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_input_on_a_float32_model(vgg_float32):
+    x = _image(32, 32, dtype=torch.float32)
+    out = deconvnet.reconstruct(vgg_float32, x, 5, keep="max")
+    assert out.dtype == torch.float32 and out.shape == x.shape and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- bad input, named clearly
+
+@pytest.mark.parametrize("stage", [0, 6, -1, "3", 2.0, True, None])
+def test_stage_outside_1_to_5(alexnet_float32, stage):
+    with pytest.raises(ValueError, match=r"stage: expected an int in 1\.\.5"):
+        deconvnet.reconstruct(alexnet_float32, _image(63, 63, dtype=torch.float32), stage)
+
+
+@pytest.mark.parametrize("keep,message", [
+    (64, r"keep: channel 64 is outside this layer's channels 0\.\.63"),
+    (-1, r"keep: channel -1 is outside this layer's channels 0\.\.63"),
+    ([3, 99], r"keep: channel\(s\) \[99\] outside this layer's channels 0\.\.63"),
+    ([], r"keep: expected 'all', 'max', a channel int in 0\.\.63"),
+    ("top", r"keep: expected 'all', 'max', a channel int in 0\.\.63"),
+    (1.5, r"keep: expected 'all', 'max'"),
+    (True, r"keep: expected 'all', 'max'"),
+])
+def test_bad_keep(alexnet_float32, keep, message):
+    with pytest.raises(ValueError, match=message):
+        deconvnet.reconstruct(alexnet_float32, _image(63, 63, dtype=torch.float32), 1, keep=keep)
+
+
+def test_channel_list_needs_one_image(alexnet_float32):
+    x = _image(63, 63, batch=2, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"keep: a sequence of channels needs exactly one image "
+                                         r"\(B == 1\), got B == 2"):
+        deconvnet.reconstruct(alexnet_float32, x, 1, keep=[1, 2])
+
+
+def test_unknown_rule(alexnet_float32):
+    with pytest.raises(ValueError, match=r"rule: expected one of deconvnet, backprop, guided, "
+                                         r"got 'gradient'"):
+        deconvnet.reconstruct(alexnet_float32, _image(63, 63, dtype=torch.float32), 1,
+                              rule="gradient")
+
+
+def test_unsupported_model():
+    with pytest.raises(ValueError, match=r"model: expected a torchvision VGG \(vgg16\) or AlexNet "
+                                         r"instance, got ResNet"):
+        deconvnet.reconstruct(resnet18(), _image(64, 64, dtype=torch.float32), 1)
+
+
+@pytest.mark.parametrize("images,message", [
+    ([[1.0]], r"images: expected a float tensor \[B, 3, H, W\], got list"),
+    (torch.zeros(3, 64, 64), r"images: expected shape \[B, 3, H, W\] .*got \[3, 64, 64\]"),
+    (torch.zeros(1, 1, 64, 64), r"images: expected shape \[B, 3, H, W\] .*got \[1, 1, 64, 64\]"),
+    (torch.zeros(0, 3, 64, 64), r"images: the batch is empty"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"images: expected a floating-point tensor"),
+    (torch.full((1, 3, 64, 64), float("nan")), r"images: contains 12288 NaN or infinite"),
+    (torch.zeros(1, 3, 64, 64).index_fill_(3, torch.tensor([5]), float("inf")),
+     r"images: contains 192 NaN or infinite"),
+    (torch.zeros(1, 3, 62, 100), r"images: 62x100 is smaller than AlexNet accepts; height and "
+                                 r"width must be at least 63"),
+])
+def test_bad_images(alexnet_float32, images, message):
+    with pytest.raises(ValueError, match=message):
+        deconvnet.reconstruct(alexnet_float32, images, 1)
+
+
+def test_vgg_minimum_size(vgg_float32):
+    assert deconvnet.min_input_size(vgg_float32) == 32
+    with pytest.raises(ValueError, match="at least 32"):
+        deconvnet.reconstruct(vgg_float32, torch.zeros(1, 3, 31, 40), 1)
+    assert deconvnet.reconstruct(vgg_float32, torch.zeros(1, 3, 32, 33), 5).shape == (1, 3, 32, 33)
