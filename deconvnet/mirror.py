@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deconvnet.architecture import stages as stages_of
 from deconvnet.geometry import level_sizes, spans, stage_layers, windows
 from deconvnet.windows import Region, fit_to_map, gather_window, reframe
 
@@ -43,6 +44,8 @@ class ForwardRecord:
         pooling only: there every input position belongs to at most one window)
     masks: module index -> [B, C, h, w] bool, forward input of that ReLU > 0
     output: [B, C, h, w] the stage output
+    outputs: stage number -> [B, C_s, h_s, w_s], the output of every stage up to this one; a record
+        made for stage 5 therefore serves the mirrors of stages 1-5 (one forward pass per image)
     """
 
     sizes: list[tuple[int, int]]
@@ -50,6 +53,14 @@ class ForwardRecord:
     switches: dict[int, Tensor] = field(default_factory=dict)
     switch_masks: dict[int, Tensor] = field(default_factory=dict)
     masks: dict[int, Tensor] = field(default_factory=dict)
+    outputs: dict[int, Tensor] = field(default_factory=dict)
+
+    def stage_output(self, stage: int) -> Tensor:
+        """[B, C, h, w] output of `stage`; ValueError if this record stops below it."""
+        if stage not in self.outputs:
+            raise ValueError(f"stage: this forward record covers stages {sorted(self.outputs)}, "
+                             f"not {stage}; record with a mirror of stage {stage} or higher")
+        return self.outputs[stage]
 
 
 @dataclass
@@ -211,6 +222,7 @@ class Mirror(nn.Module):
         self.rule = check_rule(rule)
         self.stage = stage
         self._layers = stage_layers(model, stage)  # validates stage and modules
+        self._stage_at = {s.index: s.number for s in stages_of(model) if s.number <= stage}
         self._windows = windows(self._layers)
         mirrored: list[MirrorStage] = []
         for i, m in reversed(list(enumerate(self._layers))):
@@ -255,6 +267,8 @@ class Mirror(nn.Module):
                     record.switch_masks[i] = at_switch.scatter_(
                         2, switches.flatten(2), True).view_as(x)
                 x = pooled
+            if i in self._stage_at:
+                record.outputs[self._stage_at[i]] = x
         record.output = x
         return record
 
@@ -266,7 +280,7 @@ class Mirror(nn.Module):
 
     def project_map(self, record: ForwardRecord, chunk_size: int = 8) -> Tensor:
         """Reconstruct every image's whole stage output ("keep all"): -> [B, 3, H, W]."""
-        output = record.output
+        output = record.stage_output(self.stage)
         b = output.shape[0]
         pieces = []
         for start in range(0, b, chunk_size):
@@ -278,7 +292,8 @@ class Mirror(nn.Module):
 
     def project(self, record: ForwardRecord, seeds: Seeds, frame: str = "image",
                 chunk_size: int = 16) -> Tensor:
-        """Reconstruct single activations, each alone, all from one record.
+        """Reconstruct single activations of this mirror's stage, each alone, from one record
+        (made by this mirror or by the mirror of a higher stage).
 
         frame="image": [K, 3, H, W], the full input frame.
         frame="receptive_field": [K, 3, rf_h, rf_w], the window of the seed unit's receptive field
@@ -287,12 +302,13 @@ class Mirror(nn.Module):
         """
         if frame not in ("image", "receptive_field"):
             raise ValueError(f"frame: expected 'image' or 'receptive_field', got {frame!r}")
-        c = record.output.shape[1]
+        output = record.stage_output(self.stage)
+        c = output.shape[1]
         pieces = []
         for start in range(0, len(seeds), chunk_size):
             part = seeds[start : start + chunk_size]
             k = len(part)
-            signal = record.output.new_zeros(k, c, 1, 1)
+            signal = output.new_zeros(k, c, 1, 1)
             signal[torch.arange(k), part.channel.to(signal.device), 0, 0] = part.value.to(
                 signal.device, signal.dtype)
             region = self.run(Region(signal, part.image, part.y, part.x), record)
@@ -303,7 +319,7 @@ class Mirror(nn.Module):
                 top, left = self.receptive_field_origin(part)
                 pieces.append(self._to_frame(region, top, left, self._windows[0].size))
         if not pieces:
-            return record.output.new_zeros(0, 3, *(record.sizes[0] if frame == "image"
+            return output.new_zeros(0, 3, *(record.sizes[0] if frame == "image"
                                                    else self._windows[0].size))
         return torch.cat(pieces)
 

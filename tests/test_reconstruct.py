@@ -174,10 +174,10 @@ def test_projection_is_positively_homogeneous_in_the_seed(vgg_float64, keep, rul
     def project():
         if keep == "all":
             return mirror.project_map(record)
-        return mirror.project(record, select_seeds(record.output, keep))
+        return mirror.project(record, select_seeds(record.stage_output(4), keep))
 
     base = project()
-    record.output = record.output * 3.5  # same switches and masks, seeds scaled by 3.5
+    record.outputs[4] = record.outputs[4] * 3.5  # same switches and masks, seeds scaled by 3.5
     assert base.abs().max() > 0
     torch.testing.assert_close(project(), 3.5 * base, rtol=1e-12, atol=1e-12)
 
@@ -252,3 +252,16 @@ def test_vgg_minimum_size(vgg_float32):
     with pytest.raises(ValueError, match="at least 32"):
         deconvnet.reconstruct(vgg_float32, torch.zeros(1, 3, 31, 40), 1)
     assert deconvnet.reconstruct(vgg_float32, torch.zeros(1, 3, 32, 33), 5).shape == (1, 3, 32, 33)
+
+
+def test_a_record_of_a_higher_stage_serves_the_lower_mirrors(alexnet_float64):
+    x = _image(90, 90, seed=8)
+    top = deconvnet.Mirror(alexnet_float64, 5, "guided").record(x)
+    for stage in (1, 2, 3, 4):
+        mirror = deconvnet.Mirror(alexnet_float64, stage, "guided")
+        own = mirror.record(x)
+        torch.testing.assert_close(top.stage_output(stage), own.output, rtol=0, atol=0)
+        seeds = select_seeds(own.output, [0, 4])
+        assert torch.equal(mirror.project(top, seeds), mirror.project(own, seeds))
+    with pytest.raises(ValueError, match=r"covers stages \[1, 2\], not 3"):
+        deconvnet.Mirror(alexnet_float64, 3).project_map(deconvnet.Mirror(alexnet_float64, 2).record(x))
