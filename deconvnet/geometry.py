@@ -155,17 +155,23 @@ def receptive_field(model: nn.Module, stage: int) -> ReceptiveField:
     return ReceptiveField(w.size, w.jump, w.start)
 
 
-def min_input_size(model: nn.Module) -> int:
-    """Smallest square input for which every module of `model.features` has a non-empty output.
-
-    VGG16: 32, AlexNet: 63.
-    """
-    layers = list(features_of(model))
-    for i, m in enumerate(layers):
-        check_supported(m, i)
+def min_side(layers: list[nn.Module]) -> int:
+    """Smallest square input side for which every map after `layers` is non-empty."""
     n = 1
     while min(level_sizes(layers, n, n)[-1]) < 1:  # an empty level empties every later one
         n += 1
         if n > 100_000:
             raise ValueError("model: no input size up to 100000 gives a non-empty output")
     return n
+
+
+def min_input_size(model: nn.Module, stage: int | None = None) -> int:
+    """Smallest square input for which `model.features` (or its part up to `stage`) has a
+    non-empty output. Whole model: VGG16 32, AlexNet 63.
+    """
+    if stage is not None:
+        return min_side(stage_layers(model, stage))
+    layers = list(features_of(model))
+    for i, m in enumerate(layers):
+        check_supported(m, i)
+    return min_side(layers)

@@ -7,6 +7,7 @@ receptive field. Both are timed side by side in one run, interleaved, and their 
 
     python scripts/bench_reconstruct.py                     # VGG16, 224x224, K=16,64, stages 3,5
     python scripts/bench_reconstruct.py --model alexnet --channels 16 --stages 1 2 3 4 5
+    python scripts/bench_reconstruct.py --memory             # peak RSS for growing K, one process each
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -55,6 +58,31 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
+def peak_rss_mib(model_name: str, size: int, stage: int, k: int) -> float:
+    """Peak resident memory of a fresh process that reconstructs K channels of one image."""
+    code = (
+        "import resource, torch, deconvnet;"
+        f"from torchvision.models import {model_name} as build;"
+        "torch.manual_seed(0); m = build().eval();"
+        f"x = torch.randn(1, 3, {size}, {size});"
+        f"deconvnet.reconstruct(m, x, {stage}, keep=list(range({k})));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1]) / 1024  # Linux reports KiB
+
+
+def memory_report(args: argparse.Namespace) -> None:
+    print(f"peak RSS of one process reconstructing K channels ({args.model}, {args.size}px); "
+          "the returned [K, 3, H, W] float32 tensor itself is listed beside it")
+    for stage in args.stages:
+        channels = stage_of((vgg16 if args.model == "vgg16" else alexnet)(), stage).channels
+        for k in sorted({16, 64, channels}):
+            result = k * 3 * args.size * args.size * 4 / 2**20
+            print(f"stage {stage}  K={k:>4}  {peak_rss_mib(args.model, args.size, stage, k):8.0f} MiB"
+                  f"  (result tensor {result:6.0f} MiB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["vgg16", "alexnet"], default="vgg16")
@@ -63,7 +91,11 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians reported")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory", action="store_true", help="report peak memory instead of time")
     args = parser.parse_args()
+    if args.memory:
+        memory_report(args)
+        return
 
     torch.manual_seed(args.seed)
     model = (vgg16 if args.model == "vgg16" else alexnet)().eval()

@@ -18,7 +18,7 @@ def _pool(x: torch.Tensor, pool: nn.MaxPool2d):
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a * b).sum())
+    return float((a * b).sum().detach())
 
 
 # real pooling layers: (model fixture, features index, input map shape)

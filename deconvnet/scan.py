@@ -1,0 +1,425 @@
+"""Dataset scan for Fig. 2: the top-k images of every feature map, in one forward pass per batch.
+
+For every requested stage and every channel c, each image contributes ONE candidate: its spatial
+maximum of channel c (ties inside the map: the first position in row-major order, like
+`torch.argmax`). Over the whole dataset the k highest candidates are kept, so the k entries of a
+channel are k distinct images (DESIGN.md section 4, step 3). Ties between images go to the lower
+image number, so the result does not depend on how the images were split into batches.
+
+Memory does not grow with the dataset: a running [C, k] top-k per stage is merged with each batch's
+[C, B] candidates (stable sort of the concatenation, keep the first k).
+
+Results are written with `save_topk` (atomic: temp file + `os.replace`, flagged `complete`) and read
+back with `load_topk`, which refuses a file that is not flagged complete.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from deconvnet.architecture import Stage, features_of, stage as stage_of
+from deconvnet.geometry import level_sizes, min_input_size, min_side
+
+__all__ = [
+    "TopK",
+    "LoadedTopK",
+    "scan_topk",
+    "Candidates",
+    "merge_topk",
+    "save_topk",
+    "load_topk",
+    "minimum_input_size",
+]
+
+TOPK_FIELDS = ("values", "image", "y", "x")
+_FILE_FORMAT = "deconvnet.topk"
+_FILE_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """The top-k images of every channel of one stage.
+
+    values: [C, k] float, descending along k (each channel's k highest per-image maxima)
+    image:  [C, k] int64, image number (0, 1, 2, ... in scan order); k distinct images per channel
+    y, x:   [C, k] int64, position of that maximum in the stage's output map of that image
+    images_scanned: how many images the scan saw (k = min(requested k, images_scanned))
+
+    Also usable like a read-only mapping over the four tensors: `topk["values"]`, `dict(topk)`.
+    """
+
+    values: Tensor
+    image: Tensor
+    y: Tensor
+    x: Tensor
+    images_scanned: int
+
+    def __post_init__(self) -> None:
+        shape = self.values.shape
+        if self.values.dim() != 2:
+            raise ValueError(f"TopK.values: expected a [C, k] tensor, got shape {tuple(shape)}")
+        for name in TOPK_FIELDS[1:]:
+            tensor = getattr(self, name)
+            if tensor.shape != shape or tensor.dtype != torch.int64:
+                raise ValueError(
+                    f"TopK.{name}: expected an int64 tensor of shape {tuple(shape)} like values, "
+                    f"got {tensor.dtype} {tuple(tensor.shape)}"
+                )
+
+    @property
+    def channels(self) -> int:
+        """C, the number of channels of the stage."""
+        return self.values.shape[0]
+
+    @property
+    def k(self) -> int:
+        """Entries kept per channel."""
+        return self.values.shape[1]
+
+    def keys(self) -> tuple[str, ...]:
+        return TOPK_FIELDS
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in TOPK_FIELDS:
+            raise KeyError(f"TopK: no field {key!r}; fields are {', '.join(TOPK_FIELDS)}")
+        return getattr(self, key)
+
+    def items(self) -> list[tuple[str, Tensor]]:
+        return [(key, getattr(self, key)) for key in TOPK_FIELDS]
+
+    def to(self, device: torch.device | str) -> "TopK":
+        """A copy with all tensors on `device`."""
+        return TopK(*(getattr(self, key).to(device) for key in TOPK_FIELDS), self.images_scanned)
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k: expected an int >= 1 (images kept per channel), got {k!r}")
+    return int(k)
+
+
+def _check_stages(model: nn.Module, stages: Iterable[int]) -> list[Stage]:
+    if isinstance(stages, (int, numbers.Integral)) and not isinstance(stages, bool):
+        stages = (stages,)
+    try:
+        numbers_given = list(stages)
+    except TypeError:
+        raise ValueError(f"stages: expected a sequence of ints in 1..5, got {stages!r}") from None
+    if not numbers_given:
+        raise ValueError("stages: expected at least one stage number in 1..5, got none")
+    chosen = {s.number: s for s in (stage_of(model, n) for n in numbers_given)}
+    return [chosen[n] for n in sorted(chosen)]
+
+
+def minimum_input_size(model: nn.Module, stage_number: int = 5) -> int:
+    """Smallest square input side (pixels) for which stage `stage_number` has a non-empty map.
+
+    VGG16: 32 for stage 5; AlexNet: 63 for stage 5. Derived from the modules.
+    """
+    return min_input_size(model, stage_number)
+
+
+def _check_batch(
+    batch: Any, number: int, layers: list[nn.Module], deepest: Stage, size_ok: dict
+) -> Tensor:
+    """Validate batch `number` (counted from 0): a finite [B, 3, H, W] float tensor, big enough."""
+    where = f"batch {number}"
+    if not torch.is_tensor(batch):
+        hint = (
+            " (datasets.batches(dataset, n) yields image tensors only)"
+            if isinstance(batch, (tuple, list))
+            else ""
+        )
+        raise ValueError(f"{where}: expected a [B, 3, H, W] float tensor, got {type(batch).__name__}{hint}")
+    if batch.dim() != 4 or batch.shape[1] != 3:
+        raise ValueError(f"{where}: expected a 4-D [B, 3, H, W] tensor, got shape {tuple(batch.shape)}")
+    if not batch.is_floating_point():
+        raise ValueError(f"{where}: expected a float tensor (normalised images), got dtype {batch.dtype}")
+    height, width = int(batch.shape[2]), int(batch.shape[3])
+    if (height, width) not in size_ok:
+        sizes = level_sizes(layers, height, width)[1:]
+        empty = [i for i, (h, w) in enumerate(sizes) if h < 1 or w < 1]
+        size_ok[(height, width)] = empty[0] if empty else None
+    first_empty = size_ok[(height, width)]
+    if first_empty is not None:
+        side = min_side(layers)
+        raise ValueError(
+            f"{where}: images of {height}x{width} pixels are too small for stage {deepest.number} "
+            f"({deepest.name}): the map after features[{first_empty}] "
+            f"({type(layers[first_empty]).__name__}) would be empty; this model needs at least "
+            f"{side}x{side} pixels"
+        )
+    if batch.numel() and not bool(torch.isfinite(batch).all()):
+        raise ValueError(f"{where}: contains NaN or infinite values")
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# the running top-k
+
+
+@dataclass
+class Candidates:
+    """Per-channel candidate lists of one stage: four [C, n] tensors (a running top-k or one batch)."""
+
+    values: Tensor
+    image: Tensor
+    y: Tensor
+    x: Tensor
+
+
+def _candidates(stage_output: Tensor, first_image: int) -> Candidates:
+    """Each image's spatial maximum per channel of `stage_output` [B, C, H, W], as [C, B] tensors."""
+    batch, channels, height, width = stage_output.shape
+    values, flat_position = stage_output.reshape(batch, channels, height * width).max(dim=2)  # [B, C]
+    image = torch.arange(first_image, first_image + batch, device=stage_output.device)
+    return Candidates(
+        values=values.t(),
+        image=image.unsqueeze(0).expand(channels, batch),
+        y=torch.div(flat_position, width, rounding_mode="floor").t(),
+        x=(flat_position % width).t(),
+    )
+
+
+def merge_topk(running: Candidates | None, candidates: Candidates, k: int) -> Candidates:
+    """Keep the k highest of running [C, k'] + candidates [C, B] per channel (rows independent).
+
+    Requires every image number in `running` to be lower than those in `candidates`, with the
+    candidates in increasing image order (true when batches are merged in scan order). Then a
+    stable descending sort of the concatenation breaks value ties by the lower image number.
+    """
+    if running is None:
+        merged = candidates
+    else:
+        merged = Candidates(
+            *(torch.cat([getattr(running, f), getattr(candidates, f)], dim=1) for f in TOPK_FIELDS)
+        )
+    order = torch.sort(merged.values, dim=1, descending=True, stable=True).indices[:, :k]
+    return Candidates(*(getattr(merged, f).gather(1, order) for f in TOPK_FIELDS))
+
+
+def _as_topk(running: Candidates, images_scanned: int) -> TopK:
+    """CPU copies as ordinary tensors (not inference tensors), so callers may modify them."""
+    with torch.inference_mode(False):
+        return TopK(
+            values=running.values.to("cpu", copy=True),
+            image=running.image.to("cpu", torch.int64, copy=True),
+            y=running.y.to("cpu", torch.int64, copy=True),
+            x=running.x.to("cpu", torch.int64, copy=True),
+            images_scanned=images_scanned,
+        )
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the first parameter of `model.features` (where the scan runs)."""
+    for parameter in features_of(model).parameters():
+        return parameter.device, parameter.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def scan_topk(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    k: int = 9,
+    stages: Iterable[int] = (1, 2, 3, 4, 5),
+    progress: bool = True,
+    total: int | None = None,
+    on_batch: Callable[[dict[int, TopK], int], None] | None = None,
+) -> dict[int, TopK]:
+    """Top-k images per channel of each requested stage over all images in `batches`.
+
+    model:   torchvision VGG / AlexNet; only `model.features` up to the deepest stage is run, on the
+             model's device, under `torch.inference_mode()`. The model is not changed (modules in
+             training mode are switched to eval for the scan and switched back afterwards).
+    batches: iterable of [B, 3, H, W] float tensors in the model's normalised input space; images
+             are numbered 0, 1, 2, ... in the order seen. B, H and W may vary between batches.
+    k:       images kept per channel (fewer if fewer images were seen).
+    stages:  stage numbers (1..5); all are updated in ONE forward pass per batch.
+    progress: show a tqdm bar over batches; `total` = number of batches if known
+             (default: len(batches) when available).
+    on_batch: optional callback(result_so_far, images_scanned) after each batch, e.g. to save a
+             checkpoint with `save_topk(..., complete=False)`.
+
+    Returns {stage number: TopK} with [C, k] tensors on the CPU.
+    An interrupted scan (KeyboardInterrupt) raises and returns nothing: no partial result can be
+    mistaken for a complete one.
+    """
+    layers_all = list(features_of(model))  # also checks that the model is supported
+    k = _check_k(k)
+    chosen = _check_stages(model, stages)
+    if torch.is_tensor(batches):
+        raise ValueError(
+            "batches: expected an iterable of [B, 3, H, W] tensors, got a single tensor; "
+            "pass [tensor] to scan it as one batch"
+        )
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)  # type: ignore[arg-type]
+    deepest = chosen[-1]
+    layers = layers_all[: deepest.index + 1]
+    stage_at_index = {s.index: s.number for s in chosen}
+    device, dtype = _model_device_dtype(model)
+    running: dict[int, Candidates | None] = {s.number: None for s in chosen}
+    images_scanned = 0
+    size_ok: dict[tuple[int, int], int | None] = {}
+
+    was_training = [layer for layer in layers if layer.training]
+    for layer in was_training:
+        layer.train(False)
+    try:
+        with torch.inference_mode(), tqdm(
+            batches, total=total, disable=not progress, unit="batch", desc="scan top-k"
+        ) as bar:
+            for number, batch in enumerate(bar):
+                batch = _check_batch(batch, number, layers, deepest, size_ok)
+                size = int(batch.shape[0])
+                if size == 0:
+                    continue
+                x = batch.to(device=device, dtype=dtype, non_blocking=True)
+                for index, layer in enumerate(layers):
+                    if x is batch and getattr(layer, "inplace", False):
+                        x = x.clone()  # never write into the caller's tensor
+                    x = layer(x)
+                    if index in stage_at_index:
+                        # reduce right away: a later in-place module could overwrite this tensor
+                        stage_number = stage_at_index[index]
+                        found = _candidates(x, images_scanned)
+                        running[stage_number] = merge_topk(running[stage_number], found, k)
+                images_scanned += size
+                bar.set_postfix(images=images_scanned, refresh=False)
+                if on_batch is not None:
+                    on_batch({n: _as_topk(r, images_scanned) for n, r in running.items()}, images_scanned)
+    finally:
+        for layer in was_training:
+            layer.train(True)
+
+    if images_scanned == 0:
+        raise ValueError("batches: no images (the iterable was empty or every batch had B = 0)")
+    return {n: _as_topk(r, images_scanned) for n, r in running.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# saving and loading
+
+
+class LoadedTopK(NamedTuple):
+    """What `load_topk` returns: `result` {stage: TopK} and the file's `meta` dict."""
+
+    result: dict[int, TopK]
+    meta: dict
+
+
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def _check_meta(value: Any, where: str = "meta") -> None:
+    """meta must hold only str/int/float/bool/None, lists/tuples and str-keyed dicts (safe to load)."""
+    if isinstance(value, _PLAIN_TYPES):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_meta(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: keys must be str, got {type(key).__name__} {key!r}")
+            _check_meta(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(
+        f"{where}: expected str, int, float, bool, None, list, tuple or dict, got {type(value).__name__}"
+    )
+
+
+def save_topk(result: dict[int, TopK], path: str | os.PathLike, meta: dict | None = None, complete: bool = True) -> Path:
+    """Write `result` ({stage: TopK}) and `meta` to `path` atomically (temp file + os.replace).
+
+    meta is stored with `complete` (True unless saving a checkpoint of an unfinished scan) and
+    `images_scanned` added. Plain values only (str, numbers, bool, None, lists, dicts).
+    """
+    if not isinstance(result, dict) or not result:
+        raise ValueError("result: expected a non-empty dict {stage number: TopK} from scan_topk")
+    for number, topk in result.items():
+        if not isinstance(topk, TopK):
+            raise ValueError(f"result[{number!r}]: expected a TopK, got {type(topk).__name__}")
+        stage_of_number_ok = isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 5
+        if not stage_of_number_ok:
+            raise ValueError(f"result: keys must be stage numbers 1..5, got {number!r}")
+    scanned = {topk.images_scanned for topk in result.values()}
+    if len(scanned) != 1:
+        raise ValueError(f"result: stages disagree on the number of images scanned: {sorted(scanned)}")
+    meta = dict(meta or {})
+    _check_meta(meta)
+    meta["complete"] = bool(complete)
+    meta["images_scanned"] = scanned.pop()
+    payload = {
+        "format": _FILE_FORMAT,
+        "version": _FILE_VERSION,
+        "meta": meta,
+        "stages": {
+            int(number): {key: tensor.detach().cpu() for key, tensor in topk.items()}
+            for number, topk in result.items()
+        },
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def load_topk(path: str | os.PathLike, allow_incomplete: bool = False) -> LoadedTopK:
+    """Read a file written by `save_topk`: (result {stage: TopK}, meta).
+
+    Refuses (ValueError) a file whose meta lacks `complete: True`, unless `allow_incomplete`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_topk: no top-k file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"load_topk: {path} is not a readable top-k file ({error})") from error
+    if not isinstance(payload, dict) or payload.get("format") != _FILE_FORMAT:
+        raise ValueError(f"load_topk: {path} is not a deconvnet top-k file (format tag missing)")
+    if payload.get("version") != _FILE_VERSION:
+        raise ValueError(
+            f"load_topk: {path} has version {payload.get('version')!r}, this code reads {_FILE_VERSION}"
+        )
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        raise ValueError(f"load_topk: {path} has no meta dict")
+    if meta.get("complete") is not True and not allow_incomplete:
+        raise ValueError(
+            f"load_topk: {path} is not marked complete (meta 'complete' is {meta.get('complete')!r}): "
+            "the scan that wrote it did not finish; rerun the scan"
+        )
+    scanned = int(meta.get("images_scanned", 0))
+    result = {
+        int(number): TopK(**{key: tensors[key] for key in TOPK_FIELDS}, images_scanned=scanned)
+        for number, tensors in sorted(payload["stages"].items())
+    }
+    return LoadedTopK(result, meta)
