@@ -1,0 +1,113 @@
+"""Small helpers shared by the experiment entry points: devices, provenance, files, user errors."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import platform
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from deconvnet.models import WeightsUnavailableError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+
+# Errors caused by what the user asked for: reported as one short line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, WeightsUnavailableError)
+
+
+def check_device(device: object) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:<n>' as a torch.device; ValueError naming the key otherwise."""
+    accepted = "'cpu', 'cuda' or 'cuda:<index>'"
+    if not isinstance(device, str):
+        raise ValueError(f"device: expected {accepted}, got {device!r}")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        target = None
+    if target is None or target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected {accepted}, got {device!r}")
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} requested but CUDA is not available here; "
+                             "use device=cpu")
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} requested but only {torch.cuda.device_count()} "
+                             "CUDA device(s) exist")
+    return target
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def provenance() -> dict[str, Any]:
+    """Versions, git commit (None if unavailable), whether the work tree had changes, host, time."""
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": version("torchvision"),
+            "deconvnet": version("deconvnet"),
+            "hydra-core": version("hydra-core"),
+            "numpy": version("numpy"),
+        },
+        "git_commit": _git("rev-parse", "HEAD") or None,
+        "git_dirty": None if status is None else bool(status),
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write `data` as indented JSON (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def write_yaml(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write a plain mapping as YAML (via OmegaConf, which Hydra already depends on)."""
+    from omegaconf import OmegaConf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(dict(data))))
+    return path
+
+
+def hydra_output_dir() -> Path:
+    """This Hydra job's own output folder (cwd is not changed: hydra.job.chdir is false)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+@contextmanager
+def user_errors(logger: logging.Logger) -> Iterator[None]:
+    """Turn USER_ERRORS into `SystemExit("error: ...")`: one line, non-zero exit, no traceback."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        logger.error("%s", error)
+        raise SystemExit(f"error: {error}") from None
