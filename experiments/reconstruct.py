@@ -19,6 +19,7 @@ Every value is checked before the model is built; a bad one ends the run with on
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import re
@@ -259,7 +260,9 @@ def run_reconstruct(
                     bar.update(1)
 
     overview = "overview.png"
-    _overview(out / overview, _uint8(input_shown), tiles, entries, plan, winfo, model, rule)
+    _overview(out / overview, _uint8(input_shown), tiles, entries, list(plan.keeps),
+              [(st.number, st.name) for st in plan.stages], plan.image_info["source"],
+              winfo.as_dict(), model, rule)
 
     result = {
         "experiment": "reconstruct",
@@ -283,27 +286,42 @@ def run_reconstruct(
     return result
 
 
+def render_reconstruct(job_dir: str | Path) -> Path:
+    """Redraw `overview.png` of a finished job from its saved PNGs and result.json (no model)."""
+    job = Path(job_dir)
+    result = json.loads((job / "result.json").read_text())
+    entries = result["reconstructions"]
+    tiles = {(keep_tag(e["keep"]), e["stage"]): np.asarray(Image.open(job / e["file"]).convert("RGB"))
+             for e in entries}
+    stages = sorted({(e["stage"], e["stage_name"]) for e in entries})
+    input_tile = np.asarray(Image.open(job / result["files"]["input"]).convert("RGB"))
+    path = job / result["files"]["overview"]
+    _overview(path, input_tile, tiles, entries, result["keeps"], stages,
+              result["image"]["source"], result["weights"], result["model"], result["rule"])
+    return path
+
+
 def _overview(path: Path, input_tile: np.ndarray, tiles: Mapping[tuple[str, int], np.ndarray],
-              entries: list[dict[str, Any]], plan: Plan, winfo: deconvnet.WeightsInfo,
-              model: str, rule: str) -> None:
+              entries: list[dict[str, Any]], keeps: list[KeepItem], stages: list[tuple[int, str]],
+              image_source: str, weights: Mapping[str, Any], model: str, rule: str) -> None:
     """Rows = keeps, columns = input + stages; each tile labelled, receptive field of a seed boxed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     by_key = {(keep_tag(e["keep"]), e["stage"]): e for e in entries}
-    rows, cols = len(plan.keeps), 1 + len(plan.stages)
+    rows, cols = len(keeps), 1 + len(stages)
     fig = Figure(figsize=(max(2.3 * cols, 6.0), 2.5 * rows + 0.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
-    for i, item in enumerate(plan.keeps):
+    for i, item in enumerate(keeps):
         tag = keep_tag(item)
         axes[i][0].imshow(input_tile)
         axes[i][0].set_ylabel(f"keep={item}", fontsize=10)
-        for j, st in enumerate(plan.stages, start=1):
+        for j, (number, name) in enumerate(stages, start=1):
             ax = axes[i][j]
-            ax.imshow(tiles[(tag, st.number)])
-            kept = by_key[(tag, st.number)]["kept"]
+            ax.imshow(tiles[(tag, number)])
+            kept = by_key[(tag, number)]["kept"]
             if kept["mode"] != "all":
                 box = kept["receptive_field_box"]
                 ax.add_patch(Rectangle((box["left"] - 0.5, box["top"] - 0.5),
@@ -313,16 +331,17 @@ def _overview(path: Path, input_tile: np.ndarray, tiles: Mapping[tuple[str, int]
                 ax.set_xlabel(f"c{kept['channel']} @({kept['y']},{kept['x']}) = "
                               f"{kept['value']:.3g}", fontsize=7)
             if i == 0:
-                ax.set_title(f"stage {st.number}: {st.name}", fontsize=9)
+                ax.set_title(f"stage {number}: {name}", fontsize=9)
     axes[0][0].set_title("input", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    weights_line = winfo.description if winfo.pretrained else f"{winfo.description.upper()}"
-    fig.suptitle(f"{model} [{weights_line}]\nimage: {plan.image_info['source']}   rule: {rule}\n"
+    pretrained = weights.get("pretrained") is True
+    weights_line = weights["description"] if pretrained else weights["description"].upper()
+    fig.suptitle(f"{model} [{weights_line}]\nimage: {image_source}   rule: {rule}\n"
                  "zero = mid-grey, each tile scaled by its own max|r|; dashed box: receptive "
                  "field of the kept unit", fontsize=8,
-                 color="black" if winfo.pretrained else "darkred")
+                 color="black" if pretrained else "darkred")
     fig.savefig(path)
 
 

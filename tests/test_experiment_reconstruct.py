@@ -259,3 +259,15 @@ def test_cli_multirun_gives_each_job_its_own_folder(tmp_path):
         assert (config["stage"], config["keep"]) == (entry["stage"], entry["keep"])
         assert {"input.png", "overview.png", entry["file"]} <= {p.name for p in job.iterdir()}
     assert seen == {(1, "all"), (1, "max"), (5, "all"), (5, "max")}
+
+
+def test_render_reconstruct_redraws_the_overview_from_saved_files(tmp_path):
+    from PIL import Image
+
+    from experiments.reconstruct import render_reconstruct, run_reconstruct
+
+    run_reconstruct(tmp_path, model="alexnet", weights="random", stage=2, progress=False)
+    before = np.asarray(Image.open(tmp_path / "overview.png"))
+    (tmp_path / "overview.png").unlink()
+    render_reconstruct(tmp_path)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "overview.png")), before)
