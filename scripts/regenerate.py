@@ -25,13 +25,15 @@ sys.path.insert(0, str(REPO))
 
 from experiments.common import provenance  # noqa: E402
 
+# committed PNGs stay modest: large receptive fields shown at 64 px, sheets at most 1400 px wide
+SMALL_PNG = ["display.max_tile_px=64", "display.sheet_max_width=1400"]
 # name -> (Hydra module, overrides, what it shows)
 FIGURES = {
     "fig1": ("experiments.fig1", [], "Fig. 1: the deconvnet layer attached to a convnet layer, "
              "every intermediate map from real data, and unpooling with switches"),
-    "fig2": ("experiments.fig2", [], "Fig. 2: top-9 activations of 16 random feature maps per "
+    "fig2": ("experiments.fig2", SMALL_PNG, "Fig. 2: top-9 activations of 16 random feature maps per "
              "layer, projected to pixels beside their image patches (VGG16)"),
-    "fig2_alexnet": ("experiments.fig2", ["model=alexnet"], "Fig. 2 on AlexNet (the paper's "
+    "fig2_alexnet": ("experiments.fig2", ["model=alexnet", *SMALL_PNG], "Fig. 2 on AlexNet (the paper's "
                      "own architecture family)"),
     "reconstruct": ("experiments.reconstruct", [], "Reconstructions of one image at the 5 "
                     "layers, from the whole feature map and from its strongest activation"),
