@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import json
 import numbers
-import platform
 import textwrap
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,7 @@ from deconvnet.images import denormalize, load_image
 from deconvnet.mirror import Mirror, is_tiling, unpool
 from deconvnet.models import load_model, model_name, weights_info
 from deconvnet.validation import check_images
+from deconvnet.versions import versions
 from deconvnet.windows import Region, reframe
 
 KEEPS = ("max", "all")
@@ -667,7 +666,7 @@ def draw_fig1(data: dict[str, Any], path: str | Path) -> Path:
     unp_ax = _panel(fig, (xd, row_y[1], P, P), _crop(data["unpooled"], zm))
     runp_ax = _panel(fig, (xd, row_y[2], P, P), _crop(data["rectified_unpooled"], zm))
     recon = data["reconstruction"]
-    recon_ax = _panel(fig, (xd, row_y[3], P, P), _crop(recon, zb), rgb=recon.ndim == 3)
+    _panel(fig, (xd, row_y[3], P, P), _crop(recon, zb), rgb=recon.ndim == 3)
     rx = xd - 14
 
     def zoom_txt(z):
@@ -934,18 +933,6 @@ def render_fig1(job_dir: str | Path, path: str | Path | None = None) -> Path:
     return draw_fig1(load_fig1_data(source), path if path is not None else job_dir / FIGURE_FILE)
 
 
-def _versions() -> dict[str, str | None]:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": version("torchvision"), "numpy": np.__version__,
-            "matplotlib": version("matplotlib"), "deconvnet": version("deconvnet")}
-
-
 def _channel_count(name: str, stage: int) -> int:
     """Channels of the stage output, from the architecture alone (meta device: no weights)."""
     from deconvnet.models import model_spec
@@ -998,7 +985,7 @@ def run_fig1(out_dir: str | Path, model: str | nn.Module = "vgg16", weights: str
         "rule": "deconvnet",
         "files": {"figure": FIGURE_FILE, "data": DATA_FILE, "result": RESULT_FILE},
         "arrays": {k: list(v.shape) for k, v in data.items() if k != "meta"},
-        "versions": _versions(),
+        "versions": versions(),
     }
     if extra:
         result.update(extra)

@@ -61,6 +61,7 @@ from deconvnet.display import to_display
 from deconvnet.geometry import receptive_field
 from deconvnet.images import denormalize
 from deconvnet.mirror import Mirror, Seeds
+from deconvnet.versions import versions
 
 __all__ = [
     "DisplayOptions",
@@ -1032,7 +1033,7 @@ def run_fig2(
         "weights": info,
         "dataset": data_summary,
         "channels": {str(s): c for s, c in chosen.items()},
-        "versions": _versions(),
+        "versions": versions(),
         "provenance": dict(provenance) if provenance is not None else None,
         "timings_s": timings,
     }
@@ -1148,18 +1149,3 @@ def _figure_meta(model: str, info: Mapping[str, Any], data_summary: Mapping[str,
         "stages": stages_meta,
     }
 
-
-def _versions() -> dict[str, Any]:
-    import importlib.metadata
-    import platform
-
-    def version(package: str) -> str | None:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": version("torchvision"), "numpy": np.__version__,
-            "pillow": version("pillow"), "deconvnet": version("deconvnet"),
-            "hydra-core": version("hydra-core"), "threads": torch.get_num_threads()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import logging
 import platform
@@ -16,6 +15,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from deconvnet.models import WeightsUnavailableError
+from deconvnet.versions import versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -56,22 +56,9 @@ def _git(*args: str) -> str | None:
 
 def provenance() -> dict[str, Any]:
     """Versions, git commit (None if unavailable), whether the work tree had changes, host, time."""
-    def version(package: str) -> str | None:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": version("torchvision"),
-            "deconvnet": version("deconvnet"),
-            "hydra-core": version("hydra-core"),
-            "numpy": version("numpy"),
-        },
+        "versions": versions(),
         "git_commit": _git("rev-parse", "HEAD") or None,
         "git_dirty": None if status is None else bool(status),
         "platform": platform.platform(),

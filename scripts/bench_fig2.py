@@ -20,8 +20,9 @@ and after the loop (the mean of the two is used for the ratio: load on a shared 
 from __future__ import annotations
 
 import argparse
-import copy
+import sys
 import time
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -29,9 +30,11 @@ import torch
 from torch import nn
 
 import deconvnet
-from deconvnet.architecture import stage as stage_of
 from deconvnet.fig2 import crop_with_fill, make_dataset, project_tiles, select_channels
 from deconvnet.scan import scan_topk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_reconstruct import hooked_features  # noqa: E402  (the same hook-based loop)
 
 
 class Preloaded:
@@ -46,17 +49,6 @@ class Preloaded:
 
     def __getitem__(self, i: int):
         return self.items[i]
-
-
-def hooked_features(model: nn.Module, stage: int) -> nn.Sequential:
-    """A copy of features[: stage + 1] whose ReLUs pass relu(grad) backwards (deconvnet rule)."""
-    index = stage_of(model, stage).index
-    features = copy.deepcopy(model.features[: index + 1])
-    for m in features:
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-            m.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gout[0]),))
-    return features
 
 
 def loop_tile(features: nn.Sequential, image: torch.Tensor, c: int, y: int, x: int,
