@@ -27,12 +27,13 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
+from torchvision.models import WeightsEnum
 from torchvision.transforms import InterpolationMode
 
 from deconvnet.models import Preprocessing, preprocessing
 
 ImageSource = Union[str, os.PathLike, Image.Image]
-PreprocessingSource = Union[nn.Module, str, Preprocessing]
+PreprocessingSource = Union[nn.Module, str, WeightsEnum, Preprocessing]
 
 
 def _skimage_data():
@@ -136,13 +137,15 @@ def open_image(source: ImageSource) -> Image.Image:
 
 
 def resolve_preprocessing(model_or_weights: PreprocessingSource) -> Preprocessing:
-    """A `Preprocessing` from itself, a model instance, or a model name ('vgg16', 'alexnet')."""
+    """A `Preprocessing` from itself, a torchvision weights enum (e.g.
+    `VGG16_Weights.IMAGENET1K_V1`), a model instance, or a model name ('vgg16', 'alexnet')."""
     if isinstance(model_or_weights, Preprocessing):
         return model_or_weights
-    if isinstance(model_or_weights, (nn.Module, str)):
+    if isinstance(model_or_weights, (nn.Module, str, WeightsEnum)):
         return preprocessing(model_or_weights)
     raise ValueError(
-        "model_or_weights: expected a model, a model name or a Preprocessing, "
+        "model_or_weights: expected a model, a model name, a torchvision weights enum or a "
+        "Preprocessing, "
         f"got {type(model_or_weights).__name__}"
     )
 

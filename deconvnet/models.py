@@ -160,9 +160,12 @@ def _spec_of(model_or_name: nn.Module | str) -> ModelSpec:
     return model_spec(model_name(model_or_name))
 
 
-def preprocessing(model_or_name: nn.Module | str) -> Preprocessing:
-    """Eval preprocessing read from the model's ImageNet weights enum (works offline)."""
-    transform = _spec_of(model_or_name).weights.transforms()
+def preprocessing(model_or_name: nn.Module | str | WeightsEnum) -> Preprocessing:
+    """Eval preprocessing read from a torchvision weights enum, or from the ImageNet weights enum
+    of a model / model name (works offline)."""
+    weights = (model_or_name if isinstance(model_or_name, WeightsEnum)
+               else _spec_of(model_or_name).weights)
+    transform = weights.transforms()
     return Preprocessing(
         resize_size=int(transform.resize_size[0]),
         crop_size=int(transform.crop_size[0]),

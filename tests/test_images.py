@@ -98,13 +98,19 @@ def test_exif_orientation_is_applied(tmp_path):
     assert torch.equal(load_image(path, PREP)[0], preprocess(rotated, PREP))
 
 
-def test_load_image_accepts_a_model_a_name_or_a_preprocessing(tmp_path):
+def test_load_image_accepts_a_model_a_name_a_weights_enum_or_a_preprocessing(tmp_path):
     path = tmp_path / "noise.png"
     noise_image(300, 260, seed=4).save(path)
     with torch.device("meta"):
         model = tvm.alexnet(weights=None)
-    by_model, by_name, by_prep = (load_image(str(path), w) for w in (model, "alexnet", PREP))
+    by_model, by_name, by_enum, by_prep = (
+        load_image(str(path), w)
+        for w in (model, "alexnet", tvm.AlexNet_Weights.IMAGENET1K_V1, PREP))
     assert torch.equal(by_model, by_name) and torch.equal(by_name, by_prep)
+    assert torch.equal(by_enum, by_prep)
+    with pytest.raises(ValueError, match="model_or_weights: expected a model, a model name, a "
+                                         "torchvision weights enum or a Preprocessing, got int"):
+        load_image(str(path), 3)
     assert load_image(path, PREP, device="cpu").device == torch.device("cpu")
 
 
@@ -212,7 +218,7 @@ def test_directory_and_wrong_types_are_value_errors(tmp_path):
         load_image(tmp_path, PREP)
     with pytest.raises(ValueError, match="expected a file path, a PIL image, or a sample name"):
         load_image(42, PREP)
-    with pytest.raises(ValueError, match="model_or_weights: expected a model, a model name or a"):
+    with pytest.raises(ValueError, match="model_or_weights: expected a model, a model name, a torchvision weights enum or a"):
         load_image("cat", 3.0)
     with pytest.raises(ValueError, match=r"expected one of \['vgg16', 'alexnet'\], got 'resnet'"):
         load_image("cat", "resnet")

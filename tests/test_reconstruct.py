@@ -265,3 +265,16 @@ def test_a_record_of_a_higher_stage_serves_the_lower_mirrors(alexnet_float64):
         assert torch.equal(mirror.project(top, seeds), mirror.project(own, seeds))
     with pytest.raises(ValueError, match=r"covers stages \[1, 2\], not 3"):
         deconvnet.Mirror(alexnet_float64, 3).project_map(deconvnet.Mirror(alexnet_float64, 2).record(x))
+
+
+def test_runs_in_deterministic_mode_and_repeats_bit_for_bit(alexnet_float32):
+    """Unpooling by scatter-add (overlapping AlexNet pooling) works where nn.MaxUnpool2d refuses."""
+    x = _image(70, 70, seed=9, dtype=torch.float32)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = deconvnet.reconstruct(alexnet_float32, x, 5, keep=[0, 1, 2])
+        again = deconvnet.reconstruct(alexnet_float32, x, 5, keep=[0, 1, 2])
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert torch.equal(first, again) and first.abs().max() > 0
