@@ -53,9 +53,20 @@ def main() -> None:
 
         print(assemble_sheet(jobs, args.sheet))
         return
+    failed = []
     for job in jobs:
-        for path in render_job(job):
-            print(path)
+        try:
+            for path in render_job(job):
+                print(path)
+        except (FileNotFoundError, ValueError) as error:  # one job's missing data stops no other
+            failed.append(job)
+            print(f"skipped {job}: {error}", file=sys.stderr)
+            if (job / "tiles.json").is_file():
+                print("  (Fig. 2's raw tiles.npz is not committed to results/; "
+                      "`python scripts/regenerate.py --only fig2 fig2_alexnet` recreates it)",
+                      file=sys.stderr)
+    if failed:
+        raise SystemExit(f"error: {len(failed)} of {len(jobs)} job(s) could not be redrawn")
 
 
 if __name__ == "__main__":
