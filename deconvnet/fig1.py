@@ -864,20 +864,17 @@ def _draw_illustration(fig, overlay, data: dict[str, Any], meta: dict[str, Any],
     overlay.text(x_unpooled + L * cell / 2, grid_top + 8,
                  "Unpooled Maps\n(values at switches, zeros elsewhere)", ha="center",
                  va="bottom", fontsize=10)
-    a0, a1 = x_patch + L * cell + 15, x_pooled - 15
-    overlay.annotate("", xy=(a1, g_mid), xytext=(a0, g_mid),
-                     arrowprops=dict(arrowstyle="-|>", lw=2, color="black", mutation_scale=16))
-    overlay.text((a0 + a1) / 2, g_mid + 8, "Pooling", ha="center", va="bottom", fontsize=11.5,
-                 fontweight="bold")
-    overlay.text((a0 + a1) / 2, g_mid - 8, "F.max_pool2d(...,\nreturn_indices=True)",
-                 ha="center", va="top", fontsize=8.5, color=GREY)
-    b0, b1 = x_pooled + m * cq + 15, x_unpooled - 15
-    overlay.annotate("", xy=(b1, g_mid), xytext=(b0, g_mid),
-                     arrowprops=dict(arrowstyle="-|>", lw=2, color="black", mutation_scale=16))
-    overlay.text((b0 + b1) / 2, g_mid + 8, "Unpooling", ha="center", va="bottom", fontsize=11.5,
-                 fontweight="bold")
-    overlay.text((b0 + b1) / 2, g_mid - 8, "deconvnet.mirror.unpool\n(the switches)",
-                 ha="center", va="top", fontsize=8.5, color=GREY)
+    def step(start: float, end: float, name: str, how: str) -> None:
+        """A labelled arrow between two grids: the operation's name above, its code below."""
+        overlay.annotate("", xy=(end, g_mid), xytext=(start, g_mid),
+                         arrowprops=dict(arrowstyle="-|>", lw=2, color="black", mutation_scale=16))
+        overlay.text((start + end) / 2, g_mid + 8, name, ha="center", va="bottom",
+                     fontsize=11.5, fontweight="bold")
+        overlay.text((start + end) / 2, g_mid - 8, how, ha="center", va="top", fontsize=8.5,
+                     color=GREY)
+
+    step(x_patch + L * cell + 15, x_pooled - 15, "Pooling", "F.max_pool2d(...,\nreturn_indices=True)")
+    step(x_pooled + m * cq + 15, x_unpooled - 15, "Unpooling", "deconvnet.mirror.unpool\n(the switches)")
 
     notes = [
         f"The {L}\u00d7{L} patch is cut from the real rectified feature map; its {m}\u00d7{m} "
