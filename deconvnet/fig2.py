@@ -124,15 +124,22 @@ VALUE_ATOL = 1e-6
 # options and input checks
 
 
+def _as_list(value: Any, name: str, kind: str, one: str) -> list:
+    """`value` as a non-empty list: a single int becomes [int]; strings and non-iterables, or an
+    empty sequence, are a ValueError naming `name` and what it takes (`kind`, at least `one`)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"{name}: expected a list of {kind}, got {value!r}")
+    items = list(value)
+    if not items:
+        raise ValueError(f"{name}: expected at least one {one}, got none")
+    return items
+
+
 def check_stages(stages: Any) -> list[int]:
     """Sorted distinct stage numbers from an int or a sequence of ints in 1..5."""
-    if isinstance(stages, numbers.Integral) and not isinstance(stages, bool):
-        stages = [stages]
-    if isinstance(stages, (str, bytes)) or not isinstance(stages, Iterable):
-        raise ValueError(f"stages: expected a list of ints in 1..5, got {stages!r}")
-    items = list(stages)
-    if not items:
-        raise ValueError("stages: expected at least one stage in 1..5, got none")
+    items = _as_list(stages, "stages", "ints in 1..5", "stage in 1..5")
     for s in items:
         if isinstance(s, bool) or not isinstance(s, numbers.Integral) or int(s) not in STAGES:
             raise ValueError(f"stages: unknown stage {s!r}; the paper's layers are 1..5")
@@ -174,14 +181,7 @@ def select_channels(
             if number not in stages:
                 raise ValueError(f"channels: stage {number} is not among the requested stages "
                                  f"{stages}")
-            if isinstance(chosen, numbers.Integral) and not isinstance(chosen, bool):
-                chosen = [chosen]
-            if isinstance(chosen, (str, bytes)) or not isinstance(chosen, Iterable):
-                raise ValueError(f"channels[{number}]: expected a list of channel ints, got {chosen!r}")
-            items = list(chosen)
-            if not items:
-                raise ValueError(f"channels[{number}]: expected at least one channel, got none")
-            explicit[number] = items
+            explicit[number] = _as_list(chosen, f"channels[{number}]", "channel ints", "channel")
     table = {s.number: s for s in stage_table(model)}
     out: dict[int, list[int]] = {}
     for number in stages:

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torchvision.models import alexnet, vgg16
 
+import deconvnet
+
 
 def _seeded(builder, seed: int = 0):
     with torch.random.fork_rng():
@@ -37,3 +39,9 @@ def alexnet_float32():
 @pytest.fixture(params=["vgg16", "alexnet"])
 def model64(request, vgg_float64, alexnet_float64):
     return vgg_float64 if request.param == "vgg16" else alexnet_float64
+
+
+@pytest.fixture(scope="session")
+def alexnet_random():
+    """AlexNet as the experiments load it: `load_model` with random weights (seed 0)."""
+    return deconvnet.load_model("alexnet", weights="random", seed=0)

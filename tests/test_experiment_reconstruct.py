@@ -44,11 +44,6 @@ def _levels(shown: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def alexnet_random():
-    return deconvnet.load_model("alexnet", weights="random", seed=0)
-
-
-@pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """The default job (all 5 stages x keep all/max, deconvnet) on AlexNet with random weights."""
     out = tmp_path_factory.mktemp("default_run")

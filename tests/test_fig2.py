@@ -54,8 +54,8 @@ class TensorList:
 
 
 @pytest.fixture(scope="module")
-def alexnet():
-    return deconvnet.load_model("alexnet", weights="random", seed=0)
+def alexnet(alexnet_random):
+    return alexnet_random
 
 
 @pytest.fixture(scope="module")
