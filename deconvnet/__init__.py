@@ -1,6 +1,7 @@
 """deconvnet: Zeiler & Fergus (ECCV 2014) deconvnet visualisations for torchvision VGG16 and AlexNet.
 
     model = deconvnet.load_model("vgg16")                      # pretrained if cached, else random
+    model = deconvnet.load_model("vgg16", weights="hed")       # learned convolutions, offline
     x = deconvnet.load_image("cat", model)                     # [1, 3, 224, 224]
     r = deconvnet.reconstruct(model, x, stage=3, keep="max")   # [1, 3, 224, 224]
 """
@@ -10,7 +11,9 @@ from deconvnet.display import save_png, tile_grid, to_display
 from deconvnet.geometry import ReceptiveField, min_input_size, receptive_field
 from deconvnet.images import denormalize, load_image, preprocess, sample_names, to_pil
 from deconvnet.mirror import RULES, Mirror, Seeds, unpool
+from deconvnet.hed import HedWeightsError
 from deconvnet.models import (
+    HED_DESCRIPTION,
     Preprocessing,
     WeightsInfo,
     WeightsUnavailableError,
@@ -20,13 +23,15 @@ from deconvnet.models import (
     preprocessing,
     supported_models,
     weights_info,
+    weights_label,
 )
 from deconvnet.reconstruct import reconstruct
 
 __all__ = [
-    "RULES", "STAGES", "Mirror", "Preprocessing", "ReceptiveField", "Seeds", "Stage",
+    "HED_DESCRIPTION", "HedWeightsError", "RULES", "STAGES", "Mirror", "Preprocessing", "ReceptiveField", "Seeds", "Stage",
     "WeightsInfo", "WeightsUnavailableError", "class_names", "denormalize", "load_image",
     "load_model", "min_input_size", "model_name", "preprocess", "preprocessing",
     "receptive_field", "reconstruct", "sample_names", "save_png", "stage", "stages",
     "supported_models", "tile_grid", "to_display", "to_pil", "unpool", "weights_info",
+    "weights_label",
 ]

@@ -47,6 +47,7 @@ from deconvnet.geometry import receptive_field, spans
 from deconvnet.images import denormalize, load_image
 from deconvnet.mirror import Mirror, is_tiling, unpool
 from deconvnet.models import load_model, model_name, weights_info
+from deconvnet.models import weights_label as weights_label_of
 from deconvnet.validation import check_images
 from deconvnet.versions import versions
 from deconvnet.windows import Region, reframe
@@ -568,15 +569,8 @@ def draw_fig1(data: dict[str, Any], path: str | Path) -> Path:
     # ---------------------------------------------------------------- title
     w = meta["weights"]
     model_label = {"vgg16": "VGG16", "alexnet": "AlexNet"}.get(meta["model"], meta["model"])
-    if w.get("pretrained") is True:
-        weights_label = "pretrained ImageNet weights (torchvision)"
-        weights_colour = "black"
-    elif w.get("weights") == "random":
-        weights_label = f"RANDOM weights ({w.get('source')}) \u2014 NOT pretrained"
-        weights_colour = "#c00000"
-    else:
-        weights_label = f"weights: {w.get('description')}"
-        weights_colour = "black"
+    weights_label = weights_label_of(w)
+    weights_colour = "#c00000" if w.get("weights") == "random" else "black"
     text(W / 2, H - 28, "Fig. 1 (Zeiler & Fergus 2014) drawn from real data: a deconvnet layer "
          "(left) attached to a convnet layer (right)", ha="center", va="center", fontsize=15,
          fontweight="bold")

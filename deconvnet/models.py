@@ -14,6 +14,9 @@ VGG variant is one `ModelSpec(...)` line.
   (which torch calls without a timeout); during a download every socket operation times out after
   30 s (`socket.setdefaulttimeout`, restored afterwards). ``DECONVNET_OFFLINE=1`` skips the
   network entirely. Failure raises `WeightsUnavailableError` naming the file and where to put it.
+- ``"hed"`` (VGG16 only): learned VGG16 convolutions available offline, those of the HED edge
+  detector (ImageNet VGG16 fine-tuned on BSDS500; `deconvnet.hed`), converted to torchvision's
+  input convention; the classifier stays seeded-random and `weights_info` says so.
 - ``"random"``: seeded initialisation (`torch.manual_seed(seed)` inside `torch.random.fork_rng`, so
   the caller's global CPU RNG state is left untouched).
 - a path to a ``.pth``/``.pt`` checkpoint: a state_dict, or a dict holding one under ``"state_dict"``
@@ -39,9 +42,11 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from deconvnet.hed import HED_FETCH_COMMAND, HED_SOURCE, hed_features_state
+
 logger = logging.getLogger(__name__)
 
-WEIGHTS_CHOICES = ("auto", "imagenet", "random")
+WEIGHTS_CHOICES = ("auto", "imagenet", "hed", "random")
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
 OFFLINE_ENV = "DECONVNET_OFFLINE"
 PROBE_TIMEOUT_S = 3.0
@@ -80,8 +85,9 @@ class WeightsUnavailableError(RuntimeError):
 class WeightsInfo:
     """What weights a model carries.
 
-    `weights` is 'imagenet', 'random', 'checkpoint' or 'unknown'; `source` the cache path, 'seed N',
-    the checkpoint path, or 'caller-supplied model'; `pretrained` is None when unknown.
+    `weights` is 'imagenet', 'hed', 'random', 'checkpoint' or 'unknown'; `source` the cache path,
+    the HED file, 'seed N', the checkpoint path, or 'caller-supplied model'; `pretrained` (the whole
+    network trained on ImageNet) is False for 'hed' and None when unknown.
     """
 
     model: str
@@ -201,17 +207,21 @@ def load_model(
 ) -> nn.Module:
     """Build model `name` with the requested weights, on `device`, in eval mode.
 
-    `weights`: 'auto' | 'imagenet' | 'random' | path to a .pth/.pt checkpoint (see module doc).
+    `weights`: 'auto' | 'imagenet' | 'hed' (vgg16) | 'random' | path to a .pth/.pt checkpoint (see module doc).
     The returned model has `model.weights_info` (a `WeightsInfo`).
 
     Raises ValueError (unknown name / weights / seed / device, a checkpoint or cached file that
     cannot be read or does not fit), FileNotFoundError (missing checkpoint path),
-    WeightsUnavailableError ('imagenet' neither cached nor downloadable).
+    WeightsUnavailableError ('imagenet' neither cached nor downloadable),
+    `deconvnet.hed.HedWeightsError` (a FileNotFoundError: 'hed' file missing or not the expected one).
     """
     spec = model_spec(name)
     _check_seed(seed)
     target = _parse_device(device)
     kind, checkpoint = _parse_weights(weights)
+    if kind == "hed" and spec.name != "vgg16":
+        raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}; use "
+                         "model vgg16, or weights 'random', 'imagenet' or a checkpoint path")
 
     if kind == "auto":
         cached = imagenet_cache_path(spec.name)
@@ -224,6 +234,8 @@ def load_model(
                 f"show learned features. To use the pretrained weights, put {cached.name} "
                 f"(from {spec.weights.url}) at {cached}, or pass weights='imagenet' with network "
                 "access, or weights=<path to a checkpoint>."
+                + (" Offline learned alternative: weights='hed' (VGG16 convolutions from HED, "
+                   f"`{HED_FETCH_COMMAND}`)." if spec.name == "vgg16" else "")
             )
             warnings.warn(message, UserWarning, stacklevel=2)
             logger.warning(message)
@@ -235,6 +247,10 @@ def load_model(
             spec.name, "random", f"seed {seed}", False,
             f"random initialisation (seed {seed}): NOT pretrained",
         )
+    elif kind == "hed":
+        model = _hed_model(spec, seed)
+        info = WeightsInfo(spec.name, "hed", HED_SOURCE, False,
+                           f"{HED_DESCRIPTION} (seed {seed})")
     elif kind == "imagenet":
         state, cached = _imagenet_state_dict(spec)
         model = _model_from_state_dict(spec, state, str(cached))
@@ -254,6 +270,29 @@ def load_model(
     model.weights_info = info
     logger.info("loaded %s: %s", spec.name, info.description)
     return model
+
+
+HED_DESCRIPTION = ("VGG16 convolutions from HED (BSDS500 edge detection, fine-tuned from ImageNet "
+                   "VGG16); classifier random")
+
+
+def weights_label(info: WeightsInfo | Mapping[str, Any]) -> str:
+    """One line naming exactly what weights a model carries, for figure titles and manifests.
+
+    Accepts a `WeightsInfo` or its `as_dict()`. Never says just "pretrained": ImageNet weights name
+    the torchvision enum, HED weights say what they are, random ones say NOT pretrained.
+    """
+    data = info.as_dict() if isinstance(info, WeightsInfo) else dict(info)
+    kind = data.get("weights")
+    if kind == "imagenet":
+        return "ImageNet-pretrained weights (torchvision IMAGENET1K_V1)"
+    if kind == "hed":
+        return HED_DESCRIPTION
+    if kind == "random":
+        return f"random weights — NOT pretrained ({data.get('source')})"
+    if kind == "checkpoint":
+        return f"weights from checkpoint {Path(str(data.get('source'))).name} (pretraining unknown)"
+    return f"weights: {data.get('description')}"
 
 
 def weights_info(model: nn.Module) -> WeightsInfo:
@@ -313,6 +352,15 @@ def _random_model(spec: ModelSpec, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return spec.constructor(weights=None)
+
+
+def _hed_model(spec: ModelSpec, seed: int) -> nn.Module:
+    """Seeded random VGG16 whose `features` carry the converted HED convolutions."""
+    prep = preprocessing(spec.name)
+    state = hed_features_state(prep.mean, prep.std)
+    model = _random_model(spec, seed)
+    model.features.load_state_dict(state, strict=True)
+    return model
 
 
 def _offline_requested() -> bool:

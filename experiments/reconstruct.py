@@ -210,7 +210,7 @@ def run_reconstruct(
 
     net = deconvnet.load_model(model, weights=weights, seed=seed, device=plan.device)
     winfo = deconvnet.weights_info(net)
-    if winfo.pretrained is not True:
+    if winfo.weights in ("random", "unknown"):
         log.warning("weights: %s. Reconstructions will not show learned features.",
                     winfo.description)
     else:
@@ -336,12 +336,12 @@ def _overview(path: Path, input_tile: np.ndarray, tiles: Mapping[tuple[str, int]
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    pretrained = weights.get("pretrained") is True
-    weights_line = weights["description"] if pretrained else weights["description"].upper()
-    fig.suptitle(f"{model} [{weights_line}]\nimage: {image_source}   rule: {rule}\n"
+    random = weights.get("weights") == "random"
+    weights_line = deconvnet.weights_label(weights)
+    fig.suptitle(f"{model} [{weights_line.upper() if random else weights_line}]\nimage: "
+                 f"{image_source}   rule: {rule}\n"
                  "zero = mid-grey, each tile scaled by its own max|r|; dashed box: receptive "
-                 "field of the kept unit", fontsize=8,
-                 color="black" if pretrained else "darkred")
+                 "field of the kept unit", fontsize=8, color="darkred" if random else "black")
     fig.savefig(path)
 
 
