@@ -5,8 +5,10 @@ from `__getitem__`, and list the ids in that order in `dataset.ids`. `batches(da
 image tensors only, in the same order, so `scan_topk(model, batches(ds, 8))` reports image numbers
 that index `ds.ids`.
 
-- `SampleGallery`: offline default (`data=samples`). Photos that ship with scikit-image, each cut
-  into several square views (scales and positions) and their mirror images; deterministic.
+- `SampleGallery`: offline default (`data=samples`). The natural photos that ship inside the
+  installed dependencies (`PHOTO_SOURCES`: 14 from scikit-image's `skimage.data`, Grace Hopper
+  from matplotlib's sample data), each cut into 7 square views (whole centre square, 0.6 and 0.4
+  crops at set positions) and their mirror images: 210 images by default; deterministic.
 - `ImageFolderDataset`: a directory tree of images (the real case: ImageNet validation), read with
   the weights' eval preprocessing (resize 256, center crop 224, ImageNet mean/std).
 """
@@ -31,8 +33,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "ANCHORS",
+    "PHOTO_SOURCES",
     "SAMPLE_PHOTOS",
     "SAMPLE_VIEWS",
+    "SamplePhoto",
     "View",
     "SkippedFile",
     "SampleGallery",
@@ -111,24 +116,99 @@ def transform_for(preprocessing: object) -> Transform:
 # ----------------------------------------------------------------------------------------------
 # the sample gallery
 
-# scikit-image photos that load offline (bundled with the package); grayscale ones become RGB.
-SAMPLE_PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "immunohistochemistry",
-    "hubble_deep_field",
-    "camera",
-    "coins",
-)
+
+@dataclass(frozen=True)
+class SamplePhoto:
+    """A natural photo shipped inside an installed package (read offline, no download).
+
+    package: the distribution that ships it; call: how that package reads it; load: () -> RGB PIL
+    image (greyscale photos as three equal channels).
+    """
+
+    package: str
+    call: str
+    load: Callable[[], Image.Image]
+
+
+def _rgb_from_array(array: np.ndarray, call: str) -> Image.Image:
+    """uint8 [H, W] or [H, W, 3] array -> RGB PIL image (greyscale copied to all three channels)."""
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"photos: {call} gave {array.dtype} {array.shape}, expected uint8 [H, W(, 3)]")
+    return Image.fromarray(array).convert("RGB")
+
+
+def _skimage_photo(function: str, item: int | None = None) -> SamplePhoto:
+    """A photo read by `skimage.data.<function>()` (its `item`-th array when it returns several)."""
+    call = f"skimage.data.{function}()" + (f"[{item}]" if item is not None else "")
+
+    def load() -> Image.Image:
+        import skimage.data
+
+        array = getattr(skimage.data, function)()
+        return _rgb_from_array(np.asarray(array if item is None else array[item]), call)
+
+    return SamplePhoto("scikit-image", call, load)
+
+
+def _matplotlib_photo(filename: str) -> SamplePhoto:
+    """A photo in matplotlib's mpl-data/sample_data, read with `matplotlib.cbook.get_sample_data`."""
+    call = f"matplotlib.cbook.get_sample_data({filename!r})"
+
+    def load() -> Image.Image:
+        from matplotlib import cbook
+
+        from deconvnet.images import to_rgb
+
+        with Image.open(cbook.get_sample_data(filename, asfileobj=False)) as image:
+            image.load()
+            return to_rgb(image)
+
+    return SamplePhoto("matplotlib", call, load)
+
+
+# Every natural photo (camera pictures of people, animals, objects, scenes, surfaces; two
+# microscope/telescope pictures kept from the first gallery) that ships inside the installed
+# dependencies and reads offline, in gallery order. Left out: synthetic or text images
+# (checkerboard, colorwheel, logo, page, text, horse mask, binary_blobs, phantom), medical and
+# microscopy images not used before (retina, cell, microaneurysms, matplotlib's MRI slice), 25 px
+# faces (lfw_subset), and every skimage.data image that needs a download (eagle, brain, ...).
+PHOTO_SOURCES: dict[str, SamplePhoto] = {
+    "astronaut": _skimage_photo("astronaut"),
+    "chelsea": _skimage_photo("chelsea"),
+    "coffee": _skimage_photo("coffee"),
+    "rocket": _skimage_photo("rocket"),
+    "immunohistochemistry": _skimage_photo("immunohistochemistry"),
+    "hubble_deep_field": _skimage_photo("hubble_deep_field"),
+    "camera": _skimage_photo("camera"),
+    "coins": _skimage_photo("coins"),
+    "motorcycle": _skimage_photo("stereo_motorcycle", 0),
+    "grace_hopper": _matplotlib_photo("grace_hopper.jpg"),
+    "clock": _skimage_photo("clock"),
+    "moon": _skimage_photo("moon"),
+    "brick": _skimage_photo("brick"),
+    "grass": _skimage_photo("grass"),
+    "gravel": _skimage_photo("gravel"),
+}
+
+# The default gallery uses every registered photo, in this order.
+SAMPLE_PHOTOS = tuple(PHOTO_SOURCES)
+
+# anchor -> (x, y) fraction of the free room left of / above the crop.
+ANCHORS = {
+    "topleft": (0.0, 0.0),
+    "topright": (1.0, 0.0),
+    "center": (0.5, 0.5),
+    "bottomleft": (0.0, 1.0),
+    "bottomright": (1.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
 class View:
     """A square crop of a photo: side = `scale` x the photo's shorter side, placed at `anchor`.
 
-    anchor: "center", "topleft" or "bottomright" (the corner of the free room the crop sits in).
+    anchor: one of `ANCHORS` ("center", "topleft", "topright", "bottomleft", "bottomright"): where
+    the crop sits in the room the photo leaves free (along the longer side only, for scale 1).
     """
 
     scale: float
@@ -136,10 +216,12 @@ class View:
 
     def box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the crop in a width x height photo."""
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor: expected one of {', '.join(ANCHORS)}, got {self.anchor!r}")
         side = max(1, round(self.scale * min(width, height)))
-        fraction = {"topleft": 0.0, "center": 0.5, "bottomright": 1.0}[self.anchor]
-        left = round((width - side) * fraction)
-        top = round((height - side) * fraction)
+        fx, fy = ANCHORS[self.anchor]
+        left = round((width - side) * fx)
+        top = round((height - side) * fy)
         return left, top, left + side, top + side
 
     @property
@@ -147,44 +229,48 @@ class View:
         return f"scale{self.scale:g}_{self.anchor}"
 
 
-# per photo: the whole central square and three closer crops; each also mirrored -> 8 images.
+# Per photo: the whole central square, three closer crops (0.6) down the main diagonal and three
+# close-ups (0.4) down the other diagonal and at the centre; each also mirrored -> 14 images.
 SAMPLE_VIEWS = (
     View(1.0, "center"),
     View(0.6, "topleft"),
     View(0.6, "center"),
     View(0.6, "bottomright"),
+    View(0.4, "topright"),
+    View(0.4, "center"),
+    View(0.4, "bottomleft"),
 )
 
 
 def _load_sample_photo(name: str) -> Image.Image:
-    """A scikit-image sample photo as an RGB PIL image (offline; no download)."""
-    import skimage.data
-
-    loader = getattr(skimage.data, name, None)
-    if loader is None:
-        raise ValueError(f"photos: {name!r} is not a skimage.data image; try one of {', '.join(SAMPLE_PHOTOS)}")
+    """Registered photo `name` (a key of `PHOTO_SOURCES`) as an RGB PIL image; offline."""
+    source = PHOTO_SOURCES.get(name) if isinstance(name, str) else None
+    if source is None:
+        raise ValueError(f"photos: unknown photo {name!r}; accepted: {', '.join(PHOTO_SOURCES)}")
     try:
-        array = np.asarray(loader())
-    except Exception as error:  # e.g. images that need pooch / a download
-        raise ValueError(f"photos: skimage.data.{name}() cannot be loaded offline ({error})") from error
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
-        low, high = float(array.min()), float(array.max())
-        array = ((array - low) / (high - low if high > low else 1.0) * 255).round().astype(np.uint8)
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"photos: skimage.data.{name}() has shape {array.shape}, not an image")
-    return Image.fromarray(array[..., :3]).convert("RGB")
+        return source.load()
+    except Exception as error:  # e.g. a file missing from a trimmed installation
+        raise ValueError(f"photos: {name!r} ({source.call}) cannot be read offline ({error})") from error
+
+
+def _check_views(views: Sequence[View]) -> tuple[View, ...]:
+    if isinstance(views, View) or not views or not all(isinstance(v, View) for v in views):
+        raise ValueError(f"views: expected a non-empty list of View(scale, anchor), got {views!r}")
+    for view in views:
+        if not 0 < view.scale <= 1 or view.anchor not in ANCHORS:
+            raise ValueError(f"views: {view!r} needs 0 < scale <= 1 and anchor in {', '.join(ANCHORS)}")
+    return tuple(views)
 
 
 class SampleGallery:
-    """Deterministic offline gallery from scikit-image's bundled photos.
+    """Deterministic offline gallery from the natural photos bundled with the dependencies
+    (`PHOTO_SOURCES`: scikit-image's `skimage.data` and matplotlib's sample data).
 
-    Image order: photo (as in `photos`), then view (as in `views`), then unflipped before flipped.
-    Default: 8 photos x 4 views x 2 flips = 64 images of 224 x 224.
-    Item: (tensor [3, size, size] normalised with ImageNet mean/std by default, id) with ids like
+    Image order: photo (as in `photos`, duplicates dropped), then view (as in `views`), then
+    unflipped before flipped. Default: 15 photos x 7 views x 2 flips = 210 images of 224 x 224.
+    Each view is cropped from the photo at full resolution and resized (bicubic) to size x size, so
+    photos smaller than `size` are enlarged. Item: (tensor [3, size, size] normalised with ImageNet
+    mean/std by default, id) with ids "sample:<photo>/<view.name>[_flip]", e.g.
     "sample:chelsea/scale0.6_topleft_flip".
     """
 
@@ -196,18 +282,14 @@ class SampleGallery:
         flips: bool = True,
         transform: Transform | None = None,
     ) -> None:
-        """size: side of each image in pixels; transform: PIL RGB (size x size) -> tensor,
-        default `normalize_transform()` (ImageNet mean/std)."""
+        """size: side of each image in pixels; photos: names from `PHOTO_SOURCES`; transform: PIL
+        RGB (size x size) -> tensor, default `normalize_transform()` (ImageNet mean/std)."""
         self.size = _check_positive_int(size, "size")
         if isinstance(photos, str) or not photos:
-            raise ValueError(f"photos: expected a non-empty list of skimage.data names, got {photos!r}")
-        if not views or not all(isinstance(v, View) for v in views):
-            raise ValueError(f"views: expected a non-empty list of View(scale, anchor), got {views!r}")
-        for view in views:
-            if not 0 < view.scale <= 1 or view.anchor not in ("center", "topleft", "bottomright"):
-                raise ValueError(
-                    f"views: {view!r} needs 0 < scale <= 1 and anchor center/topleft/bottomright"
-                )
+            raise ValueError(
+                f"photos: expected a non-empty list of names ({', '.join(PHOTO_SOURCES)}), got {photos!r}"
+            )
+        views = _check_views(views)
         self.transform = transform if transform is not None else normalize_transform()
         self._photos = {name: _load_sample_photo(name) for name in dict.fromkeys(photos)}
         flip_options = (False, True) if flips else (False,)
