@@ -42,12 +42,21 @@ def _skimage_data():
     return skimage.data
 
 
-# Photographs and test images bundled inside the scikit-image wheel (no download; checked offline).
+def _matplotlib_sample(name: str) -> np.ndarray:
+    """A photo from matplotlib's bundled sample data, as an array (offline)."""
+    from matplotlib.cbook import get_sample_data
+
+    with get_sample_data(name, asfileobj=True) as handle:
+        return np.asarray(Image.open(handle).convert("RGB"))
+
+
+# Photographs and test images bundled inside the scikit-image and matplotlib wheels (no download; checked offline).
 SAMPLES: dict[str, Callable[[], np.ndarray]] = {
     "astronaut": lambda: _skimage_data().astronaut(),
     "brick": lambda: _skimage_data().brick(),
     "camera": lambda: _skimage_data().camera(),
     "cat": lambda: _skimage_data().chelsea(),
+    "chelsea": lambda: _skimage_data().chelsea(),  # the gallery's name for "cat"
     "cell": lambda: _skimage_data().cell(),
     "checkerboard": lambda: _skimage_data().checkerboard(),
     "clock": lambda: _skimage_data().clock(),
@@ -55,6 +64,7 @@ SAMPLES: dict[str, Callable[[], np.ndarray]] = {
     "coins": lambda: _skimage_data().coins(),
     "colorwheel": lambda: _skimage_data().colorwheel(),
     "grass": lambda: _skimage_data().grass(),
+    "grace_hopper": lambda: _matplotlib_sample("grace_hopper.jpg"),
     "gravel": lambda: _skimage_data().gravel(),
     "horse": lambda: _skimage_data().horse(),
     "hubble_deep_field": lambda: _skimage_data().hubble_deep_field(),
