@@ -4,31 +4,37 @@ Plain functions; `experiments/fig2.py` is the Hydra entry that calls `run_fig2`.
 
 Procedure (DESIGN.md section 4):
 
-1. `select_channels`: per stage a seeded random subset of feature maps (or an explicit list).
-2. `deconvnet.scan.scan_topk`: over the whole dataset, each channel's k highest per-image maxima
-   (k distinct images), all stages in one forward pass per batch.
+1. `deconvnet.scan.scan_topk`: over the whole dataset, each channel's k highest per-image maxima
+   (k distinct images), all stages in one forward pass per batch. `exclude_border=n` (default 0,
+   the paper's procedure) leaves positions within n of the map's edge out of the scan.
+2. `select_channels`: per stage a seeded random subset of feature maps (or an explicit list, used
+   as given). With `live_only` (default) the subset is drawn among the maps that fire (image
+   maximum > 0) on at least k images, i.e. whose k-th scan value is > 0 (`map_activity`), so no
+   block shows empty tiles; dead maps are counted and reported.
 3. `project_tiles`: every image that appears in any selected top-k gets ONE forward pass (a record of
-   the deepest stage, which serves the mirrors of all lower stages; images are batched); per stage
-   all tiles of those images are projected together, each seed alone, computed only inside its
-   receptive field (`Mirror.project(..., frame="receptive_field")`). The recomputed activation is
-   checked against the scan's value (`TileMismatchError` names the tile otherwise).
+   the deepest stage, which serves the mirrors of all lower stages and of every rule; images are
+   batched); per stage and backward rule (`rules`: deconvnet, backprop, guided) all tiles of those
+   images are projected together, each seed alone, computed only inside its receptive field
+   (`Mirror.project(..., frame="receptive_field")`). The recomputed activation is checked against
+   the scan's value (`TileMismatchError` names the tile otherwise).
 4. crops: the reconstruction's receptive-field window (zero where it crosses the border) and the
    same box of the image, denormalised to [0, 1], grey (0.5) where it crosses the border; all tiles
    of a layer share the layer's receptive-field size.
-5. `render_*`: each reconstruction tile normalised on its own (`deconvnet.display.to_display`:
-   jointly over RGB, zero -> mid-grey, symmetric by max|x|), then resized to the layer's display
-   size (nearest-neighbour upscaling by an integer factor for small receptive fields, Lanczos
-   downscaling for large ones); per feature map a block of reconstructions beside the block of the
-   matching image patches, rank 1..k row-major; blocks in a grid per layer.
+5. `render_*` (`deconvnet.fig2_layout`): each reconstruction tile normalised on its own
+   (`deconvnet.display.to_display`: jointly over RGB, zero -> mid-grey, symmetric by max|x|), then
+   resized to the layer's display size; per feature map one group of reconstructions per rule
+   beside the group of matching image patches, rank 1..k row-major; blocks in a grid per layer.
 
 Files of a job folder (written by `run_fig2`):
 
-    result.json        config, weights, dataset summary (incl. skipped files), versions, timings;
-                       "status" is "running" until the end, then "complete" (or "interrupted"/"failed")
+    result.json        config, weights, dataset summary (incl. skipped files), rules, border,
+                       per-stage map activity (dead maps), versions, timings; "status" is
+                       "running" until the end, then "complete" (or "interrupted"/"failed")
     topk.pt            the scan (all channels of the requested stages), `deconvnet.scan.save_topk`
-    tiles.npz          raw reconstruction tiles (float32) + image patches (uint8) + everything the
-                       figures need (JSON under "meta"): `render_fig2` redraws without the model
-    tiles.json         provenance of every tile, incl. where it sits in each PNG
+    tiles.npz          raw reconstruction tiles per rule (float32) + image patches (uint8) +
+                       everything the figures need (JSON under "meta"): `render_fig2` redraws
+                       without the model
+    tiles.json         provenance of every tile, incl. where it sits in each PNG under each rule
     fig2_stage{s}.png  one figure per layer
     fig2.png           the sheet: layers stacked, labelled "Layer 1".."Layer 5"
 
@@ -58,12 +64,11 @@ from tqdm.auto import tqdm
 from deconvnet.architecture import STAGES, stage as stage_of, stages as stage_table
 from deconvnet.fig2_layout import (
     GREY,
-    MARGIN,
     SHEET_TITLE_FONT,
     TEXT_FONT,
     DisplayOptions,
+    PanelData,
     _check_int,
-    _lines_height,
     _sheet_labels,
     _sheet_title,
     _stage_header,
@@ -71,27 +76,31 @@ from deconvnet.fig2_layout import (
     display_size,
     display_tiles,
     panel_layout,
-    render_body,
     render_sheet,
     render_stage,
     sheet_layout,
+    stage_page_layout,
 )
 from deconvnet.geometry import receptive_field
 from deconvnet.images import denormalize
-from deconvnet.mirror import Mirror, Seeds
+from deconvnet.mirror import RULES, Mirror, Seeds
+from deconvnet.models import weights_label
 from deconvnet.versions import versions
 
 __all__ = [
     "DisplayOptions",
+    "MapActivity",
     "StageTiles",
     "TileMismatchError",
     "assemble_sheet",
+    "check_rules",
     "check_stages",
     "crop_with_fill",
     "display_size",
     "display_tiles",
     "load_fig2",
     "make_dataset",
+    "map_activity",
     "panel_layout",
     "project_tiles",
     "render_fig2",
@@ -111,13 +120,18 @@ TILES_JSON = "tiles.json"
 RESULT_JSON = "result.json"
 TOPK_FILE = "topk.pt"
 NPZ_FORMAT = "deconvnet.fig2"
-NPZ_VERSION = 1
+NPZ_VERSION = 2  # 2: reconstructions per rule (recon_<rule>_stage<s>), meta "rules"
+TILE_KEYS = ("patch", "channels", "image", "y", "x", "value", "recomputed")
 
 # Tolerance of the check "recomputed activation == value recorded by the scan".
 VALUE_RTOL = 1e-4
 VALUE_ATOL = 1e-6
 
-# Layout constants (pixels).
+RULE_NAMES = {
+    "deconvnet": "deconvnet = relu(R), Zeiler & Fergus",
+    "guided": "guided = relu(R)·[f>0], guided backpropagation",
+    "backprop": "backprop = R·[f>0], the plain gradient",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +160,32 @@ def check_stages(stages: Any) -> list[int]:
     return sorted({int(s) for s in items})
 
 
+def check_rules(rules: Any) -> list[str]:
+    """Backward rules to show, in the order given, duplicates dropped: a non-empty list of names
+    among deconvnet, backprop, guided (a single name is accepted too)."""
+    if isinstance(rules, str):
+        rules = [rules]
+    accepted = ", ".join(RULES)
+    if not isinstance(rules, Iterable):
+        raise ValueError(f"rules: expected a list of rule names among {accepted}, got {rules!r}")
+    items = list(rules)
+    if not items:
+        raise ValueError(f"rules: expected at least one rule among {accepted}, got none")
+    out: list[str] = []
+    for rule in items:
+        if not isinstance(rule, str) or rule not in RULES:
+            raise ValueError(f"rules: unknown rule {rule!r}; expected names among {accepted}")
+        if rule not in out:
+            out.append(rule)
+    return out
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
 def _stage_key(key: Any) -> int:
     if isinstance(key, str) and key.strip().isdigit():
         key = int(key)
@@ -154,56 +194,123 @@ def _stage_key(key: Any) -> int:
     return int(key)
 
 
+def _explicit_channels(channels: Mapping[Any, Sequence[int]] | None, stages: list[int]
+                       ) -> dict[int, list]:
+    """{stage: raw list} from the `channels` option, keys checked against `stages`."""
+    explicit: dict[int, list] = {}
+    if channels is None:
+        return explicit
+    if not isinstance(channels, Mapping):
+        raise ValueError(f"channels: expected a mapping {{stage: [channel, ...]}} or null, got "
+                         f"{channels!r}")
+    for key, chosen in channels.items():
+        number = _stage_key(key)
+        if number not in stages:
+            raise ValueError(f"channels: stage {number} is not among the requested stages {stages}")
+        explicit[number] = _as_list(chosen, f"channels[{number}]", "channel ints", "channel")
+    return explicit
+
+
+def _checked_channel_list(items: list, number: int, name: str, total: int) -> list[int]:
+    """An explicit channel list of stage `number`: ints in 0..total-1, order kept, no duplicates."""
+    picked: list[int] = []
+    for c in items:
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral):
+            raise ValueError(f"channels[{number}]: expected channel ints, got {c!r}")
+        if not 0 <= int(c) < total:
+            raise ValueError(f"channels[{number}]: channel {c} is outside layer {number} "
+                             f"({name}) which has channels 0..{total - 1}")
+        if int(c) not in picked:
+            picked.append(int(c))
+    return picked
+
+
+def _draw_channels(number: int, total: int, per_stage: int, seed: int,
+                   eligible: Sequence[int] | None) -> list[int]:
+    """Sorted seeded draw of `per_stage` channels of stage `number` (rng([seed, stage])): among
+    all `total` channels, or among `eligible` (all of them, with a warning, if fewer)."""
+    rng = np.random.default_rng([seed, number])
+    if eligible is None:
+        return sorted(int(c) for c in rng.choice(total, per_stage, replace=False))
+    pool = sorted(int(c) for c in eligible)
+    if not pool:
+        raise ValueError(f"live_only: no feature map of layer {number} fires on the required "
+                         "number of images (k); lower k, add images, or set live_only=false")
+    if len(pool) <= per_stage:
+        if len(pool) < per_stage:
+            log.warning("channels_per_stage: layer %d has only %d feature maps that fire on k "
+                        "images; showing all of them instead of %d", number, len(pool), per_stage)
+        return pool
+    return sorted(pool[int(i)] for i in rng.choice(len(pool), per_stage, replace=False))
+
+
 def select_channels(
     model: nn.Module,
     stages: Sequence[int],
     channels: Mapping[Any, Sequence[int]] | None = None,
     channels_per_stage: int = 16,
     channel_seed: int = 0,
+    eligible: Mapping[int, Sequence[int]] | None = None,
 ) -> dict[int, list[int]]:
     """Feature maps to show per stage: {stage: [channel, ...]}.
 
-    Stages listed in `channels` use that explicit list (order kept, duplicates dropped); every other
-    requested stage gets `channels_per_stage` channels drawn without replacement by
-    `numpy.random.default_rng([channel_seed, stage])` and sorted (so a stage's draw does not depend on
-    which other stages are requested). A key of `channels` that is not among `stages` is an error.
+    Stages listed in `channels` use that explicit list as given (order kept, duplicates dropped);
+    every other requested stage gets `channels_per_stage` channels drawn without replacement by
+    `numpy.random.default_rng([channel_seed, stage])` and sorted (so a stage's draw does not depend
+    on which other stages are requested). `eligible` {stage: [channel, ...]} (e.g. the maps that
+    fire on k images, `map_activity`) restricts the draw of the stages it lists; if fewer are
+    eligible than `channels_per_stage`, all eligible are taken (warning), none is a ValueError.
+    A key of `channels` that is not among `stages` is an error.
     """
     stages = check_stages(stages)
     per_stage = _check_int(channels_per_stage, "channels_per_stage", 1)
     seed = _check_int(channel_seed, "channel_seed", 0)
-    explicit: dict[int, list[int]] = {}
-    if channels is not None:
-        if not isinstance(channels, Mapping):
-            raise ValueError("channels: expected a mapping {stage: [channel, ...]} or null, got "
-                             f"{channels!r}")
-        for key, chosen in channels.items():
-            number = _stage_key(key)
-            if number not in stages:
-                raise ValueError(f"channels: stage {number} is not among the requested stages "
-                                 f"{stages}")
-            explicit[number] = _as_list(chosen, f"channels[{number}]", "channel ints", "channel")
+    explicit = _explicit_channels(channels, stages)
     table = {s.number: s for s in stage_table(model)}
     out: dict[int, list[int]] = {}
     for number in stages:
         info = table[number]
         if number in explicit:
-            picked: list[int] = []
-            for c in explicit[number]:
-                if isinstance(c, bool) or not isinstance(c, numbers.Integral):
-                    raise ValueError(f"channels[{number}]: expected channel ints, got {c!r}")
-                if not 0 <= int(c) < info.channels:
-                    raise ValueError(f"channels[{number}]: channel {c} is outside layer {number} "
-                                     f"({info.name}) which has channels 0..{info.channels - 1}")
-                if int(c) not in picked:
-                    picked.append(int(c))
-            out[number] = picked
-        else:
-            if per_stage > info.channels:
-                raise ValueError(f"channels_per_stage: {per_stage} exceeds layer {number} "
-                                 f"({info.name}) which has {info.channels} channels")
-            rng = np.random.default_rng([seed, number])
-            out[number] = sorted(int(c) for c in rng.choice(info.channels, per_stage, replace=False))
+            out[number] = _checked_channel_list(explicit[number], number, info.name, info.channels)
+            continue
+        if per_stage > info.channels:
+            raise ValueError(f"channels_per_stage: {per_stage} exceeds layer {number} "
+                             f"({info.name}) which has {info.channels} channels")
+        pool = None if eligible is None or number not in eligible else eligible[number]
+        out[number] = _draw_channels(number, info.channels, per_stage, seed, pool)
     return out
+
+
+@dataclass(frozen=True)
+class MapActivity:
+    """How many images each feature map of one stage fires on (image maximum > 0), from its scan.
+
+    With the scan's top-k values [C, k] (descending): dead = top-1 <= 0 (fires on no image);
+    sparse = fires on 1..k-1 images (top-1 > 0 >= k-th); eligible = k-th > 0 (fires on >= k).
+    """
+
+    channels: int
+    k: int
+    dead: list[int]
+    sparse: list[int]
+    eligible: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form stored in result.json / tiles.json / tiles.npz meta."""
+        return {"channels": self.channels, "k": self.k, "dead": len(self.dead),
+                "firing_on_fewer_than_k": len(self.sparse), "eligible": len(self.eligible),
+                "dead_channels": list(self.dead), "fewer_than_k_channels": list(self.sparse)}
+
+
+def map_activity(topk: Any) -> MapActivity:
+    """MapActivity of one stage from its `TopK` (values [C, k], k = images kept per channel)."""
+    values = topk.values
+    first, last = values[:, 0] > 0, values[:, -1] > 0
+    return MapActivity(
+        channels=int(values.shape[0]), k=int(values.shape[1]),
+        dead=[int(c) for c in torch.nonzero(~first).flatten()],
+        sparse=[int(c) for c in torch.nonzero(first & ~last).flatten()],
+        eligible=[int(c) for c in torch.nonzero(last).flatten()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +391,7 @@ def make_dataset(data: Mapping[str, Any] | None, model: nn.Module, progress: boo
         if data.get("photos") is not None:
             kwargs["photos"] = [str(p) for p in data["photos"]]
         dataset = datasets.SampleGallery(**kwargs)
-        label = "sample gallery (scikit-image photos)"
+        label = "sample gallery (photos bundled with scikit-image and matplotlib)"
         root = None
     else:
         root = Path(str(data["root"])).expanduser()
@@ -354,7 +461,8 @@ class StageTiles:
     """The tiles of one stage, indexed [map, rank] (rank 0 = strongest).
 
     channels [M]; image, y, x [M, k] int64; value [M, k] (scan), recomputed [M, k] (projection pass);
-    recon [M, k, 3, rf_h, rf_w] float32 raw reconstructions in the receptive-field window;
+    recon {rule: [M, k, 3, rf_h, rf_w] float32} raw reconstructions in the receptive-field window,
+    one array per backward rule (in display order), all from the same forward record;
     patch [M, k, 3, rf_h, rf_w] uint8 image patches (denormalised, round(255 x), grey 128 outside).
     """
 
@@ -369,15 +477,85 @@ class StageTiles:
     x: np.ndarray
     value: np.ndarray
     recomputed: np.ndarray
-    recon: np.ndarray
+    recon: dict[str, np.ndarray]
     patch: np.ndarray
     channels_total: int = 0
+
+    @property
+    def rules(self) -> list[str]:
+        return list(self.recon)
 
     def box(self, m: int, r: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of tile [m, r]'s receptive field in input pixels."""
         top = int(self.y[m, r]) * self.rf_jump[0] + self.rf_start[0]
         left = int(self.x[m, r]) * self.rf_jump[1] + self.rf_start[1]
         return top, left, top + self.rf_size[0], left + self.rf_size[1]
+
+
+def _empty_tiles(model: nn.Module, s: int, top: Any, channels: Sequence[int],
+                 rules: Sequence[str]) -> StageTiles:
+    """StageTiles of stage s for `channels`, positions from the scan `top`, arrays to be filled."""
+    info = stage_of(model, s)
+    rf = receptive_field(model, s)
+    ch = torch.as_tensor(list(channels), dtype=torch.long)
+    image, y, x = top.image[ch].numpy(), top.y[ch].numpy(), top.x[ch].numpy()
+    m, k = image.shape
+    return StageTiles(
+        stage=s, name=info.name, rf_size=tuple(rf.size), rf_jump=tuple(rf.jump),
+        rf_start=tuple(rf.start), channels=ch.numpy().copy(), image=image.copy(), y=y.copy(),
+        x=x.copy(), value=top.values[ch].float().numpy().copy(),
+        recomputed=np.full((m, k), np.nan, np.float32),
+        recon={rule: np.zeros((m, k, 3, *rf.size), np.float32) for rule in rules},
+        patch=np.full((m, k, 3, *rf.size), GREY, np.uint8),
+        channels_total=info.channels,
+    )
+
+
+def _check_recomputed(t: StageTiles, recomputed: np.ndarray, mi: np.ndarray, ri: np.ndarray,
+                      images: list[int], ids: Sequence[str] | None, rtol: float, atol: float
+                      ) -> None:
+    """TileMismatchError naming the first tile [mi[j], ri[j]] (image images[j]) whose recomputed
+    activation differs from the scan's value by more than rtol * |value| + atol."""
+    recorded = t.value[mi, ri]
+    bad = np.abs(recomputed - recorded) > rtol * np.abs(recorded) + atol
+    if not bad.any():
+        return
+    j = int(np.flatnonzero(bad)[0])
+    img = images[j]
+    name = ids[img] if ids is not None else f"#{img}"
+    raise TileMismatchError(
+        f"tile stage {t.stage} ({t.name}) channel {int(t.channels[mi[j]])} rank {ri[j] + 1}: "
+        f"image {img} ({name}) at (y={int(t.y[mi[j], ri[j]])}, x={int(t.x[mi[j], ri[j]])}): the "
+        f"scan recorded {recorded[j]:.7g} but the projection's forward pass gives "
+        f"{recomputed[j]:.7g} (tolerance {rtol:g} relative + {atol:g}); "
+        f"{int(bad.sum())} of {len(mi)} tile(s) of this batch differ")
+
+
+def _project_stage(t: StageTiles, mirrors: Mapping[str, Mirror], record: Any,
+                   entries: list[tuple[int, int, int]], chunk: list[int], shown: torch.Tensor,
+                   ids: Sequence[str] | None, chunk_size: int, rtol: float, atol: float) -> None:
+    """Fill stage t's tiles `entries` [(local image, map, rank)] of one batch from its `record`:
+    recomputed value, one reconstruction per rule (`mirrors`), image patch (`shown` [B, 3, H, W])."""
+    stage_out = record.stage_output(t.stage)
+    device = stage_out.device
+    local = torch.tensor([e[0] for e in entries], dtype=torch.long)
+    mi = np.array([e[1] for e in entries])
+    ri = np.array([e[2] for e in entries])
+    c = torch.as_tensor(t.channels[mi], dtype=torch.long)
+    yy = torch.as_tensor(t.y[mi, ri], dtype=torch.long)
+    xx = torch.as_tensor(t.x[mi, ri], dtype=torch.long)
+    value = stage_out[local.to(device), c.to(device), yy.to(device), xx.to(device)]
+    recomputed = value.float().cpu().numpy()
+    _check_recomputed(t, recomputed, mi, ri, [chunk[int(i)] for i in local], ids, rtol, atol)
+    t.recomputed[mi, ri] = recomputed
+    seeds = Seeds(local, c, yy, xx, value)
+    for rule, mirror in mirrors.items():
+        tiles = mirror.project(record, seeds, frame="receptive_field", chunk_size=chunk_size)
+        t.recon[rule][mi, ri] = tiles.float().cpu().numpy()
+    for j in range(len(entries)):
+        top_px, left_px, _, _ = t.box(mi[j], ri[j])
+        patch = crop_with_fill(shown[int(local[j])], top_px, left_px, t.rf_size, 0.5)
+        t.patch[mi[j], ri[j]] = _to_uint8(patch)
 
 
 def project_tiles(
@@ -390,49 +568,37 @@ def project_tiles(
     progress: bool = True,
     rtol: float = VALUE_RTOL,
     atol: float = VALUE_ATOL,
+    rules: Sequence[str] = ("deconvnet",),
 ) -> dict[int, StageTiles]:
-    """Project every selected top-k entry with its own image's switches and crop it.
+    """Project every selected top-k entry with its own image's switches, under each rule, and crop.
 
     topk: {stage: TopK} from `scan_topk` over `dataset` (same image numbering); channels:
-    {stage: [c, ...]}. Each image that appears in a selected top-k gets ONE forward pass (images
-    batched `batch_size` at a time through the mirror of the deepest stage), then per stage all of
-    that batch's tiles are projected together (`chunk_size` seeds at a time), each alone, computed
-    only inside its receptive field. Raises TileMismatchError when a recomputed activation differs
-    from the scan's value by more than rtol * |value| + atol.
+    {stage: [c, ...]}; rules: backward rules (deconvnet, backprop, guided). Each image that appears
+    in a selected top-k gets ONE forward pass (images batched `batch_size` at a time through the
+    mirror of the deepest stage; it records the ReLU masks when a rule needs them), and that one
+    record serves every stage and every rule: per stage and rule all of that batch's tiles are
+    projected together (`chunk_size` seeds at a time), each alone, computed only inside its
+    receptive field. Raises TileMismatchError when a recomputed activation differs from the scan's
+    value by more than rtol * |value| + atol.
     """
+    rules = check_rules(rules)
     stages = sorted(channels)
     for s in stages:
         if s not in topk:
             raise ValueError(f"topk: no scan result for stage {s}")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    mirrors = {s: Mirror(model, s) for s in stages}
-    recorder = mirrors[stages[-1]]
-    out: dict[int, StageTiles] = {}
+    mirrors = {s: {rule: Mirror(model, s, rule) for rule in rules} for s in stages}
+    needs_masks = any(rule != "deconvnet" for rule in rules)
+    recorder = Mirror(model, stages[-1], "guided" if needs_masks else "deconvnet")
+    out = {s: _empty_tiles(model, s, topk[s], channels[s], rules) for s in stages}
     by_image: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    for s in stages:
-        info = stage_of(model, s)
-        rf = receptive_field(model, s)
-        top = topk[s]
-        ch = torch.as_tensor(list(channels[s]), dtype=torch.long)
-        image, y, x = top.image[ch].numpy(), top.y[ch].numpy(), top.x[ch].numpy()
-        m, k = image.shape
-        out[s] = StageTiles(
-            stage=s, name=info.name, rf_size=tuple(rf.size), rf_jump=tuple(rf.jump),
-            rf_start=tuple(rf.start), channels=ch.numpy().copy(), image=image.copy(), y=y.copy(),
-            x=x.copy(), value=top.values[ch].float().numpy().copy(),
-            recomputed=np.full((m, k), np.nan, np.float32),
-            recon=np.zeros((m, k, 3, *rf.size), np.float32),
-            patch=np.full((m, k, 3, *rf.size), GREY, np.uint8),
-            channels_total=info.channels,
-        )
-        for mi in range(m):
-            for r in range(k):
-                by_image[int(image[mi, r])].append((s, mi, r))
+    for s, t in out.items():
+        for mi, r in np.ndindex(*t.image.shape):
+            by_image[int(t.image[mi, r])].append((s, mi, r))
     images = sorted(by_image)
     ids = getattr(dataset, "ids", None)
-    bar = tqdm(total=len(images), disable=not progress, unit="image", desc="project tiles")
-    try:
+    with tqdm(total=len(images), disable=not progress, unit="image", desc="project tiles") as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             x_batch = torch.stack([dataset[i][0] for i in chunk]).to(device=device, dtype=dtype)
@@ -442,42 +608,10 @@ def project_tiles(
                 for s in stages:
                     entries = [(local, mi, r) for local, i in enumerate(chunk)
                                for (st, mi, r) in by_image[i] if st == s]
-                    if not entries:
-                        continue
-                    t = out[s]
-                    local = torch.tensor([e[0] for e in entries], dtype=torch.long)
-                    mi = np.array([e[1] for e in entries])
-                    ri = np.array([e[2] for e in entries])
-                    c = torch.as_tensor(t.channels[mi], dtype=torch.long)
-                    yy = torch.as_tensor(t.y[mi, ri], dtype=torch.long)
-                    xx = torch.as_tensor(t.x[mi, ri], dtype=torch.long)
-                    stage_out = record.stage_output(s)
-                    value = stage_out[local.to(device), c.to(device), yy.to(device), xx.to(device)]
-                    recomputed = value.float().cpu().numpy()
-                    recorded = t.value[mi, ri]
-                    bad = np.abs(recomputed - recorded) > rtol * np.abs(recorded) + atol
-                    if bad.any():
-                        j = int(np.flatnonzero(bad)[0])
-                        img = chunk[int(local[j])]
-                        name = ids[img] if ids is not None else f"#{img}"
-                        raise TileMismatchError(
-                            f"tile stage {s} ({t.name}) channel {int(c[j])} rank {ri[j] + 1}: "
-                            f"image {img} ({name}) at (y={int(yy[j])}, x={int(xx[j])}): the scan "
-                            f"recorded {recorded[j]:.7g} but the projection's forward pass gives "
-                            f"{recomputed[j]:.7g} (tolerance {rtol:g} relative + {atol:g}); "
-                            f"{int(bad.sum())} of {len(entries)} tile(s) of this batch differ")
-                    t.recomputed[mi, ri] = recomputed
-                    seeds = Seeds(local, c, yy, xx, value)
-                    tiles = mirrors[s].project(record, seeds, frame="receptive_field",
-                                               chunk_size=chunk_size)
-                    t.recon[mi, ri] = tiles.float().cpu().numpy()
-                    for j in range(len(entries)):
-                        top_px, left_px, _, _ = t.box(mi[j], ri[j])
-                        patch = crop_with_fill(shown[int(local[j])], top_px, left_px, t.rf_size, 0.5)
-                        t.patch[mi[j], ri[j]] = _to_uint8(patch)
+                    if entries:
+                        _project_stage(out[s], mirrors[s], record, entries, chunk, shown, ids,
+                                       chunk_size, rtol, atol)
             bar.update(len(chunk))
-    finally:
-        bar.close()
     return out
 
 
@@ -517,19 +651,24 @@ def save_png_atomic(image: Image.Image, path: Path) -> Path:
     return _atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
+
+
 def save_tiles(path: Path, tiles: Mapping[int, StageTiles], meta: Mapping[str, Any]) -> Path:
-    """tiles.npz: per stage recon/patch/channels/image/y/x/value/recomputed, plus meta (JSON)."""
+    """tiles.npz (format version 2): per stage `recon_<rule>_stage<s>` for each rule of
+    meta["rules"], and patch/channels/image/y/x/value/recomputed `_stage<s>`, plus meta (JSON)."""
     arrays: dict[str, np.ndarray] = {
         "meta": np.array(json.dumps({"format": NPZ_FORMAT, "version": NPZ_VERSION, **meta}))}
     for s, t in tiles.items():
-        for key in ("recon", "patch", "channels", "image", "y", "x", "value", "recomputed"):
+        for rule, recon in t.recon.items():
+            arrays[f"recon_{rule}_stage{s}"] = recon
+        for key in TILE_KEYS:
             arrays[f"{key}_stage{s}"] = getattr(t, key)
     return _atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
 
 
-def load_fig2(job_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[int, dict[str, np.ndarray]]]:
-    """(meta, {stage: {"recon", "patch", "channels", "image", "y", "x", "value", "recomputed"}})
-    from a job folder's tiles.npz."""
+def load_fig2(job_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """(meta, {stage: {"recon": {rule: [M, k, 3, h, w]}, "patch", "channels", "image", "y", "x",
+    "value", "recomputed"}}) from a job folder's tiles.npz."""
     path = Path(job_dir) / TILES_NPZ
     if not path.is_file():
         raise FileNotFoundError(f"job_dir: no {TILES_NPZ} in {Path(job_dir)} (not a finished fig2 "
@@ -540,13 +679,18 @@ def load_fig2(job_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[int, dic
             raise ValueError(f"job_dir: {path} is not a fig2 tiles file")
         if meta.get("version") != NPZ_VERSION:
             raise ValueError(f"job_dir: {path} has version {meta.get('version')!r}; this code "
-                             f"reads {NPZ_VERSION}")
-        stages = {}
+                             f"reads {NPZ_VERSION} (rerun the fig2 job to rewrite it)")
+        stages: dict[int, dict[str, Any]] = {}
         for sm in meta["stages"]:
             s = sm["stage"]
-            stages[s] = {key: npz[f"{key}_stage{s}"] for key in
-                         ("recon", "patch", "channels", "image", "y", "x", "value", "recomputed")}
+            stages[s] = {key: npz[f"{key}_stage{s}"] for key in TILE_KEYS}
+            stages[s]["recon"] = {rule: npz[f"recon_{rule}_stage{s}"] for rule in meta["rules"]}
     return meta, stages
+
+
+def _panel(arrays: Mapping[str, Any], stage_meta: Mapping[str, Any]) -> PanelData:
+    return PanelData(arrays["recon"], arrays["patch"], [int(c) for c in arrays["channels"]],
+                     tuple(stage_meta["tile_px"]))
 
 
 def render_fig2(job_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -555,14 +699,12 @@ def render_fig2(job_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     meta, stages = load_fig2(job_dir)
     target = Path(out_dir) if out_dir is not None else Path(job_dir)
     written = []
-    bodies = []
+    panels = []
     for sm in meta["stages"]:
-        arrays = stages[sm["stage"]]
-        tile = tuple(sm["tile_px"])
-        bodies.append(render_body(arrays["recon"], arrays["patch"], arrays["channels"], tile))
-        page = render_stage(arrays, meta, sm, bodies[-1])
+        panels.append(_panel(stages[sm["stage"]], sm))
+        page = render_stage(panels[-1], meta, sm)
         written.append(save_png_atomic(page, target / STAGE_FILE.format(stage=sm["stage"])))
-    sheet = render_sheet(_sheet_title(meta), _sheet_labels(meta), bodies,
+    sheet = render_sheet(_sheet_title(meta), _sheet_labels(meta), panels,
                          meta["display"]["sheet_max_width"])
     written.append(save_png_atomic(sheet, target / SHEET_FILE))
     return written
@@ -582,21 +724,19 @@ def assemble_sheet(job_dirs: Sequence[str | os.PathLike], out_path: str | os.Pat
     datasets = {m["dataset_label"] for m, _ in loaded}
     mixed = len(keys) > 1
     first = loaded[0][0]
-    bodies, labels = [], []
+    panels, labels = [], []
     for meta, stages in loaded:
         for sm, label in zip(meta["stages"], _sheet_labels(meta, with_model=mixed)):
-            arrays = stages[sm["stage"]]
-            bodies.append(render_body(arrays["recon"], arrays["patch"], arrays["channels"],
-                                      tuple(sm["tile_px"])))
+            panels.append(_panel(stages[sm["stage"]], sm))
             labels.append(label)
     if title is None:
         title = ("Fig. 2 reproduction — " + ("several models / weights (see labels)" if mixed
                  else f"{first['model_label']}, {first['weights_label']}"))
     lines = [(title, SHEET_TITLE_FONT)]
     lines += [(d, TEXT_FONT) for d in sorted(datasets)]
-    lines.append((first["legend"], TEXT_FONT))
+    lines += [(legend, TEXT_FONT) for legend in dict.fromkeys(m["legend"] for m, _ in loaded)]
     width = max_width or max(m["display"]["sheet_max_width"] for m, _ in loaded)
-    sheet = render_sheet(lines, labels, bodies, width)
+    sheet = render_sheet(lines, labels, panels, width)
     return save_png_atomic(sheet, Path(out_path))
 
 
@@ -604,76 +744,183 @@ def assemble_sheet(job_dirs: Sequence[str | os.PathLike], out_path: str | os.Pat
 # the whole experiment
 
 
-def _weights_label(info: Mapping[str, Any]) -> str:
-    if info.get("pretrained") is True:
-        return "ImageNet-pretrained weights (torchvision IMAGENET1K_V1)"
-    if info.get("weights") == "random":
-        return f"random weights — NOT pretrained ({info.get('source')})"
-    if info.get("weights") == "checkpoint":
-        return f"weights from checkpoint {Path(str(info.get('source'))).name} (pretraining unknown)"
-    return f"weights: {info.get('description')}"
+@dataclass(frozen=True)
+class RunOptions:
+    """The validated options of one Fig. 2 run (see `run_fig2`)."""
+
+    stages: list[int]
+    k: int
+    batch_size: int
+    chunk_size: int
+    channels_per_stage: int
+    channel_seed: int
+    rules: list[str]
+    live_only: bool
+    exclude_border: int
+    display: DisplayOptions
+    data: dict[str, Any]
+
+    @classmethod
+    def check(cls, stages: Any, k: Any, batch_size: Any, chunk_size: Any, channels_per_stage: Any,
+              channel_seed: Any, rules: Any, live_only: Any, exclude_border: Any, display: Any,
+              data: Any) -> "RunOptions":
+        """Every check that needs nothing loaded; ValueError naming the option otherwise."""
+        return cls(
+            stages=check_stages(stages), k=_check_int(k, "k", 1),
+            batch_size=_check_int(batch_size, "batch_size", 1),
+            chunk_size=_check_int(chunk_size, "chunk_size", 1),
+            channels_per_stage=_check_int(channels_per_stage, "channels_per_stage", 1),
+            channel_seed=_check_int(channel_seed, "channel_seed", 0), rules=check_rules(rules),
+            live_only=_check_bool(live_only, "live_only"),
+            exclude_border=_check_int(exclude_border, "exclude_border", 0),
+            display=DisplayOptions.from_any(display), data=check_data(data))
+
+    def arguments(self) -> dict[str, Any]:
+        """JSON form for result.json."""
+        plain = dict(self.__dict__)
+        plain["display"] = self.display.__dict__.copy()
+        return plain
 
 
-def _tile_records(tiles: Mapping[int, StageTiles], meta: Mapping[str, Any], dataset: Any,
-                  model_name: str, weights: str) -> list[dict[str, Any]]:
-    """Provenance of every tile, including its boxes in the stage PNG and in the sheet."""
+def _boxes(layout: Any, mi: int, r: int, top: int, left: int, rules: Sequence[str]
+           ) -> dict[str, Any]:
+    """Tile [mi, r]'s boxes [top, left, bottom, right] in a PNG whose body sits at (top, left)."""
+    recon_boxes, patch_box = layout.tile_boxes(mi, r)
+
+    def shift(b: list[int]) -> list[int]:
+        return [b[0] + top, b[1] + left, b[2] + top, b[3] + left]
+
+    return {"reconstruction_boxes": {rule: shift(b) for rule, b in zip(rules, recon_boxes)},
+            "patch_box": shift(patch_box)}
+
+
+def _tile_record(t: StageTiles, mi: int, r: int, ids: Sequence[str], dataset: Any,
+                 meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Provenance of tile [mi, r] of stage t, without its figure boxes."""
+    img = int(t.image[mi, r])
+    top, left, bottom, right = t.box(mi, r)
+    height, width = meta["image_size"]
+    return {
+        "model": meta["model"], "weights": meta["weights"].get("weights"), "stage": t.stage,
+        "stage_name": t.name, "channel": int(t.channels[mi]), "rank": r + 1,
+        "image_index": img, "image_id": ids[img], "image_path": _image_path(dataset, img),
+        "y": int(t.y[mi, r]), "x": int(t.x[mi, r]), "value": float(t.value[mi, r]),
+        "recomputed_value": float(t.recomputed[mi, r]), "rules": list(t.rules),
+        "exclude_border": meta["exclude_border"],
+        "rf_box": {"top": top, "left": left, "bottom": bottom, "right": right},
+        "rf_crosses_border": bool(top < 0 or left < 0 or bottom > height or right > width),
+    }
+
+
+def _tile_records(tiles: Mapping[int, StageTiles], meta: Mapping[str, Any], dataset: Any
+                  ) -> list[dict[str, Any]]:
+    """Provenance of every tile, including its boxes (per rule) in the stage PNG and the sheet."""
     ids = list(dataset.ids)
+    panels = [PanelData(tiles[sm["stage"]].recon, tiles[sm["stage"]].patch,
+                        tiles[sm["stage"]].channels, tuple(sm["tile_px"])) for sm in meta["stages"]]
+    sheet = sheet_layout(_sheet_title(meta), _sheet_labels(meta), panels,
+                         meta["display"]["sheet_max_width"])
     records = []
-    header_h = {sm["stage"]: _lines_height(_stage_header(meta, sm)) for sm in meta["stages"]}
-    layouts = {sm["stage"]: panel_layout(len(sm["channels"]), meta["k"], tuple(sm["tile_px"]))
-               for sm in meta["stages"]}
-    (_, _), placements = sheet_layout(_sheet_title(meta), _sheet_labels(meta),
-                                      [(layouts[sm["stage"]].height, layouts[sm["stage"]].width)
-                                       for sm in meta["stages"]],
-                                      meta["display"]["sheet_max_width"])
-    place = {sm["stage"]: p for sm, p in zip(meta["stages"], placements)}
-    for s, t in tiles.items():
-        layout, p = layouts[s], place[s]
-        for mi in range(t.image.shape[0]):
-            for r in range(t.image.shape[1]):
-                img = int(t.image[mi, r])
-                top, left, bottom, right = t.box(mi, r)
-                box_r, box_p = layout.tile_boxes(mi, r)
-                off_y, off_x = MARGIN + header_h[s], MARGIN
-
-                def shift(b, dy, dx, scale=1.0):
-                    return [dy + round(b[0] * scale), dx + round(b[1] * scale),
-                            dy + round(b[2] * scale), dx + round(b[3] * scale)]
-
-                grow, gcol = divmod(mi, layout.grid[1])
-                crow, ccol = divmod(r, layout.cells[1])
-                records.append({
-                    "model": model_name,
-                    "weights": weights,
-                    "stage": s,
-                    "stage_name": t.name,
-                    "channel": int(t.channels[mi]),
-                    "rank": r + 1,
-                    "image_index": img,
-                    "image_id": ids[img],
-                    "image_path": _image_path(dataset, img),
-                    "y": int(t.y[mi, r]),
-                    "x": int(t.x[mi, r]),
-                    "value": float(t.value[mi, r]),
-                    "recomputed_value": float(t.recomputed[mi, r]),
-                    "rf_box": {"top": top, "left": left, "bottom": bottom, "right": right},
-                    "rf_crosses_border": bool(top < 0 or left < 0 or bottom > meta["image_size"][0]
-                                              or right > meta["image_size"][1]),
-                    "figure": {
-                        "file": STAGE_FILE.format(stage=s),
-                        "map_index": mi,
-                        "block_row": grow, "block_col": gcol,
-                        "cell_row": crow, "cell_col": ccol,
-                        "reconstruction_box": shift(box_r, off_y, off_x),
-                        "patch_box": shift(box_p, off_y, off_x),
-                    },
-                    "sheet": {
-                        "file": SHEET_FILE,
-                        "reconstruction_box": shift(box_r, p.body_top, p.left, p.scale),
-                        "patch_box": shift(box_p, p.body_top, p.left, p.scale),
-                    },
-                })
+    for sm, panel, place in zip(meta["stages"], panels, sheet.placements):
+        t, layout = tiles[sm["stage"]], panel.layout()
+        _, _, (top, left) = stage_page_layout(_stage_header(meta, sm), (layout.height, layout.width))
+        for mi, r in np.ndindex(*t.image.shape):
+            grow, gcol = divmod(mi, layout.grid[1])
+            crow, ccol = divmod(r, layout.cells[1])
+            record = _tile_record(t, mi, r, ids, dataset, meta)
+            record["figure"] = {"file": STAGE_FILE.format(stage=t.stage), "map_index": mi,
+                                "block_row": grow, "block_col": gcol, "cell_row": crow,
+                                "cell_col": ccol, **_boxes(layout, mi, r, top, left, t.rules)}
+            record["sheet"] = {"file": SHEET_FILE, **_boxes(place.layout, mi, r, place.body_top,
+                                                            place.left, t.rules)}
+            records.append(record)
     return records
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove this folder's files of an earlier run, so they cannot mix with this one's."""
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [out / name for name in (SHEET_FILE, TILES_NPZ, TILES_JSON, TOPK_FILE, RESULT_JSON)]
+    stale += [out / STAGE_FILE.format(stage=s) for s in STAGES]
+    for path in stale:
+        if path.is_file():
+            log.info("removing %s from an earlier run", path)
+            path.unlink()
+
+
+def _initial_result(model: str, weights: str, seed: int, opts: RunOptions,
+                    channels: Mapping[Any, Any] | None, device: str, info: Mapping[str, Any],
+                    data_summary: Mapping[str, Any], config: Mapping[str, Any] | None,
+                    provenance: Mapping[str, Any] | None, timings: dict[str, float]
+                    ) -> dict[str, Any]:
+    """result.json's content while the run is going ("status": "running")."""
+    explicit = None if channels is None else {
+        str(_stage_key(key)): list(v) if isinstance(v, Iterable) else v
+        for key, v in channels.items()}
+    return {
+        "experiment": "fig2",
+        "status": "running",
+        "config": dict(config) if config is not None else None,
+        "arguments": {"model": model, "weights": str(weights), "seed": seed, "channels": explicit,
+                      "device": str(device), **opts.arguments()},
+        "model": model,
+        "weights": dict(info),
+        "weights_label": weights_label(info),
+        "dataset": dict(data_summary),
+        "rules": list(opts.rules),
+        "exclude_border": opts.exclude_border,
+        "live_only": opts.live_only,
+        "channels": None,  # known after the scan (live_only draws among maps that fire)
+        "map_activity": None,
+        "versions": versions(),
+        "provenance": dict(provenance) if provenance is not None else None,
+        "timings_s": timings,
+    }
+
+
+def _choose_after_scan(net: nn.Module, scan: Mapping[int, Any], opts: RunOptions,
+                       channels: Mapping[Any, Sequence[int]] | None
+                       ) -> tuple[dict[int, list[int]], dict[int, MapActivity]]:
+    """(channels per stage, map activity per stage) once the scan is known."""
+    activity = {s: map_activity(scan[s]) for s in opts.stages}
+    eligible = {s: a.eligible for s, a in activity.items()} if opts.live_only else None
+    chosen = select_channels(net, opts.stages, channels, opts.channels_per_stage,
+                             opts.channel_seed, eligible)
+    for s, a in activity.items():
+        log.info("layer %d: %d of %d feature maps dead, %d fire on fewer than %d images, %d "
+                 "eligible", s, len(a.dead), a.channels, len(a.sparse), a.k, len(a.eligible))
+    return chosen, activity
+
+
+def _finish(out: Path, result: dict[str, Any], tiles: Mapping[int, StageTiles],
+            meta: Mapping[str, Any], dataset: Any, data_summary: Mapping[str, Any],
+            timings: dict[str, float]) -> dict[str, Any]:
+    """Write tiles.npz, tiles.json, the PNGs and the complete result.json."""
+    clock = time.perf_counter()
+    save_tiles(out / TILES_NPZ, tiles, meta)
+    write_json_atomic(out / TILES_JSON, {
+        "model": meta["model"], "weights": meta["weights"],
+        "dataset": {key: v for key, v in data_summary.items() if key != "skipped"},
+        "k": meta["k"], "rules": meta["rules"], "exclude_border": meta["exclude_border"],
+        "live_only": meta["live_only"], "stages": meta["stages"],
+        "tiles": _tile_records(tiles, meta, dataset)})
+    timings["save_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    pngs = render_fig2(out)
+    timings["render_s"] = time.perf_counter() - clock
+    timings["total_s"] = sum(v for key, v in timings.items() if key != "total_s")
+    result.update(
+        status="complete",
+        k=meta["k"],
+        tiles=sum(t.image.size for t in tiles.values()),
+        images_projected=len({int(i) for t in tiles.values() for i in t.image.ravel()}),
+        max_relative_value_difference=max(
+            float(np.max(np.abs(t.recomputed - t.value) / np.maximum(np.abs(t.value), 1e-30)))
+            for t in tiles.values()),
+        files=sorted([p.name for p in pngs] + [TILES_NPZ, TILES_JSON, TOPK_FILE, RESULT_JSON]),
+    )
+    write_json_atomic(out / RESULT_JSON, result)
+    return result
 
 
 def run_fig2(
@@ -694,113 +941,68 @@ def run_fig2(
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    rules: Sequence[str] = ("deconvnet",),
+    live_only: bool = True,
+    exclude_border: int = 0,
 ) -> dict[str, Any]:
     """Run Fig. 2 end to end into `out_dir`; returns the content of result.json.
 
-    Bad input (unknown stage, channel beyond the layer, k < 1, empty dataset, missing data.root,
-    ...) raises ValueError / FileNotFoundError before the scan. `config` (e.g. the resolved Hydra
-    config) and `provenance` (e.g. git commit, command line) are stored verbatim in result.json.
+    rules: backward rules whose reconstructions are shown side by side (deconvnet, backprop,
+    guided), all from one forward pass per image. live_only: draw the random feature maps among
+    those that fire on at least k images (explicit `channels` are used as given). exclude_border:
+    map positions within this distance of the edge are not scanned (0 = the paper's procedure).
+    Bad input (unknown stage or rule, channel beyond the layer, k < 1, a border that leaves no
+    position, empty dataset, missing data.root, ...) raises ValueError / FileNotFoundError before
+    the scan. `config` (e.g. the resolved Hydra config) and `provenance` (e.g. git commit, command
+    line) are stored verbatim in result.json.
     """
     from deconvnet.models import load_model
-    from deconvnet.scan import save_topk, scan_topk
+    from deconvnet.scan import check_exclude_border, save_topk, scan_topk
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    # --- checks that need nothing loaded
-    stages = check_stages(stages)
-    k = _check_int(k, "k", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    chunk_size = _check_int(chunk_size, "chunk_size", 1)
-    _check_int(channels_per_stage, "channels_per_stage", 1)
-    _check_int(channel_seed, "channel_seed", 0)
-    options = DisplayOptions.from_any(display)
-    data = check_data(data)
+    opts = RunOptions.check(stages, k, batch_size, chunk_size, channels_per_stage, channel_seed,
+                            rules, live_only, exclude_border, display, data)
     out = Path(out_dir)
-
-    # --- model, channels, dataset (cheap), then the heavy work
     net = load_model(model, weights=weights, seed=seed, device=device)
-    chosen = select_channels(net, stages, channels, channels_per_stage, channel_seed)
-    dataset, data_summary = make_dataset(data, net, progress=progress)
+    select_channels(net, opts.stages, channels, opts.channels_per_stage, opts.channel_seed)
+    dataset, data_summary = make_dataset(opts.data, net, progress=progress)
+    image_size = [int(v) for v in dataset[0][0].shape[-2:]]
+    check_exclude_border(net, opts.stages, opts.exclude_border, *image_size)
     info = net.weights_info.as_dict()
     timings["setup_s"] = time.perf_counter() - clock
 
-    # all inputs are valid: clear this folder's files of an earlier run, so they cannot mix
-    out.mkdir(parents=True, exist_ok=True)
-    stale = [out / name for name in (SHEET_FILE, TILES_NPZ, TILES_JSON, TOPK_FILE, RESULT_JSON)]
-    stale += [out / STAGE_FILE.format(stage=s) for s in STAGES]
-    for path in stale:  # a re-run into the same folder must not mix with an older run's files
-        if path.is_file():
-            log.info("removing %s from an earlier run", path)
-            path.unlink()
-
-    result: dict[str, Any] = {
-        "experiment": "fig2",
-        "status": "running",
-        "config": dict(config) if config is not None else None,
-        "arguments": {
-            "model": model, "weights": str(weights), "seed": seed, "data": data,
-            "stages": stages, "channels": None if channels is None else
-            {str(_stage_key(key)): list(v) if isinstance(v, Iterable) else v
-             for key, v in channels.items()},
-            "channels_per_stage": channels_per_stage, "channel_seed": channel_seed, "k": k,
-            "batch_size": batch_size, "chunk_size": chunk_size, "device": str(device),
-            "display": options.__dict__.copy(),
-        },
-        "model": model,
-        "weights": info,
-        "dataset": data_summary,
-        "channels": {str(s): c for s, c in chosen.items()},
-        "versions": versions(),
-        "provenance": dict(provenance) if provenance is not None else None,
-        "timings_s": timings,
-    }
+    _clear_outputs(out)  # all inputs are valid
+    result = _initial_result(model, weights, seed, opts, channels, device, info, data_summary,
+                             config, provenance, timings)
     write_json_atomic(out / RESULT_JSON, result)
     try:
         from deconvnet.datasets import batches
 
         clock = time.perf_counter()
-        scan = scan_topk(net, batches(dataset, batch_size), k=k, stages=stages, progress=progress)
+        scan = scan_topk(net, batches(dataset, opts.batch_size), k=opts.k, stages=opts.stages,
+                         progress=progress, exclude_border=opts.exclude_border)
         timings["scan_s"] = time.perf_counter() - clock
         save_topk(scan, out / TOPK_FILE, meta={
-            "model": model, "weights": {k_: v for k_, v in info.items()},
-            "dataset_ids": list(dataset.ids)})
-        k_used = scan[stages[0]].k
-        if k_used < k:
+            "model": model, "weights": dict(info), "dataset_ids": list(dataset.ids),
+            "exclude_border": opts.exclude_border})
+        k_used = scan[opts.stages[0]].k
+        if k_used < opts.k:
             log.warning("k: only %d images in the dataset, showing the top %d per feature map",
                         len(dataset), k_used)
-
-        clock = time.perf_counter()
-        tiles = project_tiles(net, dataset, scan, chosen, batch_size=batch_size,
-                              chunk_size=chunk_size, progress=progress)
-        timings["project_s"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        image_size = [int(v) for v in dataset[0][0].shape[-2:]]
-        explicit = {_stage_key(key) for key in (channels or {})}
-        meta = _figure_meta(model, info, data_summary, tiles, k_used, options, image_size,
-                            explicit, channel_seed)
-        save_tiles(out / TILES_NPZ, tiles, meta)
-        records = _tile_records(tiles, meta, dataset, model, str(info.get("weights")))
-        write_json_atomic(out / TILES_JSON, {
-            "model": model, "weights": info, "dataset": {k_: v for k_, v in data_summary.items()
-                                                         if k_ != "skipped"},
-            "k": k_used, "stages": meta["stages"], "tiles": records})
-        timings["save_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        pngs = render_fig2(out)
-        timings["render_s"] = time.perf_counter() - clock
-        timings["total_s"] = sum(v for key, v in timings.items() if key != "total_s")
-        result.update(
-            status="complete",
-            k=k_used,
-            tiles=sum(t.image.size for t in tiles.values()),
-            images_projected=len({int(i) for t in tiles.values() for i in t.image.ravel()}),
-            max_relative_value_difference=max(
-                float(np.max(np.abs(t.recomputed - t.value)
-                             / np.maximum(np.abs(t.value), 1e-30))) for t in tiles.values()),
-            files=sorted([p.name for p in pngs] + [TILES_NPZ, TILES_JSON, TOPK_FILE, RESULT_JSON]),
-        )
+        chosen, activity = _choose_after_scan(net, scan, opts, channels)
+        result["channels"] = {str(s): c for s, c in chosen.items()}
+        result["map_activity"] = {str(s): a.as_dict() for s, a in activity.items()}
         write_json_atomic(out / RESULT_JSON, result)
+
+        clock = time.perf_counter()
+        tiles = project_tiles(net, dataset, scan, chosen, batch_size=opts.batch_size,
+                              chunk_size=opts.chunk_size, progress=progress, rules=opts.rules)
+        timings["project_s"] = time.perf_counter() - clock
+        explicit = {_stage_key(key) for key in (channels or {})}
+        meta = _figure_meta(model, info, data_summary, tiles, k_used, opts, image_size, explicit,
+                            activity)
+        result = _finish(out, result, tiles, meta, dataset, data_summary, timings)
         log.info("fig2: %d tiles from %d images in %.1f s; figures in %s", result["tiles"],
                  result["images_projected"], timings["total_s"], out)
         return result
@@ -818,51 +1020,81 @@ def run_fig2(
 MODEL_LABELS = {"vgg16": "VGG16", "alexnet": "AlexNet"}
 
 
-def _stage_channels(tiles: Mapping[int, StageTiles], s: int) -> int:
-    return int(tiles[s].channels_total)
+def _legend(rules: Sequence[str], k: int) -> str:
+    """Which group of a block is which."""
+    if len(rules) == 1:
+        return (f"Per feature map: left, the {rules[0]} reconstructions of its top {k} activations "
+                "(each tile scaled on its own, zero = grey); right, the matching image patches "
+                f"(receptive field, grey outside the image); rank 1..{k} row-major.")
+    names = "; ".join(RULE_NAMES[r] for r in rules)
+    return (f"Per feature map, left to right: the reconstructions of its top {k} activations "
+            f"under each backward rule named above its group ({names}), all from the same forward "
+            "pass of each image, each tile scaled on its own (zero = grey); then the matching "
+            f"image patches (\"image\": receptive field, grey outside the image); rank 1..{k} "
+            "row-major in every group.")
+
+
+def _selection_text(s: int, shown: int, a: MapActivity, explicit: bool, opts: RunOptions) -> str:
+    """One line: how a layer's feature maps were chosen, and how many are dead."""
+    if explicit:
+        how = "chosen explicitly"
+    elif opts.live_only:
+        how = (f"drawn (seed {opts.channel_seed}) among the {len(a.eligible)} that fire on >= "
+               f"{a.k} images")
+    else:
+        how = f"drawn (seed {opts.channel_seed}) among all, dead ones included (live_only off)"
+    text = f"{shown} of {a.channels} feature maps, {how}; {len(a.dead)} dead (fire on no image)"
+    if a.k > 1:
+        fewer = f"1-{a.k - 1} images" if a.k > 2 else "1 image"
+        text += f", {len(a.sparse)} fire on only {fewer}"
+    return text
+
+
+def _display_how(rf: int, tile: int) -> str:
+    if tile > rf:
+        return f"enlarged ×{tile // rf}, nearest neighbour"
+    return "reduced, Lanczos" if tile < rf else "actual size"
+
+
+def _dataset_label(data_summary: Mapping[str, Any], k: int, border: int) -> str:
+    skipped = data_summary.get("skipped_count", 0)
+    where = ("in the whole map" if border == 0 else
+             f"at least {border} from the map's edge (exclude_border={border})")
+    return (f"Dataset: {data_summary['label']}, {data_summary['images']} images"
+            + (f" ({skipped} unreadable file(s) skipped)" if skipped else "")
+            + f"; per feature map the top {k} images (each image's strongest position {where})")
 
 
 def _figure_meta(model: str, info: Mapping[str, Any], data_summary: Mapping[str, Any],
-                 tiles: Mapping[int, StageTiles], k: int, options: DisplayOptions,
-                 image_size: list[int], explicit: Iterable[int] = (),
-                 channel_seed: int = 0) -> dict[str, Any]:
-    """Everything the figures need besides the arrays (titles, sizes, channel lists)."""
-    skipped = data_summary.get("skipped_count", 0)
-    dataset_label = (f"Dataset: {data_summary['label']}, {data_summary['images']} images"
-                     + (f" ({skipped} unreadable file(s) skipped)" if skipped else "")
-                     + f"; per feature map the top {k} images (each image's strongest position)")
-    legend = (f"Per feature map: left, the deconvnet reconstructions of its top {k} activations "
-              "(each tile scaled on its own, zero = grey); right, the matching image patches "
-              f"(receptive field, grey outside the image); rank 1..{k} row-major.")
+                 tiles: Mapping[int, StageTiles], k: int, opts: RunOptions,
+                 image_size: list[int], explicit: Iterable[int],
+                 activity: Mapping[int, MapActivity]) -> dict[str, Any]:
+    """Everything the figures need besides the arrays (titles, sizes, channel lists, activity)."""
+    explicit = set(explicit)
     stages_meta = []
     for s, t in sorted(tiles.items()):
-        tile = display_size(t.rf_size, options)
-        if tile[0] > t.rf_size[0]:
-            how = f"enlarged ×{tile[0] // t.rf_size[0]}, nearest neighbour"
-        elif tile[0] < t.rf_size[0]:
-            how = "reduced, Lanczos"
-        else:
-            how = "actual size"
+        tile = display_size(t.rf_size, opts.display)
+        selection = _selection_text(s, len(t.channels), activity[s], s in explicit, opts)
         stages_meta.append({
             "stage": s, "name": t.name, "rf_size": list(t.rf_size), "rf_jump": list(t.rf_jump),
             "rf_start": list(t.rf_start), "tile_px": list(tile),
-            "channels": [int(c) for c in t.channels],
-            "detail": (f"{len(t.channels)} of {_stage_channels(tiles, s)} feature maps "
-                       + ("(chosen)" if s in explicit else f"(random, seed {channel_seed})")
-                       + f"; receptive field "
-                       f"{t.rf_size[0]} px, stride {t.rf_jump[0]} px; tiles shown at {tile[0]} px "
-                       f"({how})"),
+            "channels": [int(c) for c in t.channels], "explicit": s in explicit,
+            "map_activity": activity[s].as_dict(), "selection": selection,
+            "detail": (f"{selection}; receptive field {t.rf_size[0]} px, stride {t.rf_jump[0]} "
+                       f"px; tiles shown at {tile[0]} px ({_display_how(t.rf_size[0], tile[0])})"),
         })
     return {
         "model": model,
         "model_label": MODEL_LABELS.get(model, model),
         "weights": dict(info),
-        "weights_label": _weights_label(info),
-        "dataset_label": dataset_label,
-        "legend": legend,
+        "weights_label": weights_label(info),
+        "dataset_label": _dataset_label(data_summary, k, opts.exclude_border),
+        "legend": _legend(opts.rules, k),
         "k": k,
+        "rules": list(opts.rules),
+        "exclude_border": opts.exclude_border,
+        "live_only": opts.live_only,
         "image_size": image_size,
-        "display": options.__dict__.copy(),
+        "display": opts.display.__dict__.copy(),
         "stages": stages_meta,
     }
-

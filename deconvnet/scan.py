@@ -2,7 +2,9 @@
 
 For every requested stage and every channel c, each image contributes ONE candidate: its spatial
 maximum of channel c (ties inside the map: the first position in row-major order, like
-`torch.argmax`). Over the whole dataset the k highest candidates are kept, so the k entries of a
+`torch.argmax`). With `exclude_border=n` only positions at least n away from every edge of the
+stage's map are candidates (n = 0, the default, is the paper's procedure: the whole map).
+Over the whole dataset the k highest candidates are kept, so the k entries of a
 channel are k distinct images (DESIGN.md section 4, step 3). Ties between images go to the lower
 image number, so the result does not depend on how the images were split into batches.
 
@@ -38,6 +40,7 @@ __all__ = [
     "save_topk",
     "load_topk",
     "minimum_input_size",
+    "check_exclude_border",
 ]
 
 TOPK_FIELDS = ("values", "image", "y", "x")
@@ -181,17 +184,47 @@ class Candidates:
     x: Tensor
 
 
-def _candidates(stage_output: Tensor, first_image: int) -> Candidates:
-    """Each image's spatial maximum per channel of `stage_output` [B, C, H, W], as [C, B] tensors."""
+def _candidates(stage_output: Tensor, first_image: int, border: int = 0) -> Candidates:
+    """Each image's spatial maximum per channel of `stage_output` [B, C, H, W], as [C, B] tensors.
+
+    Only the interior [border, H - border) x [border, W - border) is searched; the positions
+    returned are in the whole map's coordinates.
+    """
+    if border:
+        stage_output = stage_output[:, :, border:-border, border:-border]
     batch, channels, height, width = stage_output.shape
     values, flat_position = stage_output.reshape(batch, channels, height * width).max(dim=2)  # [B, C]
     image = torch.arange(first_image, first_image + batch, device=stage_output.device)
     return Candidates(
         values=values.t(),
         image=image.unsqueeze(0).expand(channels, batch),
-        y=torch.div(flat_position, width, rounding_mode="floor").t(),
-        x=(flat_position % width).t(),
+        y=torch.div(flat_position, width, rounding_mode="floor").t() + border,
+        x=(flat_position % width).t() + border,
     )
+
+
+def _check_border(border: Any) -> int:
+    if isinstance(border, bool) or not isinstance(border, numbers.Integral) or border < 0:
+        raise ValueError(f"exclude_border: expected an int >= 0 (map positions excluded next to "
+                         f"each edge; 0 = the whole map), got {border!r}")
+    return int(border)
+
+
+def _check_interior(border: int, layers: list[nn.Module], chosen: list[Stage], height: int,
+                    width: int, number: int | None) -> None:
+    """ValueError unless every chosen stage's map of an H x W image keeps a position inside the
+    excluded border (map side > 2 * border)."""
+    if not border:
+        return
+    sizes = level_sizes(layers, height, width)
+    for s in chosen:
+        h, w = sizes[s.index + 1]
+        if min(h, w) <= 2 * border:
+            raise ValueError(
+                f"exclude_border: {border} leaves no candidate position in the {h}x{w} map of "
+                f"stage {s.number} ({s.name}) for {height}x{width} images"
+                + ("" if number is None else f" (batch {number})") + "; "
+                f"use at most {(min(h, w) - 1) // 2} here, or larger images")
 
 
 def merge_topk(running: Candidates | None, candidates: Candidates, k: int) -> Candidates:
@@ -230,6 +263,32 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
+def _scan_batch(layers: list[nn.Module], x: Tensor, caller_batch: Tensor,
+                stage_at_index: dict[int, int], running: dict[int, Candidates | None],
+                first_image: int, k: int, border: int) -> None:
+    """One forward pass of x [B, 3, H, W] through `layers`, merging each chosen stage's [C, B]
+    candidates into `running` (updated in place)."""
+    for index, layer in enumerate(layers):
+        if x is caller_batch and getattr(layer, "inplace", False):
+            x = x.clone()  # never write into the caller's tensor
+        x = layer(x)
+        if index in stage_at_index:
+            # reduce right away: a later in-place module could overwrite this tensor
+            number = stage_at_index[index]
+            running[number] = merge_topk(running[number], _candidates(x, first_image, border), k)
+
+
+def check_exclude_border(model: nn.Module, stages: Iterable[int], exclude_border: Any,
+                         height: int, width: int) -> int:
+    """`exclude_border` as an int, or ValueError (naming it) if it is not an int >= 0 or leaves
+    no candidate position in the map of a stage for H x W images. Checks nothing else."""
+    border = _check_border(exclude_border)
+    chosen = _check_stages(model, stages)
+    layers = list(features_of(model))[: chosen[-1].index + 1]
+    _check_interior(border, layers, chosen, height, width, None)
+    return border
+
+
 def scan_topk(
     model: nn.Module,
     batches: Iterable[Tensor],
@@ -238,6 +297,7 @@ def scan_topk(
     progress: bool = True,
     total: int | None = None,
     on_batch: Callable[[dict[int, TopK], int], None] | None = None,
+    exclude_border: int = 0,
 ) -> dict[int, TopK]:
     """Top-k images per channel of each requested stage over all images in `batches`.
 
@@ -252,6 +312,9 @@ def scan_topk(
              (default: len(batches) when available).
     on_batch: optional callback(result_so_far, images_scanned) after each batch, e.g. to save a
              checkpoint with `save_topk(..., complete=False)`.
+    exclude_border: n >= 0; positions within n of any edge of a stage's [h, w] map are no
+             candidates (rows n..h-n-1, columns n..w-n-1 remain). 0 (default) = the whole map,
+             the paper's procedure. ValueError if a stage's map keeps no position.
 
     Returns {stage number: TopK} with [C, k] tensors on the CPU.
     An interrupted scan (KeyboardInterrupt) raises and returns nothing: no partial result can be
@@ -259,6 +322,7 @@ def scan_topk(
     """
     layers_all = list(features_of(model))  # also checks that the model is supported
     k = _check_k(k)
+    border = _check_border(exclude_border)
     chosen = _check_stages(model, stages)
     if torch.is_tensor(batches):
         raise ValueError(
@@ -284,19 +348,12 @@ def scan_topk(
         ) as bar:
             for number, batch in enumerate(bar):
                 batch = _check_batch(batch, number, layers, deepest, size_ok)
+                _check_interior(border, layers, chosen, batch.shape[2], batch.shape[3], number)
                 size = int(batch.shape[0])
                 if size == 0:
                     continue
                 x = batch.to(device=device, dtype=dtype, non_blocking=True)
-                for index, layer in enumerate(layers):
-                    if x is batch and getattr(layer, "inplace", False):
-                        x = x.clone()  # never write into the caller's tensor
-                    x = layer(x)
-                    if index in stage_at_index:
-                        # reduce right away: a later in-place module could overwrite this tensor
-                        stage_number = stage_at_index[index]
-                        found = _candidates(x, images_scanned)
-                        running[stage_number] = merge_topk(running[stage_number], found, k)
+                _scan_batch(layers, x, batch, stage_at_index, running, images_scanned, k, border)
                 images_scanned += size
                 bar.set_postfix(images=images_scanned, refresh=False)
                 if on_batch is not None:

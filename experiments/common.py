@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from deconvnet.versions import versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
+# a provenance record (JSON) that `provenance()` returns instead of looking at the tree itself
+PROVENANCE_ENV = "DECONVNET_PROVENANCE"
 
 # Errors caused by what the user asked for: reported as one short line, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, WeightsUnavailableError)
@@ -45,22 +48,43 @@ def check_device(device: object) -> torch.device:
     return target
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: Path = REPO_ROOT) -> str | None:
     try:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
                               timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
 
 
+def code_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The state of the code, `results/` left out: {'code_commit', 'code_dirty'} (None without git).
+
+    code_commit: the last commit that touched anything outside results/ (so committing regenerated
+    results does not change it); code_dirty: tracked files outside results/ differ from HEAD.
+    """
+    outside = ["--", ".", ":(exclude)results"]
+    status = _git("status", "--porcelain", "--untracked-files=no", *outside, cwd=root)
+    return {
+        "code_commit": _git("log", "-1", "--format=%H", *outside, cwd=root) or None,
+        "code_dirty": None if status is None else bool(status),
+    }
+
+
 def provenance() -> dict[str, Any]:
-    """Versions, git commit (None if unavailable), whether the work tree had changes, host, time."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    """Versions, the code's commit and state (`code_state`), HEAD, host, command line and time.
+
+    When `PROVENANCE_ENV` holds a JSON record (scripts/regenerate.py sets it to the tree's state
+    when *it* started), that record is returned with this process's command line: every job of one
+    regeneration reports the same state, whatever an earlier job wrote meanwhile.
+    """
+    inherited = os.environ.get(PROVENANCE_ENV)
+    if inherited:
+        return {**json.loads(inherited), "command": sys.argv}
     return {
         "versions": versions(),
+        **code_state(),
         "git_commit": _git("rev-parse", "HEAD") or None,
-        "git_dirty": None if status is None else bool(status),
         "platform": platform.platform(),
         "command": sys.argv,
         "timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -1,7 +1,8 @@
 """Fig. 2 of Zeiler & Fergus: `python -m experiments.fig2 [key=value ...]`.
 
 Default job: VGG16 (ImageNet weights if cached, else RANDOM with a warning), the offline sample
-gallery, 16 random feature maps per layer (seed 0), layers 1-5, top 9 images per feature map.
+gallery, 16 random feature maps per layer (seed 0) among those that fire on at least 9 images,
+layers 1-5, top 9 images per feature map (whole maps scanned), deconvnet rule.
 Into the job's own folder it writes `fig2_stage<s>.png` per layer, the sheet `fig2.png`, `tiles.npz`
 (raw tiles: `deconvnet.fig2.render_fig2(job_dir)` redraws every figure without the model),
 `tiles.json` (provenance of every tile), `topk.pt` (the scan), `result.json`, `config.yaml`.
@@ -9,6 +10,8 @@ Into the job's own folder it writes `fig2_stage<s>.png` per layer, the sheet `fi
     python -m experiments.fig2 model=alexnet k=4 stages=[1,3] channels_per_stage=4
     python -m experiments.fig2 data=folder data.root=/data/imagenet/val model.weights=imagenet
     python -m experiments.fig2 "channels={1:[0,5],3:[7]}" stages=[1,3]
+    python -m experiments.fig2 rules=[deconvnet,guided]      # each rule's reconstructions side by side
+    python -m experiments.fig2 exclude_border=1 live_only=false
     python -m experiments.fig2 -m stage=1,2,3,4,5          # one job per layer (or stages=[1],[2])
 
 All the work is `deconvnet.fig2.run_fig2`; this module only maps the config onto its arguments.
@@ -43,6 +46,9 @@ def arguments(cfg: DictConfig) -> dict:
         "channels_per_stage": plain["channels_per_stage"],
         "channel_seed": plain["channel_seed"],
         "k": plain["k"],
+        "rules": plain["rules"],
+        "live_only": plain["live_only"],
+        "exclude_border": plain["exclude_border"],
         "batch_size": plain["batch_size"],
         "chunk_size": plain["chunk_size"],
         "device": plain["device"],

@@ -127,7 +127,7 @@ def main() -> None:
         for (m, r), want in zip(pairs, outputs):
             peak = float(want.abs().max())
             if peak > 0:
-                worst = max(worst, float(np.abs(t.recon[m, r] - want.numpy()).max()) / peak)
+                worst = max(worst, float(np.abs(t.recon["deconvnet"][m, r] - want.numpy()).max()) / peak)
         print(f"loop stage {s}: {loop_times[s]:8.2f} s for {len(pairs)} of {n_tiles[s]} tiles "
               f"({loop_times[s] / len(pairs) * 1000:.0f} ms/tile)")
 

@@ -96,8 +96,10 @@ def test_tiles_have_the_layers_receptive_field_size_and_border_fill(alexnet, sma
     crossed = 0
     for s, t in tiles.items():
         size = receptive_field(alexnet, s).size
-        assert t.recon.shape == (len(chosen[s]), 3, 3, *size) and t.recon.dtype == np.float32
-        assert t.patch.shape == t.recon.shape and t.patch.dtype == np.uint8
+        recon = t.recon["deconvnet"]
+        assert list(t.recon) == ["deconvnet"]
+        assert recon.shape == (len(chosen[s]), 3, 3, *size) and recon.dtype == np.float32
+        assert t.patch.shape == recon.shape and t.patch.dtype == np.uint8
         for m in range(t.image.shape[0]):
             for r in range(t.image.shape[1]):
                 top, left, bottom, right = t.box(m, r)
@@ -110,7 +112,7 @@ def test_tiles_have_the_layers_receptive_field_size_and_border_fill(alexnet, sma
                 if outside.any():
                     crossed += 1
                 assert (t.patch[m, r][:, outside] == fig2.GREY).all()
-                assert (t.recon[m, r][:, outside] == 0).all()
+                assert (recon[m, r][:, outside] == 0).all()
                 # the inside of the patch is the denormalised image, 8-bit
                 shown = deconvnet.denormalize(data[int(t.image[m, r])][0], alexnet)
                 expected = (shown.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
@@ -177,7 +179,7 @@ def test_projection_equals_full_frame_reconstruction_cropped(alexnet, small_tile
             full = deconvnet.reconstruct(alexnet, image, s, keep=channel)[0]
             top, left, bottom, right = t.box(m, r)
             want = crop_with_fill(full, top, left, (bottom - top, right - left), 0.0).numpy()
-            got = t.recon[m, r]
+            got = t.recon["deconvnet"][m, r]
             peak = max(float(np.abs(want).max()), 1e-30)
             assert float(np.abs(got - want).max()) <= 1e-5 * peak, (s, m, r)
             # the full-frame reconstruction is zero outside the receptive-field box
@@ -208,7 +210,7 @@ def test_projection_equals_hooked_autograd_for_a_tile(alexnet, small_tiles):
     (grad,) = torch.autograd.grad(a, x, seed)
     top, left, bottom, right = t.box(m, r)
     want = crop_with_fill(grad[0], top, left, (bottom - top, right - left), 0.0).numpy()
-    assert np.abs(t.recon[m, r] - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(t.recon["deconvnet"][m, r] - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_mismatched_recorded_value_is_an_error_naming_the_tile(alexnet, small_tiles):
@@ -270,15 +272,15 @@ def test_figure_boxes_point_at_the_tiles(tiny_job):
     s, m, r = entry["stage"], list(arrays[entry["stage"]]["channels"]).index(entry["channel"]), \
         entry["rank"] - 1
     tile = tuple(meta["stages"][1]["tile_px"])
-    shown_r, shown_p = display_tiles(arrays[s]["recon"][m, r][None], arrays[s]["patch"][m, r][None],
-                                     tile)
-    page = np.asarray(Image.open(out / entry["figure"]["file"]))
-    for key, want in (("reconstruction_box", shown_r[0]), ("patch_box", shown_p[0])):
-        t, l, b, rr = entry["figure"][key]
-        assert np.array_equal(page[t:b, l:rr], want)
-    sheet = Image.open(out / entry["sheet"]["file"])
-    t, l, b, rr = entry["sheet"]["patch_box"]
-    assert 0 <= t < b <= sheet.height and 0 <= l < rr <= sheet.width
+    shown_r, shown_p = display_tiles(arrays[s]["recon"]["deconvnet"][m, r][None],
+                                     arrays[s]["patch"][m, r][None], tile)
+    assert list(entry["figure"]["reconstruction_boxes"]) == entry["rules"] == ["deconvnet"]
+    for where in ("figure", "sheet"):  # the tiny job's sheet keeps the tiles at full size
+        page = np.asarray(Image.open(out / entry[where]["file"]))
+        boxes = [(entry[where]["reconstruction_boxes"]["deconvnet"], shown_r[0]),
+                 (entry[where]["patch_box"], shown_p[0])]
+        for (t, l, b, rr), want in boxes:
+            assert np.array_equal(page[t:b, l:rr], want), where
 
 
 def test_provenance_value_recomputed_with_model_features(tiny_job):
@@ -336,6 +338,12 @@ def test_interrupted_run_is_marked_and_leaves_no_figures(tmp_path, monkeypatch):
     ({"data": {"kind": "folder"}}, "data.root: required"),
     ({"data": {"kind": "samples", "limit": 0}}, "data.limit"),
     ({"data": {"kind": "nope"}}, "data.kind"),
+    ({"rules": []}, "rules: expected at least one rule"),
+    ({"rules": ["deconvnet", "gradcam"]}, "rules: unknown rule 'gradcam'"),
+    ({"live_only": "yes"}, "live_only: expected true or false"),
+    ({"exclude_border": -1}, "exclude_border: expected an int >= 0"),
+    ({"exclude_border": 7}, r"exclude_border: 7 leaves no candidate position in the 13x13 map of "
+                            r"stage 3 \(relu3\)"),
 ])
 def test_bad_input_is_a_clear_error_before_the_scan(tmp_path, monkeypatch, change, message):
     monkeypatch.setattr("deconvnet.scan.scan_topk", lambda *a, **k: pytest.fail("scan ran"))
@@ -368,6 +376,346 @@ def test_folder_with_a_corrupt_file_is_skipped_and_counted(tmp_path):
     assert all(Path(t["image_path"]).parent == root.resolve() for t in tiles)
 
 
+# ------------------------------------------------------------------ (a) rules side by side
+
+RULES3 = ["guided", "deconvnet", "backprop"]
+
+
+@pytest.fixture(scope="module")
+def rule_tiles(alexnet, small_tiles):
+    data, topk, chosen, _ = small_tiles
+    return project_tiles(alexnet, data, topk, chosen, batch_size=3, progress=False, rules=RULES3)
+
+
+def _crop(full: torch.Tensor, box) -> np.ndarray:
+    top, left, bottom, right = box
+    return crop_with_fill(full, top, left, (bottom - top, right - left), 0.0).numpy()
+
+
+def _close(got: np.ndarray, want: np.ndarray, rel: float = 1e-5) -> bool:
+    return float(np.abs(got - want).max()) <= rel * max(float(np.abs(want).max()), 1e-30)
+
+
+def test_each_rules_tile_equals_reconstruct_with_that_rule_cropped(alexnet, small_tiles,
+                                                                   rule_tiles):
+    data, _, _, single = small_tiles
+    differ = 0
+    for s, t in rule_tiles.items():
+        assert t.rules == RULES3
+        assert np.array_equal(t.recomputed, single[s].recomputed)
+        assert np.array_equal(t.patch, single[s].patch)
+        assert _close(t.recon["deconvnet"], single[s].recon["deconvnet"], 1e-6)
+        for m, r in [(0, 0), (t.image.shape[0] - 1, t.image.shape[1] - 1)]:
+            image = data[int(t.image[m, r])][0][None]
+            for rule in RULES3:
+                full = deconvnet.reconstruct(alexnet, image, s, keep=int(t.channels[m]), rule=rule)
+                assert _close(t.recon[rule][m, r], _crop(full[0], t.box(m, r))), (s, m, r, rule)
+            differ += not np.allclose(t.recon["guided"][m, r], t.recon["deconvnet"][m, r])
+    assert differ > 0  # the rules really give different pictures
+
+
+def _autograd_tile(alexnet, image: torch.Tensor, s: int, c: int, y: int, x: int,
+                   guided: bool) -> torch.Tensor:
+    """Gradient of the seed (its own value at (c, y, x)) w.r.t. the image: plain autograd
+    (backprop), or with every ReLU's backward followed by relu (guided backprop)."""
+    import copy
+
+    features = copy.deepcopy(alexnet.features[: stage_of(alexnet, s).index + 1])
+    for module in features:
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+            if guided:
+                module.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gin[0]),))
+    image = image[None].clone().requires_grad_(True)
+    a = features(image)
+    seed = torch.zeros_like(a)
+    seed[0, c, y, x] = a[0, c, y, x].detach()
+    return torch.autograd.grad(a, image, seed)[0][0]
+
+
+def test_guided_and_backprop_tiles_equal_hooked_autograd(alexnet, small_tiles, rule_tiles):
+    data, _, _, _ = small_tiles
+    for s, m, r in [(2, 0, 1), (5, 1, 0)]:
+        t = rule_tiles[s]
+        image = data[int(t.image[m, r])][0]
+        c, y, x = int(t.channels[m]), int(t.y[m, r]), int(t.x[m, r])
+        for rule, guided in (("guided", True), ("backprop", False)):
+            want = _crop(_autograd_tile(alexnet, image, s, c, y, x, guided), t.box(m, r))
+            assert np.abs(want).max() > 0
+            assert _close(t.recon[rule][m, r], want), (s, rule)
+
+
+def test_all_rules_share_one_forward_record_per_batch(alexnet, small_tiles, monkeypatch):
+    data, topk, chosen, _ = small_tiles
+    calls = []
+    original = fig2.Mirror.record
+
+    def counting(self, images):
+        calls.append((self.stage, self.rule, int(images.shape[0])))
+        return original(self, images)
+
+    monkeypatch.setattr(fig2.Mirror, "record", counting)
+    tiles = project_tiles(alexnet, data, topk, chosen, batch_size=3, progress=False, rules=RULES3)
+    images = {int(i) for t in tiles.values() for i in t.image.ravel()}
+    assert len(calls) == -(-len(images) // 3) and sum(n for _, _, n in calls) == len(images)
+    assert all(stage == 5 and rule == "guided" for stage, rule, _ in calls)  # masks recorded once
+    calls.clear()
+    project_tiles(alexnet, data, topk, chosen, batch_size=8, progress=False)
+    assert [(stage, rule) for stage, rule, _ in calls] == [(5, "deconvnet")]
+
+
+@pytest.mark.parametrize("rules, message", [
+    ([], "rules: expected at least one rule"),
+    (["deconvnet", "nope"], "rules: unknown rule 'nope'; expected names among deconvnet, "
+                            "backprop, guided"),
+    (3, "rules: expected a list of rule names"),
+    ([None], "rules: unknown rule None"),
+])
+def test_bad_rules_are_a_clear_error(rules, message):
+    with pytest.raises(ValueError, match=message):
+        fig2.check_rules(rules)
+
+
+def test_check_rules_keeps_order_and_drops_duplicates():
+    assert fig2.check_rules(["guided", "deconvnet", "guided"]) == ["guided", "deconvnet"]
+    assert fig2.check_rules("backprop") == ["backprop"]
+
+
+@pytest.fixture(scope="module")
+def rules_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fig2_rules_job")
+    result = run_fig2(out, **{**TINY, "rules": ["deconvnet", "guided"], "exclude_border": 1})
+    return out, result
+
+
+def test_rules_job_files_record_rules_and_reproduce(rules_job, tmp_path):
+    out, result = rules_job
+    assert result["status"] == "complete" and result["rules"] == ["deconvnet", "guided"]
+    with np.load(out / "tiles.npz") as npz:
+        assert {"recon_deconvnet_stage1", "recon_guided_stage3", "patch_stage3"} <= set(npz.files)
+        assert json.loads(str(npz["meta"]))["version"] == fig2.NPZ_VERSION == 2
+    meta, arrays = load_fig2(out)
+    assert meta["rules"] == ["deconvnet", "guided"] and list(arrays[3]["recon"]) == meta["rules"]
+    assert "guided = relu(R)·[f>0]" in meta["legend"] and "then the matching image" in meta["legend"]
+    written = render_fig2(out, tmp_path)
+    for path in written:  # the same bytes again: nothing random in drawing
+        assert path.read_bytes() == (out / path.name).read_bytes(), path.name
+
+
+def test_rules_job_boxes_point_at_each_rules_tile(rules_job):
+    out, _ = rules_job
+    meta, arrays = load_fig2(out)
+    tiles = json.loads((out / "tiles.json").read_text())
+    assert tiles["rules"] == ["deconvnet", "guided"]
+    for entry in (tiles["tiles"][0], tiles["tiles"][-1]):
+        s = entry["stage"]
+        m = list(arrays[s]["channels"]).index(entry["channel"])
+        r = entry["rank"] - 1
+        sm = next(x for x in meta["stages"] if x["stage"] == s)
+        assert entry["rules"] == ["deconvnet", "guided"]
+        for where in ("figure", "sheet"):
+            page = np.asarray(Image.open(out / entry[where]["file"]))
+            for rule in ("deconvnet", "guided"):
+                shown, patch = display_tiles(arrays[s]["recon"][rule][m, r][None],
+                                             arrays[s]["patch"][m, r][None], tuple(sm["tile_px"]))
+                t, l, b, rr = entry[where]["reconstruction_boxes"][rule]
+                assert np.array_equal(page[t:b, l:rr], shown[0]), (where, rule)
+            t, l, b, rr = entry[where]["patch_box"]
+            assert np.array_equal(page[t:b, l:rr], patch[0]), where
+
+
+def test_rules_job_guided_tiles_equal_reconstruct(rules_job):
+    out, _ = rules_job
+    model = deconvnet.load_model("alexnet", weights="random", seed=0)
+    dataset, _ = make_dataset(TINY_DATA, model, progress=False)
+    meta, arrays = load_fig2(out)
+    for sm in meta["stages"]:
+        s, a = sm["stage"], arrays[sm["stage"]]
+        image = dataset[int(a["image"][0, 0])][0][None]
+        full = deconvnet.reconstruct(model, image, s, keep=int(a["channels"][0]), rule="guided")
+        top = int(a["y"][0, 0]) * sm["rf_jump"][0] + sm["rf_start"][0]
+        left = int(a["x"][0, 0]) * sm["rf_jump"][1] + sm["rf_start"][1]
+        box = (top, left, top + sm["rf_size"][0], left + sm["rf_size"][1])
+        assert _close(a["recon"]["guided"][0, 0], _crop(full[0], box))
+
+
+# --------------------------------------------------------------- (b) dead feature maps
+
+
+def test_map_activity_counts_the_images_each_map_fires_on(alexnet):
+    images = torch.randn(6, 3, 70, 70, generator=torch.Generator().manual_seed(3))
+    topk = scan_topk(alexnet, [images[:4], images[4:]], k=3, stages=(3, 5), progress=False)
+    unusual = 0
+    for s in (3, 5):
+        with torch.no_grad():
+            maps = alexnet.features[: stage_of(alexnet, s).index + 1](images.clone())
+        fires = (maps.amax(dim=(2, 3)) > 0).sum(dim=0)  # [C] images on which each map fires
+        activity = fig2.map_activity(topk[s])
+        assert activity.dead == torch.nonzero(fires == 0).flatten().tolist()
+        assert activity.sparse == torch.nonzero((fires > 0) & (fires < 3)).flatten().tolist()
+        assert activity.eligible == torch.nonzero(fires >= 3).flatten().tolist()
+        assert activity.as_dict()["dead"] + activity.as_dict()["firing_on_fewer_than_k"] \
+            + activity.as_dict()["eligible"] == maps.shape[1] == activity.channels
+        unusual += len(activity.dead) + len(activity.sparse)
+    assert unusual > 0
+
+
+def test_live_only_draw_is_seeded_among_eligible_maps(alexnet, caplog):
+    eligible = {1: [1, 4, 9, 20, 33, 40], 3: list(range(0, 384, 7))}
+    chosen = select_channels(alexnet, [1, 3], None, 4, 0, eligible)
+    rng = np.random.default_rng([0, 1])  # the documented draw, done here by hand
+    assert chosen[1] == sorted(eligible[1][i] for i in rng.choice(6, 4, replace=False))
+    assert set(chosen[3]) <= set(eligible[3]) and len(chosen[3]) == 4
+    assert select_channels(alexnet, [3], None, 4, 0, {3: eligible[3]})[3] == chosen[3]
+    assert select_channels(alexnet, [1, 3], None, 4, 0, {1: eligible[1]})[3] == \
+        select_channels(alexnet, [3], None, 4, 0)[3]  # a stage not listed: drawn among all
+    assert select_channels(alexnet, [1], {1: [2, 0]}, 4, 0, {1: [1]})[1] == [2, 0]  # as given
+    with caplog.at_level("WARNING", logger="deconvnet.fig2"):
+        assert select_channels(alexnet, [1], None, 4, 0, {1: [5, 3]}) == {1: [3, 5]}
+    assert "only 2 feature maps that fire on k images" in caplog.text
+    with pytest.raises(ValueError, match="live_only: no feature map of layer 1 fires"):
+        select_channels(alexnet, [1], None, 4, 0, {1: []})
+
+
+def test_run_reports_dead_maps_and_shows_only_live_ones(tiny_job):
+    out, result = tiny_job
+    topk, _ = load_topk(out / "topk.pt")
+    meta, arrays = load_fig2(out)
+    assert result["live_only"] is True
+    for sm in meta["stages"]:
+        s = sm["stage"]
+        activity = fig2.map_activity(topk[s])
+        assert result["map_activity"][str(s)] == activity.as_dict() == sm["map_activity"]
+        assert set(result["channels"][str(s)]) <= set(activity.eligible)
+        assert (arrays[s]["value"] > 0).all()  # every tile of every block shows a firing map
+        assert f"{len(activity.dead)} dead (fire on no image)" in sm["detail"]
+        assert f"among the {len(activity.eligible)} that fire on >= 3 images" in sm["selection"]
+    assert result["map_activity"]["3"]["dead"] > 0  # random AlexNet relu3 has dead maps here
+
+
+def test_live_only_off_draws_among_all_maps(tmp_path):
+    result = run_fig2(tmp_path, **{**TINY, "stages": [3], "channels_per_stage": 3,
+                                   "live_only": False})
+    model = deconvnet.load_model("alexnet", weights="random", seed=0)
+    assert result["channels"] == {"3": select_channels(model, [3], None, 3, 0)[3]}
+    assert result["map_activity"]["3"]["dead"] > 0 and result["live_only"] is False
+    meta, _ = load_fig2(tmp_path)
+    assert "dead ones included (live_only off)" in meta["stages"][0]["selection"]
+
+
+# --------------------------------------------------------------- (c) border positions
+
+
+def test_exclude_border_is_applied_and_recorded(rules_job):
+    out, result = rules_job
+    meta, arrays = load_fig2(out)
+    tiles = json.loads((out / "tiles.json").read_text())
+    assert result["exclude_border"] == tiles["exclude_border"] == meta["exclude_border"] == 1
+    assert result["arguments"]["exclude_border"] == 1
+    assert all(t["exclude_border"] == 1 for t in tiles["tiles"])
+    assert "exclude_border=1" in meta["dataset_label"]
+    assert load_topk(out / "topk.pt").meta["exclude_border"] == 1
+    sizes = {1: 27, 3: 13}  # AlexNet pool1 / relu3 maps of 224 px images
+    for s, size in sizes.items():
+        for key in ("y", "x"):
+            assert (arrays[s][key] >= 1).all() and (arrays[s][key] <= size - 2).all()
+
+
+def test_exclude_border_scan_matches_interior_brute_force(alexnet):
+    images = torch.randn(5, 3, 80, 80, generator=torch.Generator().manual_seed(4))
+    topk = scan_topk(alexnet, [images], k=5, stages=(2,), progress=False, exclude_border=1)[2]
+    with torch.no_grad():
+        maps = alexnet.features[: stage_of(alexnet, 2).index + 1](images.clone())  # [5, C, 4, 4]
+    inner = maps[:, :, 1:-1, 1:-1]
+    best = inner.flatten(2).amax(dim=2).t()  # [C, 5]
+    want = torch.sort(best, dim=1, descending=True, stable=True)
+    assert torch.equal(topk.values, want.values) and torch.equal(topk.image, want.indices)
+    picked = maps[topk.image, torch.arange(maps.shape[1])[:, None], topk.y, topk.x]
+    assert torch.equal(picked, topk.values)
+
+
+# ----------------------------------------------------------------- (d) readable sheet
+
+
+def _wide_panel(rules=("deconvnet", "guided"), maps: int = 16) -> "fig2.PanelData":
+    rng = np.random.default_rng(0)
+    recon = {r: rng.standard_normal((maps, 9, 3, 8, 8)).astype(np.float32) for r in rules}
+    patch = rng.integers(0, 256, (maps, 9, 3, 8, 8), dtype=np.uint8)
+    return fig2.PanelData(recon, patch, list(range(100, 100 + maps)), (64, 64))
+
+
+def test_sheet_text_is_wrapped_to_the_sheet_width():
+    from deconvnet import fig2_layout as lay
+
+    legend = "Per feature map, left to right: " + "a rather long legend sentence " * 12 + "end."
+    title = [("Fig. 2 reproduction — a model, its weights", lay.SHEET_TITLE_FONT),
+             (legend, lay.TEXT_FONT)]
+    labels = [[("Layer 3  (pool3, receptive field 44 px)", lay.LAYER_FONT),
+               ("16 of 256 feature maps, " + "selection words " * 10, lay.TEXT_FONT)]]
+    layout = lay.sheet_layout(title, labels, [_wide_panel()], 700)
+    sheet = lay.render_sheet(title, labels, [_wide_panel()], 700)
+    assert sheet.size == (layout.size[1], layout.size[0]) and sheet.width <= 700
+    lines = list(layout.title_lines) + list(layout.placements[0].label_lines)
+    assert all(lay._text_width(t, spec) <= sheet.width - 2 * lay.MARGIN for t, spec in lines)
+    assert " ".join(t for t, spec in layout.title_lines[1:]) == legend  # nothing lost
+    pixels = np.asarray(sheet)
+    assert (pixels[:, -lay.MARGIN // 2:] == 255).all()  # nothing runs into the right edge
+
+
+def test_sheet_shrinks_tiles_not_labels():
+    from PIL import ImageDraw
+
+    from deconvnet import fig2_layout as lay
+
+    panel = _wide_panel()
+    title = [("Fig. 2", lay.SHEET_TITLE_FONT)]
+    labels = [[("Layer 2", lay.LAYER_FONT)]]
+    sheet = np.asarray(lay.render_sheet(title, labels, [panel], 700))
+    place = lay.sheet_layout(title, labels, [panel], 700).placements[0]
+    assert place.layout.tile[0] < 64 and place.layout.width <= 700 - 2 * lay.MARGIN
+    assert lay.panel_layout(16, 9, (64, 64), panel.rules).width > 700  # it had to shrink
+    # the block label is drawn at LABEL_FONT, pixel for pixel as if drawn alone at full size
+    for m, text in ((0, "feature map 100"), (15, "feature map 115")):
+        top, left = place.layout.block_origin(m)
+        width = lay._text_width(text, lay.LABEL_FONT)
+        alone = Image.new("RGB", (width, lay.LABEL_H), (255, 255, 255))
+        ImageDraw.Draw(alone).text((0, 0), text, fill=(0, 0, 0), font=lay._font(*lay.LABEL_FONT))
+        y, x = place.body_top + top, place.left + left
+        assert np.array_equal(sheet[y : y + lay.LABEL_H, x : x + width], np.asarray(alone))
+    cap = lay._font(*lay.LABEL_FONT).getbbox("H")
+    assert cap[3] - cap[1] >= 12  # cap height of labels and text, at any sheet width
+    # the reduced tiles are the display tiles resized (Lanczos) into their boxes
+    shown, _ = display_tiles(panel.recon["guided"][3, 4][None], panel.patch[3, 4][None], (64, 64))
+    th, tw = place.layout.tile
+    want = np.asarray(Image.fromarray(shown[0]).resize((tw, th), Image.Resampling.LANCZOS))
+    t, l, b, r = place.layout.tile_boxes(3, 4)[0][1]
+    assert np.array_equal(sheet[place.body_top + t : place.body_top + b,
+                                place.left + l : place.left + r], want)
+
+
+def test_committed_width_sheet_keeps_fixed_size_text(tiny_job, tmp_path):
+    """At the committed 1400 px, as at any width, labels and header use the fixed fonts."""
+    from deconvnet import fig2_layout as lay
+
+    out, _ = tiny_job
+    meta, arrays = load_fig2(out)
+    panels = [fig2._panel(arrays[sm["stage"]], sm) for sm in meta["stages"]]
+    for width in (1400, 400):
+        layout = lay.sheet_layout(lay._sheet_title(meta), lay._sheet_labels(meta), panels, width)
+        assert layout.size[1] <= width
+        specs = {spec for _, spec in layout.title_lines}
+        specs |= {spec for p in layout.placements for _, spec in p.label_lines}
+        assert specs <= {lay.SHEET_TITLE_FONT, lay.TEXT_FONT, lay.LAYER_FONT}
+        assert all(lay._text_width(t, s) <= width - 2 * lay.MARGIN for t, s in layout.title_lines)
+
+
+def test_same_inputs_give_the_same_bytes(tiny_job, tmp_path):
+    out, _ = tiny_job
+    run_fig2(tmp_path, **TINY)
+    for name in ("fig2.png", "fig2_stage1.png", "fig2_stage3.png", "tiles.npz"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
 # -------------------------------------------------------------------------------- the CLI
 
 
@@ -393,15 +741,32 @@ def test_cli_runs_a_tiny_job_and_rejects_bad_values(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_rules_border_and_live_only_options(tmp_path):
+    tiny = ["model=alexnet", "model.weights=random", "stages=[3]", "channels_per_stage=2", "k=2",
+            "data.photos=[coffee]", "data.limit=4", "progress=false"]
+    done = _cli(*tiny, "rules=[deconvnet,guided]", "exclude_border=1", "live_only=false",
+                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["rules"] == ["deconvnet", "guided"] and result["exclude_border"] == 1
+    assert result["live_only"] is False and result["config"]["rules"] == ["deconvnet", "guided"]
+    bad = _cli(*tiny, "rules=[deconvnet,nope]", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
+    assert bad.returncode != 0 and "error: rules: unknown rule 'nope'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
 def test_cli_stage_sweep_and_assembled_sheet(tmp_path):
     done = _cli("-m", "model=alexnet", "model.weights=random", "stage=1,5", "channels_per_stage=1",
                 "k=2", "data.photos=[coffee]", "data.limit=4", "progress=false",
                 f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "tiles.npz").is_file())
-    assert [json.loads((j / "result.json").read_text())["channels"] for j in jobs] == [
-        {"1": select_channels(deconvnet.load_model("alexnet", "random"), [1], None, 1)[1]},
-        {"5": select_channels(deconvnet.load_model("alexnet", "random"), [5], None, 1)[5]},
-    ]
+    model = deconvnet.load_model("alexnet", "random")
+    expected = []
+    for job, s in zip(jobs, (1, 5)):  # live_only: drawn among the maps that fire on k images
+        eligible = fig2.map_activity(load_topk(job / "topk.pt").result[s]).eligible
+        expected.append({str(s): select_channels(model, [s], None, 1, 0, {s: eligible})[s]})
+    assert [json.loads((j / "result.json").read_text())["channels"] for j in jobs] == expected
     sheet = fig2.assemble_sheet(jobs, tmp_path / "sweep.png")
     assert Image.open(sheet).width <= 2000

@@ -23,6 +23,7 @@ from torch import nn
 from deconvnet.architecture import stages as stage_table
 from deconvnet.scan import (
     Candidates,
+    check_exclude_border,
     TopK,
     load_topk,
     merge_topk,
@@ -71,8 +72,14 @@ def reference_stage_maps(model: nn.Module, images: list[torch.Tensor]) -> dict[i
     return maps
 
 
-def reference_topk(maps: list[np.ndarray], k: int) -> dict[str, np.ndarray]:
-    """Per channel: sort (value desc, image asc) of each image's max, keep k; positions by argmax."""
+def reference_topk(maps: list[np.ndarray], k: int, border: int = 0) -> dict[str, np.ndarray]:
+    """Per channel: sort (value desc, image asc) of each image's max, keep k; positions by argmax.
+
+    border n: each map is first cut to its interior [n, h - n) x [n, w - n); positions are shifted
+    back to the whole map's coordinates at the end.
+    """
+    if border:
+        maps = [m[:, border:-border, border:-border] for m in maps]
     channels, _, width = maps[0].shape
     k = min(k, len(maps))
     out = {key: np.zeros((channels, k), dtype=np.float64 if key == "values" else np.int64)
@@ -85,16 +92,17 @@ def reference_topk(maps: list[np.ndarray], k: int) -> dict[str, np.ndarray]:
         order = sorted(range(len(maps)), key=lambda n: (-value[c, n], n))[:k]
         out["values"][c] = value[c, order]
         out["image"][c] = order
-        out["y"][c] = position[c, order] // widths[order]
-        out["x"][c] = position[c, order] % widths[order]
+        out["y"][c] = position[c, order] // widths[order] + border
+        out["x"][c] = position[c, order] % widths[order] + border
     return out
 
 
-def assert_matches_reference(result: dict[int, TopK], model: nn.Module, batches, k: int) -> None:
+def assert_matches_reference(result: dict[int, TopK], model: nn.Module, batches, k: int,
+                             border: int = 0, stages=ALL_STAGES) -> None:
     images = [image for batch in batches for image in batch]
     maps = reference_stage_maps(model, images)
-    for number in ALL_STAGES:
-        expected = reference_topk(maps[number], k)
+    for number in stages:
+        expected = reference_topk(maps[number], k, border)
         got = result[number]
         assert got.images_scanned == len(images)
         for key in ("image", "y", "x"):
@@ -201,6 +209,57 @@ def test_stage_subset_equals_full_scan_and_allows_smaller_images(vgg):
     assert scan_topk(vgg, tiny, k=1, stages=(1, 2), progress=False)[2].values.shape == (128, 1)
     with pytest.raises(ValueError, match="batch 0: .*8x8.*stage 5.*32x32"):
         scan_topk(vgg, tiny, k=1, progress=False)
+
+
+@pytest.mark.parametrize("border", [1, 2])
+def test_exclude_border_matches_brute_force_on_the_interior(vgg, border):
+    # stage 1..3 maps of 40 / 48 px VGG inputs: 20/24, 10/12, 5/6 positions a side
+    batches = random_batches([(2, 40), (3, 48)], seed=21)
+    result = scan_topk(vgg, batches, k=3, stages=(1, 2, 3), progress=False, exclude_border=border)
+    assert_matches_reference(result, vgg, batches, k=3, border=border, stages=(1, 2, 3))
+    sizes = {1: (20, 24), 2: (10, 12), 3: (5, 6)}
+    for number, top in result.items():
+        side = torch.tensor([sizes[number][0]] * 2 + [sizes[number][1]] * 3)[top.image]
+        for position in (top.y, top.x):  # never within `border` of an edge of its image's map
+            assert bool((position >= border).all()) and bool((position < side - border).all())
+    whole = scan_topk(vgg, batches, k=3, stages=(1, 2, 3), progress=False)
+    # the whole-map scan is never below the interior one; somewhere it finds a border position
+    assert all(bool((whole[n].values >= result[n].values).all()) for n in (1, 2, 3))
+    assert any(bool(((whole[n].y < border) | (whole[n].x < border)).any()) for n in (1, 2, 3))
+
+
+def test_exclude_border_zero_is_the_whole_map_and_alexnet_overlapping_pools(alexnet):
+    batches = random_batches([(2, 99), (1, 120)], seed=22)  # pool5 maps 2x2 and 3x3
+    plain = scan_topk(alexnet, batches, k=2, progress=False)
+    zero = scan_topk(alexnet, batches, k=2, progress=False, exclude_border=0)
+    for number in ALL_STAGES:
+        for key in ("values", "image", "y", "x"):
+            assert torch.equal(plain[number][key], zero[number][key])
+    one = scan_topk(alexnet, batches[1:], k=1, stages=(1, 2, 3), progress=False, exclude_border=1)
+    assert_matches_reference(one, alexnet, batches[1:], k=1, border=1, stages=(1, 2, 3))
+
+
+@pytest.mark.parametrize("border", [-1, 1.5, True, "1", None])
+def test_bad_exclude_border_value(alexnet, border):
+    with pytest.raises(ValueError, match=r"exclude_border: expected an int >= 0"):
+        scan_topk(alexnet, random_batches([(1, 64)], seed=0), progress=False, exclude_border=border)
+
+
+def test_exclude_border_that_leaves_nothing_names_the_stage(vgg):
+    # 32 px VGG input: stage 5 map is 1x1, stage 4 is 2x2, stage 3 is 4x4
+    batches = random_batches([(1, 32)], seed=0)
+    with pytest.raises(ValueError, match=r"exclude_border: 1 leaves no candidate .* 2x2 map of "
+                                         r"stage 4 \(pool4\) for 32x32 images \(batch 0\); use at most 0"):
+        scan_topk(vgg, batches, progress=False, exclude_border=1)
+    with pytest.raises(ValueError, match=r"4x4 map of stage 3"):
+        scan_topk(vgg, batches, stages=(3,), progress=False, exclude_border=2)
+    assert scan_topk(vgg, batches, stages=(3,), progress=False, exclude_border=1)[3].k == 1
+    # the same check without scanning, for a run's image size
+    assert check_exclude_border(vgg, (1, 3), 1, 32, 32) == 1
+    with pytest.raises(ValueError, match=r"4x4 map of stage 3 \(pool3\) for 32x32 images; "):
+        check_exclude_border(vgg, (1, 3), 2, 32, 32)
+    with pytest.raises(ValueError, match=r"exclude_border: expected an int >= 0"):
+        check_exclude_border(vgg, (1,), -1, 32, 32)
 
 
 def test_minimum_input_size_matches_design(vgg, alexnet):
