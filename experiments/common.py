@@ -58,12 +58,14 @@ def _git(*args: str, cwd: Path = REPO_ROOT) -> str | None:
 
 
 def code_state(root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The state of the code, `results/` left out: {'code_commit', 'code_dirty'} (None without git).
+    """The state of the code, `results/` and README.md left out: {'code_commit', 'code_dirty'}
+    (None without git).
 
-    code_commit: the last commit that touched anything outside results/ (so committing regenerated
-    results does not change it); code_dirty: tracked files outside results/ differ from HEAD.
+    code_commit: the last commit that touched anything but results/ and README.md (so committing
+    regenerated results, or the README that reports them, does not change it); code_dirty: tracked
+    files other than those differ from HEAD.
     """
-    outside = ["--", ".", ":(exclude)results"]
+    outside = ["--", ".", ":(exclude)results", ":(exclude)README.md"]
     status = _git("status", "--porcelain", "--untracked-files=no", *outside, cwd=root)
     return {
         "code_commit": _git("log", "-1", "--format=%H", *outside, cwd=root) or None,

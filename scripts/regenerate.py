@@ -12,8 +12,8 @@ installed by the README's main command); AlexNet has no learned weights offline 
 random weights. Every title and the manifest name the weights exactly.
 
 Same code and inputs, same bytes: the tracked files hold only what follows from them. The tree's
-state is recorded once, when this command starts (`code_commit`: the last commit outside results/,
-`code_dirty`), and handed to every job; jobs run with fixed threads and instruction set
+state is recorded once, when this command starts (`code_commit`: the last commit outside results/
+and README.md, `code_dirty`), and handed to every job; jobs run with fixed threads and instruction set
 (`JOB_ENV`); runtimes, times, host, command lines and absolute paths go to the untracked
 `results/RUNS.json` and `results/<name>/run.json`, and Hydra's record names folders relative to
 the repository (`.`) or to the output folder (`<out>`).
@@ -243,7 +243,7 @@ def manifest_markdown(manifest: dict[str, Any]) -> str:
         "",
         "Made by `python scripts/regenerate.py`; redraw from the saved data without the model with "
         "`python scripts/render.py`.",
-        f"Code: commit {prov.get('code_commit')} (the last commit outside `results/`){dirty}; "
+        f"Code: commit {prov.get('code_commit')} (the last commit outside `results/` and README.md){dirty}; "
         f"torch {versions.get('torch')}, torchvision {versions.get('torchvision')}, "
         f"python {versions.get('python')}.",
         f"Jobs ran with {settings['threads']} threads and "

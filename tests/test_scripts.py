@@ -154,8 +154,10 @@ def test_code_state_leaves_results_out(tmp_path):
     assert code_state(tmp_path) == {"code_commit": code, "code_dirty": False}
 
     (tmp_path / "results" / "fig.txt").write_text("regenerated\n")
+    (tmp_path / "README.md").write_text("the figures show ...\n")
     assert code_state(tmp_path) == {"code_commit": code, "code_dirty": False}
-    _git("commit", "-q", "-am", "results", cwd=tmp_path)
+    _git("add", "README.md", cwd=tmp_path)
+    _git("commit", "-q", "-am", "results and the README that reports them", cwd=tmp_path)
     assert _git("rev-parse", "HEAD", cwd=tmp_path) != code
     assert code_state(tmp_path) == {"code_commit": code, "code_dirty": False}
 
