@@ -574,10 +574,11 @@ def draw_fig1(data: dict[str, Any], path: str | Path) -> Path:
     text(W / 2, H - 28, "Fig. 1 (Zeiler & Fergus 2014) drawn from real data: a deconvnet layer "
          "(left) attached to a convnet layer (right)", ha="center", va="center", fontsize=15,
          fontweight="bold")
-    line2 = (f"{model_label}  \u00b7  {weights_label}  \u00b7  image: {meta['image']}  \u00b7  "
-             f"stage {meta['stage']} ({meta['stage_name']})  \u00b7  channel {meta['channel']} "
-             f"of {meta['channels']} ({meta['channel_by']})")
-    text(W / 2, H - 56, line2, ha="center", va="center", fontsize=11.5, color=weights_colour)
+    text(W / 2, H - 54, f"{model_label}  \u00b7  {weights_label}", ha="center", va="center",
+         fontsize=11.5, color=weights_colour)
+    line2 = (f"image: {meta['image']}  \u00b7  stage {meta['stage']} ({meta['stage_name']})  \u00b7  "
+             f"channel {meta['channel']} of {meta['channels']} ({meta['channel_by']})")
+    text(W / 2, H - 76, line2, ha="center", va="center", fontsize=11)
     chain = " \u2192 ".join(m.split(" ")[1] for m in meta["stage_modules"])
     layer_desc = f"{shown['conv_name']} \u2192 {shown['relu_name']}" + (
         f" \u2192 {shown['pool_name']}" if has_pool else "")
@@ -588,7 +589,7 @@ def draw_fig1(data: dict[str, Any], path: str | Path) -> Path:
         end = shown["pool"] if has_pool else shown["relu"]
         line3 = (f"stage {meta['stage']} = {chain}; shown: its LAST conv \u2192 relu{last} "
                  f"({layer_desc}, features[{shown['conv']}..{end}])")
-    text(W / 2, H - 80, line3, ha="center", va="center", fontsize=10.5, color=GREY)
+    text(W / 2, H - 97, line3, ha="center", va="center", fontsize=10.5, color=GREY)
 
     # ---------------------------------------------------------------- geometry of the top part
     P = 122  # panel side in px
