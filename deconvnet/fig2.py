@@ -81,10 +81,11 @@ from deconvnet.fig2_layout import (
     sheet_layout,
     stage_page_layout,
 )
-from deconvnet.geometry import receptive_field
+from deconvnet.geometry import level_sizes, receptive_field
 from deconvnet.images import denormalize
 from deconvnet.mirror import RULES, Mirror, Seeds
 from deconvnet.models import weights_label
+from deconvnet.precision import full_float32
 from deconvnet.versions import versions
 
 __all__ = [
@@ -300,6 +301,17 @@ class MapActivity:
         return {"channels": self.channels, "k": self.k, "dead": len(self.dead),
                 "firing_on_fewer_than_k": len(self.sparse), "eligible": len(self.eligible),
                 "dead_channels": list(self.dead), "fewer_than_k_channels": list(self.sparse)}
+
+
+def _border_ring(model: nn.Module, scan: Mapping[int, Any], dataset: Any) -> dict[str, Any]:
+    """Per stage, the share of live top-k entries on the map's border ring (`border_ring_share`)."""
+    from deconvnet.scan import border_ring_share
+
+    height, width = (int(v) for v in dataset[0][0].shape[-2:])
+    layers = list(model.features)
+    sizes = level_sizes(layers, height, width)
+    return {str(s): border_ring_share(t, *sizes[stage_of(model, s).index + 1])
+            for s, t in sorted(scan.items())}
 
 
 def map_activity(topk: Any) -> MapActivity:
@@ -558,6 +570,7 @@ def _project_stage(t: StageTiles, mirrors: Mapping[str, Mirror], record: Any,
         t.patch[mi[j], ri[j]] = _to_uint8(patch)
 
 
+@full_float32()
 def project_tiles(
     model: nn.Module,
     dataset: Any,
@@ -872,6 +885,7 @@ def _initial_result(model: str, weights: str, seed: int, opts: RunOptions,
         "live_only": opts.live_only,
         "channels": None,  # known after the scan (live_only draws among maps that fire)
         "map_activity": None,
+        "border_ring": None,
         "versions": versions(),
         "provenance": dict(provenance) if provenance is not None else None,
         "timings_s": timings,
@@ -993,6 +1007,7 @@ def run_fig2(
         chosen, activity = _choose_after_scan(net, scan, opts, channels)
         result["channels"] = {str(s): c for s, c in chosen.items()}
         result["map_activity"] = {str(s): a.as_dict() for s, a in activity.items()}
+        result["border_ring"] = _border_ring(net, scan, dataset)
         write_json_atomic(out / RESULT_JSON, result)
 
         clock = time.perf_counter()

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from deconvnet.architecture import stages as stages_of
 from deconvnet.geometry import level_sizes, spans, stage_layers, windows
+from deconvnet.precision import full_float32
 from deconvnet.windows import Region, fit_to_map, gather_window, reframe
 
 RULES = ("deconvnet", "backprop", "guided")
@@ -239,6 +240,7 @@ class Mirror(nn.Module):
         """The forward modules `features[: stage index + 1]` this mirror is attached to."""
         return list(self._layers)
 
+    @full_float32()
     def record(self, images: Tensor) -> ForwardRecord:
         """One forward pass [B, 3, H, W] -> ForwardRecord, without touching the model's state.
 
@@ -278,6 +280,7 @@ class Mirror(nn.Module):
             region = mirror_stage(region, record)
         return region
 
+    @full_float32()
     def project_map(self, record: ForwardRecord, chunk_size: int = 8) -> Tensor:
         """Reconstruct every image's whole stage output ("keep all"): -> [B, 3, H, W]."""
         output = record.stage_output(self.stage)
@@ -290,6 +293,7 @@ class Mirror(nn.Module):
             pieces.append(self._to_frame(self.run(region, record), zero, zero, record.sizes[0]))
         return torch.cat(pieces)
 
+    @full_float32()
     def project(self, record: ForwardRecord, seeds: Seeds, frame: str = "image",
                 chunk_size: int = 16) -> Tensor:
         """Reconstruct single activations of this mirror's stage, each alone, from one record

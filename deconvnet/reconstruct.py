@@ -7,10 +7,12 @@ from torch import Tensor, nn
 
 from deconvnet.architecture import stage as stage_of
 from deconvnet.mirror import Mirror, check_rule
+from deconvnet.precision import full_float32
 from deconvnet.seeds import Keep, check_keep, select_seeds
 from deconvnet.validation import check_images
 
 
+@full_float32()
 def reconstruct(model: nn.Module, images: Tensor, stage: int, keep: Keep = "all",
                 rule: str = "deconvnet") -> Tensor:
     """Deconvnet reconstruction of a stage's kept activations, in input pixels.

@@ -30,11 +30,13 @@ from tqdm.auto import tqdm
 
 from deconvnet.architecture import Stage, features_of, stage as stage_of
 from deconvnet.geometry import level_sizes, min_input_size, min_side
+from deconvnet.precision import full_float32
 
 __all__ = [
     "TopK",
     "LoadedTopK",
     "scan_topk",
+    "border_ring_share",
     "Candidates",
     "merge_topk",
     "save_topk",
@@ -289,6 +291,24 @@ def check_exclude_border(model: nn.Module, stages: Iterable[int], exclude_border
     return border
 
 
+def border_ring_share(topk: TopK, height: int, width: int) -> dict[str, Any]:
+    """Where the live top-k entries of one stage sit: the share on the map's 1-position border ring.
+
+    topk: the stage's `TopK` ([C, k]); height, width: its map size. Live entries are those with a
+    value > 0. Returns {"entries": live entries, "on_ring": how many sit in row 0 or height - 1 or
+    column 0 or width - 1, "share": on_ring / entries, "ring_share_of_map": the ring's share of
+    the map's positions (what `share` would be if the position did not matter)}.
+    """
+    live = topk.values > 0
+    ring = (topk.y == 0) | (topk.x == 0) | (topk.y == height - 1) | (topk.x == width - 1)
+    entries, on_ring = int(live.sum()), int((ring & live).sum())
+    inner = max(height - 2, 0) * max(width - 2, 0)
+    return {"entries": entries, "on_ring": on_ring,
+            "share": round(on_ring / entries, 4) if entries else None,
+            "ring_share_of_map": round(1 - inner / (height * width), 4)}
+
+
+@full_float32()
 def scan_topk(
     model: nn.Module,
     batches: Iterable[Tensor],

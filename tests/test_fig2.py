@@ -591,6 +591,18 @@ def test_run_reports_dead_maps_and_shows_only_live_ones(tiny_job):
         assert f"{len(activity.dead)} dead (fire on no image)" in sm["detail"]
         assert f"among the {len(activity.eligible)} that fire on >= 3 images" in sm["selection"]
     assert result["map_activity"]["3"]["dead"] > 0  # random AlexNet relu3 has dead maps here
+    model = deconvnet.load_model("alexnet", weights="random", seed=0)
+    height, width = meta["image_size"]
+    for s in (1, 3):
+        with torch.no_grad():  # the map size from a real forward pass
+            out_map = model.features[: deconvnet.stage(model, s).index + 1](
+                torch.zeros(1, 3, height, width))
+        map_h, map_w = out_map.shape[-2:]
+        live = topk[s].values > 0
+        on_ring = ((topk[s].y == 0) | (topk[s].x == 0) | (topk[s].y == map_h - 1)
+                   | (topk[s].x == map_w - 1)) & live
+        assert result["border_ring"][str(s)]["entries"] == int(live.sum())
+        assert result["border_ring"][str(s)]["on_ring"] == int(on_ring.sum())
 
 
 def test_live_only_off_draws_among_all_maps(tmp_path):

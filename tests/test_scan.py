@@ -23,6 +23,7 @@ from torch import nn
 from deconvnet.architecture import stages as stage_table
 from deconvnet.scan import (
     Candidates,
+    border_ring_share,
     check_exclude_border,
     TopK,
     load_topk,
@@ -503,3 +504,17 @@ def test_topk_mapping_access(small_result):
         topk["value"]
     with pytest.raises(ValueError, match="TopK.image"):
         TopK(topk.values, topk.image.float(), topk.y, topk.x, 3)
+
+
+def test_border_ring_share_by_brute_force():
+    values = torch.tensor([[5.0, 4.0, 0.0], [3.0, 2.0, 1.0]])
+    y = torch.tensor([[0, 2, 0], [3, 1, 1]])   # map 4 x 5: rows 0 and 3 are the ring
+    x = torch.tensor([[2, 4, 0], [1, 1, 3]])   # columns 0 and 4 are the ring
+    topk = TopK(values, torch.zeros_like(y), y, x, images_scanned=3)
+    # live: (0,2) ring, (2,4) ring, [dead (0,0) ignored], (3,1) ring, (1,1) inner, (1,3) inner
+    share = border_ring_share(topk, 4, 5)
+    assert share == {"entries": 5, "on_ring": 3, "share": 0.6,
+                     "ring_share_of_map": round(1 - (2 * 3) / 20, 4)}
+    dead = TopK(torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.int64),
+                torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64), 1)
+    assert border_ring_share(dead, 4, 5)["share"] is None

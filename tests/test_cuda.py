@@ -1,0 +1,72 @@
+"""The CUDA path: the same results on the GPU as on the CPU.
+
+Runs only where CUDA is available (skipped, and reported as skipped, elsewhere: CI has no GPU).
+Seeded random weights. Reconstructions and scans compare float64 models on both devices: in float32
+a 1e-7 difference between the devices' convolutions can flip a near-tie of a max-pooling window or a
+ReLU sign on random weights, which moves a whole switch; in float64 both devices agree to round-off.
+Fig. 2 runs in float32, as users run it, and must match the CPU run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deconvnet
+from deconvnet.fig2 import load_fig2, run_fig2
+from deconvnet.scan import scan_topk
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@pytest.fixture(scope="module")
+def models():
+    cpu = deconvnet.load_model("vgg16", weights="random", seed=0).double()
+    gpu = deconvnet.load_model("vgg16", weights="random", seed=0, device="cuda").double()
+    return cpu, gpu
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    scale = float(a.abs().max())
+    assert float((a - b.cpu()).abs().max()) <= 1e-9 * max(scale, 1e-12)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "backprop", "guided"])
+@pytest.mark.parametrize("stage", [1, 3, 5])
+def test_reconstruct_on_cuda_equals_cpu(models, rule, stage):
+    cpu, gpu = models
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(stage)).double()
+    for keep in ("all", "max", 3):
+        want = deconvnet.reconstruct(cpu, x, stage, keep=keep, rule=rule)
+        got = deconvnet.reconstruct(gpu, x.cuda(), stage, keep=keep, rule=rule)
+        assert got.device.type == "cuda"
+        _close(want, got)
+    channels = [0, 5, 5, 9]
+    _close(deconvnet.reconstruct(cpu, x[:1], stage, keep=channels, rule=rule),
+           deconvnet.reconstruct(gpu, x[:1].cuda(), stage, keep=channels, rule=rule))
+
+
+def test_scan_on_cuda_equals_cpu(models):
+    cpu, gpu = models
+    images = torch.randn(10, 3, 48, 48, generator=torch.Generator().manual_seed(1)).double()
+    batches = [images[:4], images[4:7], images[7:]]
+    want = scan_topk(cpu, batches, k=3, progress=False)
+    got = scan_topk(gpu, [b.cuda() for b in batches], k=3, progress=False)
+    for s in want:
+        torch.testing.assert_close(got[s].values.cpu(), want[s].values, rtol=1e-9, atol=1e-12)
+        assert torch.equal(got[s].image.cpu(), want[s].image)
+
+
+def test_fig2_on_cuda_equals_cpu(tmp_path):
+    settings = dict(model="alexnet", weights="random", stages=[1, 3], channels_per_stage=3, k=3,
+                    data={"kind": "samples", "size": 80, "limit": 12},
+                    rules=["deconvnet", "guided"], progress=False)
+    run_fig2(tmp_path / "cpu", device="cpu", **settings)
+    run_fig2(tmp_path / "gpu", device="cuda", **settings)
+    (_, cpu), (_, gpu) = load_fig2(tmp_path / "cpu"), load_fig2(tmp_path / "gpu")
+    for s in (1, 3):
+        assert np.array_equal(cpu[s]["image"], gpu[s]["image"])
+        for rule in ("deconvnet", "guided"):
+            want, got = cpu[s]["recon"][rule], gpu[s]["recon"][rule]
+            assert np.abs(want - got).max() <= 1e-4 * max(np.abs(want).max(), 1e-12)
