@@ -303,13 +303,13 @@ class MapActivity:
                 "dead_channels": list(self.dead), "fewer_than_k_channels": list(self.sparse)}
 
 
-def _border_ring(model: nn.Module, scan: Mapping[int, Any], dataset: Any) -> dict[str, Any]:
-    """Per stage, the share of live top-k entries on the map's border ring (`border_ring_share`)."""
+def _border_ring(model: nn.Module, scan: Mapping[int, Any], image_size: Sequence[int]
+                 ) -> dict[str, Any]:
+    """Per stage, the share of live top-k entries on the map's border ring (`border_ring_share`),
+    for images of `image_size` (H, W)."""
     from deconvnet.scan import border_ring_share
 
-    height, width = (int(v) for v in dataset[0][0].shape[-2:])
-    layers = list(model.features)
-    sizes = level_sizes(layers, height, width)
+    sizes = level_sizes(list(model.features), *image_size)
     return {str(s): border_ring_share(t, *sizes[stage_of(model, s).index + 1])
             for s, t in sorted(scan.items())}
 
@@ -664,8 +664,6 @@ def save_png_atomic(image: Image.Image, path: Path) -> Path:
     return _atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
-
-
 def save_tiles(path: Path, tiles: Mapping[int, StageTiles], meta: Mapping[str, Any]) -> Path:
     """tiles.npz (format version 2): per stage `recon_<rule>_stage<s>` for each rule of
     meta["rules"], and patch/channels/image/y/x/value/recomputed `_stage<s>`, plus meta (JSON)."""
@@ -1007,7 +1005,7 @@ def run_fig2(
         chosen, activity = _choose_after_scan(net, scan, opts, channels)
         result["channels"] = {str(s): c for s, c in chosen.items()}
         result["map_activity"] = {str(s): a.as_dict() for s, a in activity.items()}
-        result["border_ring"] = _border_ring(net, scan, dataset)
+        result["border_ring"] = _border_ring(net, scan, image_size)
         write_json_atomic(out / RESULT_JSON, result)
 
         clock = time.perf_counter()

@@ -42,12 +42,11 @@ def _skimage_data():
     return skimage.data
 
 
-def _matplotlib_sample(name: str) -> np.ndarray:
-    """A photo from matplotlib's bundled sample data, as an array (offline)."""
-    from matplotlib.cbook import get_sample_data
+def _gallery_photo(name: str) -> np.ndarray:
+    """A photo of the sample gallery's registry (`deconvnet.datasets.PHOTO_SOURCES`), as an array."""
+    from deconvnet.datasets import PHOTO_SOURCES
 
-    with get_sample_data(name, asfileobj=True) as handle:
-        return np.asarray(Image.open(handle).convert("RGB"))
+    return np.asarray(PHOTO_SOURCES[name].load())
 
 
 # Photographs and test images bundled inside the scikit-image and matplotlib wheels (no download; checked offline).
@@ -64,7 +63,7 @@ SAMPLES: dict[str, Callable[[], np.ndarray]] = {
     "coins": lambda: _skimage_data().coins(),
     "colorwheel": lambda: _skimage_data().colorwheel(),
     "grass": lambda: _skimage_data().grass(),
-    "grace_hopper": lambda: _matplotlib_sample("grace_hopper.jpg"),
+    "grace_hopper": lambda: _gallery_photo("grace_hopper"),  # matplotlib's sample data
     "gravel": lambda: _skimage_data().gravel(),
     "horse": lambda: _skimage_data().horse(),
     "hubble_deep_field": lambda: _skimage_data().hubble_deep_field(),
