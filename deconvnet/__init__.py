@@ -4,10 +4,31 @@
     model = deconvnet.load_model("vgg16", weights="hed")       # learned convolutions, offline
     x = deconvnet.load_image("cat", model)                     # [1, 3, 224, 224]
     r = deconvnet.reconstruct(model, x, stage=3, keep="max")   # [1, 3, 224, 224]
+    g = deconvnet.attribute(model, x, target=[1, 2, 3])      # [3, 3, 224, 224], one forward pass
 """
 
 from deconvnet.architecture import STAGES, Stage, stage, stages
-from deconvnet.display import save_png, tile_grid, to_display
+from deconvnet.display import (
+    diverging_values,
+    saliency_map,
+    save_png,
+    tile_grid,
+    to_display,
+    to_diverging,
+    to_grayscale,
+)
+from deconvnet.gradient import (
+    METHODS,
+    Channel,
+    Unit,
+    attribute,
+    explain,
+    gradcam,
+    gradient_x_image,
+    guided_gradcam,
+    integrated_gradients,
+    smoothgrad,
+)
 from deconvnet.geometry import ReceptiveField, min_input_size, receptive_field
 from deconvnet.images import denormalize, load_image, preprocess, sample_names, to_pil
 from deconvnet.mirror import RULES, Mirror, Seeds, unpool
@@ -28,6 +49,9 @@ from deconvnet.models import (
 from deconvnet.reconstruct import reconstruct
 
 __all__ = [
+    "METHODS", "Channel", "Unit", "attribute", "explain", "diverging_values", "gradcam", "gradient_x_image",
+    "guided_gradcam", "integrated_gradients", "saliency_map", "smoothgrad", "to_diverging",
+    "to_grayscale",
     "HED_DESCRIPTION", "HedWeightsError", "RULES", "STAGES", "Mirror", "Preprocessing", "ReceptiveField", "Seeds", "Stage",
     "WeightsInfo", "WeightsUnavailableError", "class_names", "denormalize", "load_image",
     "load_model", "min_input_size", "model_name", "preprocess", "preprocessing",

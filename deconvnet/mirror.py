@@ -106,6 +106,11 @@ class MirrorStage(nn.Module):
         raise NotImplementedError
 
 
+def is_whole_map(region: Region, size: tuple[int, int]) -> bool:
+    """Whether every seed's window is the whole map of this `size` (origin 0, same size)."""
+    return region.size == tuple(size) and not bool(region.origin_y.any() or region.origin_x.any())
+
+
 def is_tiling(pool: nn.MaxPool2d) -> bool:
     """Whether the pooling windows tile the map without overlap (kernel == stride, no padding)."""
     return all(sp.kernel == sp.stride and sp.padding == 0 and sp.dilation == 1
@@ -137,6 +142,8 @@ class Unpool(MirrorStage):
         ox = region.origin_x * sx.stride - sx.padding
         out_ly, out_lx = (ly - 1) * sy.stride + sy.extent, (lx - 1) * sx.stride + sx.extent
         height, width = record.sizes[self.index]
+        if is_whole_map(region, (sy.output_length(height), sx.output_length(width))):
+            return self._unpool_map(region, record)
         if self.tiling and self.index in record.switch_masks:
             k, c = region.signal.shape[:2]
             up = region.signal[:, :, :, None, :, None].expand(
@@ -156,6 +163,24 @@ class Unpool(MirrorStage):
         out.scatter_add_(2, local.flatten(2), region.signal.flatten(2))
         below = Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox)
         return fit_to_map(below, (height, width))
+
+
+    def _unpool_map(self, region: Region, record: ForwardRecord) -> Region:
+        """Whole maps: scatter every value to its switch (one pass, collisions summed)."""
+        height, width = record.sizes[self.index]
+        switches = gather_window(record.switches[self.index], region.image, region.origin_y,
+                                 region.origin_x, region.size, 0)
+        k, c = region.signal.shape[:2]
+        if region.signal.device.type == "cpu":  # channels last, as the transposed convolutions
+            out = region.signal.new_zeros(k, height * width, c)
+            out.scatter_add_(1, switches.permute(0, 2, 3, 1).reshape(k, -1, c),
+                             region.signal.permute(0, 2, 3, 1).reshape(k, -1, c))
+            below = out.view(k, height, width, c).permute(0, 3, 1, 2)
+        else:
+            out = region.signal.new_zeros(k, c, height * width)
+            out.scatter_add_(2, switches.flatten(2), region.signal.flatten(2))
+            below = out.view(k, c, height, width)
+        return Region(below, region.image, region.origin_y, region.origin_x)
 
 
 class BackwardReLU(MirrorStage):
@@ -201,10 +226,18 @@ class TiedTransposedConv(MirrorStage):
     def forward(self, region: Region, record: ForwardRecord) -> Region:
         c = self._conv[0]
         sy, sx = self.span_y, self.span_x
-        # padding 0: output position t sits at map position origin*s - p + t
         signal = region.signal
         if signal.device.type == "cpu":  # oneDNN's transposed convolution is faster in NHWC
             signal = signal.contiguous(memory_format=torch.channels_last)
+        height, width = record.sizes[self.index]
+        if is_whole_map(region, (sy.output_length(height), sx.output_length(width))):
+            # the whole map: the conv's own padding crops exactly, no window bookkeeping
+            extra = [n - ((m - 1) * sp.stride - 2 * sp.padding + sp.extent) for n, m, sp in
+                     ((height, region.size[0], sy), (width, region.size[1], sx))]
+            out = F.conv_transpose2d(signal, c.weight, None, c.stride, c.padding, tuple(extra),
+                                     c.groups, c.dilation)
+            return Region(out, region.image, region.origin_y, region.origin_x)
+        # padding 0: output position t sits at map position origin*s - p + t
         out = F.conv_transpose2d(signal, c.weight, None, c.stride, 0, 0, c.groups,
                                  c.dilation)
         below = Region(out, region.image, region.origin_y * sy.stride - sy.padding,
@@ -241,11 +274,13 @@ class Mirror(nn.Module):
         return list(self._layers)
 
     @full_float32()
-    def record(self, images: Tensor) -> ForwardRecord:
+    def record(self, images: Tensor, float_masks: bool = False) -> ForwardRecord:
         """One forward pass [B, 3, H, W] -> ForwardRecord, without touching the model's state.
 
         Convolutions use the model's own parameters; ReLU and pooling run out of place on our own
         tensors, so torchvision's inplace flags and any hooks on the model are left alone.
+        float_masks: keep the ReLU masks as 0/1 in the images' dtype (4x the memory of bool, but
+        the mirror's products need no conversion: faster when whole maps go down).
         """
         need_masks = self.rule != "deconvnet"
         sizes = level_sizes(self._layers, images.shape[-2], images.shape[-1])
@@ -256,7 +291,7 @@ class Mirror(nn.Module):
                 x = F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
             elif isinstance(m, nn.ReLU):
                 if need_masks:
-                    record.masks[i] = x > 0
+                    record.masks[i] = (x > 0).to(x.dtype) if float_masks else x > 0
                 x = F.relu(x, inplace=x is not images)  # our own conv output: no copy needed
             else:
                 pooled, switches = F.max_pool2d(
@@ -274,9 +309,12 @@ class Mirror(nn.Module):
         record.output = x
         return record
 
-    def run(self, region: Region, record: ForwardRecord) -> Region:
-        """Send a Region at the stage level down to the input pixels."""
+    def run(self, region: Region, record: ForwardRecord, until: int = -1) -> Region:
+        """Send a Region at the stage level down to the input pixels, or only down to the output
+        level of forward module `until` (mirror stages of modules with index > until run)."""
         for mirror_stage in self.stages:
+            if mirror_stage.index <= until:
+                break
             region = mirror_stage(region, record)
         return region
 

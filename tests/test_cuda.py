@@ -70,3 +70,17 @@ def test_fig2_on_cuda_equals_cpu(tmp_path):
         for rule in ("deconvnet", "guided"):
             want, got = cpu[s]["recon"][rule], gpu[s]["recon"][rule]
             assert np.abs(want - got).max() <= 1e-4 * max(np.abs(want).max(), 1e-12)
+
+
+@pytest.mark.parametrize("method", sorted(deconvnet.METHODS))
+def test_gradient_family_on_cuda_equals_cpu(models, method):
+    cpu, gpu = models
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(7)).double()
+    options = {"samples": 3, "steps": 4, "batch_size": 2, "stage": 4}
+    for target in (None, torch.tensor([3, 11]), deconvnet.Unit(4, 5)):
+        want = deconvnet.explain(cpu, x, method, target, **options)
+        got = deconvnet.explain(gpu, x.cuda(), method, target, **options)
+        assert got.device.type == "cuda"
+        _close(want, got)
+    _close(deconvnet.explain(cpu, x[:1], method, [1, 2, 3], **options),
+           deconvnet.explain(gpu, x[:1].cuda(), method, [1, 2, 3], **options))

@@ -1,0 +1,15 @@
+"""The gradient family: class-score and unit maps through the whole network (DESIGN.md section 5).
+
+attribute (gradient / guided backprop / deconvnet), gradient_x_image, smoothgrad,
+integrated_gradients, gradcam, guided_gradcam: one contract, many targets from one forward pass.
+"""
+
+from deconvnet.gradient.attribute import attribute, gradient_x_image
+from deconvnet.gradient.gradcam import gradcam, guided_gradcam
+from deconvnet.gradient.integrated import integrated_gradients
+from deconvnet.gradient.methods import METHODS, explain
+from deconvnet.gradient.smoothgrad import smoothgrad
+from deconvnet.gradient.targets import Channel, Unit
+
+__all__ = ["METHODS", "Channel", "Unit", "explain", "attribute", "gradcam", "gradient_x_image", "guided_gradcam",
+           "integrated_gradients", "smoothgrad"]

@@ -1,0 +1,70 @@
+"""`integrated_gradients` (Sundararajan et al. 2017): (x - x') times the mean gradient on the path.
+
+The path integral is the Riemann midpoint rule: gradients at x' + (k + 1/2)/steps (x - x'),
+k = 0..steps-1 (Captum's method="riemann_middle"). Completeness: the map sums to
+score(x) - score(x') up to the quadrature error (within 1% at 256 steps on VGG16 / AlexNet).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+from deconvnet.gradient.attribute import check_count, forward_resolved, prepare
+from deconvnet.gradient.passes import CHUNK_SIZE
+from deconvnet.gradient.smoothgrad import mean_of_maps
+from deconvnet.precision import full_float32
+
+
+def check_baseline(baseline: object, images: Tensor) -> Tensor:
+    """None (zeros: the dataset's mean colour in normalised input space), a number, or a tensor
+    broadcastable to images [B, 3, H, W] -> [B, 3, H, W]; ValueError otherwise."""
+    if baseline is None:
+        return torch.zeros_like(images)
+    if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        baseline = torch.tensor(float(baseline))
+    if not isinstance(baseline, Tensor) or not baseline.is_floating_point():
+        raise ValueError(f"baseline: expected None, a number, or a float tensor broadcastable to "
+                         f"{list(images.shape)}, got {baseline!r}")
+    try:
+        out = torch.broadcast_to(baseline.to(images.device, images.dtype), images.shape)
+    except RuntimeError:
+        raise ValueError(f"baseline: shape {list(baseline.shape)} does not broadcast to the "
+                         f"images' {list(images.shape)}") from None
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("baseline: contains NaN or infinite values")
+    return out
+
+
+@full_float32()
+def integrated_gradients(model: nn.Module, images: Tensor, target: object = None,
+                         baseline: object = None, steps: int = 50, *, batch_size: int = 10,
+                         chunk_size: int = CHUNK_SIZE) -> Tensor:
+    """Integrated gradients of each target's score.
+
+    images [B, 3, H, W] -> [B, 3, H, W] ([K, 3, H, W] for K targets of one image). baseline: None
+    (zeros in the model's input space), a number, or a tensor broadcastable to images. The target
+    is resolved on the input (None: its predicted class). batch_size path points go forward
+    together.
+    """
+    check_count("steps", steps)
+    check_count("batch_size", batch_size)
+    check_count("chunk_size", chunk_size)
+    base = check_baseline(baseline, images)
+    x, rows, gradient_pass = prepare(model, images, target, "backprop")
+    base = base.to(x.device, x.dtype)
+    alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+    out = []
+    with torch.no_grad():
+        if not rows.resolved:
+            rows = forward_resolved(gradient_pass, x, rows)[1]
+        for b in range(x.shape[0]):
+            start, diff = base[b : b + 1], x[b : b + 1] - base[b : b + 1]
+            path = (start + a.to(x.device, x.dtype)[:, None, None, None] * diff
+                    for a in alphas.split(batch_size))
+            mean_grad = mean_of_maps(gradient_pass, rows.of_image(b), path, steps, False,
+                                     chunk_size)
+            out.append(diff * mean_grad)
+    return torch.cat(out).to(images.device)

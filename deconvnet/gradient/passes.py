@@ -1,0 +1,95 @@
+"""One forward pass, many maps: the mirror of the whole network sent down for a batch of targets.
+
+`GradientPass.forward` runs the network once (the features mirror's record, then avgpool and the
+classifier when the targets are classes); `GradientPass.backward` sends one seed per row down
+from that record (a one-hot logit, a unit, a channel map), in chunks of bounded size. Under the
+"backprop" rule every map is exactly the autograd gradient of the target's score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deconvnet.architecture import stage as stage_of
+from deconvnet.geometry import level_sizes, stage_layers
+from deconvnet.gradient.head import HeadMirror, HeadRecord
+from deconvnet.gradient.targets import Rows
+from deconvnet.mirror import ForwardRecord, Mirror
+from deconvnet.windows import Region, reframe
+
+CHUNK_SIZE = 16  # rows sent down together: bounds memory at [16, 64, H, W] per level
+
+
+def stage_sizes(model: nn.Module, height: int, width: int) -> dict[int, tuple[int, int]]:
+    """Map size (h, w) of every stage's output for an input of height x width."""
+    sizes = level_sizes(stage_layers(model, 5), height, width)
+    return {s: sizes[stage_of(model, s).index + 1] for s in range(1, 6)}
+
+
+@dataclass
+class Forward:
+    """The record of one forward pass: the features mirror's, and the head's for class targets."""
+
+    record: ForwardRecord
+    head: HeadRecord | None
+
+
+class GradientPass:
+    """The mirror from the rows' targets down to the input, with one rule for every ReLU."""
+
+    def __init__(self, model: nn.Module, rule: str, rows: Rows) -> None:
+        top = 5 if rows.kind == "class" else rows.stage
+        self.mirror = Mirror(model, top, rule)
+        self.head = HeadMirror(model, rule) if rows.kind == "class" else None
+        if self.head is not None and stage_of(model, 5).index != len(model.features) - 1:
+            raise ValueError("model.features: modules after the last stage have no mirror")
+
+    def forward(self, images: Tensor) -> Forward:
+        """[N, 3, H, W] -> Forward (no autograd graph; call under torch.no_grad)."""
+        if images.device.type == "cpu":  # oneDNN: every map channels last, no conversions
+            images = images.contiguous(memory_format=torch.channels_last)
+        record = self.mirror.record(images, float_masks=True)
+        head = self.head.record(record.output) if self.head is not None else None
+        return Forward(record, head)
+
+    def resolve(self, forward: Forward, rows: Rows) -> Rows:
+        """Rows with predicted classes / strongest units filled in from this forward pass."""
+        if rows.resolved:
+            return rows
+        logits = forward.head.logits if forward.head is not None else None
+        output = forward.record.outputs.get(rows.stage) if rows.kind != "class" else None
+        return rows.resolve(logits, output)
+
+    def seed(self, forward: Forward, rows: Rows) -> Region:
+        """The rows' seeds as a Region at the top level of the features mirror."""
+        output = forward.record.output
+        zero = torch.zeros_like(rows.image)
+        if rows.kind == "class":
+            one_hot = F.one_hot(rows.classes, self.head.classes).to(output.device, output.dtype)
+            return Region(self.head.run(one_hot, forward.head, rows.image), rows.image, zero, zero)
+        m, c = len(rows), output.shape[1]
+        channel = rows.channel.to(output.device)
+        if rows.kind == "channel":
+            signal = output.new_zeros(m, c, *output.shape[-2:])
+            signal[torch.arange(m, device=output.device), channel] = 1.0
+            return Region(signal, rows.image, zero, zero)
+        signal = output.new_zeros(m, c, 1, 1)
+        signal[torch.arange(m, device=output.device), channel] = 1.0
+        return Region(signal, rows.image, rows.y.clone(), rows.x.clone())
+
+    def backward(self, forward: Forward, rows: Rows, until: int = -1,
+                 chunk_size: int = CHUNK_SIZE) -> Tensor:
+        """Resolved rows -> [M, C, H_l, W_l]: each row's map at the output level of
+        `model.features[until]` (until = -1: the input pixels, [M, 3, H, W])."""
+        size = forward.record.sizes[until + 1]
+        pieces = []
+        for start in range(0, len(rows), chunk_size):
+            part = rows[start : start + chunk_size]
+            region = self.mirror.run(self.seed(forward, part), forward.record, until)
+            zero = torch.zeros_like(part.image)
+            pieces.append(reframe(region, zero, zero, size).signal)
+        return torch.cat(pieces)

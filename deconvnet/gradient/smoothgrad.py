@@ -1,0 +1,89 @@
+"""`smoothgrad`: the mean map over noisy copies of the image (Smilkov et al. 2017, SmoothGrad).
+
+sigma = noise x (max - min) of each image, in the model's input space (the paper's relative noise
+level; pytorch-cnn-visualizations issue #99 takes sigma in absolute units, a bug). Noise is drawn
+on the CPU from `torch.Generator().manual_seed(seed)`, one `torch.randn(3, H, W)` per copy, image
+by image, copy by copy: the same seed gives the same maps on any device and any batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+from deconvnet.gradient.attribute import check_count, forward_resolved, prepare
+from deconvnet.gradient.passes import CHUNK_SIZE, GradientPass
+from deconvnet.gradient.targets import Rows
+from deconvnet.precision import full_float32
+
+
+def check_real(name: str, value: object, low: float = 0.0) -> float:
+    """`value` as a finite real >= low, or ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < low:
+        raise ValueError(f"{name}: expected a finite number >= {low}, got {value!r}")
+    return float(value)
+
+
+def noise_batches(generator: torch.Generator, samples: int, batch_size: int,
+                  shape: tuple[int, ...], dtype: torch.dtype):
+    """Yield [n, *shape] standard normal batches (n <= batch_size, samples in all), one randn
+    call per copy so the stream does not depend on batch_size."""
+    for start in range(0, samples, batch_size):
+        n = min(batch_size, samples - start)
+        yield torch.stack([torch.randn(shape, generator=generator, dtype=dtype) for _ in range(n)])
+
+
+def mean_of_maps(gradient_pass: GradientPass, rows: Rows, inputs, count: int, squared: bool,
+                 chunk_size: int) -> Tensor:
+    """Mean over batches of inputs (each [n, 3, H, W], copies of one image) of the rows' maps
+    (squared first if asked), accumulated in float64 -> [K, 3, H, W]."""
+    total = None
+    for batch in inputs:
+        n = batch.shape[0]
+        forward = gradient_pass.forward(batch)
+        maps = gradient_pass.backward(forward, rows.repeat(n), chunk_size=chunk_size)
+        if squared:
+            maps = maps * maps
+        part = maps.view(n, len(rows), *maps.shape[1:]).sum(0, dtype=torch.float64)
+        total = part if total is None else total + part
+    return (total / count).to(batch.dtype)
+
+
+@full_float32()
+def smoothgrad(model: nn.Module, images: Tensor, target: object = None, rule: str = "backprop",
+               samples: int = 50, noise: float = 0.15, squared: bool = False, seed: int = 0,
+               *, batch_size: int = 10, chunk_size: int = CHUNK_SIZE) -> Tensor:
+    """SmoothGrad of `attribute`: mean over `samples` copies x + N(0, sigma^2) of the map.
+
+    images [B, 3, H, W] -> [B, 3, H, W] ([K, 3, H, W] for K targets of one image). Works with every
+    rule. squared=True: the mean of squared maps (PAIR's magnitude). The target is resolved on the
+    clean image (None: its predicted class; a Unit without position: its strongest unit there) and
+    kept for every copy. batch_size copies go forward together (memory bound); noise=0 gives the
+    plain map.
+    """
+    check_count("samples", samples)
+    check_real("noise", noise)
+    check_count("batch_size", batch_size)
+    check_count("chunk_size", chunk_size)
+    if not isinstance(squared, bool):
+        raise ValueError(f"squared: expected True or False, got {squared!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    x, rows, gradient_pass = prepare(model, images, target, rule)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        if not rows.resolved:
+            rows = forward_resolved(gradient_pass, x, rows)[1]
+        for b in range(x.shape[0]):
+            image = x[b : b + 1]
+            sigma = noise * float(image.max() - image.min())
+            noisy = (image + sigma * eps.to(image.device) for eps in
+                     noise_batches(generator, samples, batch_size, tuple(image.shape[1:]), x.dtype))
+            out.append(mean_of_maps(gradient_pass, rows.of_image(b), noisy, samples, squared,
+                                    chunk_size))
+    return torch.cat(out).to(images.device)
