@@ -21,6 +21,7 @@ def render_job(job: Path) -> list[Path]:
     """Redraw one job folder according to the experiment recorded in its result.json."""
     from deconvnet.fig1 import render_fig1
     from deconvnet.fig2 import render_fig2
+    from deconvnet.saliency import render_saliency
     from experiments.reconstruct import render_reconstruct
 
     result = json.loads((job / "result.json").read_text())
@@ -31,8 +32,10 @@ def render_job(job: Path) -> list[Path]:
         return list(render_fig2(job))
     if kind == "reconstruct":
         return [render_reconstruct(job)]
-    raise ValueError(f"{job}: result.json names experiment {kind!r}; expected fig1, fig2 or "
-                     "reconstruct")
+    if kind == "saliency":
+        return [render_saliency(job)]
+    raise ValueError(f"{job}: result.json names experiment {kind!r}; expected fig1, fig2, "
+                     "reconstruct or saliency")
 
 
 def main() -> None:

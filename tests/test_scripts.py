@@ -18,7 +18,7 @@ from PIL import Image
 from experiments.common import PROVENANCE_ENV, code_state, provenance
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = ["fig1", "fig2", "fig2_alexnet", "reconstruct"]
+FIGURES = ["fig1", "fig2", "fig2_alexnet", "reconstruct", "saliency"]
 
 
 def _load_regenerate():
@@ -94,13 +94,14 @@ def test_regenerate_writes_every_figure_and_render_redraws_them(two_runs, tmp_pa
         assert entry["weights"]["weights"] == "random" and entry["pretrained"] is False
         assert entry["figures"] and all((out / f).is_file() for f in entry["figures"])
     table = (out / "MANIFEST.md").read_text()
-    assert table.count("NOT pretrained") == 4
+    assert table.count("NOT pretrained") == len(FIGURES)
     assert not (out / ".staging").exists()
 
     # the figures (not the reconstruction PNGs that the overview is drawn from)
-    figures = [p for p in out.glob("*/*.png") if p.name.startswith("fig") or p.name == "overview.png"]
+    figures = [p for p in out.glob("*/*.png")
+               if p.name.startswith("fig") or p.name in ("overview.png", "grid.png")]
     before = {p: _pixels(p) for p in figures}
-    assert len(before) >= 6
+    assert len(before) >= 7
     for p in before:
         p.unlink()
     jobs = [str(out / n) for n in names]

@@ -2,8 +2,10 @@
 
 sigma = noise x (max - min) of each image, in the model's input space (the paper's relative noise
 level; pytorch-cnn-visualizations issue #99 takes sigma in absolute units, a bug). Noise is drawn
-on the CPU from `torch.Generator().manual_seed(seed)`, one `torch.randn(3, H, W)` per copy, image
-by image, copy by copy: the same seed gives the same maps on any device and any batch size.
+on the CPU from `torch.Generator().manual_seed(seed)`, one float32 `torch.randn(3, H, W)` per copy
+(cast to the model's dtype), image by image, copy by copy: the same seed gives the same noise on any
+device, in any dtype and for any batch size (the maps then agree up to float rounding: convolutions
+round differently at different batch sizes).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ def check_real(name: str, value: object, low: float = 0.0) -> float:
 
 def noise_batches(generator: torch.Generator, samples: int, batch_size: int,
                   shape: tuple[int, ...], dtype: torch.dtype):
-    """Yield [n, *shape] standard normal batches (n <= batch_size, samples in all), one randn
-    call per copy so the stream does not depend on batch_size."""
+    """Yield [n, *shape] standard normal batches (n <= batch_size, samples in all) in `dtype`, one
+    float32 randn call per copy so the stream depends on neither batch_size nor dtype."""
     for start in range(0, samples, batch_size):
         n = min(batch_size, samples - start)
-        yield torch.stack([torch.randn(shape, generator=generator, dtype=dtype) for _ in range(n)])
+        yield torch.stack([torch.randn(shape, generator=generator) for _ in range(n)]).to(dtype)
 
 
 def mean_of_maps(gradient_pass: GradientPass, rows: Rows, inputs, count: int, squared: bool,

@@ -163,8 +163,6 @@ def _check_unit(model: nn.Module, unit: Unit | Channel, sizes: dict[int, tuple[i
 
 def _unit_rows(units: list[Unit | Channel], image: Tensor) -> Rows:
     if isinstance(units[0], Unit) and units[0].channel is None:
-        if len(units) > 1 and len(image) == len(units) and bool((image == 0).all()):
-            raise ValueError("target: a list of units needs each unit's channel")
         return Rows("unit", image, stage=units[0].stage)
     channel = torch.tensor([int(u.channel) for u in units], dtype=torch.long)
     if isinstance(units[0], Channel):
@@ -216,6 +214,9 @@ def resolve_target(model: nn.Module, target: object, batch: int,
             if len({u.stage for u in target}) != 1:
                 raise ValueError("target: a list of units must all be of one stage, got stages "
                                  f"{sorted({u.stage for u in target})}")
+            if any(isinstance(u, Unit) and u.channel is None for u in target):
+                raise ValueError("target: every unit of a list needs its channel (Unit(stage) "
+                                 "alone, not in a list, explains the stage's strongest unit)")
             if isinstance(target[0], Unit) and len({u.y is None for u in target}) != 1:
                 raise ValueError("target: give positions for every unit of the list or for none")
             return _unit_rows(list(target), one)

@@ -1,0 +1,630 @@
+"""A grid of gradient-family maps: images x methods, all explaining one target.
+
+`run_saliency(out_dir, ...)` (the work behind `python -m experiments.saliency`) loads the model,
+explains every image with every method of `deconvnet.METHODS` asked for, and writes into `out_dir`:
+
+    <image>__input.png       the input as the model sees it (after the weights' preprocessing)
+    <image>__<method>.png    one picture per cell (display per method: `DISPLAYS`)
+    maps.npz                 every raw map, float32, key `<image>__<method>` ([3, H, W]; Grad-CAM
+                             [H, W])
+    grid.png                 rows = images, columns = input + methods; the title names the weights
+                             exactly (`weights_label`) and what is explained
+    result.json, config.yaml
+
+Each image is explained on its own ([1, 3, H, W]): a cell depends only on its image, the method,
+the target and the options, so `images=cat` alone gives the same map as the cat row of a grid.
+
+The target is one for the whole grid: target=None each image's predicted class, target=c class c
+(the unnormalised logit), or unit=[stage] (the stage's strongest unit in each image),
+[stage, channel] (that channel's strongest unit), [stage, channel, y, x] (that unit). Class scores
+of a model whose classifier is random (weights "random", or "hed": learned convolutions, random
+classifier) mean nothing; the title and result.json say so.
+
+`render_saliency(job_dir)` redraws grid.png from the saved PNGs and result.json, without the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from deconvnet.architecture import STAGES
+from deconvnet.architecture import stage as stage_of
+from deconvnet.display import save_png, saliency_map, to_display, to_diverging, to_grayscale
+from deconvnet.gradient.methods import METHODS, explain
+from deconvnet.gradient.passes import GradientPass, stage_sizes
+from deconvnet.gradient.targets import Rows, Unit, class_count, resolve_target
+from deconvnet.images import denormalize, open_image, preprocess
+from deconvnet.models import (
+    _check_seed, _parse_weights, class_names, load_model, model_spec, preprocessing, weights_info,
+    weights_label,
+)
+from deconvnet.jobfiles import check_device, provenance, write_json, write_yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGES = ("cat", "coffee", "astronaut", "motorcycle")
+CAM_METHODS = ("gradcam", "guided_gradcam")
+# how each method's map becomes a picture
+DISPLAYS: dict[str, str] = {
+    "gradient": "saliency",
+    "smoothgrad_gradient": "saliency",
+    "guided": "signed",
+    "deconvnet": "signed",
+    "smoothgrad_guided": "signed",
+    "smoothgrad_deconvnet": "signed",
+    "guided_gradcam": "signed",
+    "integrated_gradients": "diverging",
+    "gradient_x_image": "diverging",
+    "gradcam": "heatmap",
+}
+DISPLAY_DESCRIPTIONS: dict[str, str] = {
+    "saliency": "Simonyan et al. saliency max|.| over colour, shown in grayscale clipped at its "
+                "99th percentile (to_grayscale)",
+    "signed": "signed RGB, zero at mid-grey, scaled by max|.| of the map (to_display)",
+    "diverging": "sum over colour, red positive / blue negative, clipped at the 99th percentile "
+                 "of |.| (to_diverging)",
+    "heatmap": "Grad-CAM / its max in matplotlib 'jet', alpha 0.5 over the input",
+}
+HEATMAP_ALPHA = 0.5
+RANDOM_CLASSIFIER_NOTE = "class scores of a RANDOM classifier: not meaningful"
+GRID_FILE, MAPS_FILE = "grid.png", "maps.npz"
+RESULT_FILE, CONFIG_FILE = "result.json", "config.yaml"
+IG_BASELINE = "zeros (the dataset's mean colour in the model's normalised input space)"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One validated input image: its label (file names, maps.npz keys) and where it comes from."""
+
+    label: str
+    image: Image.Image
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request."""
+
+    pictures: tuple[Picture, ...]
+    methods: tuple[str, ...]
+    target: int | None
+    unit: tuple[int, ...] | None
+    samples: int
+    noise: float
+    steps: int
+    cam_stage: int
+    noise_seed: int
+    device: torch.device
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _as_int(value: object) -> int | None:
+    """An int, or a string of digits as an int; None for anything else."""
+    if _is_int(value):
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def _listed(value: object) -> list | None:
+    """A list / tuple (Hydra ListConfig included) as a list, else None."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    try:
+        from omegaconf import ListConfig
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra-core
+        return None
+    return list(value) if isinstance(value, ListConfig) else None
+
+
+def image_label(source: str | Path) -> str:
+    """A sample's name, or a file's stem, made safe for file names and maps.npz keys."""
+    path = Path(source).expanduser()
+    name = path.stem if path.is_file() else str(source)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "image"
+
+
+def parse_images(images: object) -> list[str]:
+    """null -> DEFAULT_IMAGES; a string -> [it]; a list of strings -> it; ValueError otherwise."""
+    accepted = "a sample name or image path, or a non-empty list of them"
+    if images is None:
+        return list(DEFAULT_IMAGES)
+    if isinstance(images, (str, Path)):
+        items = [images]
+    else:
+        items = _listed(images)
+        if items is None:
+            raise ValueError(f"images: expected {accepted}, got {images!r}")
+    if not items:
+        raise ValueError(f"images: expected {accepted}, got an empty list")
+    for item in items:
+        if not isinstance(item, (str, Path)) or not str(item).strip():
+            raise ValueError(f"images: expected {accepted}, got the item {item!r}")
+    return [str(item) for item in items]
+
+
+def parse_methods(methods: object) -> list[str]:
+    """null -> every method of METHODS in order; a name -> [it]; a list of names -> it."""
+    accepted = f"one of {', '.join(METHODS)}, a list of them, or null (all)"
+    if methods is None:
+        return list(METHODS)
+    items = [methods] if isinstance(methods, str) else _listed(methods)
+    if not items:
+        raise ValueError(f"methods: expected {accepted}, got {methods!r}")
+    for item in items:
+        if not isinstance(item, str) or item not in METHODS:
+            raise ValueError(f"methods: expected {accepted}, got {item!r}")
+    repeated = sorted({m for m in items if items.count(m) > 1})
+    if repeated:
+        raise ValueError(f"methods: each method once, got {', '.join(repeated)} more than once")
+    return list(items)
+
+
+def parse_target(target: object, classes: int) -> int | None:
+    """null (each image's predicted class) or a class int in 0..classes-1."""
+    if target is None:
+        return None
+    value = _as_int(target)
+    if value is None or not 0 <= value < classes:
+        raise ValueError(f"target: expected null (each image's predicted class) or a class int in "
+                         f"0..{classes - 1}, got {target!r}")
+    return value
+
+
+def parse_unit(unit: object, skeleton: nn.Module, size: tuple[int, int]) -> tuple[int, ...] | None:
+    """null, [stage], [stage, channel] or [stage, channel, y, x] (a bare int: [stage]), each
+    within the model at the input size `size`."""
+    accepted = ("null, [stage] (its strongest unit), [stage, channel] (that channel's strongest "
+                "unit) or [stage, channel, y, x]")
+    if unit is None:
+        return None
+    items = [unit] if _is_int(unit) else _listed(unit)
+    values = None if items is None else [_as_int(v) for v in items]
+    if values is None or len(values) not in (1, 2, 4) or None in values:
+        raise ValueError(f"unit: expected {accepted}, got {unit!r}")
+    stage = values[0]
+    if stage not in STAGES:
+        raise ValueError(f"unit: the stage must be an int in 1..5, got {stage!r} in {unit!r}")
+    if len(values) >= 2:
+        channels = stage_of(skeleton, stage).channels
+        if not 0 <= values[1] < channels:
+            raise ValueError(f"unit: channel {values[1]} is outside stage {stage}'s channels "
+                             f"0..{channels - 1}")
+    if len(values) == 4:
+        h, w = stage_sizes(skeleton, *size)[stage]
+        y, x = values[2], values[3]
+        if not (0 <= y < h and 0 <= x < w):
+            raise ValueError(f"unit: position (y, x) = ({y}, {x}) is outside stage {stage}'s "
+                             f"{h}x{w} map at {size[0]}x{size[1]} input (y in 0..{h - 1}, "
+                             f"x in 0..{w - 1})")
+    return tuple(values)
+
+
+def _count(name: str, value: object, low: int = 1) -> int:
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value: object, low: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(float(value)) or value < low:
+        raise ValueError(f"{name}: expected a finite number >= {low}, got {value!r}")
+    return float(value)
+
+
+def validate(model: str, weights: object, seed: object, images: object, methods: object,
+             target: object, unit: object, samples: object, noise: object, steps: object,
+             cam_stage: object, noise_seed: object, device: object) -> Plan:
+    """Check every value before anything heavy runs; ValueError / FileNotFoundError naming the
+    key, before the model is built and before anything is written."""
+    spec = model_spec(model)  # unknown model -> ValueError listing the supported ones
+    kind, _ = _parse_weights(weights)  # bad name -> ValueError; missing checkpoint -> FileNotFound
+    if kind == "hed" and spec.name != "vgg16":
+        raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}")
+    _check_seed(seed)
+    method_names = parse_methods(methods)
+    with torch.device("meta"):  # the architecture only: no weights, no memory
+        skeleton = spec.constructor(weights=None)
+    crop = preprocessing(spec.name).crop_size
+    chosen_target = parse_target(target, class_count(skeleton))
+    chosen_unit = parse_unit(unit, skeleton, (crop, crop))
+    if chosen_target is not None and chosen_unit is not None:
+        raise ValueError(f"target: give a class target or a unit, not both (got target={target!r}, "
+                         f"unit={unit!r})")
+    samples = _count("samples", samples)
+    noise = _real("noise", noise)
+    steps = _count("steps", steps)
+    stage = _as_int(cam_stage)
+    if stage not in STAGES:
+        raise ValueError(f"cam_stage: expected an int in 1..5 (Grad-CAM's stage), "
+                         f"got {cam_stage!r}")
+    if chosen_unit is not None and stage > chosen_unit[0] and set(method_names) & set(CAM_METHODS):
+        raise ValueError(f"cam_stage: Grad-CAM at stage {stage} lies above the unit's stage "
+                         f"{chosen_unit[0]}; choose cam_stage in 1..{chosen_unit[0]}")
+    if not _is_int(noise_seed) or noise_seed < 0:
+        raise ValueError(f"seed: expected an int >= 0 (SmoothGrad's noise), got {noise_seed!r}")
+    target_device = check_device(device)
+    pictures = []
+    for source in parse_images(images):
+        picture = open_image(source)  # missing file / unknown sample -> FileNotFoundError
+        path = Path(source).expanduser()
+        info = ({"source": source, "kind": "file", "path": str(path.resolve())} if path.is_file()
+                else {"source": source, "kind": "sample", "path": None})
+        pictures.append(Picture(image_label(source), picture,
+                                info | {"original_size_wh": list(picture.size)}))
+    labels = [p.label for p in pictures]
+    repeated = sorted({name for name in labels if labels.count(name) > 1})
+    if repeated:
+        raise ValueError(f"images: each image needs its own name; {', '.join(repeated)} appears "
+                         "more than once")
+    return Plan(tuple(pictures), tuple(method_names), chosen_target, chosen_unit, samples, noise,
+                steps, int(stage), int(noise_seed), target_device)
+
+
+# ----------------------------------------------------------------------------------------- targets
+
+
+def explain_target(plan: Plan) -> int | Unit | None:
+    """What `deconvnet.explain` is given: None, a class, or a Unit."""
+    if plan.unit is None:
+        return plan.target
+    return Unit(*plan.unit)
+
+
+def classifier_is_random(weights: Mapping[str, Any]) -> bool | None:
+    """True for random and HED weights (random classifier), False for ImageNet, None unknown."""
+    kind = weights.get("weights")
+    if kind in ("random", "hed"):
+        return True
+    if kind == "imagenet":
+        return False
+    return None
+
+
+def _score(forward, rows: Rows) -> float:
+    """The resolved row's score on a forward pass: a logit, or a unit's activation."""
+    if rows.kind == "class":
+        return float(forward.head.logits[0, int(rows.classes[0])])
+    output = forward.record.outputs[rows.stage]
+    return float(output[0, int(rows.channel[0]), int(rows.y[0]), int(rows.x[0])])
+
+
+def resolve_explained(net: nn.Module, x: Tensor, target: int | Unit | None,
+                      names: Sequence[str] | None) -> tuple[dict[str, Any], Rows, GradientPass]:
+    """The target each method explains for image x [1, 3, H, W], resolved by one forward pass
+    exactly as the methods resolve it (`GradientPass.resolve`): the predicted class, or the
+    position of the strongest unit."""
+    rows = resolve_target(net, target, 1, stage_sizes(net, *x.shape[-2:]))
+    gradient_pass = GradientPass(net, "backprop", rows)
+    with torch.no_grad():
+        forward = gradient_pass.forward(x)
+        rows = gradient_pass.resolve(forward, rows)
+        score = _score(forward, rows)
+    if rows.kind == "class":
+        c = int(rows.classes[0])
+        explained = {"kind": "class", "class": c, "class_name": names[c] if names else None,
+                     "predicted": target is None, "score": score}
+    else:  # strongest: of the whole stage, of the given channel, or None (a given position)
+        strongest = "stage" if target.channel is None else "channel" if target.y is None else None
+        explained = {"kind": "unit", "stage": rows.stage, "channel": int(rows.channel[0]),
+                     "y": int(rows.y[0]), "x": int(rows.x[0]), "activation": score,
+                     "strongest": strongest}
+    return explained, rows, gradient_pass
+
+
+def describe_explained(explained: Mapping[str, Any]) -> str:
+    """'class 281 (tabby)', 'predicted class 281 (tabby)' or 'stage 5 ch 12 (3, 4)'."""
+    if explained["kind"] == "class":
+        name = f" ({explained['class_name']})" if explained.get("class_name") else ""
+        lead = "predicted class" if explained.get("predicted") else "class"
+        return f"{lead} {explained['class']}{name}"
+    return (f"stage {explained['stage']} ch {explained['channel']} "
+            f"({explained['y']}, {explained['x']})")
+
+
+def describe_request(plan: Plan) -> str:
+    """The grid's target in words."""
+    if plan.unit is not None:
+        if len(plan.unit) == 1:
+            return f"unit: the strongest unit of stage {plan.unit[0]} in each image"
+        if len(plan.unit) == 2:
+            return f"unit: the strongest unit of stage {plan.unit[0]} channel {plan.unit[1]}"
+        stage, channel, y, x = plan.unit
+        return f"unit: stage {stage} channel {channel} at ({y}, {x})"
+    if plan.target is None:
+        return "class: each image's predicted class (its logit)"
+    return f"class: {plan.target} (its logit)"
+
+
+# ----------------------------------------------------------------------------------------- display
+
+
+def _uint8(shown: Tensor) -> np.ndarray:
+    """[3, H, W] in [0, 1] -> [H, W, 3] uint8, rounded exactly as `save_png` does."""
+    return (shown.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def heatmap(cam: Tensor, input_shown: Tensor) -> Tensor:
+    """Grad-CAM [H, W] (>= 0) / its max in matplotlib 'jet', alpha HEATMAP_ALPHA over the input
+    [3, H, W] in [0, 1] -> [3, H, W] in [0, 1]. An all-zero map is jet's lowest colour."""
+    import matplotlib
+
+    cam = cam.double().cpu()
+    peak = float(cam.max())
+    scaled = (cam / peak if peak > 0 else torch.zeros_like(cam)).clamp(0, 1).numpy()
+    colours = torch.from_numpy(matplotlib.colormaps["jet"](scaled)[..., :3]).permute(2, 0, 1)
+    return (HEATMAP_ALPHA * colours + (1 - HEATMAP_ALPHA) * input_shown.double().cpu()).float()
+
+
+def show(method: str, r: Tensor, input_shown: Tensor) -> Tensor:
+    """A method's raw map (pixel [3, H, W] or Grad-CAM [H, W]) as an RGB picture [3, H, W]."""
+    kind = DISPLAYS[method]
+    if kind == "heatmap":
+        return heatmap(r, input_shown)
+    if kind == "saliency":
+        gray = to_grayscale(saliency_map(r).unsqueeze(0))  # [1, H, W] in [0, 1]
+        return gray.expand(3, -1, -1)
+    if kind == "diverging":
+        return to_diverging(r)
+    return to_display(r)
+
+
+def _stats(r: Tensor) -> dict[str, Any]:
+    r = r.double()
+    return {"shape": list(r.shape), "min": float(r.min()), "max": float(r.max()),
+            "sum": float(r.sum()), "l2_norm": float(r.norm())}
+
+
+def completeness(net: nn.Module, x: Tensor, rows: Rows, gradient_pass: GradientPass,
+                 r: Tensor, explained: Mapping[str, Any]) -> dict[str, Any]:
+    """Integrated gradients' completeness: sum of the map vs score(x) - score(baseline)."""
+    with torch.no_grad():
+        baseline = _score(gradient_pass.forward(torch.zeros_like(x)), rows)
+    total = float(r.double().sum())
+    score = explained["score"] if rows.kind == "class" else explained["activation"]
+    difference = score - baseline
+    error = total - difference
+    return {"baseline": IG_BASELINE, "map_sum": total, "score_input": score,
+            "score_baseline": baseline, "score_difference": difference, "error": error,
+            "relative_error": abs(error) / abs(difference) if difference != 0 else None}
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+def run_saliency(
+    out_dir: str | Path,
+    model: str = "vgg16",
+    weights: str = "auto",
+    seed: int = 0,
+    images: str | Sequence[str] | None = DEFAULT_IMAGES,
+    methods: str | Sequence[str] | None = None,
+    target: int | None = None,
+    unit: int | Sequence[int] | None = None,
+    samples: int = 50,
+    noise: float = 0.15,
+    steps: int = 50,
+    cam_stage: int = 5,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    noise_seed: int = 0,
+) -> dict[str, Any]:
+    """Explain every image with every method for one target; write PNGs, maps.npz, grid.png,
+    config.yaml and result.json into `out_dir`; return the result dict.
+
+    seed: the model's (random initialisation); noise_seed: SmoothGrad's noise (config key `seed`).
+    images None: DEFAULT_IMAGES; methods None: all of METHODS; target None and unit None: each
+    image's predicted class. samples / noise: SmoothGrad; steps: integrated gradients; cam_stage:
+    Grad-CAM's `stage`. Every value is checked before the model is built (ValueError /
+    FileNotFoundError naming the key; nothing written).
+    """
+    started = time.perf_counter()
+    plan = validate(model, weights, seed, images, methods, target, unit, samples, noise, steps,
+                    cam_stage, noise_seed, device)
+    if config is None:
+        config = {"model": {"name": model, "weights": str(weights), "seed": seed},
+                  "images": [p.info["source"] for p in plan.pictures],
+                  "methods": list(plan.methods), "target": plan.target,
+                  "unit": None if plan.unit is None else list(plan.unit), "samples": plan.samples,
+                  "noise": plan.noise, "steps": plan.steps, "cam_stage": plan.cam_stage,
+                  "seed": plan.noise_seed, "device": device}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / CONFIG_FILE, config)
+
+    net = load_model(model, weights=weights, seed=seed, device=plan.device)
+    winfo = weights_info(net)
+    wdict = winfo.as_dict()
+    if winfo.weights in ("random", "unknown"):
+        log.warning("weights: %s. Maps will not show learned features.", winfo.description)
+    else:
+        log.info("weights: %s", winfo.description)
+    random_classifier = classifier_is_random(wdict)
+    class_target = plan.unit is None
+    warning = RANDOM_CLASSIFIER_NOTE if class_target and random_classifier else None
+    if warning:
+        log.warning("target: %s (weights: %s); a unit target (unit=[5]) explains learned "
+                    "features instead", warning, weights_label(wdict))
+    try:
+        names = class_names(net)
+    except ValueError:
+        names = None
+    target_arg = explain_target(plan)
+    options = {"samples": plan.samples, "noise": plan.noise, "steps": plan.steps,
+               "stage": plan.cam_stage, "seed": plan.noise_seed}
+    log.info("%d image(s) x %d method(s); %s; samples %d noise %g steps %d cam_stage %d seed %d; "
+             "device %s", len(plan.pictures), len(plan.methods), describe_request(plan),
+             plan.samples, plan.noise, plan.steps, plan.cam_stage, plan.noise_seed, plan.device)
+
+    maps: dict[str, np.ndarray] = {}
+    cells: list[dict[str, Any]] = []
+    image_entries: list[dict[str, Any]] = []
+    inputs: dict[str, np.ndarray] = {}
+    tiles: dict[tuple[str, str], np.ndarray] = {}
+    size = None
+    total = len(plan.pictures) * len(plan.methods)
+    with logging_redirect_tqdm(), tqdm(total=total, desc="saliency", unit="map",
+                                       disable=total <= 1 or not progress) as bar:
+        for picture in plan.pictures:
+            x = preprocess(picture.image, net).unsqueeze(0).to(plan.device)
+            size = [int(x.shape[-2]), int(x.shape[-1])]
+            input_shown = denormalize(x, net)[0].cpu()
+            input_file = f"{picture.label}__input.png"
+            save_png(input_shown, out / input_file)
+            inputs[picture.label] = _uint8(input_shown)
+            explained, rows, gradient_pass = resolve_explained(net, x, target_arg, names)
+            described = describe_explained(explained)
+            log.info("image %s: explaining %s", picture.label, described)
+            image_entries.append({"label": picture.label, **picture.info, "input": input_file,
+                                  "explained": explained, "explained_label": described})
+            for method in plan.methods:
+                t0 = time.perf_counter()
+                r = explain(net, x, method, target_arg, **options)[0].float().cpu()
+                key = f"{picture.label}__{method}"
+                maps[key] = r.numpy()
+                shown = show(method, r, input_shown)
+                save_png(shown, out / f"{key}.png")
+                tiles[(picture.label, method)] = _uint8(shown)
+                cell = {"image": picture.label, "method": method, "key": key,
+                        "file": f"{key}.png", "display": DISPLAYS[method], "target": explained,
+                        "map": _stats(r)}
+                if method == "integrated_gradients":
+                    cell["completeness"] = completeness(net, x, rows, gradient_pass, r, explained)
+                    check = cell["completeness"]
+                    log.info("%s integrated_gradients: sum %.4g vs score difference %.4g "
+                             "(relative error %s)", picture.label, check["map_sum"],
+                             check["score_difference"], check["relative_error"])
+                cell["seconds"] = round(time.perf_counter() - t0, 4)
+                cells.append(cell)
+                bar.update(1)
+
+    np.savez(out / MAPS_FILE, **maps)
+    title = grid_title(model, wdict, describe_request(plan), warning, plan)
+    grid = {"title": title, "columns": ["input", *plan.methods],
+            "row_labels": [f"{e['label']}\n{e['explained_label']}" for e in image_entries],
+            "warning": warning is not None, "random_weights": winfo.weights == "random"}
+    draw_grid(out / GRID_FILE, grid, [inputs[p.label] for p in plan.pictures],
+              [[tiles[(p.label, m)] for m in plan.methods] for p in plan.pictures])
+
+    result = {
+        "experiment": "saliency",
+        "model": model,
+        "weights": wdict,
+        "weights_label": weights_label(wdict),
+        "random_weights": winfo.weights == "random",
+        "random_classifier": random_classifier,
+        "target": {"request": describe_request(plan), "class": plan.target,
+                   "unit": None if plan.unit is None else list(plan.unit),
+                   "kind": "class" if class_target else "unit", "warning": warning},
+        "methods": list(plan.methods),
+        "options": {"samples": plan.samples, "noise": plan.noise, "steps": plan.steps,
+                    "cam_stage": plan.cam_stage, "seed": plan.noise_seed,
+                    "integrated_gradients_baseline": IG_BASELINE},
+        "displays": {m: DISPLAY_DESCRIPTIONS[DISPLAYS[m]] for m in plan.methods},
+        "images": image_entries,
+        "data": {"label": "images: " + ", ".join(p.info["source"] for p in plan.pictures)},
+        "device": str(plan.device),
+        "image_size": size,
+        "files": {"grid": GRID_FILE, "maps": MAPS_FILE, "config": CONFIG_FILE},
+        "grid": grid,
+        "cells": cells,
+        "config": dict(config),
+        "provenance": provenance(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(out / RESULT_FILE, result)
+    log.info("wrote %d map(s), %s, %s and %s to %s", len(cells), GRID_FILE, MAPS_FILE,
+             RESULT_FILE, out)
+    return result
+
+
+# -------------------------------------------------------------------------------------------- grid
+
+
+def grid_title(model: str, weights: Mapping[str, Any], request: str, warning: str | None,
+               plan: Plan) -> str:
+    """The grid's title: the model and its weights exactly, the target, the options."""
+    label = weights_label(weights)
+    random = weights.get("weights") == "random"
+    lines = [f"{model} [{label.upper() if random else label}]", f"target = {request}"]
+    if warning:
+        lines.append(f"{warning.upper()} — the classifier's weights are random")
+    lines.append(f"SmoothGrad {plan.samples} samples noise {plan.noise:g} seed {plan.noise_seed}; "
+                 f"integrated gradients {plan.steps} steps, baseline zeros; Grad-CAM at stage "
+                 f"{plan.cam_stage}")
+    lines.append("gradient / smoothgrad_gradient: max|.| over colour, p99 grayscale; guided, "
+                 "deconvnet, guided_gradcam: signed, zero grey; IG, gradient x image: red + / "
+                 "blue -; gradcam: jet over the input")
+    return "\n".join(lines)
+
+
+def draw_grid(path: Path, grid: Mapping[str, Any], inputs: Sequence[np.ndarray],
+              tiles: Sequence[Sequence[np.ndarray]]) -> Path:
+    """Rows = images, columns = input + methods, titled and labelled from `grid` (result.json)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns, labels = grid["columns"], grid["row_labels"]
+    rows, cols = len(labels), len(columns)
+    fig = Figure(figsize=(max(1.45 * cols, 7.0), 1.55 * rows + 1.3), dpi=100,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i in range(rows):
+        axes[i][0].imshow(inputs[i])
+        axes[i][0].set_ylabel(labels[i], fontsize=7)
+        for j in range(1, cols):
+            axes[i][j].imshow(tiles[i][j - 1])
+    for j, name in enumerate(columns):
+        axes[0][j].set_title(name, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    alarm = grid.get("warning") or grid.get("random_weights")
+    fig.suptitle(grid["title"], fontsize=7, color="darkred" if alarm else "black")
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def render_saliency(job_dir: str | Path) -> Path:
+    """Redraw `grid.png` of a finished job from its saved PNGs and result.json (no model)."""
+    job = Path(job_dir)
+    source = job / RESULT_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"job_dir: {source} does not exist (run experiments.saliency "
+                                "first)")
+    result = json.loads(source.read_text())
+
+    def tile(name: str) -> np.ndarray:
+        with Image.open(job / name) as im:
+            return np.asarray(im.convert("RGB"))
+
+    by_cell = {(c["image"], c["method"]): c["file"] for c in result["cells"]}
+    inputs = [tile(e["input"]) for e in result["images"]]
+    tiles = [[tile(by_cell[(e["label"], m)]) for m in result["methods"]] for e in result["images"]]
+    return draw_grid(job / result["files"]["grid"], result["grid"], inputs, tiles)
