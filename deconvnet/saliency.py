@@ -446,120 +446,205 @@ def run_saliency(
     plan = validate(model, weights, seed, images, methods, target, unit, samples, noise, steps,
                     cam_stage, noise_seed, device)
     if config is None:
-        config = {"model": {"name": model, "weights": str(weights), "seed": seed},
-                  "images": [p.info["source"] for p in plan.pictures],
-                  "methods": list(plan.methods), "target": plan.target,
-                  "unit": None if plan.unit is None else list(plan.unit), "samples": plan.samples,
-                  "noise": plan.noise, "steps": plan.steps, "cam_stage": plan.cam_stage,
-                  "seed": plan.noise_seed, "device": device}
+        config = plan_config(plan, model, weights, seed, device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    done = Checkpoints(out, config)  # a rerun with the same config resumes from finished cells
     write_yaml(out / CONFIG_FILE, config)
-
-    net = load_model(model, weights=weights, seed=seed, device=plan.device)
-    winfo = weights_info(net)
-    wdict = winfo.as_dict()
-    if winfo.weights in ("random", "unknown"):
-        log.warning("weights: %s. Maps will not show learned features.", winfo.description)
-    else:
-        log.info("weights: %s", winfo.description)
-    random_classifier = classifier_is_random(wdict)
-    class_target = plan.unit is None
-    warning = RANDOM_CLASSIFIER_NOTE if class_target and random_classifier else None
-    if warning:
-        log.warning("target: %s (weights: %s); a unit target (unit=[5]) explains learned "
-                    "features instead", warning, weights_label(wdict))
-    try:
-        names = class_names(net)
-    except ValueError:
-        names = None
-    target_arg = explain_target(plan)
-    options = {"samples": plan.samples, "noise": plan.noise, "steps": plan.steps,
-               "stage": plan.cam_stage, "seed": plan.noise_seed}
+    net, wdict, warning = load_for(plan, model, weights, seed)
+    request = describe_request(plan)
     log.info("%d image(s) x %d method(s); %s; samples %d noise %g steps %d cam_stage %d seed %d; "
-             "device %s", len(plan.pictures), len(plan.methods), describe_request(plan),
-             plan.samples, plan.noise, plan.steps, plan.cam_stage, plan.noise_seed, plan.device)
-
-    maps: dict[str, np.ndarray] = {}
-    cells: list[dict[str, Any]] = []
-    image_entries: list[dict[str, Any]] = []
-    inputs: dict[str, np.ndarray] = {}
-    tiles: dict[tuple[str, str], np.ndarray] = {}
-    size = None
+             "device %s", len(plan.pictures), len(plan.methods), request, plan.samples,
+             plan.noise, plan.steps, plan.cam_stage, plan.noise_seed, plan.device)
+    rows: list[ImageRow] = []
     total = len(plan.pictures) * len(plan.methods)
     with logging_redirect_tqdm(), tqdm(total=total, desc="saliency", unit="map",
                                        disable=total <= 1 or not progress) as bar:
         for picture in plan.pictures:
-            x = preprocess(picture.image, net).unsqueeze(0).to(plan.device)
-            size = [int(x.shape[-2]), int(x.shape[-1])]
-            input_shown = denormalize(x, net)[0].cpu()
-            input_file = f"{picture.label}__input.png"
-            save_png(input_shown, out / input_file)
-            inputs[picture.label] = _uint8(input_shown)
-            explained, rows, gradient_pass = resolve_explained(net, x, target_arg, names)
-            described = describe_explained(explained)
-            log.info("image %s: explaining %s", picture.label, described)
-            image_entries.append({"label": picture.label, **picture.info, "input": input_file,
-                                  "explained": explained, "explained_label": described})
-            for method in plan.methods:
-                t0 = time.perf_counter()
-                r = explain(net, x, method, target_arg, **options)[0].float().cpu()
-                key = f"{picture.label}__{method}"
-                maps[key] = r.numpy()
-                shown = show(method, r, input_shown)
-                save_png(shown, out / f"{key}.png")
-                tiles[(picture.label, method)] = _uint8(shown)
-                cell = {"image": picture.label, "method": method, "key": key,
-                        "file": f"{key}.png", "display": DISPLAYS[method], "target": explained,
-                        "map": _stats(r)}
-                if method == "integrated_gradients":
-                    cell["completeness"] = completeness(net, x, rows, gradient_pass, r, explained)
-                    check = cell["completeness"]
-                    log.info("%s integrated_gradients: sum %.4g vs score difference %.4g "
-                             "(relative error %s)", picture.label, check["map_sum"],
-                             check["score_difference"], check["relative_error"])
-                cell["seconds"] = round(time.perf_counter() - t0, 4)
-                cells.append(cell)
-                bar.update(1)
+            rows.append(explain_image(net, plan, picture, out, done, bar))
+    np.savez(out / MAPS_FILE, **{c["key"]: done.map(c["key"]) for r in rows for c in r.cells})
+    grid = {"title": grid_title(model, wdict, request, warning, plan),
+            "columns": ["input", *plan.methods],
+            "row_labels": [f"{r.entry['label']}\n{r.entry['explained_label']}" for r in rows],
+            "warning": warning is not None, "random_weights": wdict.get("weights") == "random"}
+    draw_grid(out / GRID_FILE, grid, [r.input_tile for r in rows], [r.tiles for r in rows])
+    result = build_result(plan, model, wdict, warning, rows, grid, config)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(out / RESULT_FILE, result)
+    done.clear()
+    log.info("wrote %d map(s), %s, %s and %s to %s", total, GRID_FILE, MAPS_FILE, RESULT_FILE, out)
+    return result
 
-    np.savez(out / MAPS_FILE, **maps)
-    title = grid_title(model, wdict, describe_request(plan), warning, plan)
-    grid = {"title": title, "columns": ["input", *plan.methods],
-            "row_labels": [f"{e['label']}\n{e['explained_label']}" for e in image_entries],
-            "warning": warning is not None, "random_weights": winfo.weights == "random"}
-    draw_grid(out / GRID_FILE, grid, [inputs[p.label] for p in plan.pictures],
-              [[tiles[(p.label, m)] for m in plan.methods] for p in plan.pictures])
 
-    result = {
+def plan_config(plan: Plan, model: str, weights: object, seed: int, device: str) -> dict[str, Any]:
+    """The resolved config of a direct call (what config.yaml records)."""
+    return {"model": {"name": model, "weights": str(weights), "seed": seed},
+            "images": [p.info["source"] for p in plan.pictures],
+            "methods": list(plan.methods), "target": plan.target,
+            "unit": None if plan.unit is None else list(plan.unit), "samples": plan.samples,
+            "noise": plan.noise, "steps": plan.steps, "cam_stage": plan.cam_stage,
+            "seed": plan.noise_seed, "device": device}
+
+
+def load_for(plan: Plan, model: str, weights: object, seed: int
+             ) -> tuple[nn.Module, dict[str, Any], str | None]:
+    """The model, its weights record, and the random-classifier warning (None if not needed)."""
+    net = load_model(model, weights=weights, seed=seed, device=plan.device)
+    winfo = weights_info(net)
+    if winfo.weights in ("random", "unknown"):
+        log.warning("weights: %s. Maps will not show learned features.", winfo.description)
+    else:
+        log.info("weights: %s", winfo.description)
+    wdict = winfo.as_dict()
+    warning = None
+    if plan.unit is None and classifier_is_random(wdict):
+        warning = RANDOM_CLASSIFIER_NOTE
+        log.warning("target: %s (weights: %s); a unit target (unit=[5]) explains learned "
+                    "features instead", warning, weights_label(wdict))
+    return net, wdict, warning
+
+
+class Checkpoints:
+    """Finished cells of an interrupted job: `partial/<key>.npz` (raw map + cell record), written
+    atomically as each cell finishes; kept only while config.yaml still holds the same config."""
+
+    def __init__(self, out: Path, config: Mapping[str, Any]) -> None:
+        self.folder = out / "partial"
+        previous = out / CONFIG_FILE
+        out.mkdir(parents=True, exist_ok=True)
+        same = previous.is_file() and self._yaml(previous) == self._plain(config)
+        if not same:
+            self.clear()
+        self.maps: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def _yaml(path: Path) -> Any:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(path))
+
+    @staticmethod
+    def _plain(config: Mapping[str, Any]) -> Any:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.create(dict(config)))
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The finished cell `key` (its record; its map kept for maps.npz), or None."""
+        path = self.folder / f"{key}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as saved:
+            self.maps[key] = saved["map"]
+            return json.loads(str(saved["cell"]))
+
+    def save(self, key: str, r: np.ndarray, cell: Mapping[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"{key}.tmp.npz"
+        np.savez(tmp, map=r, cell=np.array(json.dumps(cell)))
+        tmp.replace(self.folder / f"{key}.npz")
+        self.maps[key] = r
+
+    def map(self, key: str) -> np.ndarray:
+        return self.maps[key]
+
+    def clear(self) -> None:
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                path.unlink()
+            self.folder.rmdir()
+
+
+@dataclass
+class ImageRow:
+    """One image's row of the grid: its result.json entry, cells, and pictures."""
+
+    entry: dict[str, Any]
+    cells: list[dict[str, Any]]
+    input_tile: np.ndarray
+    tiles: list[np.ndarray]
+
+
+def explain_image(net: nn.Module, plan: Plan, picture: Picture, out: Path, done: Checkpoints,
+                  bar: tqdm) -> ImageRow:
+    """Every method's map of one image: PNGs written, cells checkpointed (or taken from `done`)."""
+    try:
+        names = class_names(net)
+    except ValueError:
+        names = None
+    target = explain_target(plan)
+    x = preprocess(picture.image, net).unsqueeze(0).to(plan.device)
+    input_shown = denormalize(x, net)[0].cpu()
+    input_file = f"{picture.label}__input.png"
+    save_png(input_shown, out / input_file)
+    explained, rows, gradient_pass = resolve_explained(net, x, target, names)
+    described = describe_explained(explained)
+    log.info("image %s: explaining %s", picture.label, described)
+    entry = {"label": picture.label, **picture.info, "input": input_file,
+             "explained": explained, "explained_label": described}
+    cells, tiles = [], []
+    for method in plan.methods:
+        key = f"{picture.label}__{method}"
+        cell = done.load(key)
+        if cell is None:
+            cell = explain_cell(net, plan, x, method, key, (explained, rows, gradient_pass),
+                                input_shown, out, done)
+        cells.append(cell)
+        with Image.open(out / cell["file"]) as im:
+            tiles.append(np.asarray(im.convert("RGB")))
+        bar.update(1)
+    return ImageRow(entry, cells, _uint8(input_shown), tiles)
+
+
+def explain_cell(net: nn.Module, plan: Plan, x: Tensor, method: str, key: str,
+                 resolved: tuple[dict[str, Any], Rows, GradientPass], input_shown: Tensor,
+                 out: Path, done: Checkpoints) -> dict[str, Any]:
+    """One method's map of image x [1, 3, H, W]: PNG written, cell record checkpointed."""
+    explained, rows, gradient_pass = resolved
+    options = {"samples": plan.samples, "noise": plan.noise, "steps": plan.steps,
+               "stage": plan.cam_stage, "seed": plan.noise_seed}
+    t0 = time.perf_counter()
+    r = explain(net, x, method, explain_target(plan), **options)[0].float().cpu()
+    save_png(show(method, r, input_shown), out / f"{key}.png")
+    cell = {"image": key.split("__")[0], "method": method, "key": key, "file": f"{key}.png",
+            "display": DISPLAYS[method], "target": explained, "map": _stats(r)}
+    if method == "integrated_gradients":
+        cell["completeness"] = check = completeness(net, x, rows, gradient_pass, r, explained)
+        log.info("%s integrated_gradients: sum %.4g vs score difference %.4g (relative error %s)",
+                 key, check["map_sum"], check["score_difference"], check["relative_error"])
+    cell["seconds"] = round(time.perf_counter() - t0, 4)
+    done.save(key, r.numpy(), cell)
+    return cell
+
+
+def build_result(plan: Plan, model: str, wdict: Mapping[str, Any], warning: str | None,
+                 rows: list[ImageRow], grid: Mapping[str, Any],
+                 config: Mapping[str, Any]) -> dict[str, Any]:
+    """result.json's content."""
+    return {
         "experiment": "saliency",
         "model": model,
-        "weights": wdict,
+        "weights": dict(wdict),
         "weights_label": weights_label(wdict),
-        "random_weights": winfo.weights == "random",
-        "random_classifier": random_classifier,
+        "random_weights": wdict.get("weights") == "random",
+        "random_classifier": classifier_is_random(wdict),
         "target": {"request": describe_request(plan), "class": plan.target,
                    "unit": None if plan.unit is None else list(plan.unit),
-                   "kind": "class" if class_target else "unit", "warning": warning},
+                   "kind": "class" if plan.unit is None else "unit", "warning": warning},
         "methods": list(plan.methods),
         "options": {"samples": plan.samples, "noise": plan.noise, "steps": plan.steps,
                     "cam_stage": plan.cam_stage, "seed": plan.noise_seed,
                     "integrated_gradients_baseline": IG_BASELINE},
         "displays": {m: DISPLAY_DESCRIPTIONS[DISPLAYS[m]] for m in plan.methods},
-        "images": image_entries,
+        "images": [r.entry for r in rows],
         "data": {"label": "images: " + ", ".join(p.info["source"] for p in plan.pictures)},
         "device": str(plan.device),
-        "image_size": size,
+        "image_size": list(rows[0].input_tile.shape[:2]),
         "files": {"grid": GRID_FILE, "maps": MAPS_FILE, "config": CONFIG_FILE},
-        "grid": grid,
-        "cells": cells,
+        "grid": dict(grid),
+        "cells": [c for r in rows for c in r.cells],
         "config": dict(config),
         "provenance": provenance(),
-        "seconds": round(time.perf_counter() - started, 3),
     }
-    write_json(out / RESULT_FILE, result)
-    log.info("wrote %d map(s), %s, %s and %s to %s", len(cells), GRID_FILE, MAPS_FILE,
-             RESULT_FILE, out)
-    return result
 
 
 # -------------------------------------------------------------------------------------------- grid

@@ -10,6 +10,8 @@ other repeat (ABC, CBA, ABC, ...). Medians are reported, and ratios of medians.
    - loop:      the issue's reference: per target a fresh forward and
                 `torch.autograd.grad(model(x)[0, c], x)` (no hooks)               target <= 0.6
    - retain:    a leaner autograd variant: one forward, K `autograd.grad(..., retain_graph=True)`
+   - loop_cl, retain_cl: the same two given a channels-last input on the CPU (ours' memory
+                format: oneDNN is faster in NHWC), the leanest autograd references
    Outputs are compared (max |ours - ref| / max |ref|), and, untimed, against `retain` on the
    memory format of ours' forward pass (channels last on the CPU: the same float32 rounding).
 2. SmoothGrad of one class, `--samples` noisy copies (default 50) in batches of `--batch-size`
@@ -21,6 +23,7 @@ other repeat (ABC, CBA, ABC, ...). Medians are reported, and ratios of medians.
    - autograd:  a plain loop over the same 50 noisy copies (ours' noise stream) in batches of 10,
                 d sum(score) / d batch, averaged: it must agree with ours up to float32
                 rounding (untimed, the first batch is also checked in ours' memory format).
+   - autograd_cl: the same loop given a channels-last input on the CPU (the leanest reference).
    Captum draws its own noise, so only a similarity (cosine) to ours is printed for it (low on
    random weights: two seeds of ours gave cosine 0.088 at the defaults, Captum 0.089).
 
@@ -179,10 +182,10 @@ def part_targets(model: nn.Module, x: Tensor, classes: list[int], args: argparse
     def ours(cs: list[int] = classes) -> Tensor:
         return deconvnet.attribute(model, x, target=cs)
 
-    def loop(cs: list[int] = classes) -> Tensor:
+    def loop(cs: list[int] = classes, fmt: torch.memory_format = torch.contiguous_format) -> Tensor:
         out = []
         for c in cs:
-            inp = x.detach().requires_grad_(True)
+            inp = x.detach().contiguous(memory_format=fmt).requires_grad_(True)
             (g,) = torch.autograd.grad(model(inp)[0, c], inp)
             out.append(g)
         return torch.cat(out)
@@ -196,23 +199,28 @@ def part_targets(model: nn.Module, x: Tensor, classes: list[int], args: argparse
             out.append(g)
         return torch.cat(out)
 
-    for fn in (ours, loop, retain):  # warm-up: two targets (same shapes, kernels selected)
+    fmt, label = same_format(x)
+    methods = [("ours", ours), ("loop", loop), ("retain", retain)]
+    if label == "channels_last":  # the same references given ours' memory format: leaner still
+        methods += [("loop_cl", lambda cs=classes: loop(cs, fmt)),
+                    ("retain_cl", lambda cs=classes: retain(cs, fmt))]
+    for _, fn in methods:  # warm-up: two targets (same shapes, kernels selected)
         fn(classes[:2])
     timer.sync()
-    methods = [("ours", ours), ("loop", loop), ("retain", retain)]
     outputs = run_interleaved(timer, methods, args.repeats)
+    names = [name for name, _ in methods]
     checks = {name: f"max |ours - {name}| / max |{name}| = {rel_diff(outputs['ours'], outputs[name]):.1e}"
-              for name in ("loop", "retain")}
+              for name in names[1:]}
     # untimed: autograd on the memory format of ours' forward pass (the same float32 rounding)
-    fmt, label = same_format(x)
     same_rounding = rel_diff(outputs["ours"], retain(classes, fmt))
     checks["ours"] = f"max |ours - retain({label})| / max |.| = {same_rounding:.1e} (untimed)"
     report(f"1. attribute: {len(classes)} class targets of one image, rule=backprop "
-           f"(classes {classes[0]}..{classes[-1]})", timer, ["ours", "loop", "retain"],
+           f"(classes {classes[0]}..{classes[-1]})", timer, names,
            {"ours": ("loop", 0.6)}, checks)
-    ratio = timer.median("ours") / timer.median("retain")
-    print(f"ratio ours / retain: {ratio:.3f} (medians; leaner autograd variant, no target), "
-          f"minima {min(timer.wall['ours']) / min(timer.wall['retain']):.3f}")
+    for ref in names[2:]:
+        ratio = timer.median("ours") / timer.median(ref)
+        print(f"ratio ours / {ref}: {ratio:.3f} (medians; a leaner autograd variant, no target), "
+              f"minima {min(timer.wall['ours']) / min(timer.wall[ref]):.3f}")
     print(ROUNDING_NOTE)
 
 
@@ -245,26 +253,29 @@ def part_smoothgrad(model: nn.Module, x: Tensor, c: int, args: argparse.Namespac
             total += g.sum(0, keepdim=True, dtype=torch.float64)
         return (total / samples).to(x.dtype)
 
-    for fn in (ours, captum, autograd):  # warm-up: one batch of copies
+    fmt, label = same_format(x)
+    methods = [("ours", ours), ("captum", captum), ("autograd", autograd)]
+    if label == "channels_last":  # the plain loop given ours' memory format: leaner still
+        methods.append(("autograd_cl", lambda samples=args.samples: autograd(samples, fmt)))
+    for _, fn in methods:  # warm-up: one batch of copies
         fn(args.batch_size)
     timer.sync()
-    methods = [("ours", ours), ("captum", captum), ("autograd", autograd)]
     outputs = run_interleaved(timer, methods, args.repeats)
     checks = {
         "autograd": f"max |ours - autograd| / max |autograd| = {rel_diff(outputs['ours'], outputs['autograd']):.1e} (same noise)",
         "captum": f"cosine(ours, captum) = {cosine(outputs['ours'], outputs['captum']):.3f} (own noise draws)",
     }
     # untimed, on the first batch of copies only: autograd on ours' memory format (same rounding)
-    fmt, label = same_format(x)
     first = rel_diff(ours(args.batch_size), autograd(args.batch_size, fmt))
     checks["ours"] = (f"first {args.batch_size} copies: max |ours - autograd({label})| / "
                       f"max |.| = {first:.1e} (untimed)")
     report(f"2. smoothgrad: class {c}, {args.samples} samples in batches of {args.batch_size}, "
            f"noise {args.noise} (sigma {sigma:.4f} absolute)", timer,
-           ["ours", "captum", "autograd"], {"ours": ("captum", 0.9)}, checks)
-    ratio = timer.median("ours") / timer.median("autograd")
-    print(f"ratio ours / autograd: {ratio:.3f} (medians; plain autograd loop, no target), "
-          f"minima {min(timer.wall['ours']) / min(timer.wall['autograd']):.3f}")
+           [name for name, _ in methods], {"ours": ("captum", 0.9)}, checks)
+    for ref in [name for name, _ in methods][2:]:
+        ratio = timer.median("ours") / timer.median(ref)
+        print(f"ratio ours / {ref}: {ratio:.3f} (medians; plain autograd loop, no target), "
+              f"minima {min(timer.wall['ours']) / min(timer.wall[ref]):.3f}")
     print(ROUNDING_NOTE)
 
 

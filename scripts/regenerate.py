@@ -79,11 +79,9 @@ FIGURES: dict[str, Figure] = {
                        "guided backprop, deconvnet, their SmoothGrad, Grad-CAM at stage 4, guided "
                        "Grad-CAM, integrated gradients, gradient x image) of each image's strongest "
                        "stage-5 unit (a unit, not a class: HED's classifier is random); Grad-CAM "
-                       "weighs whole pool4 maps, so it need not peak at the unit. Reduced from 4 "
-                       "images x 50 SmoothGrad samples / 50 IG steps to 3 x 16 / 16 to finish in "
-                       "about 4 minutes on 2 CPU cores",
-                       overrides=("unit=[5]", "images=[cat,coffee,astronaut]", "samples=16",
-                                  "steps=16", "cam_stage=4"),
+                       "weighs whole pool4 maps, so it need not peak at the unit. SmoothGrad with "
+                       "PAIR's 25 samples, integrated gradients with 64 steps",
+                       overrides=("unit=[5]", "samples=25", "steps=64", "cam_stage=4"),
                        quick=("images=cat", "samples=4", "steps=8")),
 }
 

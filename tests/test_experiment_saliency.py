@@ -307,3 +307,36 @@ def test_cli_bad_value_and_a_multirun_with_a_folder_per_job(tmp_path):
         assert {"grid.png", "maps.npz", f"cat__{method}.png"} <= {p.name for p in job.iterdir()}
         assert "weights: random initialisation" in (job / "saliency.log").read_text()
     assert seen == {"gradient", "guided"}
+
+
+def test_an_interrupted_job_resumes_from_its_finished_cells(tmp_path, monkeypatch):
+    """Cells are checkpointed as they finish; a rerun with the same config into the same folder
+    computes only the missing ones and writes the same bytes as an uninterrupted run."""
+    monkeypatch.setenv(PROVENANCE_ENV, json.dumps(FIXED_PROVENANCE))
+    kwargs = SMALL | {"images": "cat", "methods": ["gradient", "guided", "gradcam"]}
+    whole = sal.run_saliency(tmp_path / "whole", **kwargs)
+    calls = []
+    real = sal.explain
+
+    def failing_third(net, x, method, *args, **options):
+        calls.append(method)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user stops the job during its third map
+        return real(net, x, method, *args, **options)
+
+    monkeypatch.setattr(sal, "explain", failing_third)
+    job = tmp_path / "job"
+    with pytest.raises(KeyboardInterrupt):
+        sal.run_saliency(job, **kwargs)
+    assert sorted(p.name for p in (job / "partial").iterdir()) == [
+        "cat__gradient.npz", "cat__guided.npz"]
+    calls.clear()
+    resumed = sal.run_saliency(job, **kwargs)
+    assert calls == ["gradcam"]  # only the missing cell was computed again
+    assert not (job / "partial").exists()
+    assert _without_seconds(resumed) == _without_seconds(whole)
+    for name in ("maps.npz", "grid.png", "cat__gradient.png", "cat__gradcam.png"):
+        assert (job / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    # a different config in the same folder starts afresh
+    sal.run_saliency(job, **(kwargs | {"methods": ["gradient"]}))
+    assert calls == ["gradcam", "gradient"]
