@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -143,6 +143,13 @@ def open_image(source: ImageSource) -> Image.Image:
             return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"image: {path} is not a readable image file ({error})") from error
+
+
+def describe_image(image: object) -> dict[str, Any]:
+    """Where the image comes from: {'source', 'kind': 'file'|'sample', 'path'}."""
+    if isinstance(image, (str, Path)) and Path(image).expanduser().is_file():
+        return {"source": str(image), "kind": "file", "path": str(Path(image).expanduser().resolve())}
+    return {"source": image, "kind": "sample", "path": None}
 
 
 def resolve_preprocessing(model_or_weights: PreprocessingSource) -> Preprocessing:

@@ -143,7 +143,7 @@ class Unpool(MirrorStage):
         out_ly, out_lx = (ly - 1) * sy.stride + sy.extent, (lx - 1) * sx.stride + sx.extent
         height, width = record.sizes[self.index]
         if is_whole_map(region, (sy.output_length(height), sx.output_length(width))):
-            return self._unpool_map(region, record)
+            return self._unpool_map(region, record, (height, width))
         if self.tiling and self.index in record.switch_masks:
             k, c = region.signal.shape[:2]
             up = region.signal[:, :, :, None, :, None].expand(
@@ -164,10 +164,11 @@ class Unpool(MirrorStage):
         below = Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox)
         return fit_to_map(below, (height, width))
 
-
-    def _unpool_map(self, region: Region, record: ForwardRecord) -> Region:
-        """Whole maps: scatter every value to its switch (one pass, collisions summed)."""
-        height, width = record.sizes[self.index]
+    def _unpool_map(self, region: Region, record: ForwardRecord,
+                    size: tuple[int, int]) -> Region:
+        """Whole maps: scatter every value to its switch (one pass, collisions summed) on the
+        map of `size` below."""
+        height, width = size
         switches = gather_window(record.switches[self.index], region.image, region.origin_y,
                                  region.origin_x, region.size, 0)
         k, c = region.signal.shape[:2]

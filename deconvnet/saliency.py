@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import re
 import time
 from dataclasses import dataclass
@@ -48,12 +46,13 @@ from deconvnet.display import save_png, saliency_map, to_display, to_diverging, 
 from deconvnet.gradient.methods import METHODS, explain
 from deconvnet.gradient.passes import GradientPass, stage_sizes
 from deconvnet.gradient.targets import Rows, Unit, class_count, resolve_target
-from deconvnet.images import denormalize, open_image, preprocess
+from deconvnet.images import denormalize, describe_image, open_image, preprocess
 from deconvnet.models import (
     _check_seed, _parse_weights, class_names, load_model, model_spec, preprocessing, weights_info,
     weights_label,
 )
 from deconvnet.jobfiles import check_device, provenance, write_json, write_yaml
+from deconvnet.validation import check_count, check_real, is_int
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +114,9 @@ class Plan:
 # ------------------------------------------------------------------------------------- validation
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _as_int(value: object) -> int | None:
     """An int, or a string of digits as an int; None for anything else."""
-    if _is_int(value):
+    if is_int(value):
         return int(value)
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
         return int(value)
@@ -200,7 +195,7 @@ def parse_unit(unit: object, skeleton: nn.Module, size: tuple[int, int]) -> tupl
                 "unit) or [stage, channel, y, x]")
     if unit is None:
         return None
-    items = [unit] if _is_int(unit) else _listed(unit)
+    items = [unit] if is_int(unit) else _listed(unit)
     values = None if items is None else [_as_int(v) for v in items]
     if values is None or len(values) not in (1, 2, 4) or None in values:
         raise ValueError(f"unit: expected {accepted}, got {unit!r}")
@@ -222,19 +217,6 @@ def parse_unit(unit: object, skeleton: nn.Module, size: tuple[int, int]) -> tupl
     return tuple(values)
 
 
-def _count(name: str, value: object, low: int = 1) -> int:
-    if not _is_int(value) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def _real(name: str, value: object, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(float(value)) or value < low:
-        raise ValueError(f"{name}: expected a finite number >= {low}, got {value!r}")
-    return float(value)
-
-
 def validate(model: str, weights: object, seed: object, images: object, methods: object,
              target: object, unit: object, samples: object, noise: object, steps: object,
              cam_stage: object, noise_seed: object, device: object) -> Plan:
@@ -254,9 +236,9 @@ def validate(model: str, weights: object, seed: object, images: object, methods:
     if chosen_target is not None and chosen_unit is not None:
         raise ValueError(f"target: give a class target or a unit, not both (got target={target!r}, "
                          f"unit={unit!r})")
-    samples = _count("samples", samples)
-    noise = _real("noise", noise)
-    steps = _count("steps", steps)
+    samples = check_count("samples", samples)
+    noise = check_real("noise", noise)
+    steps = check_count("steps", steps)
     stage = _as_int(cam_stage)
     if stage not in STAGES:
         raise ValueError(f"cam_stage: expected an int in 1..5 (Grad-CAM's stage), "
@@ -264,17 +246,14 @@ def validate(model: str, weights: object, seed: object, images: object, methods:
     if chosen_unit is not None and stage > chosen_unit[0] and set(method_names) & set(CAM_METHODS):
         raise ValueError(f"cam_stage: Grad-CAM at stage {stage} lies above the unit's stage "
                          f"{chosen_unit[0]}; choose cam_stage in 1..{chosen_unit[0]}")
-    if not _is_int(noise_seed) or noise_seed < 0:
+    if not is_int(noise_seed) or noise_seed < 0:
         raise ValueError(f"seed: expected an int >= 0 (SmoothGrad's noise), got {noise_seed!r}")
     target_device = check_device(device)
     pictures = []
     for source in parse_images(images):
         picture = open_image(source)  # missing file / unknown sample -> FileNotFoundError
-        path = Path(source).expanduser()
-        info = ({"source": source, "kind": "file", "path": str(path.resolve())} if path.is_file()
-                else {"source": source, "kind": "sample", "path": None})
-        pictures.append(Picture(image_label(source), picture,
-                                info | {"original_size_wh": list(picture.size)}))
+        pictures.append(Picture(image_label(source), picture, describe_image(source)
+                                | {"original_size_wh": list(picture.size)}))
     labels = [p.label for p in pictures]
     repeated = sorted({name for name in labels if labels.count(name) > 1})
     if repeated:

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor, nn
 
 from deconvnet.geometry import min_input_size
+
+
+def is_int(value: object) -> bool:
+    """An integral number that is not a bool (numpy ints included)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_count(name: str, value: object, low: int = 1) -> int:
+    """`value` as an int >= low, or ValueError naming `name`."""
+    if not is_int(value) or value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: object, low: float = 0.0) -> float:
+    """`value` as a finite real >= low, or ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(float(value)) or value < low:
+        raise ValueError(f"{name}: expected a finite number >= {low}, got {value!r}")
+    return float(value)
 
 
 def check_images(images: object, model: nn.Module, name: str = "images") -> Tensor:

@@ -38,7 +38,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import deconvnet
 from deconvnet.architecture import STAGES, Stage
-from deconvnet.images import open_image
+from deconvnet.images import describe_image, open_image
 from deconvnet.mirror import Mirror, check_rule
 from deconvnet.models import model_spec
 from deconvnet.seeds import select_seeds
@@ -92,13 +92,6 @@ def parse_keep(keep: object) -> list[KeepItem]:
         if re.fullmatch(r"[+-]?\d+", text):
             return [int(text)]
     raise ValueError(f"keep: expected {accepted}, got {keep!r}")
-
-
-def describe_image(image: object) -> dict[str, Any]:
-    """Where the image comes from: {'source', 'kind': 'file'|'sample', 'path'}."""
-    if isinstance(image, (str, Path)) and Path(image).expanduser().is_file():
-        return {"source": str(image), "kind": "file", "path": str(Path(image).expanduser().resolve())}
-    return {"source": image, "kind": "sample", "path": None}
 
 
 def validate(model: str, image: object, stage: object, keep: object, rule: object,

@@ -15,19 +15,14 @@ from deconvnet.gradient.passes import CHUNK_SIZE, Forward, GradientPass, stage_s
 from deconvnet.gradient.targets import Rows, resolve_target
 from deconvnet.mirror import check_rule
 from deconvnet.precision import full_float32
-from deconvnet.validation import check_images
+from deconvnet.validation import check_count, check_images
 
 
-def check_count(name: str, value: object, low: int = 1) -> int:
-    """`value` as an int >= low, or ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return value
-
-
-def prepare(model: nn.Module, images: Tensor, target: object, rule: str) -> tuple[Tensor, Rows, GradientPass]:
+def prepare(model: nn.Module, images: Tensor, target: object, rule: str,
+            chunk_size: int) -> tuple[Tensor, Rows, GradientPass]:
     """Validate the common arguments before heavy work -> (images on the model's device and
     dtype, unresolved rows, the pass)."""
+    check_count("chunk_size", chunk_size)
     check_rule(rule)
     check_images(images, model)
     rows = resolve_target(model, target, images.shape[0], stage_sizes(model, *images.shape[-2:]))
@@ -55,8 +50,7 @@ def attribute(model: nn.Module, images: Tensor, target: object = None, rule: str
     GuidedBackprop / Deconvolution. chunk_size rows go down together (memory bound).
     The model is left exactly as it was: no hooks, no inplace changes, no copies of its weights.
     """
-    check_count("chunk_size", chunk_size)
-    x, rows, gradient_pass = prepare(model, images, target, rule)
+    x, rows, gradient_pass = prepare(model, images, target, rule, chunk_size)
     with torch.no_grad():
         forward, rows = forward_resolved(gradient_pass, x, rows)
         out = gradient_pass.backward(forward, rows, chunk_size=chunk_size)

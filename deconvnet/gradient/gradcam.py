@@ -47,7 +47,7 @@ def gradcam(model: nn.Module, images: Tensor, target: object = None, stage: int 
             *, chunk_size: int = CHUNK_SIZE) -> Tensor:
     """Grad-CAM of each target at `stage`: images [B, 3, H, W] -> [B, H, W] ([K, H, W] for K
     targets of one image), non-negative, at the input size."""
-    x, rows, gradient_pass = prepare(model, images, target, "backprop")
+    x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
     index = check_cam_stage(model, stage, rows)
     with torch.no_grad():
         forward, rows = forward_resolved(gradient_pass, x, rows)
@@ -60,7 +60,7 @@ def gradcam(model: nn.Module, images: Tensor, target: object = None, stage: int 
 def guided_gradcam(model: nn.Module, images: Tensor, target: object = None, stage: int = 5,
                    *, chunk_size: int = CHUNK_SIZE) -> Tensor:
     """Guided backprop x Grad-CAM, from one forward pass: [B, 3, H, W] -> [B, 3, H, W]."""
-    x, rows, guided = prepare(model, images, target, "guided")
+    x, rows, guided = prepare(model, images, target, "guided", chunk_size)
     index = check_cam_stage(model, stage, rows)
     with torch.no_grad():
         forward, rows = forward_resolved(guided, x, rows)  # guided's record has every mask

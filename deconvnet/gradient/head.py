@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvnet.architecture import architecture_name
+from deconvnet.gradient.targets import class_count
 from deconvnet.mirror import check_rule
 
 HEAD_MODULES = (nn.Linear, nn.ReLU, nn.Dropout)
@@ -90,9 +91,7 @@ class HeadMirror:
             if not isinstance(m, HEAD_MODULES):
                 raise ValueError(f"model.classifier[{i}]: {type(m).__name__} has no mirror "
                                  "(supported: Linear, ReLU, Dropout)")
-        if not isinstance(self.layers[-1], nn.Linear):
-            raise ValueError("model.classifier: expected a Linear layer last (the class scores)")
-        self.classes = int(self.layers[-1].out_features)
+        self.classes = class_count(model)
 
     def record(self, features_out: Tensor) -> HeadRecord:
         """[B, C, h, w] features output -> HeadRecord with the logits [B, classes]."""

@@ -14,10 +14,10 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-from deconvnet.gradient.attribute import check_count, forward_resolved, prepare
-from deconvnet.gradient.passes import CHUNK_SIZE
-from deconvnet.gradient.smoothgrad import mean_of_maps
+from deconvnet.gradient.attribute import forward_resolved, prepare
+from deconvnet.gradient.passes import CHUNK_SIZE, mean_of_maps
 from deconvnet.precision import full_float32
+from deconvnet.validation import check_count
 
 
 def check_baseline(baseline: object, images: Tensor) -> Tensor:
@@ -53,9 +53,8 @@ def integrated_gradients(model: nn.Module, images: Tensor, target: object = None
     """
     check_count("steps", steps)
     check_count("batch_size", batch_size)
-    check_count("chunk_size", chunk_size)
     base = check_baseline(baseline, images)
-    x, rows, gradient_pass = prepare(model, images, target, "backprop")
+    x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
     base = base.to(x.device, x.dtype)
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
     out = []

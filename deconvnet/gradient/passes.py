@@ -93,3 +93,19 @@ class GradientPass:
             zero = torch.zeros_like(part.image)
             pieces.append(reframe(region, zero, zero, size).signal)
         return torch.cat(pieces)
+
+
+def mean_of_maps(gradient_pass: GradientPass, rows: Rows, inputs, count: int, squared: bool,
+                 chunk_size: int) -> Tensor:
+    """Mean over batches of inputs (each [n, 3, H, W], copies of one image: noisy copies, path
+    points) of the rows' maps (squared first if asked), accumulated in float64 -> [K, 3, H, W]."""
+    total = None
+    for batch in inputs:
+        n = batch.shape[0]
+        forward = gradient_pass.forward(batch)
+        maps = gradient_pass.backward(forward, rows.repeat(n), chunk_size=chunk_size)
+        if squared:
+            maps = maps * maps
+        part = maps.view(n, len(rows), *maps.shape[1:]).sum(0, dtype=torch.float64)
+        total = part if total is None else total + part
+    return (total / count).to(batch.dtype)

@@ -10,24 +10,13 @@ round differently at different batch sizes).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor, nn
 
-from deconvnet.gradient.attribute import check_count, forward_resolved, prepare
-from deconvnet.gradient.passes import CHUNK_SIZE, GradientPass
-from deconvnet.gradient.targets import Rows
+from deconvnet.gradient.attribute import forward_resolved, prepare
+from deconvnet.gradient.passes import CHUNK_SIZE, mean_of_maps
 from deconvnet.precision import full_float32
-
-
-def check_real(name: str, value: object, low: float = 0.0) -> float:
-    """`value` as a finite real >= low, or ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < low:
-        raise ValueError(f"{name}: expected a finite number >= {low}, got {value!r}")
-    return float(value)
+from deconvnet.validation import check_count, check_real
 
 
 def noise_batches(generator: torch.Generator, samples: int, batch_size: int,
@@ -37,22 +26,6 @@ def noise_batches(generator: torch.Generator, samples: int, batch_size: int,
     for start in range(0, samples, batch_size):
         n = min(batch_size, samples - start)
         yield torch.stack([torch.randn(shape, generator=generator) for _ in range(n)]).to(dtype)
-
-
-def mean_of_maps(gradient_pass: GradientPass, rows: Rows, inputs, count: int, squared: bool,
-                 chunk_size: int) -> Tensor:
-    """Mean over batches of inputs (each [n, 3, H, W], copies of one image) of the rows' maps
-    (squared first if asked), accumulated in float64 -> [K, 3, H, W]."""
-    total = None
-    for batch in inputs:
-        n = batch.shape[0]
-        forward = gradient_pass.forward(batch)
-        maps = gradient_pass.backward(forward, rows.repeat(n), chunk_size=chunk_size)
-        if squared:
-            maps = maps * maps
-        part = maps.view(n, len(rows), *maps.shape[1:]).sum(0, dtype=torch.float64)
-        total = part if total is None else total + part
-    return (total / count).to(batch.dtype)
 
 
 @full_float32()
@@ -70,12 +43,11 @@ def smoothgrad(model: nn.Module, images: Tensor, target: object = None, rule: st
     check_count("samples", samples)
     check_real("noise", noise)
     check_count("batch_size", batch_size)
-    check_count("chunk_size", chunk_size)
     if not isinstance(squared, bool):
         raise ValueError(f"squared: expected True or False, got {squared!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: expected an int, got {seed!r}")
-    x, rows, gradient_pass = prepare(model, images, target, rule)
+    x, rows, gradient_pass = prepare(model, images, target, rule, chunk_size)
     generator = torch.Generator().manual_seed(seed)
     out = []
     with torch.no_grad():

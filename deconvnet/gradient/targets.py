@@ -13,13 +13,13 @@ A list of K units / channels (one image, all of one stage) gives K maps, like a 
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from deconvnet.architecture import stage as stage_of
+from deconvnet.validation import is_int
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,8 @@ def class_count(model: nn.Module) -> int:
     return int(last.out_features)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_class(c: object, classes: int) -> int:
-    if not _is_int(c) or not 0 <= int(c) < classes:
+    if not is_int(c) or not 0 <= int(c) < classes:
         raise ValueError(f"target: class {c!r} is outside 0..{classes - 1} (the model's "
                          f"{classes} classes)")
     return int(c)
@@ -148,14 +144,14 @@ def _check_unit(model: nn.Module, unit: Unit | Channel, sizes: dict[int, tuple[i
             raise ValueError(f"target: {unit} gives a position without a channel; give the "
                              "channel too, or neither (the stage's strongest unit)")
         return
-    if not _is_int(unit.channel) or not 0 <= int(unit.channel) < info.channels:
+    if not is_int(unit.channel) or not 0 <= int(unit.channel) < info.channels:
         raise ValueError(f"target: channel {unit.channel!r} is outside stage {unit.stage}'s "
                          f"channels 0..{info.channels - 1}")
     if isinstance(unit, Unit) and (unit.y is None) != (unit.x is None):
         raise ValueError(f"target: give both y and x of {unit}, or neither (the strongest unit)")
     if isinstance(unit, Unit) and unit.y is not None:
         h, w = sizes[unit.stage]
-        if not (_is_int(unit.y) and _is_int(unit.x) and 0 <= unit.y < h and 0 <= unit.x < w):
+        if not (is_int(unit.y) and is_int(unit.x) and 0 <= unit.y < h and 0 <= unit.x < w):
             raise ValueError(f"target: position (y, x) = ({unit.y!r}, {unit.x!r}) is outside "
                              f"stage {unit.stage}'s {h}x{w} map at this input size "
                              f"(y in 0..{h - 1}, x in 0..{w - 1})")
@@ -186,7 +182,7 @@ def resolve_target(model: nn.Module, target: object, batch: int,
         return Rows("class", every)
     if isinstance(target, Tensor) and target.dim() == 0:
         target = target.item()
-    if _is_int(target):
+    if is_int(target):
         return Rows("class", every, torch.full((batch,), _check_class(target, classes)))
     if isinstance(target, (Unit, Channel)):
         _check_unit(model, target, sizes)
@@ -206,7 +202,7 @@ def resolve_target(model: nn.Module, target: object, batch: int,
             raise ValueError(f"target: a list of {len(target)} targets needs exactly one image "
                              f"(B == 1), got B == {batch}; pass a [B] tensor for one class per image")
         one = torch.zeros(len(target), dtype=torch.long)
-        if all(_is_int(c) for c in target):
+        if all(is_int(c) for c in target):
             return Rows("class", one, torch.tensor([_check_class(c, classes) for c in target]))
         if all(isinstance(u, Unit) for u in target) or all(isinstance(u, Channel) for u in target):
             for u in target:
