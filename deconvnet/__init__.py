@@ -5,6 +5,7 @@
     x = deconvnet.load_image("cat", model)                     # [1, 3, 224, 224]
     r = deconvnet.reconstruct(model, x, stage=3, keep="max")   # [1, 3, 224, 224]
     g = deconvnet.attribute(model, x, target=[1, 2, 3])      # [3, 3, 224, 224], one forward pass
+    v = deconvnet.visualize_filters(model, 3, range(16))    # [16, 3, 128, 128], optimised together
 """
 
 from deconvnet.architecture import STAGES, Stage, stage, stages
@@ -46,9 +47,21 @@ from deconvnet.models import (
     weights_info,
     weights_label,
 )
+from deconvnet.optim import (
+    Optimized,
+    class_model,
+    deep_dream,
+    fooling_image,
+    invert,
+    optimize,
+    visualize_filters,
+    visualize_units,
+)
 from deconvnet.reconstruct import reconstruct
 
 __all__ = [
+    "Optimized", "class_model", "deep_dream", "fooling_image", "invert", "optimize",
+    "visualize_filters", "visualize_units",
     "METHODS", "Channel", "Unit", "attribute", "explain", "diverging_values", "gradcam", "gradient_x_image",
     "guided_gradcam", "integrated_gradients", "saliency_map", "smoothgrad", "to_diverging",
     "to_grayscale",

@@ -51,6 +51,7 @@ from deconvnet.models import (
     _check_seed, _parse_weights, class_names, load_model, model_spec, preprocessing, weights_info,
     weights_label,
 )
+from deconvnet.checkpoints import Checkpoints
 from deconvnet.jobfiles import check_device, provenance, write_json, write_yaml
 from deconvnet.validation import check_count, check_real, is_int
 
@@ -480,57 +481,6 @@ def load_for(plan: Plan, model: str, weights: object, seed: int
         log.warning("target: %s (weights: %s); a unit target (unit=[5]) explains learned "
                     "features instead", warning, weights_label(wdict))
     return net, wdict, warning
-
-
-class Checkpoints:
-    """Finished cells of an interrupted job: `partial/<key>.npz` (raw map + cell record), written
-    atomically as each cell finishes; kept only while config.yaml still holds the same config."""
-
-    def __init__(self, out: Path, config: Mapping[str, Any]) -> None:
-        self.folder = out / "partial"
-        previous = out / CONFIG_FILE
-        out.mkdir(parents=True, exist_ok=True)
-        same = previous.is_file() and self._yaml(previous) == self._plain(config)
-        if not same:
-            self.clear()
-        self.maps: dict[str, np.ndarray] = {}
-
-    @staticmethod
-    def _yaml(path: Path) -> Any:
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(OmegaConf.load(path))
-
-    @staticmethod
-    def _plain(config: Mapping[str, Any]) -> Any:
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(OmegaConf.create(dict(config)))
-
-    def load(self, key: str) -> dict[str, Any] | None:
-        """The finished cell `key` (its record; its map kept for maps.npz), or None."""
-        path = self.folder / f"{key}.npz"
-        if not path.is_file():
-            return None
-        with np.load(path) as saved:
-            self.maps[key] = saved["map"]
-            return json.loads(str(saved["cell"]))
-
-    def save(self, key: str, r: np.ndarray, cell: Mapping[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f"{key}.tmp.npz"
-        np.savez(tmp, map=r, cell=np.array(json.dumps(cell)))
-        tmp.replace(self.folder / f"{key}.npz")
-        self.maps[key] = r
-
-    def map(self, key: str) -> np.ndarray:
-        return self.maps[key]
-
-    def clear(self) -> None:
-        if self.folder.is_dir():
-            for path in self.folder.iterdir():
-                path.unlink()
-            self.folder.rmdir()
 
 
 @dataclass

@@ -31,8 +31,10 @@ def check_real(name: str, value: object, low: float = 0.0) -> float:
     return float(value)
 
 
-def check_images(images: object, model: nn.Module, name: str = "images") -> Tensor:
-    """`images` as a float tensor [B, 3, H, W] the model accepts; ValueError otherwise."""
+def check_images(images: object, model: nn.Module, name: str = "images",
+                 stage: int | None = None) -> Tensor:
+    """`images` as a float tensor [B, 3, H, W] the model (or its part up to `stage`) accepts;
+    ValueError otherwise."""
     if not isinstance(images, Tensor):
         raise ValueError(f"{name}: expected a float tensor [B, 3, H, W], got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3:
@@ -46,9 +48,10 @@ def check_images(images: object, model: nn.Module, name: str = "images") -> Tens
     if not bool(torch.isfinite(images).all()):
         bad = int((~torch.isfinite(images)).sum())
         raise ValueError(f"{name}: contains {bad} NaN or infinite value(s); all values must be finite")
-    smallest = min_input_size(model)
+    smallest = min_input_size(model, stage)
     h, w = images.shape[-2:]
     if h < smallest or w < smallest:
-        raise ValueError(f"{name}: {h}x{w} is smaller than {type(model).__name__} accepts; height "
-                         f"and width must be at least {smallest}")
+        part = "" if stage is None else f" up to stage {stage}"
+        raise ValueError(f"{name}: {h}x{w} is smaller than {type(model).__name__}{part} accepts; "
+                         f"height and width must be at least {smallest}")
     return images

@@ -83,6 +83,37 @@ FIGURES: dict[str, Figure] = {
                        "PAIR's 25 samples, integrated gradients with 64 steps",
                        overrides=("unit=[5]", "samples=25", "steps=64", "cam_stage=4"),
                        quick=("images=cat", "samples=4", "steps=8")),
+    # The optimisation family, on VGG16 with HED weights (learned convolutions, RANDOM
+    # classifier: class models and fooling images are labelled not meaningful). Measured on 2
+    # idle CPU cores, 2 threads: filters 110 s, class_model 36 s, deep_dream 11 s, invert 34 s,
+    # fooling 11 s; 201 s together (344 s on one thread); other jobs on the machine stretch it.
+    "filters": Figure("experiments.filters", "Filter visualisations (activation maximisation, "
+                      "the Keras example's recipe) of the first 16 channels of each stage, "
+                      "without and with regularisers (Yosinski decay + blur, pad + jitter) side "
+                      "by side in the Keras example's mosaic; result.json: how strongly each "
+                      "image excites its channel compared with the sample photos",
+                      overrides=("size=64", "steps=32", "channels=16"),
+                      quick=("stages=[1,5]", "channels=4", "size=64", "steps=3")),
+    "class_model": Figure("experiments.class_model", "Class models (Simonyan et al. 2014, L2 "
+                          "regulariser, blur) of four ImageNet classes, each titled with the "
+                          "probability the model gives it; HED's classifier is random, so the "
+                          "scores are labelled not meaningful",
+                          overrides=("size=128", "steps=48", "blur=1.0"),
+                          quick=("classes=[1,368]", "size=64", "steps=3")),
+    "deep_dream": Figure("experiments.deep_dream", "Deep Dream (Mordvintsev et al. 2015) of one "
+                         "photo at stage 4, three octaves of scale 1.4; energy before / after",
+                         overrides=("octaves=3",),
+                         quick=("size=96", "octaves=2", "steps=2", "stage=3", "jitter=8")),
+    "invert": Figure("experiments.invert", "One photo inverted from each of the five stages "
+                     "(Mahendran & Vedaldi 2015), each titled with its relative feature error",
+                     overrides=("size=128", "steps=80"),
+                     quick=("stages=[2,5]", "size=64", "steps=3")),
+    "fooling": Figure("experiments.fooling", "A fooling image (Nguyen et al. 2015): a photo "
+                      "pushed until the model says 'gibbon' with 99% confidence, its amplified "
+                      "difference, probabilities before / after, L-inf / L2 of the change; "
+                      "HED's classifier is random, so the scores are labelled not meaningful",
+                      overrides=("size=160", "steps=100"),
+                      quick=("size=64", "steps=3")),
 }
 
 # The jobs' numerics: float sums (oneDNN's convolutions, PyTorch's vectorised reductions, MKL) run

@@ -22,6 +22,7 @@ def render_job(job: Path) -> list[Path]:
     from deconvnet.fig1 import render_fig1
     from deconvnet.fig2 import render_fig2
     from deconvnet.saliency import render_saliency
+    from deconvnet.synthesis import SYNTHESIS_EXPERIMENTS, render_synthesis
     from experiments.reconstruct import render_reconstruct
 
     result = json.loads((job / "result.json").read_text())
@@ -34,8 +35,10 @@ def render_job(job: Path) -> list[Path]:
         return [render_reconstruct(job)]
     if kind == "saliency":
         return [render_saliency(job)]
+    if kind in SYNTHESIS_EXPERIMENTS:
+        return render_synthesis(job)
     raise ValueError(f"{job}: result.json names experiment {kind!r}; expected fig1, fig2, "
-                     "reconstruct or saliency")
+                     f"reconstruct, saliency or one of {', '.join(SYNTHESIS_EXPERIMENTS)}")
 
 
 def main() -> None:

@@ -84,3 +84,32 @@ def test_gradient_family_on_cuda_equals_cpu(models, method):
         _close(want, got)
     _close(deconvnet.explain(cpu, x[:1], method, [1, 2, 3], **options),
            deconvnet.explain(gpu, x[:1].cuda(), method, [1, 2, 3], **options))
+
+
+# ------------------------------------------------------------------------ optimisation family
+
+
+OPTIM_CALLS = {
+    "visualize_filters": lambda m, x: deconvnet.visualize_filters(m, 3, [0, 5], size=48, steps=3),
+    "visualize_filters_fourier": lambda m, x: deconvnet.visualize_filters(
+        m, 2, [1, 2], size=48, steps=3, param="fourier"),
+    "visualize_units": lambda m, x: deconvnet.visualize_units(m, 3, [1], size=64, steps=3),
+    "class_model": lambda m, x: deconvnet.class_model(m, [1, 7], size=48, steps=3),
+    "deep_dream": lambda m, x: deconvnet.deep_dream(m, x, 2, octaves=2, steps=2),
+    "invert": lambda m, x: deconvnet.invert(m, x, 2, steps=3),
+    "fooling_image": lambda m, x: deconvnet.fooling_image(m, x, 3, steps=3),
+}
+
+
+@pytest.mark.filterwarnings("ignore:fooling_image")
+@pytest.mark.parametrize("method", sorted(OPTIM_CALLS))
+def test_optimisation_family_on_cuda_equals_cpu(models, method):
+    """Every method on the GPU gives the CPU's images (float64: a few steps agree to round-off;
+    the random draws come from CPU generators on both devices)."""
+    cpu, gpu = models
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)).double()
+    on_cpu = OPTIM_CALLS[method](cpu, x)
+    on_gpu = OPTIM_CALLS[method](gpu, x.cuda())
+    assert on_gpu.device.type == "cuda"
+    scale = float(on_cpu.abs().max())
+    assert float((on_cpu - on_gpu.cpu()).abs().max()) <= 1e-7 * max(scale, 1e-12)

@@ -18,7 +18,6 @@ from PIL import Image
 from experiments.common import PROVENANCE_ENV, code_state, provenance
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = ["fig1", "fig2", "fig2_alexnet", "reconstruct", "saliency"]
 
 
 def _load_regenerate():
@@ -30,6 +29,7 @@ def _load_regenerate():
 
 
 regenerate = _load_regenerate()
+FIGURES = list(regenerate.FIGURES)
 
 
 def _pixels(path: Path) -> np.ndarray:

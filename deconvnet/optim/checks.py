@@ -1,0 +1,93 @@
+"""Checks shared by the optimisation-family methods, run before any optimisation step."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from deconvnet.architecture import stage as stage_of
+from deconvnet.geometry import min_input_size
+from deconvnet.gradient.targets import class_count
+from deconvnet.models import Preprocessing, preprocessing
+from deconvnet.optim.regularizers import Blur, Decay
+from deconvnet.validation import check_count, is_int
+
+PARAMS = ("pixels", "fourier")
+
+
+def check_channels(model: nn.Module, stage: int, channels: object,
+                   name: str = "channels") -> list[int]:
+    """One int or a non-empty list of ints within the stage's channels -> list of ints."""
+    count = stage_of(model, stage).channels
+    values = [channels] if is_int(channels) else channels
+    if not isinstance(values, (list, tuple, range)) or not values:
+        raise ValueError(f"{name}: expected an int or a non-empty list of ints in 0..{count - 1} "
+                         f"(stage {stage}'s channels), got {channels!r}")
+    for c in values:
+        if not is_int(c) or not 0 <= c < count:
+            raise ValueError(f"{name}: {c!r} is outside stage {stage}'s channels 0..{count - 1}")
+    return [int(c) for c in values]
+
+
+def check_classes(model: nn.Module, classes: object, name: str = "classes") -> list[int]:
+    """One class int or a non-empty list of them -> list of ints."""
+    count = class_count(model)
+    values = [classes] if is_int(classes) else classes
+    if not isinstance(values, (list, tuple, range)) or not values:
+        raise ValueError(f"{name}: expected a class int or a non-empty list of them in "
+                         f"0..{count - 1}, got {classes!r}")
+    for c in values:
+        if not is_int(c) or not 0 <= c < count:
+            raise ValueError(f"{name}: {c!r} is outside the model's classes 0..{count - 1}")
+    return [int(c) for c in values]
+
+
+def check_size(model: nn.Module, size: object, stage: int | None = None, name: str = "size") -> int:
+    """An image side the model (or its part up to `stage`) accepts."""
+    smallest = min_input_size(model, stage)
+    if not is_int(size) or size < smallest:
+        part = f"stage {stage}" if stage is not None else "the whole model"
+        raise ValueError(f"{name}: expected an int >= {smallest} (the smallest input "
+                         f"{type(model).__name__} accepts up to {part}), got {size!r}")
+    return int(size)
+
+
+def check_param(param: object) -> str:
+    if param not in PARAMS:
+        raise ValueError(f"param: expected one of {', '.join(PARAMS)}, got {param!r}")
+    return param  # type: ignore[return-value]
+
+
+REGULARIZER_PRESETS = ("none", "yosinski")
+
+
+def regularizer_preset(regularizers: object) -> list:
+    """A preset name ('none'; 'yosinski': decay 1e-4 and blur 1.0 every 4, their "row 3") or a
+    list of regulariser objects -> list."""
+    if regularizers is None or regularizers == "none":
+        return []
+    if regularizers == "yosinski":
+        return [Decay(1e-4), Blur(1.0, every=4)]
+    if isinstance(regularizers, (list, tuple)) and all(callable(r) for r in regularizers):
+        return list(regularizers)
+    raise ValueError(f"regularizers: expected {' or '.join(map(repr, REGULARIZER_PRESETS))} or a "
+                     f"list of regularisers (deconvnet.optim Decay, Blur, ...), got {regularizers!r}")
+
+
+def model_device(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the model's first parameter; a clear error for the meta device."""
+    weight = next(model.parameters())
+    if weight.device.type == "meta":
+        raise ValueError("model: its weights are on the meta device (no values); load real weights")
+    return weight.device, weight.dtype
+
+
+def model_preprocessing(model: nn.Module) -> Preprocessing:
+    return preprocessing(model)
+
+
+def batches(items: Sequence, size: int) -> list[Sequence]:
+    size = check_count("batch_size", size)
+    return [items[i: i + size] for i in range(0, len(items), size)]
