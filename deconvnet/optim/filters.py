@@ -63,7 +63,8 @@ def noise_starts(model: nn.Module, objective: obj.Objective, channels: Sequence[
     window = pool_window(model, *unit) if unit else None
     start, woken = wake(model, chosen, start,
                         lambda b: obj.preactivation(stage, channels[b], window),
-                        lambda s: make_param(model, s, h, w, param), lr, seed)
+                        lambda s: make_param(model, s, h, w, param), lr, seed,
+                        step_values=3 * size * size if crop is not None else None)
     return start, [SPREADS[max(k, 0)] for k in chosen], woken
 
 
@@ -227,6 +228,7 @@ def visualize_units(model: nn.Module, stage: int, channels: int | Sequence[int],
         objective = obj.unit(info.number, list(group), uy, ux)
         start, spread, woken = noise_starts(model, objective, group, size, seed, "pixels", lr,
                                             (top, left, bottom, right), (info.number, uy, ux))
+        # (crop=False passes the whole image as its crop: the same step length either way)
         warn_dead(woken, group, f"stage {stage} units ({y}, {x}) of channels")
         spreads += spread
         wakes += woken

@@ -49,16 +49,18 @@ def live_starts(model: nn.Module, objective: Objective, candidates: Sequence[Ten
 
 
 def wake(model: nn.Module, chosen: list[int], start: Tensor, preactivation: Callable[[int], Objective],
-         build_param: Callable[[Tensor], object], lr: float, seed: int) -> tuple[Tensor, list[int]]:
+         build_param: Callable[[Tensor], object], lr: float, seed: int,
+         step_values: int | None = None) -> tuple[Tensor, list[int]]:
     """For each image b that no candidate woke (chosen[b] == -1): normalised ascent on
     `preactivation(b)` (the largest input of the ReLUs its objective reads) from its start until
-    that is > 0, at most WAKE_STEPS steps -> (starts, steps taken per image; -1 where it failed)."""
+    that is > 0, at most WAKE_STEPS steps of the method's own length (`step_values`, see
+    `engine.optimize`) -> (starts, steps taken per image; -1 where it failed)."""
     start = start.clone()
     taken = [0] * start.shape[0]
     for b in [b for b, k in enumerate(chosen) if k < 0]:
         param = build_param(start[b: b + 1])
         run = optimize(model, preactivation(b), param, steps=WAKE_STEPS, lr=lr, seed=seed,
-                       stop=lambda values: bool(values[0] > 0))
+                       step_values=step_values, stop=lambda values: bool(values[0] > 0))
         taken[b] = len(run.history) - 1 if run.stopped == "stop" else -1
         start[b] = param.parameters()[0].detach()[0].to(start.dtype).cpu()
     return start, taken
