@@ -47,12 +47,10 @@ from deconvnet.gradient.methods import METHODS, explain
 from deconvnet.gradient.passes import GradientPass, stage_sizes
 from deconvnet.gradient.targets import Rows, Unit, class_count, resolve_target
 from deconvnet.images import denormalize, describe_image, open_image, preprocess
-from deconvnet.models import (
-    _check_seed, _parse_weights, class_names, load_model, model_spec, preprocessing, weights_info,
-    weights_label,
-)
+from deconvnet.model_request import ModelRequest, check_model, load_logged
+from deconvnet.models import class_names, preprocessing, weights_label
 from deconvnet.checkpoints import Checkpoints
-from deconvnet.jobfiles import check_device, provenance, write_json, write_yaml
+from deconvnet.jobfiles import provenance, write_json, write_yaml
 from deconvnet.validation import check_count, check_real, is_int
 
 log = logging.getLogger(__name__)
@@ -109,7 +107,11 @@ class Plan:
     steps: int
     cam_stage: int
     noise_seed: int
-    device: torch.device
+    request: ModelRequest
+
+    @property
+    def device(self) -> torch.device:
+        return self.request.device
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -223,15 +225,10 @@ def validate(model: str, weights: object, seed: object, images: object, methods:
              cam_stage: object, noise_seed: object, device: object) -> Plan:
     """Check every value before anything heavy runs; ValueError / FileNotFoundError naming the
     key, before the model is built and before anything is written."""
-    spec = model_spec(model)  # unknown model -> ValueError listing the supported ones
-    kind, _ = _parse_weights(weights)  # bad name -> ValueError; missing checkpoint -> FileNotFound
-    if kind == "hed" and spec.name != "vgg16":
-        raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}")
-    _check_seed(seed)
+    request = check_model(model, weights, seed, device)  # the architecture only: no weights
+    skeleton = request.skeleton
     method_names = parse_methods(methods)
-    with torch.device("meta"):  # the architecture only: no weights, no memory
-        skeleton = spec.constructor(weights=None)
-    crop = preprocessing(spec.name).crop_size
+    crop = preprocessing(request.name).crop_size
     chosen_target = parse_target(target, class_count(skeleton))
     chosen_unit = parse_unit(unit, skeleton, (crop, crop))
     if chosen_target is not None and chosen_unit is not None:
@@ -249,7 +246,6 @@ def validate(model: str, weights: object, seed: object, images: object, methods:
                          f"{chosen_unit[0]}; choose cam_stage in 1..{chosen_unit[0]}")
     if not is_int(noise_seed) or noise_seed < 0:
         raise ValueError(f"seed: expected an int >= 0 (SmoothGrad's noise), got {noise_seed!r}")
-    target_device = check_device(device)
     pictures = []
     for source in parse_images(images):
         picture = open_image(source)  # missing file / unknown sample -> FileNotFoundError
@@ -261,7 +257,7 @@ def validate(model: str, weights: object, seed: object, images: object, methods:
         raise ValueError(f"images: each image needs its own name; {', '.join(repeated)} appears "
                          "more than once")
     return Plan(tuple(pictures), tuple(method_names), chosen_target, chosen_unit, samples, noise,
-                steps, int(stage), int(noise_seed), target_device)
+                steps, int(stage), int(noise_seed), request)
 
 
 # ----------------------------------------------------------------------------------------- targets
@@ -430,7 +426,7 @@ def run_saliency(
     out = Path(out_dir)
     done = Checkpoints(out, config)  # a rerun with the same config resumes from finished cells
     write_yaml(out / CONFIG_FILE, config)
-    net, wdict, warning = load_for(plan, model, weights, seed)
+    net, wdict, warning = load_for(plan)
     request = describe_request(plan)
     log.info("%d image(s) x %d method(s); %s; samples %d noise %g steps %d cam_stage %d seed %d; "
              "device %s", len(plan.pictures), len(plan.methods), request, plan.samples,
@@ -465,16 +461,9 @@ def plan_config(plan: Plan, model: str, weights: object, seed: int, device: str)
             "seed": plan.noise_seed, "device": device}
 
 
-def load_for(plan: Plan, model: str, weights: object, seed: int
-             ) -> tuple[nn.Module, dict[str, Any], str | None]:
+def load_for(plan: Plan) -> tuple[nn.Module, dict[str, Any], str | None]:
     """The model, its weights record, and the random-classifier warning (None if not needed)."""
-    net = load_model(model, weights=weights, seed=seed, device=plan.device)
-    winfo = weights_info(net)
-    if winfo.weights in ("random", "unknown"):
-        log.warning("weights: %s. Maps will not show learned features.", winfo.description)
-    else:
-        log.info("weights: %s", winfo.description)
-    wdict = winfo.as_dict()
+    net, wdict = load_logged(plan.request, shown="Maps")
     warning = None
     if plan.unit is None and classifier_is_random(wdict):
         warning = RANDOM_CLASSIFIER_NOTE

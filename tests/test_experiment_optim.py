@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import deconvnet
-import deconvnet.synthesis.job as job_module
+import deconvnet.model_request
 from deconvnet import synthesis
 from deconvnet.optim import Jitter, Pad
 from deconvnet.saliency import RANDOM_CLASSIFIER_NOTE
@@ -510,7 +510,7 @@ def test_bad_values_fail_before_the_model_is_built(runs, tmp_path, monkeypatch, 
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
-    monkeypatch.setattr(job_module, "load_model", no_heavy_work)
+    monkeypatch.setattr(deconvnet.model_request, "load_model", no_heavy_work)  # the loader
     monkeypatch.setattr(deconvnet, "load_model", no_heavy_work)
     run, kwargs = _settings(runs[1])[name]
     with pytest.raises(error, match=message):

@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import deconvnet
+import deconvnet.model_request
 import deconvnet.saliency as sal
 from experiments.common import CONF_DIR, PROVENANCE_ENV, REPO_ROOT
 
@@ -258,7 +259,7 @@ def test_bad_values_fail_before_the_model_is_built(tmp_path, monkeypatch, overri
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
-    monkeypatch.setattr(sal, "load_model", no_heavy_work)
+    monkeypatch.setattr(deconvnet.model_request, "load_model", no_heavy_work)  # the loader
     monkeypatch.setattr(deconvnet, "load_model", no_heavy_work)
     with pytest.raises(error, match=message):
         sal.run_saliency(tmp_path / "out", **({"images": "cat"} | SMALL | override))

@@ -17,31 +17,31 @@ from deconvnet.validation import check_count, is_int
 PARAMS = ("pixels", "fourier")
 
 
+def _check_indices(value: object, count: int, name: str, expected: str, outside: str) -> list[int]:
+    """One int or a non-empty list of ints in 0..count-1 -> list of ints; ValueError
+    "<name>: expected <expected>, got ..." or "<name>: <c> is outside <outside> 0..count-1"."""
+    values = [value] if is_int(value) else value
+    if not isinstance(values, (list, tuple, range)) or not values:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    for c in values:
+        if not is_int(c) or not 0 <= c < count:
+            raise ValueError(f"{name}: {c!r} is outside {outside} 0..{count - 1}")
+    return [int(c) for c in values]
+
+
 def check_channels(model: nn.Module, stage: int, channels: object,
                    name: str = "channels") -> list[int]:
     """One int or a non-empty list of ints within the stage's channels -> list of ints."""
     count = stage_of(model, stage).channels
-    values = [channels] if is_int(channels) else channels
-    if not isinstance(values, (list, tuple, range)) or not values:
-        raise ValueError(f"{name}: expected an int or a non-empty list of ints in 0..{count - 1} "
-                         f"(stage {stage}'s channels), got {channels!r}")
-    for c in values:
-        if not is_int(c) or not 0 <= c < count:
-            raise ValueError(f"{name}: {c!r} is outside stage {stage}'s channels 0..{count - 1}")
-    return [int(c) for c in values]
+    return _check_indices(channels, count, name, f"an int or a non-empty list of ints in "
+                          f"0..{count - 1} (stage {stage}'s channels)", f"stage {stage}'s channels")
 
 
 def check_classes(model: nn.Module, classes: object, name: str = "classes") -> list[int]:
     """One class int or a non-empty list of them -> list of ints."""
     count = class_count(model)
-    values = [classes] if is_int(classes) else classes
-    if not isinstance(values, (list, tuple, range)) or not values:
-        raise ValueError(f"{name}: expected a class int or a non-empty list of them in "
-                         f"0..{count - 1}, got {classes!r}")
-    for c in values:
-        if not is_int(c) or not 0 <= c < count:
-            raise ValueError(f"{name}: {c!r} is outside the model's classes 0..{count - 1}")
-    return [int(c) for c in values]
+    return _check_indices(classes, count, name, f"a class int or a non-empty list of them in "
+                          f"0..{count - 1}", "the model's classes")
 
 
 def check_size(model: nn.Module, size: object, stage: int | None = None, name: str = "size") -> int:

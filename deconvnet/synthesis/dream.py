@@ -27,13 +27,13 @@ from deconvnet.optim import deep_dream, probe
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.dream import octave_sizes
 from deconvnet.synthesis.job import (
+    COLOURS,
     GRID_FILE, Job, ModelRequest, Picture, check_image_size, check_model, check_pictures,
     check_positive, check_seed, colours, model_header, prepare, save_tile, title_lines,
 )
 from deconvnet.validation import check_count, is_int
 
 DEFAULT_IMAGES = ("cat",)
-COLOURS = "colours: x * std + mean, clipped to [0, 1]"
 
 
 @dataclass(frozen=True)

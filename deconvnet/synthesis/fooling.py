@@ -31,6 +31,7 @@ from deconvnet.models import Preprocessing, class_names
 from deconvnet.optim import fooling_image
 from deconvnet.synthesis.class_model import check_class_list
 from deconvnet.synthesis.job import (
+    COLOURS,
     GRID_FILE, Job, ModelRequest, Picture, check_image_size, check_model, check_pictures,
     check_positive, check_seed, classifier_note, colours, model_header, prepare, save_tile,
     title_lines,
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IMAGES = ("cat",)
 DEFAULT_TARGET = 368  # gibbon: Goodfellow et al.'s panda that became a gibbon
-COLOURS = "colours: x * std + mean, clipped to [0, 1]"
 
 
 @dataclass(frozen=True)

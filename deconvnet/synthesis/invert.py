@@ -21,6 +21,7 @@ from deconvnet.architecture import stage as stage_of
 from deconvnet.optim import invert
 from deconvnet.optim.invert import TV_WEIGHTS
 from deconvnet.synthesis.job import (
+    COLOURS,
     GRID_FILE, Job, ModelRequest, Picture, check_image_size, check_model, check_pictures,
     check_positive, check_seed, check_stages, colours, model_header, prepare, save_tile,
     title_lines,
@@ -29,7 +30,6 @@ from deconvnet.validation import check_count, check_real
 
 DEFAULT_STAGES = (1, 2, 3, 4, 5)
 HEAD_POINTS = ("fc6", "fc7")
-COLOURS = "colours: x * std + mean, clipped to [0, 1]"
 
 
 @dataclass(frozen=True)

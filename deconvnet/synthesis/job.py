@@ -29,11 +29,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deconvnet.checkpoints import CONFIG_FILE, Checkpoints
 from deconvnet.images import describe_image, open_image, preprocess
-from deconvnet.jobfiles import check_device, provenance, write_json, write_yaml
-from deconvnet.models import (
-    Preprocessing, _check_seed, _parse_weights, load_model, model_spec, preprocessing,
-    weights_info, weights_label,
-)
+from deconvnet.jobfiles import provenance, write_json, write_yaml
+from deconvnet.model_request import ModelRequest, check_model, load_logged  # noqa: F401 (re-exported)
+from deconvnet.models import Preprocessing, preprocessing, weights_label
 from deconvnet.saliency import RANDOM_CLASSIFIER_NOTE, classifier_is_random, image_label
 from deconvnet.synthesis.sheet import draw_sheet
 from deconvnet.validation import check_real, is_int
@@ -42,50 +40,6 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE, IMAGES_FILE, GRID_FILE = "result.json", "images.npz", "grid.png"
 Compute = Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
-
-
-# ------------------------------------------------------------------------------- model request
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """A checked model request; `skeleton` is the architecture on the meta device (no weights),
-    enough to check channels, classes and sizes before the model is built."""
-
-    name: str
-    weights: str
-    seed: int
-    device: torch.device
-    skeleton: nn.Module
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return preprocessing(self.name)
-
-
-def check_model(model: object, weights: object, seed: object, device: object) -> ModelRequest:
-    """ValueError / FileNotFoundError naming the key for a bad model, weights, seed or device."""
-    spec = model_spec(model)  # unknown model -> ValueError listing the supported ones
-    kind, _ = _parse_weights(weights)  # bad name -> ValueError; missing checkpoint -> FileNotFound
-    if kind == "hed" and spec.name != "vgg16":
-        raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}")
-    _check_seed(seed)
-    target = check_device(device)
-    with torch.device("meta"):
-        skeleton = spec.constructor(weights=None)
-    return ModelRequest(spec.name, str(weights), int(seed), target, skeleton)
-
-
-def load_logged(request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
-    """The model on its device, and its weights record (logged: a warning for random weights)."""
-    net = load_model(request.name, weights=request.weights, seed=request.seed,
-                     device=request.device)
-    info = weights_info(net)
-    if info.weights in ("random", "unknown"):
-        log.warning("weights: %s. Images will not show learned features.", info.description)
-    else:
-        log.info("weights: %s", info.description)
-    return net, info.as_dict()
 
 
 def classifier_note(weights: Mapping[str, Any]) -> str | None:
@@ -218,6 +172,9 @@ def _colour_tensors(prep: Preprocessing, x: Tensor) -> tuple[Tensor, Tensor]:
     mean = torch.tensor(prep.mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, dtype=x.dtype).view(1, 3, 1, 1)
     return mean, std
+
+
+COLOURS = "colours: x * std + mean, clipped to [0, 1]"  # how `colours` shows an image
 
 
 def colours(x: Tensor, prep: Preprocessing) -> Tensor:
