@@ -6,8 +6,13 @@
     r = deconvnet.reconstruct(model, x, stage=3, keep="max")   # [1, 3, 224, 224]
     g = deconvnet.attribute(model, x, target=[1, 2, 3])      # [3, 3, 224, 224], one forward pass
     v = deconvnet.visualize_filters(model, 3, range(16))    # [16, 3, 128, 128], optimised together
+    o = deconvnet.occlusion(model, x)                        # Fig. 7 maps [1, 12, 12], incremental
 """
 
+from deconvnet.analysis.correspondence import Correspondence, correspondence
+from deconvnet.analysis.invariance import Invariance, invariance
+from deconvnet.analysis.occlusion import Occlusion, occlusion
+from deconvnet.analysis.sanity import sanity_check
 from deconvnet.architecture import STAGES, Stage, stage, stages
 from deconvnet.display import (
     diverging_values,
@@ -60,6 +65,8 @@ from deconvnet.optim import (
 from deconvnet.reconstruct import reconstruct
 
 __all__ = [
+    "Correspondence", "Invariance", "Occlusion", "correspondence", "invariance", "occlusion",
+    "sanity_check",
     "Optimized", "class_model", "deep_dream", "fooling_image", "invert", "optimize",
     "visualize_filters", "visualize_units",
     "METHODS", "Channel", "Unit", "attribute", "explain", "diverging_values", "gradcam", "gradient_x_image",

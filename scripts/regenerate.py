@@ -114,6 +114,41 @@ FIGURES: dict[str, Figure] = {
                       "HED's classifier is random, so the scores are labelled not meaningful",
                       overrides=("size=160", "steps=100"),
                       quick=("size=64", "steps=3")),
+    # The paper's other experiments (issue 8), on VGG16 with HED weights.
+    "occlusion": Figure("experiments.occlusion", "Fig. 7: occlusion sensitivity of three photos "
+                        "(a 48 px grey square at stride 16, incremental inference): the total "
+                        "activation of the strongest stage-5 map, that map projected by the "
+                        "deconvnet beside its top 3 from a scan of the sample gallery, the "
+                        "probability of the predicted class and the most probable label (HED's "
+                        "classifier is random: (d) and (e) are labelled not meaningful)",
+                        quick=("images=[cat]", "size=96", "patch=32", "stride=32",
+                               "data.limit=8", "top_k=2")),
+    "correspondence": Figure("experiments.correspondence", "Correspondence (Table 1): the right "
+                             "eye, left eye and nose of 2 human portraits and 1 cat (NOT the "
+                             "paper's 5 dogs) occluded; Delta (Hamming of sign(x - x~)) at pool5 "
+                             "and fc7 (fc7 random with HED weights) against 10 draws of random "
+                             "boxes of the same sizes; table.md",
+                             quick=("random_draws=1",)),
+    "sanity": Figure("experiments.sanity", "Sanity checks (Adebayo et al. 2018): cascading and "
+                     "independent re-initialisation of every learnable layer; Spearman (|.| and "
+                     "signed), SSIM and HOG similarity to the original maps of gradient, guided "
+                     "backprop, deconvnet, SmoothGrad, Grad-CAM (stage 4) and integrated "
+                     "gradients, for each image's strongest stage-5 unit of the original model "
+                     "(a unit, not a class); result.json says which methods pass. 2 images at "
+                     "128 px, SmoothGrad 8 samples, IG 8 steps",
+                     overrides=("size=128", "samples=8", "steps=8"),
+                     quick=("images=cat", "size=64", "samples=2", "steps=2",
+                            "layers=[fc6,conv5,conv3,conv1]")),
+    "invariance": Figure("experiments.invariance", "Fig. 5: invariance of five photos to vertical "
+                         "translation (-60..60 px), scale (1..1.8) and rotation (0..360 degrees, "
+                         "every 30): Euclidean distance of the layer-1 (pool1) and fc7 feature "
+                         "vectors to the original's, and the probability of each original's "
+                         "predicted class; HED's classifier is random, so fc7 and the "
+                         "probability are labelled as random / not meaningful",
+                         overrides=("values.rotate=[0,30,60,90,120,150,180,210,240,270,300,330,"
+                                    "360]",),
+                         quick=("images=[cat,coffee]", "size=96", "values.translate=[-16,0,16]",
+                                "values.scale=[1.0,1.4]", "values.rotate=[0,90,180]")),
 }
 
 # The jobs' numerics: float sums (oneDNN's convolutions, PyTorch's vectorised reductions, MKL) run

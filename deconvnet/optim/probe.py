@@ -52,6 +52,14 @@ def _run_classifier(model: nn.Module, h: Tensor, wanted: set, out: dict) -> None
     out["logits"] = h
 
 
+def head_logits(model: nn.Module, features_out: Tensor) -> Tensor:
+    """[B, C, h, w] output of `model.features` -> [B, classes]: avgpool, flatten, classifier with
+    Dropout as the identity (its eval-mode function, whatever the training flag)."""
+    out: dict[int | str, Tensor] = {}
+    _run_classifier(model, features_out, set(), out)
+    return out["logits"]
+
+
 def _apply(module: nn.Module, pieces: list[Tensor], budget: int | None) -> list[Tensor]:
     """One feature module over the batch held in pieces; the pieces are joined once the whole
     output fits in `budget` bytes (None: always one piece)."""

@@ -1,0 +1,49 @@
+"""Correspondence analysis (Zeiler & Fergus 2014, Table 1):
+`python -m experiments.correspondence [key=value ...]`.
+
+The work is `deconvnet.analysis.jobs.correspondence.run_correspondence`; this module only passes
+the config. Files in the job's own folder: table.md (the table, markdown), result.json (every
+number, setting and box, provenance), boxes.png (each image with its part boxes, each occlusion
+and a random one as the model sees them) and its tiles, images.npz (inputs and per-pair
+distances), config.yaml (resolved; Hydra's own copy is in `.hydra/`).
+
+    python -m experiments.correspondence model.weights=hed
+    python -m experiments.correspondence model=alexnet layers=[3,5,fc7] random_draws=20
+    python -m experiments.correspondence boxes=/path/to/my_boxes.yaml
+
+Config keys (conf/correspondence.yaml): model=vgg16|alexnet with model.weights and model.seed;
+boxes (a box file: a name in conf/correspondence/ or a path); layers (1..5, fc6, fc7; a list);
+random_draws; seed (the random boxes'); fill (the occluder's value); batch_size; device. Every
+value is checked before the model is built; a bad one ends the run with one line
+`error: <key>: expected ..., got ...` and exit status 1. Finished parts are kept in `partial/`:
+a rerun with the same config into the same folder resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from deconvnet.analysis.jobs.correspondence import run_correspondence
+from experiments.common import hydra_output_dir, user_errors
+
+log = logging.getLogger("experiments.correspondence")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="correspondence")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: the config as arguments to `run_correspondence`, in the job's folder."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with user_errors(log):
+        run_correspondence(
+            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
+            seed=cfg.model.seed, boxes=config["boxes"], layers=config["layers"],
+            random_draws=config["random_draws"], draw_seed=config["seed"], fill=config["fill"],
+            batch_size=config["batch_size"], device=config["device"], config=config,
+        )
+
+
+if __name__ == "__main__":
+    main()

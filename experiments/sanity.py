@@ -1,0 +1,55 @@
+"""Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018), the model parameter
+randomisation test: `python -m experiments.sanity [key=value ...]`.
+
+The work is `deconvnet.analysis.jobs.sanity.run_sanity`; this module only passes the config.
+Files in the job's own folder: curves.png (one panel per similarity metric and mode, one curve per
+method), cascade_<image>.png (the maps along the cascade), images.npz (inputs, original maps,
+similarities), result.json (every setting, the curves, which methods pass) and config.yaml
+(resolved; Hydra's own copy is in `.hydra/`).
+
+    python -m experiments.sanity model.weights=hed
+    python -m experiments.sanity model=alexnet model.weights=random size=96 modes=cascading
+    python -m experiments.sanity model.weights=hed layers=[conv5_3,conv4_1,conv3_1,conv1_1]
+
+Config keys (conf/sanity.yaml): model=vgg16|alexnet with model.weights and model.seed; images;
+methods; unit ([stage], [stage, channel], [stage, channel, y, x], or null: the predicted class);
+modes (cascading, independent); layers (null = every learnable layer); size; samples, noise,
+noise_seed (SmoothGrad); steps (integrated gradients); cam_stage (Grad-CAM); seed (the
+re-initialisation); pass_layer, pass_below, pass_metric (the pass criterion); device. Every
+value is checked before the model is built; a bad one ends the run with one line
+`error: <key>: expected ..., got ...` and exit status 1. Finished steps are kept in
+`partial/`: a rerun with the same config into the same folder resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from deconvnet.analysis.jobs.sanity import run_sanity
+from experiments.common import hydra_output_dir, user_errors
+
+log = logging.getLogger("experiments.sanity")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sanity")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: the config as arguments to `run_sanity`, in the job's folder."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with user_errors(log):
+        run_sanity(
+            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
+            seed=cfg.model.seed, images=config["images"], methods=config["methods"],
+            unit=config["unit"], modes=config["modes"], layers=config["layers"],
+            size=config["size"], samples=config["samples"], noise=config["noise"],
+            steps=config["steps"], cam_stage=config["cam_stage"], rand_seed=config["seed"],
+            noise_seed=config["noise_seed"], pass_layer=config["pass_layer"],
+            pass_below=config["pass_below"], pass_metric=config["pass_metric"],
+            device=config["device"], config=config,
+        )
+
+
+if __name__ == "__main__":
+    main()
