@@ -66,9 +66,12 @@ def validate_occlusion(model: object, weights: object, seed: object, images: obj
     if target is not None and (not is_int(target) or not 0 <= int(target) < classes):
         raise ValueError(f"target: expected null (each image's predicted class) or a class int "
                          f"in 0..{classes - 1}, got {target!r}")
+    data = check_data(data)
+    if data["kind"] == "samples" and data.get("size") is None:
+        data["size"] = size  # the gallery at the images' size: panel (c) tiles them together
     return OcclusionPlan(request, tuple(check_pictures(images)),
                          None if target is None else int(target), patch, stride, fill, size,
-                         check_count("top_k", top_k), check_data(data), check_method(method),
+                         check_count("top_k", top_k), data, check_method(method),
                          check_count("batch_size", batch_size))
 
 
