@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+# analyses whose figure is drawn only when the job runs (no redraw from saved data yet)
+DRAWN_BY_THE_JOB = ("occlusion", "correspondence", "sanity")
+
+
 def render_job(job: Path) -> list[Path]:
     """Redraw one job folder according to the experiment recorded in its result.json."""
     from deconvnet.fig1 import render_fig1
@@ -37,8 +41,17 @@ def render_job(job: Path) -> list[Path]:
         return [render_saliency(job)]
     if kind in SYNTHESIS_EXPERIMENTS:
         return render_synthesis(job)
+    if kind == "invariance":
+        from deconvnet.analysis.jobs.invariance import render_invariance
+
+        return [render_invariance(job)]
+    if kind in DRAWN_BY_THE_JOB:
+        print(f"{job}: {kind} figures are drawn by the job itself; rerun the experiment to "
+              "redraw them (nothing changed here)", file=sys.stderr)
+        return []
     raise ValueError(f"{job}: result.json names experiment {kind!r}; expected fig1, fig2, "
-                     f"reconstruct, saliency or one of {', '.join(SYNTHESIS_EXPERIMENTS)}")
+                     f"reconstruct, saliency, invariance or one of "
+                     f"{', '.join((*SYNTHESIS_EXPERIMENTS, *DRAWN_BY_THE_JOB))}")
 
 
 def main() -> None:
