@@ -7,6 +7,7 @@
     g = deconvnet.attribute(model, x, target=[1, 2, 3])      # [3, 3, 224, 224], one forward pass
     v = deconvnet.visualize_filters(model, 3, range(16))    # [16, 3, 128, 128], optimised together
     o = deconvnet.occlusion(model, x)                        # Fig. 7 maps [1, 12, 12], incremental
+    top = deconvnet.scan_topk(model, batches, k=9)           # {stage: TopK [C, 9]}, one pass per batch
 """
 
 from deconvnet.analysis.correspondence import Correspondence, correspondence
@@ -63,6 +64,7 @@ from deconvnet.optim import (
     visualize_units,
 )
 from deconvnet.reconstruct import reconstruct
+from deconvnet.scan import NumberedBatch, TopK, merge_scans, scan_topk
 
 __all__ = [
     "Correspondence", "Invariance", "Occlusion", "correspondence", "invariance", "occlusion",
@@ -77,5 +79,5 @@ __all__ = [
     "load_model", "min_input_size", "model_name", "preprocess", "preprocessing",
     "receptive_field", "reconstruct", "sample_names", "save_png", "stage", "stages",
     "supported_models", "tile_grid", "to_display", "to_pil", "unpool", "weights_info",
-    "weights_label",
+    "weights_label", "NumberedBatch", "TopK", "merge_scans", "scan_topk",
 ]

@@ -26,15 +26,21 @@ class Stage:
 
 
 def architecture_name(model: nn.Module) -> str:
-    """'vgg' or 'alexnet' for torchvision's VGG / AlexNet classes; a clear error for anything else."""
+    """'vgg' or 'alexnet' for torchvision's VGG (11/13/16/19, not *_bn) / AlexNet; a clear error
+    for anything else."""
     from torchvision.models import AlexNet, VGG
 
     if isinstance(model, VGG):
+        if any(isinstance(m, nn.BatchNorm2d) for m in model.features):
+            raise ValueError("model: a VGG with BatchNorm2d in model.features (vgg*_bn) is not "
+                             "supported: batch normalisation has no deconvnet mirror; use "
+                             "vgg11, vgg13, vgg16 or vgg19")
         return "vgg"
     if isinstance(model, AlexNet):
         return "alexnet"
     raise ValueError(
-        f"model: expected a torchvision VGG (vgg16) or AlexNet instance, got {type(model).__name__}"
+        f"model: expected a torchvision VGG (vgg11/13/16/19) or AlexNet instance, got "
+        f"{type(model).__name__}"
     )
 
 

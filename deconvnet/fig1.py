@@ -46,7 +46,7 @@ from deconvnet.display import to_display
 from deconvnet.geometry import receptive_field, spans
 from deconvnet.images import denormalize, load_image
 from deconvnet.mirror import Mirror, is_tiling, unpool
-from deconvnet.models import load_model, model_name, weights_info
+from deconvnet.models import display_name, load_model, model_name, weights_info
 from deconvnet.models import weights_label as weights_label_of
 from deconvnet.validation import check_images
 from deconvnet.versions import versions
@@ -568,7 +568,7 @@ def draw_fig1(data: dict[str, Any], path: str | Path) -> Path:
 
     # ---------------------------------------------------------------- title
     w = meta["weights"]
-    model_label = {"vgg16": "VGG16", "alexnet": "AlexNet"}.get(meta["model"], meta["model"])
+    model_label = display_name(meta["model"])
     weights_label = weights_label_of(w)
     weights_colour = "#c00000" if w.get("weights") == "random" else "black"
     text(W / 2, H - 28, "Fig. 1 (Zeiler & Fergus 2014) drawn from real data: a deconvnet layer "

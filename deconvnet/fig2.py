@@ -81,10 +81,15 @@ from deconvnet.fig2_layout import (
     sheet_layout,
     stage_page_layout,
 )
+from deconvnet.data_config import check_data, make_dataset, require_whole_dataset
+from deconvnet.jobfiles import JobLock, write_yaml
+from deconvnet.scan_job import (
+    check_folder, dataset_image_size, finished_job, job_fingerprint, saved_scan, warn_failures,
+)
 from deconvnet.geometry import level_sizes, receptive_field
 from deconvnet.images import denormalize
 from deconvnet.mirror import RULES, Mirror, Seeds
-from deconvnet.models import weights_label
+from deconvnet.models import display_name, weights_label
 from deconvnet.precision import full_float32
 from deconvnet.versions import versions
 
@@ -327,119 +332,6 @@ def map_activity(topk: Any) -> MapActivity:
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-class FirstImages:
-    """The first `limit` images of a dataset (same items, ids and order)."""
-
-    def __init__(self, dataset: Any, limit: int) -> None:
-        self.dataset = dataset
-        self.limit = min(limit, len(dataset))
-        self.ids = list(dataset.ids[: self.limit])
-        self.skipped = list(getattr(dataset, "skipped", []))
-        if hasattr(dataset, "paths"):
-            self.paths = list(dataset.paths[: self.limit])
-
-    def __len__(self) -> int:
-        return self.limit
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.limit:
-            raise IndexError(f"index: {index} out of range for {self.limit} images")
-        return self.dataset[index]
-
-
-DATA_KEYS = {
-    "samples": {"kind", "size", "photos", "flips", "limit"},
-    "folder": {"kind", "root", "full_decode", "limit"},
-}
-
-
-def check_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate a data config ({"kind": "samples" | "folder", ...}) without touching any file."""
-    data = dict(data or {"kind": "samples"})
-    kind = data.get("kind", "samples")
-    if kind not in DATA_KEYS:
-        raise ValueError(f"data.kind: expected 'samples' or 'folder', got {kind!r}")
-    data["kind"] = kind
-    unknown = sorted(set(data) - DATA_KEYS[kind])
-    if unknown:
-        raise ValueError(f"data: unknown key(s) {unknown} for data={kind}; accepted: "
-                         f"{sorted(DATA_KEYS[kind])}")
-    if data.get("limit") is not None:
-        _check_int(data["limit"], "data.limit", 1)
-    if kind == "folder":
-        root = data.get("root")
-        if root is None or str(root).strip() in ("", "???"):
-            raise ValueError("data.root: required with data=folder (a folder of images, e.g. the "
-                             "ImageNet validation set): add data.root=<dir>")
-    else:
-        if data.get("size") is not None:
-            _check_int(data["size"], "data.size", 1)
-        photos = data.get("photos")
-        if photos is not None and (isinstance(photos, str) or not list(photos)):
-            raise ValueError(f"data.photos: expected a non-empty list of names or null, got {photos!r}")
-    return data
-
-
-def make_dataset(data: Mapping[str, Any] | None, model: nn.Module, progress: bool = True):
-    """(dataset, summary) for a data config, read with the model's weights' own preprocessing.
-
-    samples: `deconvnet.datasets.SampleGallery` (size null = the weights' crop size; photos null =
-    all bundled photos); folder: `ImageFolderDataset(root)` (unreadable files skipped and named).
-    `limit`: keep only the first N images. Raises ValueError / FileNotFoundError.
-    """
-    from deconvnet import datasets
-    from deconvnet.models import preprocessing
-
-    data = check_data(data)
-    prep = preprocessing(model)
-    if data["kind"] == "samples":
-        kwargs: dict[str, Any] = {
-            "size": data.get("size") or prep.crop_size,
-            "transform": datasets.normalize_transform(prep.mean, prep.std),
-            "flips": bool(data.get("flips", True)),
-        }
-        if data.get("photos") is not None:
-            kwargs["photos"] = [str(p) for p in data["photos"]]
-        dataset = datasets.SampleGallery(**kwargs)
-        label = "sample gallery (photos bundled with scikit-image and matplotlib)"
-        root = None
-    else:
-        root = Path(str(data["root"])).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"data.root: {root} is not an existing folder")
-        dataset = datasets.ImageFolderDataset(root, preprocessing=prep,
-                                              full_decode=bool(data.get("full_decode", False)),
-                                              progress=progress)
-        label = f"image folder {root.name or root}"
-    available = len(dataset)
-    if data.get("limit") is not None:
-        dataset = FirstImages(dataset, int(data["limit"]))
-    if len(dataset) == 0:
-        raise ValueError(f"data: the dataset is empty ({label})")
-    skipped = [{"path": s.path, "reason": s.reason} for s in getattr(dataset, "skipped", [])]
-    if skipped:
-        log.warning("data: skipped %d unreadable / non-image file(s) (listed in result.json)",
-                    len(skipped))
-    summary = {
-        "kind": data["kind"],
-        "label": label,
-        "root": None if root is None else str(root.resolve()),
-        "images": len(dataset),
-        "images_available": available,
-        "limit": data.get("limit"),
-        "skipped_count": len(skipped),
-        "skipped": skipped,
-        "preprocessing": {"resize_size": prep.resize_size, "crop_size": prep.crop_size,
-                          "mean": list(prep.mean), "std": list(prep.std)}
-        if data["kind"] == "folder" else
-        {"note": "gallery views cut square and resized to size x size (no resize/center-crop), "
-                 "normalised with the weights' mean/std",
-         "size": kwargs["size"], "mean": list(prep.mean), "std": list(prep.std)},
-        "config": {k: v for k, v in data.items()},
-    }
-    return dataset, summary
 
 
 def _image_path(dataset: Any, index: int) -> str | None:
@@ -848,17 +740,6 @@ def _tile_records(tiles: Mapping[int, StageTiles], meta: Mapping[str, Any], data
     return records
 
 
-def _clear_outputs(out: Path) -> None:
-    """Remove this folder's files of an earlier run, so they cannot mix with this one's."""
-    out.mkdir(parents=True, exist_ok=True)
-    stale = [out / name for name in (SHEET_FILE, TILES_NPZ, TILES_JSON, TOPK_FILE, RESULT_JSON)]
-    stale += [out / STAGE_FILE.format(stage=s) for s in STAGES]
-    for path in stale:
-        if path.is_file():
-            log.info("removing %s from an earlier run", path)
-            path.unlink()
-
-
 def _initial_result(model: str, weights: str, seed: int, opts: RunOptions,
                     channels: Mapping[Any, Any] | None, device: str, info: Mapping[str, Any],
                     data_summary: Mapping[str, Any], config: Mapping[str, Any] | None,
@@ -956,6 +837,8 @@ def run_fig2(
     rules: Sequence[str] = ("deconvnet",),
     live_only: bool = True,
     exclude_border: int = 0,
+    scan: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
 ) -> dict[str, Any]:
     """Run Fig. 2 end to end into `out_dir`; returns the content of result.json.
 
@@ -963,74 +846,119 @@ def run_fig2(
     guided), all from one forward pass per image. live_only: draw the random feature maps among
     those that fire on at least k images (explicit `channels` are used as given). exclude_border:
     map positions within this distance of the edge are not scanned (0 = the paper's procedure).
+    scan: a finished scan of this model, weights and dataset (a topk.pt, or the folder of a scan,
+    merge_scans or fig2 job) used instead of scanning again. Otherwise the scan decodes with
+    `data.workers` processes, skips (and names) images that fail to decode, and saves its running
+    top-k every `checkpoint_every` images: rerun into the same folder with the same config and it
+    continues; a finished job is not redone, and a folder holding another job is refused.
     Bad input (unknown stage or rule, channel beyond the layer, k < 1, a border that leaves no
-    position, empty dataset, missing data.root, ...) raises ValueError / FileNotFoundError before
-    the scan. `config` (e.g. the resolved Hydra config) and `provenance` (e.g. git commit, command
-    line) are stored verbatim in result.json.
+    position, empty dataset, missing data.root, a scan of another model or dataset, ...) raises
+    ValueError / FileNotFoundError before the scan. `config` (e.g. the resolved Hydra config) and
+    `provenance` (e.g. git commit, command line) are stored verbatim in result.json.
     """
     from deconvnet.models import load_model
-    from deconvnet.scan import check_exclude_border, save_topk, scan_topk
+    from deconvnet.scan import check_exclude_border
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     opts = RunOptions.check(stages, k, batch_size, chunk_size, channels_per_stage, channel_seed,
                             rules, live_only, exclude_border, display, data)
+    every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    require_whole_dataset(opts.data, "fig2")
     out = Path(out_dir)
-    net = load_model(model, weights=weights, seed=seed, device=device)
-    select_channels(net, opts.stages, channels, opts.channels_per_stage, opts.channel_seed)
-    dataset, data_summary = make_dataset(opts.data, net, progress=progress)
-    image_size = [int(v) for v in dataset[0][0].shape[-2:]]
-    check_exclude_border(net, opts.stages, opts.exclude_border, *image_size)
-    info = net.weights_info.as_dict()
-    timings["setup_s"] = time.perf_counter() - clock
+    with JobLock(out):
+        net = load_model(model, weights=weights, seed=seed, device=device)
+        select_channels(net, opts.stages, channels, opts.channels_per_stage, opts.channel_seed)
+        dataset, data_summary = make_dataset(opts.data, net, progress=progress)
+        image_size = list(dataset_image_size(dataset, opts.data))
+        check_exclude_border(net, opts.stages, opts.exclude_border, *image_size)
+        info = net.weights_info.as_dict()
+        saved = None if scan is None else saved_scan(scan, model, info, dataset, opts.stages,
+                                                      opts.k, opts.exclude_border)
+        result = _initial_result(model, weights, seed, opts, channels, device, info, data_summary,
+                                 config, provenance, timings)
+        result["scan_source"] = None if scan is None else str(Path(scan).resolve())
+        result["fingerprint"] = job_fingerprint(result["arguments"], info, result["scan_source"])
+        done = finished_job(out, "fig2", result["fingerprint"])
+        if done is not None:
+            log.info("fig2: %s already holds this finished job; nothing to do", out)
+            return done
+        check_folder(out, "fig2", result["fingerprint"])
+        if config is not None:
+            write_yaml(out / "config.yaml", config)
+        timings["setup_s"] = time.perf_counter() - clock
+        write_json_atomic(out / RESULT_JSON, {**result, "pid": os.getpid()})
+        try:
+            return _run_after_setup(out, net, dataset, data_summary, opts, channels, model, info,
+                                    device, image_size, saved, every, progress, result, timings)
+        except KeyboardInterrupt:
+            result["status"] = "interrupted"
+            write_json_atomic(out / RESULT_JSON, result)
+            raise
+        except BaseException as error:
+            result["status"] = "failed"
+            result["error"] = f"{type(error).__name__}: {error}"
+            write_json_atomic(out / RESULT_JSON, result)
+            raise
 
-    _clear_outputs(out)  # all inputs are valid
-    result = _initial_result(model, weights, seed, opts, channels, device, info, data_summary,
-                             config, provenance, timings)
+
+def _fig2_scan(out: Path, net: nn.Module, dataset: Any, opts: RunOptions, model: str,
+               info: Mapping[str, Any], device: str, saved: Any, every: int, progress: bool
+               ) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+    """The scan (saved, or run resumably here) and its decode failures; writes topk.pt."""
+    from deconvnet.scan import save_topk
+    from deconvnet.scan_job import CHECKPOINT_FILE, ScanOptions, scan_dataset, scan_fingerprint
+
+    if saved is not None:
+        topk, failures = saved.result, list(saved.meta.get("decode_failures", []))
+    else:
+        scan_opts = ScanOptions(opts.stages, opts.k, opts.batch_size, every, opts.exclude_border,
+                                opts.data)
+        outcome = scan_dataset(net, dataset, scan_opts, 0, len(dataset),
+                               int(opts.data.get("workers", 0)), out / CHECKPOINT_FILE,
+                               scan_fingerprint(model, info, opts.data, dataset.ids, scan_opts,
+                                                device), progress)
+        topk, failures = outcome.result, [f.as_dict() for f in outcome.failures]
+    save_topk(topk, out / TOPK_FILE, meta={
+        "model": model, "weights": dict(info), "dataset_ids": list(dataset.ids),
+        "exclude_border": opts.exclude_border, "decode_failures": failures})
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # this job's own checkpoint
+    warn_failures(failures)
+    return topk, failures
+
+
+def _run_after_setup(out: Path, net: nn.Module, dataset: Any, data_summary: Mapping[str, Any],
+                     opts: RunOptions, channels: Mapping[Any, Sequence[int]] | None, model: str,
+                     info: Mapping[str, Any], device: str, image_size: list[int], saved: Any,
+                     every: int, progress: bool, result: dict[str, Any],
+                     timings: dict[str, float]) -> dict[str, Any]:
+    """Scan (or take the saved scan), choose the maps, project, write every file."""
+    clock = time.perf_counter()
+    scan, failures = _fig2_scan(out, net, dataset, opts, model, info, device, saved, every,
+                                progress)
+    timings["scan_s"] = time.perf_counter() - clock
+    result["decode_failures"] = {"count": len(failures), "images": failures}
+    k_used = scan[opts.stages[0]].k
+    if k_used < opts.k:
+        log.warning("k: only %d images in the dataset, showing the top %d per feature map",
+                    len(dataset), k_used)
+    chosen, activity = _choose_after_scan(net, scan, opts, channels)
+    result["channels"] = {str(s): c for s, c in chosen.items()}
+    result["map_activity"] = {str(s): a.as_dict() for s, a in activity.items()}
+    result["border_ring"] = _border_ring(net, scan, image_size)
     write_json_atomic(out / RESULT_JSON, result)
-    try:
-        from deconvnet.datasets import batches
 
-        clock = time.perf_counter()
-        scan = scan_topk(net, batches(dataset, opts.batch_size), k=opts.k, stages=opts.stages,
-                         progress=progress, exclude_border=opts.exclude_border)
-        timings["scan_s"] = time.perf_counter() - clock
-        save_topk(scan, out / TOPK_FILE, meta={
-            "model": model, "weights": dict(info), "dataset_ids": list(dataset.ids),
-            "exclude_border": opts.exclude_border})
-        k_used = scan[opts.stages[0]].k
-        if k_used < opts.k:
-            log.warning("k: only %d images in the dataset, showing the top %d per feature map",
-                        len(dataset), k_used)
-        chosen, activity = _choose_after_scan(net, scan, opts, channels)
-        result["channels"] = {str(s): c for s, c in chosen.items()}
-        result["map_activity"] = {str(s): a.as_dict() for s, a in activity.items()}
-        result["border_ring"] = _border_ring(net, scan, image_size)
-        write_json_atomic(out / RESULT_JSON, result)
-
-        clock = time.perf_counter()
-        tiles = project_tiles(net, dataset, scan, chosen, batch_size=opts.batch_size,
-                              chunk_size=opts.chunk_size, progress=progress, rules=opts.rules)
-        timings["project_s"] = time.perf_counter() - clock
-        explicit = {_stage_key(key) for key in (channels or {})}
-        meta = _figure_meta(model, info, data_summary, tiles, k_used, opts, image_size, explicit,
-                            activity)
-        result = _finish(out, result, tiles, meta, dataset, data_summary, timings)
-        log.info("fig2: %d tiles from %d images in %.1f s; figures in %s", result["tiles"],
-                 result["images_projected"], timings["total_s"], out)
-        return result
-    except KeyboardInterrupt:
-        result["status"] = "interrupted"
-        write_json_atomic(out / RESULT_JSON, result)
-        raise
-    except BaseException as error:
-        result["status"] = "failed"
-        result["error"] = f"{type(error).__name__}: {error}"
-        write_json_atomic(out / RESULT_JSON, result)
-        raise
-
-
-MODEL_LABELS = {"vgg16": "VGG16", "alexnet": "AlexNet"}
+    clock = time.perf_counter()
+    tiles = project_tiles(net, dataset, scan, chosen, batch_size=opts.batch_size,
+                          chunk_size=opts.chunk_size, progress=progress, rules=opts.rules)
+    timings["project_s"] = time.perf_counter() - clock
+    explicit = {_stage_key(key) for key in (channels or {})}
+    meta = _figure_meta(model, info, data_summary, tiles, k_used, opts, image_size, explicit,
+                        activity)
+    result = _finish(out, result, tiles, meta, dataset, data_summary, timings)
+    log.info("fig2: %d tiles from %d images in %.1f s; figures in %s", result["tiles"],
+             result["images_projected"], timings["total_s"], out)
+    return result
 
 
 def _legend(rules: Sequence[str], k: int) -> str:
@@ -1098,7 +1026,7 @@ def _figure_meta(model: str, info: Mapping[str, Any], data_summary: Mapping[str,
         })
     return {
         "model": model,
-        "model_label": MODEL_LABELS.get(model, model),
+        "model_label": display_name(model),
         "weights": dict(info),
         "weights_label": weights_label(info),
         "dataset_label": _dataset_label(data_summary, k, opts.exclude_border),

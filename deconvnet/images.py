@@ -194,6 +194,9 @@ def _check_image_tensor(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected a float tensor [3, H, W] or [B, 3, H, W], got {x!r:.60}")
     if x.dim() not in (3, 4) or x.shape[-3] != 3:
         raise ValueError(f"{name}: expected shape [3, H, W] or [B, 3, H, W], got {list(x.shape)}")
+    if x.is_meta:
+        raise ValueError(f"{name}: the tensor is on the meta device (a shape, no values); give "
+                         "real pixel values")
 
 
 def denormalize(x: torch.Tensor, model_or_weights: PreprocessingSource) -> torch.Tensor:

@@ -104,3 +104,79 @@ def write_yaml(path: Path, data: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(dict(data))))
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# one job per folder: a lock held while the job runs, and what a killed job's status means
+
+LOCK_FILE = ".job.lock"
+RESULT_FILE = "result.json"
+_held: dict[Path, int] = {}  # folders this process holds: resolved path -> lock file descriptor
+
+
+class JobLock:
+    """Hold `<folder>/.job.lock` (an flock, released by the kernel however the job ends, SIGKILL
+    too) while a job writes into `folder`. A second job in the same folder gets a ValueError naming
+    the folder and the running job's pid; re-entering in the same process is a no-op."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder).resolve()
+        self.owner = False
+
+    def __enter__(self) -> "JobLock":
+        import fcntl
+
+        if self.folder in _held:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(
+                f"out: another job ({holder}) is running in {self.folder}; every job needs its own "
+                "folder: wait for it, or give this one another (hydra.run.dir=<new folder>)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {platform.node()}".encode())
+        _held[self.folder], self.owner = fd, True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owner:
+            os.close(_held.pop(self.folder))  # closing the descriptor releases the flock
+            self.owner = False
+
+
+def lock_held(folder: str | os.PathLike) -> bool:
+    """True while some process (this one included) holds `folder`'s job lock."""
+    import fcntl
+
+    folder = Path(folder).resolve()
+    if folder in _held:
+        return True
+    path = folder / LOCK_FILE
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+
+
+def job_status(folder: str | os.PathLike) -> str:
+    """A job folder's status: result.json's "status" ("complete", "interrupted", "failed", ...),
+    except that "running" with no job holding the folder's lock is "stale" (the job was killed,
+    SIGKILL or power loss, before it could say so); "missing" without a readable result.json."""
+    try:
+        status = json.loads((Path(folder) / RESULT_FILE).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return "missing"
+    if status == "running" and not lock_held(folder):
+        return "stale"
+    return str(status)

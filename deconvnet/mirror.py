@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from deconvnet.architecture import stages as stages_of
 from deconvnet.geometry import level_sizes, spans, stage_layers, windows
 from deconvnet.precision import full_float32
-from deconvnet.windows import Region, fit_to_map, gather_window, reframe
+from deconvnet.validation import check_model_values
+from deconvnet.windows import Region, fit_to_map, gather_window, is_channels_last, reframe
 
 RULES = ("deconvnet", "backprop", "guided")
 
@@ -47,6 +48,8 @@ class ForwardRecord:
     output: [B, C, h, w] the stage output
     outputs: stage number -> [B, C_s, h_s, w_s], the output of every stage up to this one; a record
         made for stage 5 therefore serves the mirrors of stages 1-5 (one forward pass per image)
+    layouts: conv index -> (weight, its version, the same values in channels-last layout), made
+        once per record for the CPU transposed convolutions (rebuilt if the weight changes)
     """
 
     sizes: list[tuple[int, int]]
@@ -55,6 +58,7 @@ class ForwardRecord:
     switch_masks: dict[int, Tensor] = field(default_factory=dict)
     masks: dict[int, Tensor] = field(default_factory=dict)
     outputs: dict[int, Tensor] = field(default_factory=dict)
+    layouts: dict[int, tuple[Tensor, int, Tensor]] = field(default_factory=dict, repr=False)
 
     def stage_output(self, stage: int) -> Tensor:
         """[B, C, h, w] output of `stage`; ValueError if this record stops below it."""
@@ -77,9 +81,11 @@ class Seeds:
     def __len__(self) -> int:
         return int(self.image.shape[0])
 
-    def __getitem__(self, part: slice) -> "Seeds":
+    def __getitem__(self, part: slice | Tensor) -> "Seeds":
+        """A slice, or a [k] int64 index tensor (CPU)."""
+        value_part = part.to(self.value.device) if isinstance(part, Tensor) else part
         return Seeds(self.image[part], self.channel[part], self.y[part], self.x[part],
-                     self.value[part])
+                     self.value[value_part])
 
 
 def unpool(pooled: Tensor, switches: Tensor, size: tuple[int, int]) -> Tensor:
@@ -145,12 +151,12 @@ class Unpool(MirrorStage):
         if is_whole_map(region, (sy.output_length(height), sx.output_length(width))):
             return self._unpool_map(region, record, (height, width))
         if self.tiling and self.index in record.switch_masks:
-            k, c = region.signal.shape[:2]
-            up = region.signal[:, :, :, None, :, None].expand(
-                k, c, ly, sy.stride, lx, sx.stride).reshape(k, c, out_ly, out_lx)
             at_switch = gather_window(record.switch_masks[self.index], region.image, oy, ox,
                                       (out_ly, out_lx), False)
-            return fit_to_map(Region(up * at_switch, region.image, oy, ox), (height, width))
+            up = repeat_over_windows(region.signal, sy.stride, sx.stride,
+                                     is_channels_last(at_switch))
+            return fit_to_map(Region(up.mul_(at_switch), region.image, oy, ox, True),
+                              (height, width))
         switches = gather_window(record.switches[self.index], region.image, region.origin_y,
                                  region.origin_x, (ly, lx), 0)
         dev = switches.device
@@ -161,7 +167,7 @@ class Unpool(MirrorStage):
         k, c = region.signal.shape[:2]
         out = region.signal.new_zeros(k, c, out_ly * out_lx)
         out.scatter_add_(2, local.flatten(2), region.signal.flatten(2))
-        below = Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox)
+        below = Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox, True)
         return fit_to_map(below, (height, width))
 
     def _unpool_map(self, region: Region, record: ForwardRecord,
@@ -181,7 +187,22 @@ class Unpool(MirrorStage):
             out = region.signal.new_zeros(k, c, height * width)
             out.scatter_add_(2, switches.flatten(2), region.signal.flatten(2))
             below = out.view(k, c, height, width)
-        return Region(below, region.image, region.origin_y, region.origin_x)
+        return Region(below, region.image, region.origin_y, region.origin_x, True)
+
+
+def repeat_over_windows(signal: Tensor, stride_y: int, stride_x: int,
+                        channels_last: bool) -> Tensor:
+    """[K, C, h, w] -> [K, C, h * stride_y, w * stride_x], each value repeated over its tiling
+    window; a fresh tensor, channels-last in memory if asked."""
+    k, c, h, w = signal.shape
+    if channels_last:
+        rows = signal.permute(0, 2, 3, 1)[:, :, None, :, None, :]
+        up = signal.new_empty(k, h, stride_y, w, stride_x, c)
+        up.copy_(rows.expand_as(up))
+        return up.view(k, h * stride_y, w * stride_x, c).permute(0, 3, 1, 2)
+    up = signal.new_empty(k, c, h, stride_y, w, stride_x)
+    up.copy_(signal[:, :, :, None, :, None].expand_as(up))
+    return up.view(k, c, h * stride_y, w * stride_x)
 
 
 class BackwardReLU(MirrorStage):
@@ -196,14 +217,15 @@ class BackwardReLU(MirrorStage):
                 "guided": "relu(R) * [f > 0]"}[self.rule] + f" (f: input of features[{self.index}])"
 
     def forward(self, region: Region, record: ForwardRecord) -> Region:
-        signal = region.signal
+        signal, owned = region.signal, region.owned
         if self.rule != "backprop":
-            signal = F.relu(signal)
+            signal = signal.relu_() if owned else F.relu(signal)
+            owned = True
         if self.rule != "deconvnet":
             mask = gather_window(record.masks[self.index], region.image, region.origin_y,
                                  region.origin_x, region.size, False)
-            signal = signal * mask
-        return Region(signal, region.image, region.origin_y, region.origin_x)
+            signal = signal.mul_(mask) if owned else signal * mask
+        return Region(signal, region.image, region.origin_y, region.origin_x, True)
 
 
 class TiedTransposedConv(MirrorStage):
@@ -224,25 +246,37 @@ class TiedTransposedConv(MirrorStage):
         return (f"{c.out_channels} -> {c.in_channels}, kernel={c.kernel_size}, stride={c.stride}, "
                 f"padding={c.padding}, weight tied to features[{self.index}]")
 
+    def _channels_last_weight(self, record: ForwardRecord) -> Tensor:
+        """The tied weight in channels-last layout (oneDNN would reorder it on every call),
+        kept on the record while the weight is unchanged; no cache when autograd records."""
+        w = self.weight
+        if w.is_contiguous(memory_format=torch.channels_last) or torch.is_grad_enabled():
+            return w.contiguous(memory_format=torch.channels_last)
+        cached = record.layouts.get(self.index)
+        if cached is None or cached[0] is not w or cached[1] != w._version:
+            cached = (w, w._version, w.contiguous(memory_format=torch.channels_last))
+            record.layouts[self.index] = cached
+        return cached[2]
+
     def forward(self, region: Region, record: ForwardRecord) -> Region:
         c = self._conv[0]
         sy, sx = self.span_y, self.span_x
-        signal = region.signal
+        signal, weight = region.signal, c.weight
         if signal.device.type == "cpu":  # oneDNN's transposed convolution is faster in NHWC
             signal = signal.contiguous(memory_format=torch.channels_last)
+            weight = self._channels_last_weight(record)
         height, width = record.sizes[self.index]
         if is_whole_map(region, (sy.output_length(height), sx.output_length(width))):
             # the whole map: the conv's own padding crops exactly, no window bookkeeping
             extra = [n - ((m - 1) * sp.stride - 2 * sp.padding + sp.extent) for n, m, sp in
                      ((height, region.size[0], sy), (width, region.size[1], sx))]
-            out = F.conv_transpose2d(signal, c.weight, None, c.stride, c.padding, tuple(extra),
+            out = F.conv_transpose2d(signal, weight, None, c.stride, c.padding, tuple(extra),
                                      c.groups, c.dilation)
-            return Region(out, region.image, region.origin_y, region.origin_x)
+            return Region(out, region.image, region.origin_y, region.origin_x, True)
         # padding 0: output position t sits at map position origin*s - p + t
-        out = F.conv_transpose2d(signal, c.weight, None, c.stride, 0, 0, c.groups,
-                                 c.dilation)
+        out = F.conv_transpose2d(signal, weight, None, c.stride, 0, 0, c.groups, c.dilation)
         below = Region(out, region.image, region.origin_y * sy.stride - sy.padding,
-                       region.origin_x * sx.stride - sx.padding)
+                       region.origin_x * sx.stride - sx.padding, True)
         return fit_to_map(below, record.sizes[self.index])
 
 
@@ -257,6 +291,7 @@ class Mirror(nn.Module):
         self.rule = check_rule(rule)
         self.stage = stage
         self._layers = stage_layers(model, stage)  # validates stage and modules
+        check_model_values(model)
         self._stage_at = {s.index: s.number for s in stages_of(model) if s.number <= stage}
         self._windows = windows(self._layers)
         mirrored: list[MirrorStage] = []
@@ -302,8 +337,10 @@ class Mirror(nn.Module):
                 if is_tiling(m):
                     at_switch = torch.zeros(x.shape[:2] + (x.shape[2] * x.shape[3],),
                                             dtype=torch.bool, device=x.device)
-                    record.switch_masks[i] = at_switch.scatter_(
-                        2, switches.flatten(2), True).view_as(x)
+                    at_switch = at_switch.scatter_(2, switches.flatten(2), True).view_as(x)
+                    if x.device.type == "cpu":  # the layout of the CPU mirror's signals
+                        at_switch = at_switch.contiguous(memory_format=torch.channels_last)
+                    record.switch_masks[i] = at_switch
                 x = pooled
             if i in self._stage_at:
                 record.outputs[self._stage_at[i]] = x
@@ -341,30 +378,49 @@ class Mirror(nn.Module):
         frame="image": [K, 3, H, W], the full input frame.
         frame="receptive_field": [K, 3, rf_h, rf_w], the window of the seed unit's receptive field
         (top-left at `receptive_field_origin(seeds)`), zero where it crosses the image border.
-        Seeds go through in chunks of `chunk_size`, so memory is bounded for any K.
+        Seeds go through in batches of at most `chunk_size` (`seed_batches`), so memory is
+        bounded for any K.
         """
         if frame not in ("image", "receptive_field"):
             raise ValueError(f"frame: expected 'image' or 'receptive_field', got {frame!r}")
         output = record.stage_output(self.stage)
         c = output.shape[1]
-        pieces = []
-        for start in range(0, len(seeds), chunk_size):
-            part = seeds[start : start + chunk_size]
+        size = record.sizes[0] if frame == "image" else self._windows[0].size
+        out = output.new_zeros(len(seeds), 3, *size)
+        for index in self.seed_batches(seeds, record.sizes, chunk_size):
+            part = seeds[index]
             k = len(part)
             signal = output.new_zeros(k, c, 1, 1)
             signal[torch.arange(k), part.channel.to(signal.device), 0, 0] = part.value.to(
                 signal.device, signal.dtype)
             region = self.run(Region(signal, part.image, part.y, part.x), record)
             if frame == "image":
-                zero = torch.zeros_like(part.y)
-                pieces.append(self._to_frame(region, zero, zero, record.sizes[0]))
+                top = left = torch.zeros_like(part.y)
             else:
                 top, left = self.receptive_field_origin(part)
-                pieces.append(self._to_frame(region, top, left, self._windows[0].size))
-        if not pieces:
-            return output.new_zeros(0, 3, *(record.sizes[0] if frame == "image"
-                                                   else self._windows[0].size))
-        return torch.cat(pieces)
+            out[index.to(out.device)] = self._to_frame(region, top, left, size)
+        return out
+
+    def seed_batches(self, seeds: Seeds, sizes: list[tuple[int, int]],
+                     chunk_size: int) -> list[Tensor]:
+        """Seed indices [k <= chunk_size] that go down together: seeds whose windows cross the
+        map border in the same way at every level (all interior seeds share one batch). A batch
+        then needs no per-seed zeroing of padding, and a border seed computes only the part of
+        its receptive field that lies inside the image."""
+        if len(seeds) == 0:
+            return []
+        clips = []
+        for level, w in enumerate(self._windows):
+            for axis, position in enumerate((seeds.y, seeds.x)):
+                first = position * w.jump[axis] + w.start[axis]
+                clips.append((-first).clamp(min=0))
+                clips.append((first + w.size[axis] - sizes[level][axis]).clamp(min=0))
+        _, group = torch.unique(torch.stack(clips, 1), dim=0, return_inverse=True)
+        batches = []
+        for g in range(int(group.max()) + 1):
+            members = torch.nonzero(group == g).flatten()
+            batches.extend(members.split(chunk_size))
+        return batches
 
     def receptive_field_origin(self, seeds: Seeds) -> tuple[Tensor, Tensor]:
         """Top-left input pixel (may be negative) of each seed's receptive field: ([K], [K])."""

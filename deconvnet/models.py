@@ -2,7 +2,8 @@
 
 One registry entry per model (`MODELS`): the torchvision constructor, the ImageNet weights enum, and
 what tells its instances apart (class, number of convolutions in `model.features`). Adding another
-VGG variant is one `ModelSpec(...)` line.
+VGG variant is one `ModelSpec(...)` line. Supported: vgg16, alexnet, vgg11, vgg13, vgg19; the
+batch-normalised VGGs (vgg*_bn) are rejected everywhere: BatchNorm2d has no deconvnet mirror.
 
 `load_model(name, weights=...)` always says what it used: the returned model carries a frozen
 `WeightsInfo` as `model.weights_info` (also `weights_info(model)`). Weights:
@@ -73,6 +74,10 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("vgg16", tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, tvm.VGG, 13),
         ModelSpec("alexnet", tvm.alexnet, tvm.AlexNet_Weights.IMAGENET1K_V1, tvm.AlexNet, 5),
+        # the rest of the VGG family: five conv blocks, each closed by a max pool (the stages)
+        ModelSpec("vgg11", tvm.vgg11, tvm.VGG11_Weights.IMAGENET1K_V1, tvm.VGG, 8),
+        ModelSpec("vgg13", tvm.vgg13, tvm.VGG13_Weights.IMAGENET1K_V1, tvm.VGG, 10),
+        ModelSpec("vgg19", tvm.vgg19, tvm.VGG19_Weights.IMAGENET1K_V1, tvm.VGG, 16),
     )
 }
 
@@ -139,7 +144,9 @@ def supported_models() -> list[str]:
 def model_spec(name: str) -> ModelSpec:
     """The registry entry for `name`; ValueError listing the supported names otherwise."""
     if not isinstance(name, str) or name not in MODELS:
-        raise ValueError(f"model name: expected one of {supported_models()}, got {name!r}")
+        hint = (" (batch-normalised VGGs have no deconvnet mirror)"
+                if isinstance(name, str) and name.endswith("_bn") else "")
+        raise ValueError(f"model name: expected one of {supported_models()}, got {name!r}{hint}")
     return MODELS[name]
 
 
@@ -150,14 +157,22 @@ def model_name(model: nn.Module) -> str:
     features = getattr(model, "features", None)
     if isinstance(features, nn.Module):
         convs = sum(isinstance(m, nn.Conv2d) for m in features.modules())
-        has_batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in features.modules())
+        if any(isinstance(m, nn.BatchNorm2d) for m in features.modules()):
+            raise ValueError(f"model: {type(model).__name__} with BatchNorm2d in model.features "
+                             f"(a vgg*_bn) is not supported: batch normalisation has no deconvnet "
+                             f"mirror; supported models: {supported_models()}")
         for spec in MODELS.values():
-            if type(model) is spec.model_class and convs == spec.conv_layers and not has_batch_norm:
+            if type(model) is spec.model_class and convs == spec.conv_layers:
                 return spec.name
     raise ValueError(
         f"model: {type(model).__name__} is not one of the supported models {supported_models()} "
         "(recognised by class and number of conv layers in model.features)"
     )
+
+
+def display_name(name: str) -> str:
+    """How figures write a registry name: 'VGG16', 'VGG19', 'AlexNet'."""
+    return {"alexnet": "AlexNet"}.get(name, name.upper())
 
 
 def _spec_of(model_or_name: nn.Module | str) -> ModelSpec:

@@ -11,6 +11,13 @@ image number, so the result does not depend on how the images were split into ba
 Memory does not grow with the dataset: a running [C, k] top-k per stage is merged with each batch's
 [C, B] candidates (stable sort of the concatenation, keep the first k).
 
+Scale out: `scan_topk(..., first_image=n)` numbers a shard's images from n, and `merge_scans` merges
+the shards' results into exactly the result of one scan over all of them (ties to the lower global
+image number, shard order irrelevant). `scan_topk(..., initial=partial)` continues a scan from a
+checkpoint of its running top-k (`deconvnet.scan_job` saves one every N images): continued and
+uninterrupted scans end with the same result. A batch may also be a `NumberedBatch` (images with
+their own image numbers), so a loader can leave out images that failed to decode.
+
 Results are written with `save_topk` (atomic: temp file + `os.replace`, flagged `complete`) and read
 back with `load_topk`, which refuses a file that is not flagged complete.
 """
@@ -22,7 +29,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,11 +38,14 @@ from tqdm.auto import tqdm
 from deconvnet.architecture import Stage, features_of, stage as stage_of
 from deconvnet.geometry import level_sizes, min_input_size, min_side
 from deconvnet.precision import full_float32
+from deconvnet.validation import check_model_values
 
 __all__ = [
     "TopK",
     "LoadedTopK",
+    "NumberedBatch",
     "scan_topk",
+    "merge_scans",
     "border_ring_share",
     "Candidates",
     "merge_topk",
@@ -47,7 +57,8 @@ __all__ = [
 
 TOPK_FIELDS = ("values", "image", "y", "x")
 _FILE_FORMAT = "deconvnet.topk"
-_FILE_VERSION = 1
+_FILE_VERSION = 2  # 2: per stage requested_k, first_image, end_image
+_READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +69,10 @@ class TopK:
     image:  [C, k] int64, image number (0, 1, 2, ... in scan order); k distinct images per channel
     y, x:   [C, k] int64, position of that maximum in the stage's output map of that image
     images_scanned: how many images the scan saw (k = min(requested k, images_scanned))
+    requested_k: the k asked for (None: unknown, taken as k); `merge_scans` keeps this many
+    first_image, end_image: the image numbers the scan covered, [first_image, end_image)
+             (end_image None: first_image + images_scanned); images that failed to decode are
+             inside the range but not counted in images_scanned
 
     Also usable like a read-only mapping over the four tensors: `topk["values"]`, `dict(topk)`.
     """
@@ -67,6 +82,9 @@ class TopK:
     y: Tensor
     x: Tensor
     images_scanned: int
+    requested_k: int | None = None
+    first_image: int = 0
+    end_image: int | None = None
 
     def __post_init__(self) -> None:
         shape = self.values.shape
@@ -79,6 +97,16 @@ class TopK:
                     f"TopK.{name}: expected an int64 tensor of shape {tuple(shape)} like values, "
                     f"got {tensor.dtype} {tuple(tensor.shape)}"
                 )
+
+    @property
+    def end(self) -> int:
+        """One past the last image number the scan covered."""
+        return self.first_image + self.images_scanned if self.end_image is None else self.end_image
+
+    @property
+    def kept(self) -> int:
+        """How many entries a merge keeps per channel: requested_k (or k when unknown)."""
+        return self.k if self.requested_k is None else self.requested_k
 
     @property
     def channels(self) -> int:
@@ -103,7 +131,8 @@ class TopK:
 
     def to(self, device: torch.device | str) -> "TopK":
         """A copy with all tensors on `device`."""
-        return TopK(*(getattr(self, key).to(device) for key in TOPK_FIELDS), self.images_scanned)
+        return TopK(*(getattr(self, key).to(device) for key in TOPK_FIELDS), self.images_scanned,
+                    self.requested_k, self.first_image, self.end_image)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,18 +166,49 @@ def minimum_input_size(model: nn.Module, stage_number: int = 5) -> int:
     return min_input_size(model, stage_number)
 
 
+class NumberedBatch(NamedTuple):
+    """A batch whose images carry their own numbers: images [B, 3, H, W], numbers [B] int64
+    (strictly increasing, above every earlier batch's), end: one past the last image number this
+    batch covers (> numbers[-1] when the images after it failed to decode). B may be 0."""
+
+    images: Tensor
+    numbers: Tensor
+    end: int
+
+
+def _numbers_of(batch: Any, where: str, next_image: int) -> tuple[Any, Tensor | None, int]:
+    """(images, numbers or None = consecutive from next_image, end) of a tensor or NumberedBatch."""
+    if not isinstance(batch, NumberedBatch):
+        if isinstance(batch, (tuple, list)):
+            raise ValueError(
+                f"{where}: expected a [B, 3, H, W] float tensor or a deconvnet.scan.NumberedBatch, "
+                f"got {type(batch).__name__} (datasets.batches(dataset, n) yields image tensors only)")
+        size = int(batch.shape[0]) if torch.is_tensor(batch) and batch.dim() else 0
+        return batch, None, next_image + size
+    images, image_numbers, end = batch
+    if not torch.is_tensor(image_numbers) or image_numbers.dim() != 1 or image_numbers.dtype != torch.int64:
+        raise ValueError(f"{where}: NumberedBatch.numbers must be a [B] int64 tensor")
+    if torch.is_tensor(images) and image_numbers.shape[0] != images.shape[0]:
+        raise ValueError(f"{where}: {image_numbers.shape[0]} numbers for {images.shape[0]} images")
+    if len(image_numbers) and (int(image_numbers[0]) < next_image or bool((image_numbers.diff() <= 0).any())):
+        raise ValueError(f"{where}: image numbers must increase and start at >= {next_image} "
+                         f"(the end of the previous batch), got {image_numbers.tolist()[:8]}")
+    last = int(image_numbers[-1]) + 1 if len(image_numbers) else next_image
+    if isinstance(end, bool) or not isinstance(end, numbers.Integral) or end < last:
+        raise ValueError(f"{where}: NumberedBatch.end must be an int >= {last}, got {end!r}")
+    return images, image_numbers, int(end)
+
+
 def _check_batch(
     batch: Any, number: int, layers: list[nn.Module], deepest: Stage, size_ok: dict
 ) -> Tensor:
     """Validate batch `number` (counted from 0): a finite [B, 3, H, W] float tensor, big enough."""
     where = f"batch {number}"
     if not torch.is_tensor(batch):
-        hint = (
-            " (datasets.batches(dataset, n) yields image tensors only)"
-            if isinstance(batch, (tuple, list))
-            else ""
-        )
-        raise ValueError(f"{where}: expected a [B, 3, H, W] float tensor, got {type(batch).__name__}{hint}")
+        raise ValueError(f"{where}: expected a [B, 3, H, W] float tensor, got {type(batch).__name__}")
+    if batch.is_meta:
+        raise ValueError(f"{where}: images on the meta device have no values; give real tensors "
+                         "(cpu or cuda)")
     if batch.dim() != 4 or batch.shape[1] != 3:
         raise ValueError(f"{where}: expected a 4-D [B, 3, H, W] tensor, got shape {tuple(batch.shape)}")
     if not batch.is_floating_point():
@@ -186,8 +246,9 @@ class Candidates:
     x: Tensor
 
 
-def _candidates(stage_output: Tensor, first_image: int, border: int = 0) -> Candidates:
-    """Each image's spatial maximum per channel of `stage_output` [B, C, H, W], as [C, B] tensors.
+def _candidates(stage_output: Tensor, image: Tensor, border: int = 0) -> Candidates:
+    """Each image's spatial maximum per channel of `stage_output` [B, C, H, W], as [C, B] tensors;
+    image: [B] int64, the images' numbers (on the output's device).
 
     Only the interior [border, H - border) x [border, W - border) is searched; the positions
     returned are in the whole map's coordinates.
@@ -196,7 +257,6 @@ def _candidates(stage_output: Tensor, first_image: int, border: int = 0) -> Cand
         stage_output = stage_output[:, :, border:-border, border:-border]
     batch, channels, height, width = stage_output.shape
     values, flat_position = stage_output.reshape(batch, channels, height * width).max(dim=2)  # [B, C]
-    image = torch.arange(first_image, first_image + batch, device=stage_output.device)
     return Candidates(
         values=values.t(),
         image=image.unsqueeze(0).expand(channels, batch),
@@ -246,7 +306,8 @@ def merge_topk(running: Candidates | None, candidates: Candidates, k: int) -> Ca
     return Candidates(*(getattr(merged, f).gather(1, order) for f in TOPK_FIELDS))
 
 
-def _as_topk(running: Candidates, images_scanned: int) -> TopK:
+def _as_topk(running: Candidates, images_scanned: int, k: int, first_image: int,
+             end_image: int) -> TopK:
     """CPU copies as ordinary tensors (not inference tensors), so callers may modify them."""
     with torch.inference_mode(False):
         return TopK(
@@ -254,7 +315,8 @@ def _as_topk(running: Candidates, images_scanned: int) -> TopK:
             image=running.image.to("cpu", torch.int64, copy=True),
             y=running.y.to("cpu", torch.int64, copy=True),
             x=running.x.to("cpu", torch.int64, copy=True),
-            images_scanned=images_scanned,
+            images_scanned=images_scanned, requested_k=k, first_image=first_image,
+            end_image=end_image,
         )
 
 
@@ -267,9 +329,9 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def _scan_batch(layers: list[nn.Module], x: Tensor, caller_batch: Tensor,
                 stage_at_index: dict[int, int], running: dict[int, Candidates | None],
-                first_image: int, k: int, border: int) -> None:
-    """One forward pass of x [B, 3, H, W] through `layers`, merging each chosen stage's [C, B]
-    candidates into `running` (updated in place)."""
+                image: Tensor, k: int, border: int) -> None:
+    """One forward pass of x [B, 3, H, W] (images numbered `image` [B]) through `layers`, merging
+    each chosen stage's [C, B] candidates into `running` (updated in place)."""
     for index, layer in enumerate(layers):
         if x is caller_batch and getattr(layer, "inplace", False):
             x = x.clone()  # never write into the caller's tensor
@@ -277,7 +339,7 @@ def _scan_batch(layers: list[nn.Module], x: Tensor, caller_batch: Tensor,
         if index in stage_at_index:
             # reduce right away: a later in-place module could overwrite this tensor
             number = stage_at_index[index]
-            running[number] = merge_topk(running[number], _candidates(x, first_image, border), k)
+            running[number] = merge_topk(running[number], _candidates(x, image, border), k)
 
 
 def check_exclude_border(model: nn.Module, stages: Iterable[int], exclude_border: Any,
@@ -308,16 +370,52 @@ def border_ring_share(topk: TopK, height: int, width: int) -> dict[str, Any]:
             "ring_share_of_map": round(1 - inner / (height * width), 4)}
 
 
+def _check_first_image(first_image: Any) -> int:
+    if isinstance(first_image, bool) or not isinstance(first_image, numbers.Integral) or first_image < 0:
+        raise ValueError(f"first_image: expected an int >= 0 (the number of the first image), "
+                         f"got {first_image!r}")
+    return int(first_image)
+
+
+def _check_initial(initial: Any, chosen: list[Stage], k: int, first_image: int,
+                   device: torch.device) -> dict[int, Candidates | None]:
+    """The running top-k to continue from: `initial` {stage: TopK} (a checkpoint) on `device`."""
+    running: dict[int, Candidates | None] = {s.number: None for s in chosen}
+    if initial is None:
+        return running
+    if not isinstance(initial, dict) or sorted(initial) != sorted(running):
+        raise ValueError(f"initial: expected {{stage: TopK}} for stages {sorted(running)} (a "
+                         f"checkpoint of this scan), got keys {sorted(initial) if isinstance(initial, dict) else initial!r}")
+    for number, topk in initial.items():
+        if not isinstance(topk, TopK) or topk.kept != k or topk.end > first_image:
+            raise ValueError(
+                f"initial[{number}]: expected a TopK of k={k} covering images below first_image="
+                f"{first_image}, got {type(topk).__name__}"
+                + (f" of k={topk.kept} ending at image {topk.end}" if isinstance(topk, TopK) else ""))
+        running[number] = Candidates(*(topk[f].to(device) for f in TOPK_FIELDS))
+    return running
+
+
+def _initial_counts(initial: dict[int, TopK] | None, first_image: int) -> tuple[int, int]:
+    """(images already scanned, number of the first image covered) of a scan continuing `initial`."""
+    if not initial:
+        return 0, first_image
+    some = next(iter(initial.values()))
+    return some.images_scanned, some.first_image
+
+
 @full_float32()
 def scan_topk(
     model: nn.Module,
-    batches: Iterable[Tensor],
+    batches: Iterable[Tensor | NumberedBatch],
     k: int = 9,
     stages: Iterable[int] = (1, 2, 3, 4, 5),
+    first_image: int = 0,
     progress: bool = True,
     total: int | None = None,
     on_batch: Callable[[dict[int, TopK], int], None] | None = None,
     exclude_border: int = 0,
+    initial: dict[int, TopK] | None = None,
 ) -> dict[int, TopK]:
     """Top-k images per channel of each requested stage over all images in `batches`.
 
@@ -325,9 +423,12 @@ def scan_topk(
              model's device, under `torch.inference_mode()`. The model is not changed (modules in
              training mode are switched to eval for the scan and switched back afterwards).
     batches: iterable of [B, 3, H, W] float tensors in the model's normalised input space; images
-             are numbered 0, 1, 2, ... in the order seen. B, H and W may vary between batches.
+             are numbered first_image, first_image + 1, ... in the order seen. B, H and W may vary
+             between batches. A `NumberedBatch` carries its images' numbers itself (a loader
+             that leaves out images that failed to decode).
     k:       images kept per channel (fewer if fewer images were seen).
     stages:  stage numbers (1..5); all are updated in ONE forward pass per batch.
+    first_image: the number of the first image (a shard of a dataset starts at its offset).
     progress: show a tqdm bar over batches; `total` = number of batches if known
              (default: len(batches) when available).
     on_batch: optional callback(result_so_far, images_scanned) after each batch, e.g. to save a
@@ -335,15 +436,19 @@ def scan_topk(
     exclude_border: n >= 0; positions within n of any edge of a stage's [h, w] map are no
              candidates (rows n..h-n-1, columns n..w-n-1 remain). 0 (default) = the whole map,
              the paper's procedure. ValueError if a stage's map keeps no position.
+    initial: a checkpoint of this scan ({stage: TopK} over images below first_image, same k and
+             stages) to continue from; the result then covers both.
 
     Returns {stage number: TopK} with [C, k] tensors on the CPU.
     An interrupted scan (KeyboardInterrupt) raises and returns nothing: no partial result can be
     mistaken for a complete one.
     """
     layers_all = list(features_of(model))  # also checks that the model is supported
+    check_model_values(model)
     k = _check_k(k)
     border = _check_border(exclude_border)
     chosen = _check_stages(model, stages)
+    next_image = _check_first_image(first_image)
     if torch.is_tensor(batches):
         raise ValueError(
             "batches: expected an iterable of [B, 3, H, W] tensors, got a single tensor; "
@@ -355,9 +460,12 @@ def scan_topk(
     layers = layers_all[: deepest.index + 1]
     stage_at_index = {s.index: s.number for s in chosen}
     device, dtype = _model_device_dtype(model)
-    running: dict[int, Candidates | None] = {s.number: None for s in chosen}
-    images_scanned = 0
+    running = _check_initial(initial, chosen, k, next_image, device)
+    images_scanned, covered_from = _initial_counts(initial, next_image)
     size_ok: dict[tuple[int, int], int | None] = {}
+
+    def result() -> dict[int, TopK]:
+        return {n: _as_topk(r, images_scanned, k, covered_from, next_image) for n, r in running.items()}
 
     was_training = [layer for layer in layers if layer.training]
     for layer in was_training:
@@ -367,24 +475,81 @@ def scan_topk(
             batches, total=total, disable=not progress, unit="batch", desc="scan top-k"
         ) as bar:
             for number, batch in enumerate(bar):
+                batch, image_numbers, end = _numbers_of(batch, f"batch {number}", next_image)
+                if image_numbers is not None and len(image_numbers) == 0:
+                    next_image = end  # every image of this batch failed to decode
+                    continue
                 batch = _check_batch(batch, number, layers, deepest, size_ok)
                 _check_interior(border, layers, chosen, batch.shape[2], batch.shape[3], number)
                 size = int(batch.shape[0])
-                if size == 0:
-                    continue
-                x = batch.to(device=device, dtype=dtype, non_blocking=True)
-                _scan_batch(layers, x, batch, stage_at_index, running, images_scanned, k, border)
+                if image_numbers is None:
+                    image_numbers = torch.arange(next_image, end)
+                if size:
+                    x = batch.to(device=device, dtype=dtype, non_blocking=True)
+                    image = image_numbers.to(device, non_blocking=True)
+                    _scan_batch(layers, x, batch, stage_at_index, running, image, k, border)
                 images_scanned += size
+                next_image = end
                 bar.set_postfix(images=images_scanned, refresh=False)
-                if on_batch is not None:
-                    on_batch({n: _as_topk(r, images_scanned) for n, r in running.items()}, images_scanned)
+                if on_batch is not None and size:
+                    on_batch(result(), images_scanned)
     finally:
         for layer in was_training:
             layer.train(True)
 
     if images_scanned == 0:
         raise ValueError("batches: no images (the iterable was empty or every batch had B = 0)")
-    return {n: _as_topk(r, images_scanned) for n, r in running.items()}
+    return result()
+
+
+def merge_scans(results: Sequence[Mapping[int, TopK]]) -> dict[int, TopK]:
+    """One scan's result from the results of scans over disjoint image ranges (shards).
+
+    results: {stage: TopK} per shard (`scan_topk(..., first_image=offset)`), in any order; same
+    stages, channels and k; their image ranges [first_image, end) must not overlap. Per channel
+    the k highest values over all shards are kept, ties to the lower image number: exactly what
+    one scan over the shards' images in image-number order keeps. Returns {stage: TopK} on the CPU.
+    """
+    shards = _check_shards(results)
+    merged: dict[int, TopK] = {}
+    for number in sorted(shards[0]):
+        parts = [shard[number] for shard in shards]
+        scanned = sum(t.images_scanned for t in parts)
+        keep = min(parts[0].kept, scanned)
+        joined = {f: torch.cat([t[f] for t in parts], dim=1) for f in TOPK_FIELDS}
+        by_image = torch.sort(joined["image"], dim=1, stable=True).indices
+        joined = {f: v.gather(1, by_image) for f, v in joined.items()}
+        order = torch.sort(joined["values"], dim=1, descending=True, stable=True).indices[:, :keep]
+        merged[number] = TopK(*(joined[f].gather(1, order) for f in TOPK_FIELDS), scanned,
+                              parts[0].kept, parts[0].first_image, parts[-1].end)
+    return merged
+
+
+def _check_shards(results: Any) -> list[Mapping[int, TopK]]:
+    """The shards sorted by first image; ValueError naming what does not fit together."""
+    if isinstance(results, Mapping) or not isinstance(results, Sequence) or not results:
+        raise ValueError("results: expected a non-empty list of scan results ({stage: TopK} each)")
+    for i, shard in enumerate(results):
+        if not isinstance(shard, Mapping) or not shard or not all(
+                isinstance(t, TopK) for t in shard.values()):
+            raise ValueError(f"results[{i}]: expected {{stage: TopK}} from scan_topk")
+    shards = sorted(results, key=lambda shard: next(iter(shard.values())).first_image)
+    first = shards[0]
+    for i, shard in enumerate(shards):
+        if sorted(shard) != sorted(first):
+            raise ValueError(f"results: stages differ between shards: {sorted(first)} and {sorted(shard)}")
+        for number, topk in shard.items():
+            ref = first[number]
+            if topk.channels != ref.channels or topk.kept != ref.kept:
+                raise ValueError(
+                    f"results: stage {number} differs between shards: {ref.channels} channels, "
+                    f"k={ref.kept} against {topk.channels} channels, k={topk.kept}")
+    for before, after in zip(shards, shards[1:]):
+        a, b = next(iter(before.values())), next(iter(after.values()))
+        if b.first_image < a.end:
+            raise ValueError(f"results: shards overlap: images [{a.first_image}, {a.end}) and "
+                             f"[{b.first_image}, {b.end}); every image may be scanned only once")
+    return shards
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,7 +611,9 @@ def save_topk(result: dict[int, TopK], path: str | os.PathLike, meta: dict | Non
         "version": _FILE_VERSION,
         "meta": meta,
         "stages": {
-            int(number): {key: tensor.detach().cpu() for key, tensor in topk.items()}
+            int(number): {**{key: tensor.detach().cpu() for key, tensor in topk.items()},
+                          "requested_k": topk.kept, "first_image": topk.first_image,
+                          "end_image": topk.end}
             for number, topk in result.items()
         },
     }
@@ -482,7 +649,7 @@ def load_topk(path: str | os.PathLike, allow_incomplete: bool = False) -> Loaded
         raise ValueError(f"load_topk: {path} is not a readable top-k file ({error})") from error
     if not isinstance(payload, dict) or payload.get("format") != _FILE_FORMAT:
         raise ValueError(f"load_topk: {path} is not a deconvnet top-k file (format tag missing)")
-    if payload.get("version") != _FILE_VERSION:
+    if payload.get("version") not in _READABLE_VERSIONS:
         raise ValueError(
             f"load_topk: {path} has version {payload.get('version')!r}, this code reads {_FILE_VERSION}"
         )
@@ -496,7 +663,10 @@ def load_topk(path: str | os.PathLike, allow_incomplete: bool = False) -> Loaded
         )
     scanned = int(meta.get("images_scanned", 0))
     result = {
-        int(number): TopK(**{key: tensors[key] for key in TOPK_FIELDS}, images_scanned=scanned)
+        int(number): TopK(**{key: tensors[key] for key in TOPK_FIELDS}, images_scanned=scanned,
+                          requested_k=tensors.get("requested_k"),
+                          first_image=int(tensors.get("first_image", 0)),
+                          end_image=tensors.get("end_image"))
         for number, tensors in sorted(payload["stages"].items())
     }
     return LoadedTopK(result, meta)

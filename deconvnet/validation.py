@@ -31,6 +31,16 @@ def check_real(name: str, value: object, low: float = 0.0) -> float:
     return float(value)
 
 
+def check_model_values(model: nn.Module) -> nn.Module:
+    """ValueError when the model's parameters are on the meta device (a structure, no values)."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("model: its parameters are on the meta device (built under "
+                         "torch.device('meta'): shapes, no values); load real weights first, e.g. "
+                         "deconvnet.load_model(name) or model.to_empty(device='cpu') followed by "
+                         "model.load_state_dict(...)")
+    return model
+
+
 def check_images(images: object, model: nn.Module, name: str = "images",
                  stage: int | None = None) -> Tensor:
     """`images` as a float tensor [B, 3, H, W] the model (or its part up to `stage`) accepts;
@@ -42,12 +52,16 @@ def check_images(images: object, model: nn.Module, name: str = "images",
                          f"got {list(images.shape)}")
     if images.shape[0] < 1:
         raise ValueError(f"{name}: the batch is empty (shape {list(images.shape)})")
+    if images.is_meta:
+        raise ValueError(f"{name}: the tensor is on the meta device (a shape, no values); give "
+                         f"real pixel values, e.g. from deconvnet.load_image")
     if not images.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor in the model's normalised "
                          f"input space, got dtype {images.dtype}")
     if not bool(torch.isfinite(images).all()):
         bad = int((~torch.isfinite(images)).sum())
         raise ValueError(f"{name}: contains {bad} NaN or infinite value(s); all values must be finite")
+    check_model_values(model)
     smallest = min_input_size(model, stage)
     h, w = images.shape[-2:]
     if h < smallest or w < smallest:

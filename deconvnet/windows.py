@@ -18,16 +18,23 @@ from torch import Tensor
 @dataclass
 class Region:
     """signal [K, C, Ly, Lx]; image, origin_y, origin_x: [K] int64 on the CPU (map coordinates of
-    signal[..., 0, 0]); the signal may live on any device."""
+    signal[..., 0, 0]); the signal may live on any device. owned: no one else holds the signal's
+    storage (set by mirror stages that allocate it), so the next stage may overwrite it."""
 
     signal: Tensor
     image: Tensor
     origin_y: Tensor
     origin_x: Tensor
+    owned: bool = False  # the signal is a fresh tensor of the mirror's own: may change in place
 
     @property
     def size(self) -> tuple[int, int]:
         return int(self.signal.shape[-2]), int(self.signal.shape[-1])
+
+
+def is_channels_last(maps: Tensor) -> bool:
+    """Whether [B, C, H, W] maps (C > 1) keep channels innermost in memory (NHWC), views too."""
+    return maps.dim() == 4 and maps.shape[1] > 1 and maps.stride(1) == 1
 
 
 def gather_window(
@@ -38,6 +45,8 @@ def gather_window(
 
     maps [B, C, H, W]; image, origin_y, origin_x [K] -> [K, C, size[0], size[1]], where entry k is
     maps[image[k], :, origin_y[k] + i, origin_x[k] + j], and `fill` where that lies outside the map.
+    Keeps the maps' memory layout. The result may be a view of `maps` (seeds sharing one window,
+    or whole maps): read it, do not write into it.
     """
     B, C, H, W = maps.shape
     ly, lx = size
@@ -49,7 +58,13 @@ def gather_window(
         if bool((image == image[0]).all()):  # one image for every seed: a view, no copy
             return maps[int(image[0])].expand(k, C, H, W)
         return maps[image.to(maps.device)]  # (index_select is slow on bool maps)
-    out = maps.new_full((k, C, ly, lx), fill)
+    if k > 1 and bool((image == image[0]).all()) and len(set(iy)) == 1 and len(set(ix)) == 1:
+        # one window for every seed: cut it once, a view for the rest
+        return gather_window(maps, image[:1], origin_y[:1], origin_x[:1], size, fill).expand(
+            k, C, ly, lx)
+    layout = torch.channels_last if is_channels_last(maps) else torch.contiguous_format
+    out = torch.empty((k, C, ly, lx), dtype=maps.dtype, device=maps.device,
+                      memory_format=layout).fill_(fill)
     for n, (b, oy, ox) in enumerate(zip(image.tolist(), iy, ix)):
         y0, y1 = max(oy, 0), min(oy + ly, H)
         x0, x1 = max(ox, 0), min(ox + lx, W)
@@ -91,12 +106,13 @@ def fit_to_map(region: Region, map_size: tuple[int, int]) -> Region:
         signal = region.signal[..., cut_top : ly - cut_bottom, cut_left : lx - cut_right]
         oy, ox = oy + cut_top, ox + cut_left
         ly, lx = ly - cut_top - cut_bottom, lx - cut_left - cut_right
-        region = Region(signal, region.image, oy, ox)
+        region = Region(signal, region.image, oy, ox, region.owned)
     # zero what is padding for some seeds
     if bool((oy < 0).any() or (oy + ly > H).any() or (ox < 0).any() or (ox + lx > W).any()):
         rows = oy[:, None] + torch.arange(ly)
         cols = ox[:, None] + torch.arange(lx)
         valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
         valid = valid[:, None].to(device=region.signal.device, dtype=region.signal.dtype)
-        region = Region(region.signal * valid, region.image, oy, ox)
+        signal = region.signal.mul_(valid) if region.owned else region.signal * valid
+        region = Region(signal, region.image, oy, ox, True)
     return region

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from omegaconf import OmegaConf
 
 from deconvnet.jobfiles import (  # noqa: F401  (re-exported for the entry points)
-    PROVENANCE_ENV, check_device, code_state, provenance, write_json, write_yaml,
+    PROVENANCE_ENV, JobLock, check_device, code_state, provenance, write_json, write_yaml,
 )
 from deconvnet.models import WeightsUnavailableError
 
@@ -19,11 +22,28 @@ CONF_DIR = REPO_ROOT / "conf"
 USER_ERRORS = (ValueError, FileNotFoundError, WeightsUnavailableError)
 
 
+# ${pid:} in conf/*.yaml's hydra.run.dir / hydra.sweep.dir: two jobs started in the same second
+# get different folders (registered on import, before any entry point composes its config)
+OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
+
+_claimed: list[JobLock] = []  # the folder this process's current Hydra job holds
+
+
 def hydra_output_dir() -> Path:
-    """This Hydra job's own output folder (cwd is not changed: hydra.job.chdir is false)."""
+    """This Hydra job's own output folder (cwd is not changed: hydra.job.chdir is false), claimed
+    for this job (`deconvnet.jobfiles.JobLock` until the process ends or its next job starts): a
+    second job in the same folder stops with a ValueError naming it, and a killed job's
+    "running" status reads as stale (`deconvnet.jobfiles.job_status`)."""
     from hydra.core.hydra_config import HydraConfig
 
-    return Path(HydraConfig.get().runtime.output_dir)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    if _claimed and _claimed[0].folder != out.resolve():
+        _claimed.pop().__exit__(None, None, None)
+    if not _claimed:
+        lock = JobLock(out)
+        lock.__enter__()
+        _claimed.append(lock)
+    return out
 
 
 @contextmanager
@@ -34,3 +54,16 @@ def user_errors(logger: logging.Logger) -> Iterator[None]:
     except USER_ERRORS as error:
         logger.error("%s", error)
         raise SystemExit(f"error: {error}") from None
+
+
+def run_job(logger: logging.Logger, device: str | None, work: Callable[[Path], object]) -> None:
+    """The body of an entry point: user errors as one line, this job's own folder, the device
+    checked (when given), logging kept clear of tqdm bars; then `work(folder)`."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with user_errors(logger):
+        out = hydra_output_dir()
+        if device is not None:
+            check_device(device)
+        with logging_redirect_tqdm():
+            work(out)

@@ -13,6 +13,7 @@ Into the job's own folder it writes `fig2_stage<s>.png` per layer, the sheet `fi
     python -m experiments.fig2 rules=[deconvnet,guided]      # each rule's reconstructions side by side
     python -m experiments.fig2 exclude_border=1 live_only=false
     python -m experiments.fig2 -m stage=1,2,3,4,5          # one job per layer (or stages=[1],[2])
+    python -m experiments.fig2 scan=outputs/<date>/<time>  # a saved (merged) scan: no second scan
 
 All the work is `deconvnet.fig2.run_fig2`; this module only maps the config onto its arguments.
 A bad value ends the run with one line `error: <key>: ...` and exit status 1, before any scan.
@@ -24,10 +25,9 @@ import logging
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deconvnet.fig2 import run_fig2
-from experiments.common import check_device, hydra_output_dir, provenance, user_errors, write_yaml
+from experiments.common import provenance, run_job
 
 log = logging.getLogger("experiments.fig2")
 
@@ -54,6 +54,8 @@ def arguments(cfg: DictConfig) -> dict:
         "device": plain["device"],
         "display": plain.get("display"),
         "progress": bool(plain.get("progress", True)),
+        "scan": plain.get("scan"),
+        "checkpoint_every": plain.get("checkpoint_every", 1000),
     }
 
 
@@ -61,12 +63,8 @@ def arguments(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: run Fig. 2 into this job's folder."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        out = hydra_output_dir()
-        check_device(cfg.device)
-        write_yaml(out / "config.yaml", config)
-        with logging_redirect_tqdm():
-            run_fig2(out, config=config, provenance=provenance(), **arguments(cfg))
+    run_job(log, cfg.device, lambda out: run_fig2(out, config=config, provenance=provenance(),
+                                                  **arguments(cfg)))
 
 
 if __name__ == "__main__":

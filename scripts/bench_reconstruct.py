@@ -1,9 +1,15 @@
-"""Benchmark: deconvnet.reconstruct for K channels vs the per-channel loop of a hook-based tool.
+"""Benchmark: deconvnet.reconstruct for K channels vs per-channel autograd loops.
 
-The loop is what a Captum-style tool runs: per channel, one forward pass with autograd and one
-backward pass whose ReLU gradients are replaced by a backward hook (the deconvnet rule relu(R)).
+Three references, timed side by side with `reconstruct` in one run (interleaved repeats, medians):
+- lean loop (the ratio that counts): per channel, one forward pass to the stage through a custom
+  autograd ReLU whose backward is the deconvnet rule relu(R), then `torch.autograd.grad` from the
+  seed; no hooks, inplace off. The leanest honest per-channel autograd implementation.
+- hook loop: what a Captum-style tool runs, the same with the rule put in by backward hooks on
+  copies of the model's ReLU modules.
+- shared-forward loop (for reference): the lean loop's modules, ONE forward pass, then K calls of
+  `torch.autograd.grad(..., retain_graph=True)`, one per channel.
 `reconstruct` runs one forward pass for all K seeds and sends each seed down only inside its
-receptive field. Both are timed side by side in one run, interleaved, and their outputs compared.
+receptive field. All outputs are compared.
 
     python scripts/bench_reconstruct.py                     # VGG16, 224x224, K=16,64, stages 3,5
     python scripts/bench_reconstruct.py --model alexnet --channels 16 --stages 1 2 3 4 5
@@ -21,10 +27,35 @@ import time
 
 import torch
 from torch import nn
-from torchvision.models import alexnet, vgg16
+import torchvision.models as tvm
 
 import deconvnet
 from deconvnet.architecture import stage as stage_of
+
+
+class DeconvReLU(torch.autograd.Function):
+    """relu forwards, relu of the incoming gradient backwards (the deconvnet rule)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.relu(grad)
+
+
+def lean_features(model: nn.Module, stage: int):
+    """features[: stage + 1] as a plain function: the model's own convs and pools, DeconvReLU."""
+    index = stage_of(model, stage).index
+    modules = list(model.features[: index + 1])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for m in modules:
+            x = DeconvReLU.apply(x) if isinstance(m, nn.ReLU) else m(x)
+        return x
+
+    return run
 
 
 def hooked_features(model: nn.Module, stage: int) -> nn.Sequential:
@@ -38,8 +69,8 @@ def hooked_features(model: nn.Module, stage: int) -> nn.Sequential:
     return features
 
 
-def per_channel_loop(features: nn.Sequential, image: torch.Tensor, channels: list[int]) -> torch.Tensor:
-    """One forward + one hook-modified backward per channel: [K, 3, H, W]."""
+def per_channel_loop(features, image: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    """One forward + one modified backward per channel (its strongest unit): [K, 3, H, W]."""
     out = []
     for c in channels:
         x = image.clone().requires_grad_(True)
@@ -48,6 +79,20 @@ def per_channel_loop(features: nn.Sequential, image: torch.Tensor, channels: lis
         flat = int(a[0, c].detach().flatten().argmax())
         seed[0, c].view(-1)[flat] = a[0, c].detach().flatten()[flat]
         (grad,) = torch.autograd.grad(a, x, seed)
+        out.append(grad)
+    return torch.cat(out)
+
+
+def shared_forward_loop(features, image: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    """One forward, then one modified backward per channel from the kept graph: [K, 3, H, W]."""
+    x = image.clone().requires_grad_(True)
+    a = features(x)
+    out = []
+    for c in channels:
+        seed = torch.zeros_like(a)
+        flat = int(a[0, c].detach().flatten().argmax())
+        seed[0, c].view(-1)[flat] = a[0, c].detach().flatten()[flat]
+        (grad,) = torch.autograd.grad(a, x, seed, retain_graph=True)
         out.append(grad)
     return torch.cat(out)
 
@@ -76,7 +121,7 @@ def memory_report(args: argparse.Namespace) -> None:
     print(f"peak RSS of one process reconstructing K channels ({args.model}, {args.size}px); "
           "the returned [K, 3, H, W] float32 tensor itself is listed beside it")
     for stage in args.stages:
-        channels = stage_of((vgg16 if args.model == "vgg16" else alexnet)(), stage).channels
+        channels = stage_of(getattr(tvm, args.model)(), stage).channels
         for k in sorted({16, 64, channels}):
             result = k * 3 * args.size * args.size * 4 / 2**20
             print(f"stage {stage}  K={k:>4}  {peak_rss_mib(args.model, args.size, stage, k):8.0f} MiB"
@@ -85,7 +130,8 @@ def memory_report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["vgg16", "alexnet"], default="vgg16")
+    parser.add_argument("--model", choices=["vgg16", "alexnet", "vgg11", "vgg13", "vgg19"],
+                        default="vgg16")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 5])
@@ -98,26 +144,35 @@ def main() -> None:
         return
 
     torch.manual_seed(args.seed)
-    model = (vgg16 if args.model == "vgg16" else alexnet)().eval()
+    model = getattr(tvm, args.model)().eval()
     image = torch.randn(1, 3, args.size, args.size)
     print(f"{args.model}, random weights, one {args.size}x{args.size} image, rule=deconvnet, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats")
-    print(f"{'stage':>5} {'K':>4} {'loop s':>9} {'ours s':>9} {'ratio':>7}  max |diff| / max |loop|")
+    print(f"{'stage':>5} {'K':>4} {'lean s':>8} {'hook s':>8} {'shared s':>8} {'ours s':>8} "
+          f"{'ours/lean':>9} {'ours/hook':>9} {'ours/shared':>11}  max |diff| / max |lean|")
     for stage in args.stages:
-        features = hooked_features(model, stage)
+        lean, hooked = lean_features(model, stage), hooked_features(model, stage)
         for k in args.channels:
             channels = list(range(k))
             deconvnet.reconstruct(model, image, stage, keep=channels[:1])  # warm-up
-            loop_times, our_times = [], []
+            per_channel_loop(lean, image, channels[:1])
+            runs = {"lean": lambda: per_channel_loop(lean, image, channels),
+                    "hook": lambda: per_channel_loop(hooked, image, channels),
+                    "shared": lambda: shared_forward_loop(lean, image, channels),
+                    "ours": lambda: deconvnet.reconstruct(model, image, stage, keep=channels)}
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            outputs: dict[str, torch.Tensor] = {}
             for _ in range(args.repeats):
-                t_loop, want = timed(lambda: per_channel_loop(features, image, channels))
-                t_ours, got = timed(lambda: deconvnet.reconstruct(model, image, stage, keep=channels))
-                loop_times.append(t_loop)
-                our_times.append(t_ours)
-            rel = float((got - want).abs().max() / want.abs().max().clamp(min=1e-30))
-            loop, ours = statistics.median(loop_times), statistics.median(our_times)
-            print(f"{stage:>5} {k:>4} {loop:>9.3f} {ours:>9.3f} {ours / loop:>7.3f}  {rel:.1e}")
-
+                for name, run in runs.items():
+                    t, outputs[name] = timed(run)
+                    times[name].append(t)
+            want = outputs["lean"]
+            scale = want.abs().max().clamp(min=1e-30)
+            rel = max(float((got - want).abs().max() / scale) for got in outputs.values())
+            med = {name: statistics.median(t) for name, t in times.items()}
+            print(f"{stage:>5} {k:>4} {med['lean']:>8.3f} {med['hook']:>8.3f} {med['shared']:>8.3f} "
+                  f"{med['ours']:>8.3f} {med['ours'] / med['lean']:>9.3f} "
+                  f"{med['ours'] / med['hook']:>9.3f} {med['ours'] / med['shared']:>11.3f}  {rel:.1e}")
 
 if __name__ == "__main__":
     main()

@@ -240,6 +240,9 @@ def relocate(text: str, staging: Path, label: str) -> str:
 
 def tidy_job(staging: Path, final: Path, out_root: Path, run: dict[str, Any]) -> dict[str, Any]:
     """Move what only this run has out of the job's files into `run.json`; returns the result."""
+    from deconvnet.jobfiles import LOCK_FILE
+
+    (staging / LOCK_FILE).unlink(missing_ok=True)  # the job has ended: its lock is nobody's now
     result_path = staging / "result.json"
     result = read_json(result_path)
     stable, volatile = split_provenance(result.get("provenance") or {})

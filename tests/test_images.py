@@ -220,7 +220,8 @@ def test_directory_and_wrong_types_are_value_errors(tmp_path):
         load_image(42, PREP)
     with pytest.raises(ValueError, match="model_or_weights: expected a model, a model name, a torchvision weights enum or a"):
         load_image("cat", 3.0)
-    with pytest.raises(ValueError, match=r"expected one of \['vgg16', 'alexnet'\], got 'resnet'"):
+    with pytest.raises(ValueError, match=r"expected one of \['vgg16', 'alexnet', 'vgg11', 'vgg13', 'vgg19'\], "
+                                         r"got 'resnet'"):
         load_image("cat", "resnet")
     with pytest.raises(ValueError, match="sample name: expected one of"):
         pil_from_sample("kitten")

@@ -98,10 +98,52 @@ def test_pool_of_unpool_gives_back_the_pooled_values_when_windows_tile(vgg_float
     assert torch.equal(up.flatten(2).gather(2, switches.flatten(2)).view_as(y), y)
     # max-pooling the unpooled map (all other entries zero) recovers y exactly
     assert torch.equal(F.max_pool2d(up, pool.kernel_size, pool.stride), y)
-    # the tiling route (repeat over the window, keep at the switch) equals the scatter route
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tiling_and_scatter_unpool_routes_agree_on_windows(vgg_float64, channels_last):
+    """VGG's 2x2/2 pooling tiles: the mirror repeats each value over its window and keeps it at
+    the switch. That must equal the general route (scatter to the switch, used for AlexNet) and
+    the whole-map unpool cut to the window, for windows inside and across the map border."""
+    gen = torch.Generator().manual_seed(5)
     mirror = Mirror(vgg_float64, 5)
-    record = mirror.record(torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=gen))
-    assert record.switch_masks, "VGG pooling must take the tiling route"
+    record = mirror.record(torch.randn(2, 3, 64, 48, dtype=torch.float64, generator=gen))
+    pools = [s for s in mirror.stages if isinstance(s, Unpool)]
+    assert len(pools) == 5 and all(p.tiling for p in pools)
+    assert set(record.switch_masks) == {p.index for p in pools}  # the tiling route is taken
+    scatter_only = ForwardRecord(record.sizes, record.output, record.switches, {}, record.masks)
+    image, oy, ox = torch.tensor([0, 1, 1]), torch.tensor([-1, 2, 3]), torch.tensor([0, -2, 5])
+    for stage in pools:
+        height, width = record.sizes[stage.index + 1]  # the pooled map
+        signal = torch.randn(3, record.switches[stage.index].shape[1], 4, 3, dtype=torch.float64,
+                             generator=gen)
+        for k in range(3):  # a window's positions outside the map are padding: zero (windows.py)
+            rows = oy[k] + torch.arange(4)
+            cols = ox[k] + torch.arange(3)
+            outside = ((rows < 0) | (rows >= height))[:, None] | ((cols < 0) | (cols >= width))
+            signal[k][:, outside] = 0
+        if channels_last:
+            record.switch_masks[stage.index] = record.switch_masks[stage.index].contiguous(
+                memory_format=torch.channels_last)
+        region = Region(signal, image, oy, ox)
+        tiled = stage(region, record)
+        scattered = stage(region, scatter_only)
+        assert (tiled.origin_y.tolist(), tiled.origin_x.tolist(), tiled.size) == (
+            scattered.origin_y.tolist(), scattered.origin_x.tolist(), scattered.size)
+        assert torch.equal(tiled.signal, scattered.signal)
+        # brute force: put each window into a zero map, unpool the whole map, cut the window
+        for k in range(3):
+            full = torch.zeros(1, signal.shape[1], height + 20, width + 20, dtype=torch.float64)
+            full[0, :, 10 + oy[k] : 10 + oy[k] + 4, 10 + ox[k] : 10 + ox[k] + 3] = signal[k]
+            full = full[:, :, 10 : 10 + height, 10 : 10 + width]
+            whole = unpool(full, record.switches[stage.index][image[k] : image[k] + 1],
+                           record.sizes[stage.index])
+            y0, x0 = int(tiled.origin_y[k]), int(tiled.origin_x[k])
+            ly, lx = tiled.size
+            padded = F.pad(whole, (10, 10 + lx, 10, 10 + ly))
+            want = padded[0, :, 10 + y0 : 10 + y0 + ly, 10 + x0 : 10 + x0 + lx]
+            assert torch.equal(tiled.signal[k], want)
+        assert tiled.signal.abs().max() > 0
 
 
 # real convolution layers: (model fixture, features index, input shape)
@@ -147,3 +189,32 @@ def test_unsupported_module_is_named(alexnet_float32):
     model.features[4] = nn.Tanh()
     with pytest.raises(ValueError, match=r"features\[4\]: Tanh has no deconvnet mirror"):
         deconvnet.reconstruct(model, torch.zeros(1, 3, 63, 63), 2)
+
+
+def test_seed_batches_group_seeds_by_how_their_windows_cross_the_border(vgg_float64):
+    """Interior seeds go down together; a border seed computes only inside the image; the
+    result is the same as projecting every seed alone."""
+    from deconvnet.mirror import Seeds
+
+    mirror = Mirror(vgg_float64, 3)
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    record = mirror.record(x)  # stage 3 output 12x12, receptive field 44 px, jump 8
+    ys, xs = torch.tensor([5, 6, 0, 5, 11, 0, 6]), torch.tensor([5, 6, 0, 5, 11, 0, 5])
+    image = torch.tensor([0, 1, 0, 1, 1, 1, 0])
+    channel = torch.tensor([3, 8, 3, 9, 1, 2, 30])
+    value = record.output[image, channel, ys, xs] + 1.0
+    seeds = Seeds(image, channel, ys, xs, value)
+    batches = [b.tolist() for b in mirror.seed_batches(seeds, record.sizes, chunk_size=16)]
+    assert sorted(sum(batches, [])) == list(range(7))
+    assert sorted(batches) == [[0, 1, 3, 6], [2, 5], [4]]  # interior | top-left | bottom-right
+    assert sorted(len(b) for b in mirror.seed_batches(seeds, record.sizes, chunk_size=2)) == [1, 2, 2, 2]
+    together = mirror.project(record, seeds)
+    for k in range(7):
+        alone = mirror.project(record, seeds[k : k + 1])
+        assert alone.abs().max() > 0
+        torch.testing.assert_close(together[k : k + 1], alone, rtol=1e-12, atol=1e-14)
+    crops = mirror.project(record, seeds, frame="receptive_field", chunk_size=3)
+    for k in range(7):
+        torch.testing.assert_close(
+            crops[k : k + 1], mirror.project(record, seeds[k : k + 1], frame="receptive_field"),
+            rtol=1e-12, atol=1e-14)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import socket
 import time
 import warnings
 
@@ -67,14 +68,17 @@ def alexnet_checkpoint(alexnet_state, tmp_path_factory):
 # ------------------------------------------------------------------------------------------ registry
 
 
-def test_supported_models_are_vgg16_and_alexnet():
-    assert supported_models() == ["vgg16", "alexnet"]
+def test_supported_models_are_vgg16_alexnet_and_the_rest_of_the_vgg_family():
+    assert supported_models() == ["vgg16", "alexnet", "vgg11", "vgg13", "vgg19"]
 
 
 def test_unknown_model_name_lists_the_accepted_ones():
-    accepted = r"model name: expected one of \['vgg16', 'alexnet'\], got 'resnet50'"
+    accepted = (r"model name: expected one of \['vgg16', 'alexnet', 'vgg11', 'vgg13', 'vgg19'\], "
+                r"got 'resnet50'")
     with pytest.raises(ValueError, match=accepted):
         load_model("resnet50", weights="random")
+    with pytest.raises(ValueError, match="got 'vgg16_bn' .batch-normalised VGGs have no deconvnet"):
+        load_model("vgg16_bn", weights="random")
 
 
 def test_unknown_weights_value_lists_the_accepted_ones():
@@ -98,11 +102,13 @@ def test_bad_device_is_rejected():
 
 
 def test_model_name_recognises_supported_models_and_rejects_others():
-    assert model_name(meta_model(tvm.vgg16)) == "vgg16"
-    assert model_name(meta_model(tvm.alexnet)) == "alexnet"
-    for other in (tvm.vgg11, tvm.vgg19, tvm.vgg16_bn):
-        with pytest.raises(ValueError, match=r"not one of the supported models \['vgg16', 'alex"):
-            model_name(meta_model(other))
+    for name in ("vgg11", "vgg13", "vgg16", "vgg19", "alexnet"):
+        assert model_name(meta_model(getattr(tvm, name))) == name
+    for bn in (tvm.vgg11_bn, tvm.vgg16_bn, tvm.vgg19_bn):
+        with pytest.raises(ValueError, match=r"BatchNorm2d .*batch normalisation has no deconvnet"):
+            model_name(meta_model(bn))
+    with pytest.raises(ValueError, match=r"not one of the supported models \['vgg16', 'alex"):
+        model_name(meta_model(tvm.resnet18))
     with pytest.raises(ValueError, match="Linear"):
         model_name(torch.nn.Linear(2, 2))
 
@@ -209,12 +215,22 @@ def test_imagenet_cache_path_is_torchvisions(torch_home):
     assert imagenet_cache_path("vgg16").name == "vgg16-397923af.pth"
 
 
-def test_imagenet_weights_offline_fail_fast_naming_file_and_cache(torch_home):
+def test_imagenet_weights_offline_fail_fast_naming_file_and_cache(torch_home, monkeypatch):
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise AssertionError("network touched")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as error:
         load_model("alexnet", weights="imagenet")
     assert time.monotonic() - start < 10.0  # fails fast offline: no network attempt, no hang
-    assert isinstance(error.value, RuntimeError)
+    assert attempts == []  # DECONVNET_OFFLINE=1: not even the 3-second probe
+    assert type(error.value) is WeightsUnavailableError
     message = str(error.value)
     assert ALEXNET_FILE in message
     assert str(torch_home / "hub" / "checkpoints" / ALEXNET_FILE) in message

@@ -60,10 +60,15 @@ def test_the_three_rules_differ(vgg_float64):
 
 
 @pytest.mark.parametrize("keep", ["all", "max", 2])
-def test_reconstruction_has_the_input_shape(model64, keep):
+def test_reconstruction_has_the_input_shape_and_each_image_is_its_own(model64, keep):
     for h, w in ((63, 63), (70, 97), (101, 64)):
-        x = _image(h, w, batch=2)
-        assert deconvnet.reconstruct(model64, x, 2, keep=keep).shape == (2, 3, h, w)
+        x = _image(h, w, batch=2, seed=h)
+        both = deconvnet.reconstruct(model64, x, 2, keep=keep)
+        assert both.shape == (2, 3, h, w)
+        for b in range(2):  # a batch is the images one by one: nothing leaks between them
+            alone = deconvnet.reconstruct(model64, x[b : b + 1], 2, keep=keep)
+            assert alone.abs().max() > 0
+            torch.testing.assert_close(both[b : b + 1], alone, rtol=1e-12, atol=1e-14)
 
 
 def test_a_channel_list_gives_one_reconstruction_per_channel_each_alone(alexnet_float64):
@@ -182,10 +187,14 @@ def test_projection_is_positively_homogeneous_in_the_seed(vgg_float64, keep, rul
     torch.testing.assert_close(project(), 3.5 * base, rtol=1e-12, atol=1e-12)
 
 
-def test_float32_input_on_a_float32_model(vgg_float32):
+def test_float32_input_on_a_float32_model_matches_float64(vgg_float32, vgg_float64):
     x = _image(32, 32, dtype=torch.float32)
     out = deconvnet.reconstruct(vgg_float32, x, 5, keep="max")
-    assert out.dtype == torch.float32 and out.shape == x.shape and torch.isfinite(out).all()
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    # the same seeded weights in float64: the same seed unit, values to float32 precision
+    want = deconvnet.reconstruct(vgg_float64, x.double(), 5, keep="max")
+    assert want.abs().max() > 0
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
 # ---------------------------------------------------------------- bad input, named clearly
@@ -225,8 +234,8 @@ def test_unknown_rule(alexnet_float32):
 
 
 def test_unsupported_model():
-    with pytest.raises(ValueError, match=r"model: expected a torchvision VGG \(vgg16\) or AlexNet "
-                                         r"instance, got ResNet"):
+    with pytest.raises(ValueError, match=r"model: expected a torchvision VGG \(vgg11/13/16/19\) or "
+                                         r"AlexNet instance, got ResNet"):
         deconvnet.reconstruct(resnet18(), _image(64, 64, dtype=torch.float32), 1)
 
 
@@ -252,6 +261,82 @@ def test_vgg_minimum_size(vgg_float32):
     with pytest.raises(ValueError, match="at least 32"):
         deconvnet.reconstruct(vgg_float32, torch.zeros(1, 3, 31, 40), 1)
     assert deconvnet.reconstruct(vgg_float32, torch.zeros(1, 3, 32, 33), 5).shape == (1, 3, 32, 33)
+
+
+def test_vgg_at_its_minimum_size_equals_the_hook_reference(vgg_float64):
+    x = _image(32, 33, seed=11)
+    for channel in (0, 7):
+        got = deconvnet.reconstruct(vgg_float64, x, 5, keep=channel)
+        want = _hooked_reference(vgg_float64, x, 5, channel, "deconvnet")
+        assert got.shape == (1, 3, 32, 33) and want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg19"])
+def test_the_rest_of_the_vgg_family_is_supported_and_exact(name):
+    model = deconvnet.load_model(name, weights="random", seed=1).double()
+    assert [s.name for s in deconvnet.stages(model)] == [f"pool{i}" for i in range(1, 6)]
+    x = _image(45, 61, seed=12)
+    for stage in (2, 5):
+        with torch.no_grad():
+            a = model.features[: stage_of(model, stage).index + 1](x.clone())
+        live = a[0].flatten(1).amax(1).topk(2).indices.tolist()
+        many = deconvnet.reconstruct(model, x, stage, keep=live, rule="deconvnet")
+        for row, channel in zip(many, live):
+            want = _hooked_reference(model, x, stage, channel, "deconvnet")
+            assert want.abs().max() > 0
+            torch.testing.assert_close(row[None], want, rtol=1e-10, atol=1e-12)
+    # the rest of the pipeline takes it too: preprocessing, images, the scan
+    assert deconvnet.load_image("coffee", model).shape == (1, 3, 224, 224)
+    top = deconvnet.scan_topk(model.float(), [x.float()], k=1, stages=(5,), progress=False)
+    assert top[5].values.shape[0] == stage_of(model, 5).channels
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "vgg16_bn"])
+def test_batch_normalised_vggs_are_rejected_clearly(name):
+    import torchvision.models as tvm
+
+    model = getattr(tvm, name)().eval()
+    for call in (lambda: deconvnet.reconstruct(model, _image(64, 64, dtype=torch.float32), 1),
+                 lambda: deconvnet.stages(model), lambda: deconvnet.load_image("cat", model)):
+        with pytest.raises(ValueError, match=r"BatchNorm2d .*batch normalisation has no deconvnet"):
+            call()
+
+
+def _meta_alexnet():
+    from torchvision.models import alexnet
+
+    with torch.device("meta"):
+        return alexnet().eval()
+
+
+@pytest.mark.parametrize("entry", ["reconstruct", "attribute", "occlusion", "scan_topk", "Mirror",
+                                   "deep_dream", "visualize_filters"])
+def test_a_model_on_the_meta_device_is_a_clear_error(entry):
+    model, x = _meta_alexnet(), _image(64, 64, dtype=torch.float32)
+    calls = {"reconstruct": lambda: deconvnet.reconstruct(model, x, 1),
+             "attribute": lambda: deconvnet.attribute(model, x, target=[1]),
+             "occlusion": lambda: deconvnet.occlusion(model, x),
+             "scan_topk": lambda: deconvnet.scan_topk(model, [x], k=1, progress=False),
+             "Mirror": lambda: deconvnet.Mirror(model, 1),
+             "deep_dream": lambda: deconvnet.deep_dream(model, x, 1, steps=1),
+             "visualize_filters": lambda: deconvnet.visualize_filters(model, 1, [0], steps=1)}
+    with pytest.raises(ValueError, match=r"model: its (parameters|weights) are on the meta device"):
+        calls[entry]()
+
+
+@pytest.mark.parametrize("entry", ["reconstruct", "attribute", "occlusion", "scan_topk", "to_pil",
+                                   "denormalize"])
+def test_images_on_the_meta_device_are_a_clear_error(alexnet_float32, entry):
+    x = torch.empty(1, 3, 64, 64, device="meta")
+    m = alexnet_float32
+    calls = {"reconstruct": lambda: deconvnet.reconstruct(m, x, 1),
+             "attribute": lambda: deconvnet.attribute(m, x, target=[1]),
+             "occlusion": lambda: deconvnet.occlusion(m, x),
+             "scan_topk": lambda: deconvnet.scan_topk(m, [x], k=1, progress=False),
+             "to_pil": lambda: deconvnet.to_pil(x), "denormalize": lambda: deconvnet.denormalize(x, m)}
+    with pytest.raises(ValueError, match=r"(images|x|batch 0): .*meta device"):
+        calls[entry]()
 
 
 def test_a_record_of_a_higher_stage_serves_the_lower_mirrors(alexnet_float64):

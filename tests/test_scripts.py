@@ -110,6 +110,15 @@ def test_regenerate_writes_every_figure_and_render_redraws_them(two_runs, tmp_pa
     for p, pixels in before.items():
         assert np.array_equal(_pixels(p), pixels), p
 
+    # the README's sheet command on a sweep folder's glob, which passes multirun.yaml along
+    (out / "multirun.yaml").write_text("hydra: {}\n")
+    fig2_jobs = [str(out / n) for n in names if n.startswith("fig2")]
+    done = subprocess.run([sys.executable, "scripts/render.py", "--sheet", str(tmp_path / "s.png"),
+                           *fig2_jobs, str(out / "multirun.yaml")], cwd=REPO, check=True,
+                          capture_output=True, text=True, timeout=600)
+    assert f"ignored {out / 'multirun.yaml'}: a file" in done.stderr
+    assert Image.open(tmp_path / "s.png").size[0] > 0
+
 
 @pytest.mark.slow
 def test_regenerate_twice_gives_the_same_bytes_in_every_tracked_file(two_runs):
@@ -216,6 +225,30 @@ def test_quick_runs_every_figure_on_alexnet_with_its_own_overrides():
         assert regenerate.job_overrides(name, quick=False) == [
             *regenerate.MODEL_OVERRIDES[fig.model], *fig.overrides]
     assert regenerate.job_overrides("fig2_alexnet", quick=False)[0] == "model=alexnet"
+
+
+def test_render_takes_a_sweep_glob_skips_files_and_names_unfinished_jobs(tmp_path):
+    sweep = tmp_path / "multirun" / "10-00-00"
+    for name, result in (("0", {"experiment": "occlusion"}),
+                         ("1", {"experiment": "fig2", "status": "running", "pid": 1}),
+                         ("2", {"experiment": "fig2", "status": "failed"})):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "result.json").write_text(json.dumps(result))
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    for args in (sorted(str(p) for p in sweep.iterdir()), [str(sweep)]):
+        done = subprocess.run([sys.executable, "scripts/render.py", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "occlusion figures are drawn by the job itself" in done.stderr  # job 0 was read
+        # job 1 says "running" but no process holds its lock: killed, so stale
+        assert f"skipped {sweep / '1'}: the job's status is 'stale'" in done.stderr
+        assert f"skipped {sweep / '2'}: the job's status is 'failed'" in done.stderr
+        assert ("ignored" in done.stderr) == (len(args) > 1)
+    done = subprocess.run([sys.executable, "scripts/render.py", "--sheet", str(tmp_path / "s.png"),
+                           str(sweep / "1"), str(sweep / "2"), str(sweep / "multirun.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "none of the given job folders holds a finished job" in \
+        done.stderr and not (tmp_path / "s.png").exists()
 
 
 def test_render_refuses_a_folder_without_results(tmp_path):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from deconvnet.analysis.occlusion import check_method, check_occluder, occlusion
 from deconvnet.display import tile_grid, to_display
-from deconvnet.fig2 import check_data, make_dataset
+from deconvnet.data_config import check_data, make_dataset, require_whole_dataset
 from deconvnet.models import class_names, weights_label
 from deconvnet.reconstruct import reconstruct
 from deconvnet.scan import scan_topk
@@ -67,6 +67,7 @@ def validate_occlusion(model: object, weights: object, seed: object, images: obj
         raise ValueError(f"target: expected null (each image's predicted class) or a class int "
                          f"in 0..{classes - 1}, got {target!r}")
     data = check_data(data)
+    require_whole_dataset(data, "occlusion")
     if data["kind"] == "samples" and data.get("size") is None:
         data["size"] = size  # the gallery at the images' size: panel (c) tiles them together
     return OcclusionPlan(request, tuple(check_pictures(images)),
