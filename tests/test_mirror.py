@@ -122,9 +122,10 @@ def test_tiling_and_scatter_unpool_routes_agree_on_windows(vgg_float64, channels
             cols = ox[k] + torch.arange(3)
             outside = ((rows < 0) | (rows >= height))[:, None] | ((cols < 0) | (cols >= width))
             signal[k][:, outside] = 0
-        if channels_last:
-            record.switch_masks[stage.index] = record.switch_masks[stage.index].contiguous(
-                memory_format=torch.channels_last)
+        # the CPU keeps masks channels-last; the plain layout is the CUDA route's
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        record.switch_masks[stage.index] = record.switch_masks[stage.index].contiguous(
+            memory_format=layout)
         region = Region(signal, image, oy, ox)
         tiled = stage(region, record)
         scattered = stage(region, scatter_only)
