@@ -11,6 +11,8 @@ numbers stay those of the dataset.
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from typing import Any, Iterator, NamedTuple
 
 import torch
@@ -64,6 +66,14 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, int, list[tuple[i
     return images, numbers, items[-1][0] + 1, failed
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The standard library's process start method for decoding workers, named explicitly: fork
+    on Linux (what DataLoader uses there by default), spawn elsewhere. Explicit because a launcher
+    may replace the default context: inside hydra-joblib-launcher's loky workers the default
+    is loky's, whose processes DataLoader cannot start."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 class ScanLoader:
     """Iterable of `NumberedBatch` over image numbers [start, stop) of `dataset`, in order.
 
@@ -91,7 +101,8 @@ class ScanLoader:
         loader = DataLoader(_Range(self.dataset, self.start, self.stop),
                             batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
                             collate_fn=_collate, pin_memory=self.pin_memory,
-                            prefetch_factor=2 if self.workers else None)
+                            prefetch_factor=2 if self.workers else None,
+                            multiprocessing_context=worker_context() if self.workers else None)
         ids = self.dataset.ids
         for images, numbers, end, failed in loader:
             self.failures += [DecodeFailure(n, ids[n], reason) for n, reason in failed]

@@ -371,16 +371,37 @@ def test_launcher_sweep_of_two_shards_and_merge_equal_one_scan(tmp_path, launche
                     "data.num_shards=2", f"hydra/launcher={launcher}",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
+    _merged_equals_one(tmp_path, CLI_SCAN)
+    shards = json.loads((tmp_path / "merged" / "result.json").read_text())["shards"]
+    assert [s["images_scanned"] for s in shards] == [6, 8]  # 3 and 4 whole batches of 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launcher_shards_decode_a_folder_with_dataloader_workers(tmp_path, launcher):
+    """Each shard's DataLoader starts its own decoding processes inside the launcher's worker
+    (loky replaces the default multiprocessing context there)."""
+    root = _jpeg_folder(tmp_path / "images", 10, truncated=(7,))
+    cli = [*CLI_SCAN[:2], "data=folder", f"data.root={root}", "data.workers=2", *CLI_SCAN[5:]]
+    sweep = _python("-m", "experiments.scan", "-m", *cli, "data.shard=0,1", "data.num_shards=2",
+                    f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                    cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    merged = _merged_equals_one(tmp_path, cli)
+    assert [(f["image"], f["id"]) for f in merged["decode_failures"]["images"]] == [(7, "007.jpg")]
+
+
+def _merged_equals_one(tmp_path: Path, cli: list[str]) -> dict:
+    """Merge the sweep in tmp_path/sweep, scan the same data in one job; assert equal topk.pt."""
     merge = _python("-m", "experiments.merge_scans", f"inputs=[{tmp_path / 'sweep'}]",
                     f"hydra.run.dir={tmp_path / 'merged'}", cwd=tmp_path)
     assert merge.returncode == 0, merge.stderr[-3000:]
-    one = _python("-m", "experiments.scan", *CLI_SCAN, f"hydra.run.dir={tmp_path / 'one'}",
+    one = _python("-m", "experiments.scan", *cli, f"hydra.run.dir={tmp_path / 'one'}",
                   cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert _equal(load_topk(tmp_path / "merged" / "topk.pt").result,
                   load_topk(tmp_path / "one" / "topk.pt").result)
-    shards = json.loads((tmp_path / "merged" / "result.json").read_text())["shards"]
-    assert [s["images_scanned"] for s in shards] == [6, 8]  # 3 and 4 whole batches of 2
+    return json.loads((tmp_path / "merged" / "result.json").read_text())
 
 
 @pytest.mark.slow
