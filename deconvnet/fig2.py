@@ -82,7 +82,7 @@ from deconvnet.fig2_layout import (
     stage_page_layout,
 )
 from deconvnet.data_config import check_data, make_dataset, require_whole_dataset
-from deconvnet.jobfiles import JobLock, write_yaml
+from deconvnet.jobfiles import JobLock, failure_status, write_yaml
 from deconvnet.scan_job import (
     check_folder, dataset_image_size, finished_job, job_fingerprint, saved_scan, warn_failures,
 )
@@ -888,18 +888,9 @@ def run_fig2(
             write_yaml(out / "config.yaml", config)
         timings["setup_s"] = time.perf_counter() - clock
         write_json_atomic(out / RESULT_JSON, {**result, "pid": os.getpid()})
-        try:
+        with failure_status(out / RESULT_JSON, result, write_json_atomic):
             return _run_after_setup(out, net, dataset, data_summary, opts, channels, model, info,
                                     device, image_size, saved, every, progress, result, timings)
-        except KeyboardInterrupt:
-            result["status"] = "interrupted"
-            write_json_atomic(out / RESULT_JSON, result)
-            raise
-        except BaseException as error:
-            result["status"] = "failed"
-            result["error"] = f"{type(error).__name__}: {error}"
-            write_json_atomic(out / RESULT_JSON, result)
-            raise
 
 
 def _fig2_scan(out: Path, net: nn.Module, dataset: Any, opts: RunOptions, model: str,

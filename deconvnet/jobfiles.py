@@ -12,8 +12,9 @@ import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -180,3 +181,18 @@ def job_status(folder: str | os.PathLike) -> str:
     if status == "running" and not lock_held(folder):
         return "stale"
     return str(status)
+
+
+@contextmanager
+def failure_status(path: Path, result: Mapping[str, Any],
+                   write: Callable[[Path, Mapping[str, Any]], Any] = write_json) -> Iterator[None]:
+    """Run a job's work; if it raises, write `result` (as it is then) to `path` with "status"
+    "interrupted" (Ctrl-C) or "failed" (and the error), and re-raise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        write(path, {**result, "status": "interrupted"})
+        raise
+    except BaseException as error:
+        write(path, {**result, "status": "failed", "error": f"{type(error).__name__}: {error}"})
+        raise

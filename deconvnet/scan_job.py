@@ -33,7 +33,9 @@ from torch import nn
 from deconvnet.architecture import STAGES
 from deconvnet.data_config import check_data, make_dataset, shard_range
 from deconvnet.fig2_layout import _check_int
-from deconvnet.jobfiles import RESULT_FILE, JobLock, job_status, write_json, write_yaml
+from deconvnet.jobfiles import (
+    RESULT_FILE, JobLock, failure_status, job_status, write_json, write_yaml,
+)
 from deconvnet.models import weights_label
 from deconvnet import scan as scan_module
 from deconvnet.scan import (
@@ -154,18 +156,22 @@ def scan_dataset(net: nn.Module, dataset: Any, opts: ScanOptions, start: int, st
     if first == stop and initial is not None:
         return ScanOutcome(initial, failures, first)
     result = scan_module.scan_topk(net, loader, k=opts.k, stages=opts.stages, first_image=first,
-                       progress=progress, on_batch=save, exclude_border=opts.exclude_border,
-                       initial=initial)
+                                   progress=progress, on_batch=save,
+                                   exclude_border=opts.exclude_border, initial=initial)
     return ScanOutcome(result, failures + loader.failures, None if initial is None else first)
 
 
-def scan_fingerprint(model: str, info: Mapping[str, Any], data: Mapping[str, Any], ids: Sequence[str],
-                 opts: ScanOptions, device: str) -> dict[str, Any]:
+def _without_workers(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A data config without `workers`: how many processes decode changes no result."""
+    return {key: v for key, v in data.items() if key != "workers"}
+
+
+def scan_fingerprint(model: str, info: Mapping[str, Any], data: Mapping[str, Any],
+                     ids: Sequence[str], opts: ScanOptions, device: str) -> dict[str, Any]:
     """What determines a scan's result, bit for bit: a checkpoint or result is reused only when
     this is equal (decoding workers and checkpoint spacing change nothing and are left out)."""
-    data = {key: v for key, v in data.items() if key != "workers"}
-    return _plain({"model": model, "weights": dict(info), "data": data, "images": len(ids),
-                   "ids_sha256": ids_digest(ids), "stages": opts.stages, "k": opts.k,
+    return _plain({"model": model, "weights": dict(info), "data": _without_workers(data),
+                   "images": len(ids), "ids_sha256": ids_digest(ids), "stages": opts.stages, "k": opts.k,
                    "batch_size": opts.batch_size, "exclude_border": opts.exclude_border,
                    "device": device})
 
@@ -188,7 +194,7 @@ def job_fingerprint(arguments: Mapping[str, Any], info: Mapping[str, Any],
     weights used and the saved scan it read."""
     plain = dict(arguments)
     if isinstance(plain.get("data"), Mapping):
-        plain["data"] = {key: v for key, v in plain["data"].items() if key != "workers"}
+        plain["data"] = _without_workers(plain["data"])
     return _plain({"arguments": plain, "weights": dict(info), "scan": scan_source})
 
 
@@ -249,17 +255,10 @@ def run_scan(out_dir: str | os.PathLike, model: str = "vgg16", weights: str = "a
                   "versions": versions(),
                   "provenance": dict(provenance) if provenance is not None else None}
         write_json(out / RESULT_FILE, result)
-        try:
+        with failure_status(out / RESULT_FILE, result):
             outcome = scan_dataset(net, dataset, opts, start, stop,
                                    int(opts.data.get("workers", 0)), out / CHECKPOINT_FILE,
                                    fingerprint, progress)
-        except KeyboardInterrupt:
-            write_json(out / RESULT_FILE, {**result, "status": "interrupted"})
-            raise
-        except BaseException as error:
-            write_json(out / RESULT_FILE, {**result, "status": "failed",
-                                           "error": f"{type(error).__name__}: {error}"})
-            raise
         return _write_scan(out, result, outcome, model, info, dataset.ids, clock)
 
 

@@ -258,6 +258,20 @@ def test_a_finished_scan_is_not_redone_and_other_jobs_files_are_kept(tmp_path, m
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
 
 
+@pytest.mark.parametrize("error,status", [(KeyboardInterrupt(), "interrupted"),
+                                          (RuntimeError("disk full"), "failed")])
+def test_a_scan_that_stops_says_why_in_result_json(tmp_path, monkeypatch, error, status):
+    def stop(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("deconvnet.scan.scan_topk", stop)
+    with pytest.raises(type(error)):
+        run_scan(tmp_path / "job", **TINY_SCAN)
+    result = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert result["status"] == status and result["experiment"] == "scan"
+    assert result.get("error") == (None if status == "interrupted" else "RuntimeError: disk full")
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from deconvnet.datasets import SampleGallery
