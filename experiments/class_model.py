@@ -1,6 +1,6 @@
 """Class models (Simonyan et al. 2014): `python -m experiments.class_model [key=value ...]`.
 
-The work is `deconvnet.synthesis.class_model.run_class_model`; this module only passes the config.
+The work is `deconvnet.jobs.class_model.run_class_model`; this module only passes the config.
 Files in the job's own folder: `class<c>.png` (titled in grid.png with the class name and its
 probability), images.npz (raw images, normalised input space, float32), grid.png, result.json and
 config.yaml (resolved; Hydra's own copy is in `.hydra/`).
@@ -25,7 +25,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.synthesis.class_model import run_class_model
+from deconvnet.jobs.class_model import run_class_model
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.class_model")
@@ -37,11 +37,20 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_class_model(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, classes=config["classes"],
-            regularizer=config["regularizer"], weight=config["weight"], steps=config["steps"],
-            lr=config["lr"], size=config["size"], blur=config["blur"],
-            opt_seed=config["seed"], device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            classes=config["classes"],
+            regularizer=config["regularizer"],
+            weight=config["weight"],
+            steps=config["steps"],
+            lr=config["lr"],
+            size=config["size"],
+            blur=config["blur"],
+            opt_seed=config["seed"],
+            device=config["device"],
+            config=config,
         )
 
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from omegaconf import OmegaConf
 
-from deconvnet.jobfiles import (  # noqa: F401  (re-exported for the entry points)
-    PROVENANCE_ENV, JobLock, check_device, code_state, provenance, write_json, write_yaml,
-)
-from deconvnet.models import WeightsUnavailableError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
+from deconvnet.core.validation import check_device
+from deconvnet.data.models import WeightsUnavailableError
+from deconvnet.jobs.files import JobLock
 
 # Errors caused by what the user asked for: reported as one short line, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, WeightsUnavailableError)
@@ -31,9 +27,9 @@ _claimed: list[JobLock] = []  # the folder this process's current Hydra job hold
 
 def hydra_output_dir() -> Path:
     """This Hydra job's own output folder (cwd is not changed: hydra.job.chdir is false), claimed
-    for this job (`deconvnet.jobfiles.JobLock` until the process ends or its next job starts): a
+    for this job (`deconvnet.jobs.files.JobLock` until the process ends or its next job starts): a
     second job in the same folder stops with a ValueError naming it, and a killed job's
-    "running" status reads as stale (`deconvnet.jobfiles.job_status`)."""
+    "running" status reads as stale (`deconvnet.jobs.files.job_status`)."""
     from hydra.core.hydra_config import HydraConfig
 
     out = Path(HydraConfig.get().runtime.output_dir)

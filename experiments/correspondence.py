@@ -1,7 +1,7 @@
 """Correspondence analysis (Zeiler & Fergus 2014, Table 1):
 `python -m experiments.correspondence [key=value ...]`.
 
-The work is `deconvnet.analysis.jobs.correspondence.run_correspondence`; this module only passes
+The work is `deconvnet.jobs.correspondence.run_correspondence`; this module only passes
 the config. Files in the job's own folder: table.md (the table, markdown), result.json (every
 number, setting and box, provenance), boxes.png (each image with its part boxes, each occlusion
 and a random one as the model sees them) and its tiles, images.npz (inputs and per-pair
@@ -26,7 +26,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.analysis.jobs.correspondence import run_correspondence
+from deconvnet.jobs.correspondence import run_correspondence
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.correspondence")
@@ -38,10 +38,18 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_correspondence(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, boxes=config["boxes"], layers=config["layers"],
-            random_draws=config["random_draws"], draw_seed=config["seed"], fill=config["fill"],
-            batch_size=config["batch_size"], device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            boxes=config["boxes"],
+            layers=config["layers"],
+            random_draws=config["random_draws"],
+            draw_seed=config["seed"],
+            fill=config["fill"],
+            batch_size=config["batch_size"],
+            device=config["device"],
+            config=config,
         )
 
 

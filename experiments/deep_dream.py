@@ -1,6 +1,6 @@
 """Deep Dream (Mordvintsev et al. 2015): `python -m experiments.deep_dream [key=value ...]`.
 
-The work is `deconvnet.synthesis.dream.run_deep_dream`; this module only passes the config. Files
+The work is `deconvnet.jobs.deep_dream.run_deep_dream`; this module only passes the config. Files
 in the job's own folder: `<image>__input.png`, `<image>__dream.png`, images.npz (raw images,
 normalised input space, float32), grid.png, result.json and config.yaml (resolved; Hydra's own copy
 is in `.hydra/`).
@@ -24,7 +24,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.synthesis.dream import run_deep_dream
+from deconvnet.jobs.deep_dream import run_deep_dream
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.deep_dream")
@@ -36,12 +36,22 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_deep_dream(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, images=config["images"],
-            stage=config["stage"], channel=config["channel"], octaves=config["octaves"],
-            scale=config["scale"], jitter=config["jitter"], steps=config["steps"],
-            step_size=config["step_size"], size=config["size"],
-            opt_seed=config["seed"], device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            images=config["images"],
+            stage=config["stage"],
+            channel=config["channel"],
+            octaves=config["octaves"],
+            scale=config["scale"],
+            jitter=config["jitter"],
+            steps=config["steps"],
+            step_size=config["step_size"],
+            size=config["size"],
+            opt_seed=config["seed"],
+            device=config["device"],
+            config=config,
         )
 
 

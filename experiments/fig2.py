@@ -4,7 +4,7 @@ Default job: VGG16 (ImageNet weights if cached, else RANDOM with a warning), the
 gallery, 16 random feature maps per layer (seed 0) among those that fire on at least 9 images,
 layers 1-5, top 9 images per feature map (whole maps scanned), deconvnet rule.
 Into the job's own folder it writes `fig2_stage<s>.png` per layer, the sheet `fig2.png`, `tiles.npz`
-(raw tiles: `deconvnet.fig2.render_fig2(job_dir)` redraws every figure without the model),
+(raw tiles: `deconvnet.jobs.fig2.render_fig2(job_dir)` redraws every figure without the model),
 `tiles.json` (provenance of every tile), `topk.pt` (the scan), `result.json`, `config.yaml`.
 
     python -m experiments.fig2 model=alexnet k=4 stages=[1,3] channels_per_stage=4
@@ -15,7 +15,7 @@ Into the job's own folder it writes `fig2_stage<s>.png` per layer, the sheet `fi
     python -m experiments.fig2 -m stage=1,2,3,4,5          # one job per layer (or stages=[1],[2])
     python -m experiments.fig2 scan=outputs/<date>/<time>  # a saved (merged) scan: no second scan
 
-All the work is `deconvnet.fig2.run_fig2`; this module only maps the config onto its arguments.
+All the work is `deconvnet.jobs.fig2.run_fig2`; this module only maps the config onto its arguments.
 A bad value ends the run with one line `error: <key>: ...` and exit status 1, before any scan.
 """
 
@@ -26,8 +26,9 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.fig2 import run_fig2
-from experiments.common import provenance, run_job
+from deconvnet.jobs.fig2 import run_fig2
+from deconvnet.jobs.files import provenance
+from experiments.common import run_job
 
 log = logging.getLogger("experiments.fig2")
 
@@ -63,8 +64,9 @@ def arguments(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: run Fig. 2 into this job's folder."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    run_job(log, cfg.device, lambda out: run_fig2(out, config=config, provenance=provenance(),
-                                                  **arguments(cfg)))
+    run_job(
+        log, cfg.device, lambda out: run_fig2(out, config=config, provenance=provenance(), **arguments(cfg))
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Filter visualisations per stage, without and with regularisers:
 `python -m experiments.filters [key=value ...]`.
 
-The work is `deconvnet.synthesis.filters.run_filters`; this module only passes the config. Files in
+The work is `deconvnet.jobs.filters.run_filters`; this module only passes the config. Files in
 the job's own folder: `stage<s>__plain.png` and `stage<s>__regularized.png` (the Keras example's n
 x n mosaics), images.npz (raw images, normalised input space, float32), grid.png, result.json and
 config.yaml (resolved; Hydra's own copy is in `.hydra/`).
@@ -13,7 +13,7 @@ config.yaml (resolved; Hydra's own copy is in `.hydra/`).
 Config keys (conf/filters.yaml): model=vgg16|alexnet with model.weights and model.seed; stages
 (1..5 or a list); channels (a count n: the first n channels, or a list); size; steps; lr; seed (the
 starts' and jitter's); param=pixels|fourier; device=cpu|cuda. Regularised variant: Yosinski's decay
-+ blur, pad + jitter of size // 16 px (`deconvnet.synthesis.filters`). Every value is checked
++ blur, pad + jitter of size // 16 px (`deconvnet.jobs.filters`). Every value is checked
 before the model is built; a bad one ends the run with one line `error: <key>: expected ..., got
 ...` and exit status 1. Finished cells are kept in `partial/`: a rerun with the same config into
 the same folder resumes.
@@ -26,7 +26,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.synthesis.filters import run_filters
+from deconvnet.jobs.filters import run_filters
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.filters")
@@ -38,11 +38,19 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_filters(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, stages=config["stages"],
-            channels=config["channels"], size=config["size"], steps=config["steps"],
-            lr=config["lr"], param=config["param"],
-            opt_seed=config["seed"], device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            stages=config["stages"],
+            channels=config["channels"],
+            size=config["size"],
+            steps=config["steps"],
+            lr=config["lr"],
+            param=config["param"],
+            opt_seed=config["seed"],
+            device=config["device"],
+            config=config,
         )
 
 

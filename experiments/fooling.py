@@ -1,6 +1,6 @@
 """Fooling images (Nguyen et al. 2015): `python -m experiments.fooling [key=value ...]`.
 
-The work is `deconvnet.synthesis.fooling.run_fooling`; this module only passes the config. Files in
+The work is `deconvnet.jobs.fooling.run_fooling`; this module only passes the config. Files in
 the job's own folder: `<image>__input.png`, `<image>__fooling.png`, `<image>__difference.png`,
 images.npz (raw images, normalised input space, float32), grid.png, result.json and config.yaml
 (resolved; Hydra's own copy is in `.hydra/`).
@@ -25,7 +25,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.synthesis.fooling import run_fooling
+from deconvnet.jobs.fooling import run_fooling
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.fooling")
@@ -37,11 +37,20 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_fooling(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, images=config["images"],
-            target=config["target"], confidence=config["confidence"], steps=config["steps"],
-            lr=config["lr"], size=config["size"], amplify=config["amplify"],
-            opt_seed=config["seed"], device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            images=config["images"],
+            target=config["target"],
+            confidence=config["confidence"],
+            steps=config["steps"],
+            lr=config["lr"],
+            size=config["size"],
+            amplify=config["amplify"],
+            opt_seed=config["seed"],
+            device=config["device"],
+            config=config,
         )
 
 

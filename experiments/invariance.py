@@ -1,7 +1,7 @@
 """Invariance to vertical translation, scale and rotation (Zeiler & Fergus 2014, Fig. 5):
 `python -m experiments.invariance [key=value ...]`.
 
-The work is `deconvnet.analysis.jobs.invariance.run_invariance`; this module only passes the
+The work is `deconvnet.jobs.invariance.run_invariance`; this module only passes the
 config. Files in the job's own folder: `invariance.png` (the paper's 3 x 4 panel figure: rows =
 transformations; columns = the images under the transformation, the Euclidean distance of the
 feature vectors original vs transformed at layer 1 and at layer 7 (fc7), the probability of the
@@ -30,7 +30,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.analysis.jobs.invariance import run_invariance
+from deconvnet.jobs.invariance import run_invariance
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.invariance")
@@ -42,11 +42,21 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_invariance(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, images=config["images"], transforms=config["transforms"],
-            values=config["values"], layers=config["layers"], labels=config["labels"],
-            fill=config["fill"], size=config["size"], batch_size=config["batch_size"],
-            shown=config["shown"], device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            images=config["images"],
+            transforms=config["transforms"],
+            values=config["values"],
+            layers=config["layers"],
+            labels=config["labels"],
+            fill=config["fill"],
+            size=config["size"],
+            batch_size=config["batch_size"],
+            shown=config["shown"],
+            device=config["device"],
+            config=config,
         )
 
 

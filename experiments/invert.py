@@ -1,7 +1,7 @@
 """Inverted representations (Mahendran & Vedaldi 2015):
 `python -m experiments.invert [key=value ...]`.
 
-The work is `deconvnet.synthesis.invert.run_invert`; this module only passes the config. Files in
+The work is `deconvnet.jobs.invert.run_invert`; this module only passes the config. Files in
 the job's own folder: `input.png`, `from_stage<s>.png` / `from_fc6.png` (one per stage), images.npz
 (raw images, normalised input space, float32), grid.png, result.json and config.yaml (resolved;
 Hydra's own copy is in `.hydra/`).
@@ -25,7 +25,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.synthesis.invert import run_invert
+from deconvnet.jobs.invert import run_invert
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.invert")
@@ -37,11 +37,20 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_invert(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, image=config["image"],
-            stages=config["stages"], steps=config["steps"], lr=config["lr"],
-            size=config["size"], tv_weight=config["tv_weight"], jitter=config["jitter"],
-            opt_seed=config["seed"], device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            image=config["image"],
+            stages=config["stages"],
+            steps=config["steps"],
+            lr=config["lr"],
+            size=config["size"],
+            tv_weight=config["tv_weight"],
+            jitter=config["jitter"],
+            opt_seed=config["seed"],
+            device=config["device"],
+            config=config,
         )
 
 

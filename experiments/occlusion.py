@@ -1,6 +1,6 @@
 """Occlusion sensitivity (Zeiler & Fergus Fig. 7): `python -m experiments.occlusion [key=value ...]`.
 
-The work is `deconvnet.analysis.jobs.occlusion.run_occlusion`; this module only passes the config.
+The work is `deconvnet.jobs.occlusion.run_occlusion`; this module only passes the config.
 Files in the job's own folder: `input_<image>.png`, occlusion.png (panels (a)..(e) per image),
 images.npz (raw maps: `<image>__probability`, `__feature`, `__label` [1, ny, nx],
 `__projections`), result.json and config.yaml (resolved; Hydra's own copy is in `.hydra/`).
@@ -23,7 +23,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.analysis.jobs.occlusion import run_occlusion
+from deconvnet.jobs.occlusion import run_occlusion
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.occlusion")
@@ -35,11 +35,21 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_occlusion(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, images=config["images"], target=config["target"],
-            patch=config["patch"], stride=config["stride"], fill=config["fill"],
-            size=config["size"], top_k=config["top_k"], data=config["data"],
-            method=config["method"], batch_size=config["batch_size"], device=config["device"],
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            images=config["images"],
+            target=config["target"],
+            patch=config["patch"],
+            stride=config["stride"],
+            fill=config["fill"],
+            size=config["size"],
+            top_k=config["top_k"],
+            data=config["data"],
+            method=config["method"],
+            batch_size=config["batch_size"],
+            device=config["device"],
             config=config,
         )
 

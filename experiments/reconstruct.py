@@ -24,9 +24,10 @@ import logging
 import numbers
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import hydra
 import numpy as np
@@ -37,14 +38,14 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import deconvnet
-from deconvnet.architecture import STAGES, Stage
-from deconvnet.images import describe_image, open_image
-from deconvnet.mirror import Mirror, check_rule
-from deconvnet.models import model_spec
-from deconvnet.seeds import select_seeds
-from experiments.common import (
-    check_device, hydra_output_dir, provenance, user_errors, write_json, write_yaml,
-)
+from deconvnet.core.architecture import STAGES, Stage
+from deconvnet.core.mirror import Mirror, check_rule
+from deconvnet.core.seeds import select_seeds
+from deconvnet.core.validation import check_device
+from deconvnet.data.images import describe_image, open_image
+from deconvnet.data.models import model_spec
+from deconvnet.jobs.files import provenance, write_json, write_yaml
+from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.reconstruct")  # same name under python -m
 
@@ -74,7 +75,8 @@ def parse_stages(stage: object) -> list[int]:
         value = int(stage)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value not in STAGES:
         raise ValueError(
-            f"stage: expected an int in 1..5 (the paper's layers) or null (all five), got {stage!r}")
+            f"stage: expected an int in 1..5 (the paper's layers) or null (all five), got {stage!r}"
+        )
     return [int(value)]
 
 
@@ -94,8 +96,7 @@ def parse_keep(keep: object) -> list[KeepItem]:
     raise ValueError(f"keep: expected {accepted}, got {keep!r}")
 
 
-def validate(model: str, image: object, stage: object, keep: object, rule: object,
-             device: object) -> Plan:
+def validate(model: str, image: object, stage: object, keep: object, rule: object, device: object) -> Plan:
     """Check every request value before anything heavy runs; ValueError / FileNotFoundError."""
     check_rule(rule)
     stage_numbers = parse_stages(stage)
@@ -111,7 +112,8 @@ def validate(model: str, image: object, stage: object, keep: object, rule: objec
                 if not 0 <= item < st.channels:
                     raise ValueError(
                         f"keep: channel {item} is outside {model} stage {st.number} ({st.name}) "
-                        f"channels 0..{st.channels - 1}")
+                        f"channels 0..{st.channels - 1}"
+                    )
     picture = open_image(image)  # missing file / unknown sample name -> clear error
     info = describe_image(image) | {"original_size_wh": list(picture.size)}
     return Plan(chosen, tuple(keeps), target, picture, info)
@@ -140,8 +142,9 @@ def _uint8(shown: torch.Tensor) -> np.ndarray:
     return (shown.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def _project(net: torch.nn.Module, mirror: Mirror, record, st: Stage, item: KeepItem,
-             height: int, width: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def _project(
+    net: torch.nn.Module, mirror: Mirror, record, st: Stage, item: KeepItem, height: int, width: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """One reconstruction [3, H, W] from a recorded forward pass, and what was kept."""
     output = record.output
     if item == "all":
@@ -165,8 +168,10 @@ def _project(net: torch.nn.Module, mirror: Mirror, record, st: Stage, item: Keep
         "x": x,
         "value": float(seeds.value[0]),
         "receptive_field_box": {  # input pixels, bottom/right exclusive, clipped to the image
-            "top": max(top, 0), "left": max(left, 0),
-            "bottom": min(bottom, height), "right": min(right, width),
+            "top": max(top, 0),
+            "left": max(left, 0),
+            "bottom": min(bottom, height),
+            "right": min(right, width),
         },
     }
     return r, kept
@@ -194,9 +199,14 @@ def run_reconstruct(
     started = time.perf_counter()
     plan = validate(model, image, stage, keep, rule, device)
     if config is None:
-        config = {"model": {"name": model, "weights": str(weights), "seed": seed},
-                  "image": str(image), "stage": stage, "keep": keep, "rule": rule,
-                  "device": device}
+        config = {
+            "model": {"name": model, "weights": str(weights), "seed": seed},
+            "image": str(image),
+            "stage": stage,
+            "keep": keep,
+            "rule": rule,
+            "device": device,
+        }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", config)
@@ -204,8 +214,7 @@ def run_reconstruct(
     net = deconvnet.load_model(model, weights=weights, seed=seed, device=plan.device)
     winfo = deconvnet.weights_info(net)
     if winfo.weights in ("random", "unknown"):
-        log.warning("weights: %s. Reconstructions will not show learned features.",
-                    winfo.description)
+        log.warning("weights: %s. Reconstructions will not show learned features.", winfo.description)
     else:
         log.info("weights: %s", winfo.description)
 
@@ -213,14 +222,23 @@ def run_reconstruct(
     height, width = x.shape[-2:]
     input_shown = deconvnet.denormalize(x, net)[0].cpu()
     deconvnet.save_png(input_shown, out / "input.png")
-    log.info("image %s (%s), %dx%d after preprocessing; rule %s; device %s",
-             plan.image_info["source"], plan.image_info["kind"], height, width, rule, plan.device)
+    log.info(
+        "image %s (%s), %dx%d after preprocessing; rule %s; device %s",
+        plan.image_info["source"],
+        plan.image_info["kind"],
+        height,
+        width,
+        rule,
+        plan.device,
+    )
 
     entries: list[dict[str, Any]] = []
     tiles: dict[tuple[str, int], np.ndarray] = {}
     total = len(plan.stages) * len(plan.keeps)
-    with logging_redirect_tqdm(), tqdm(total=total, desc="reconstruct", unit="map",
-                                       disable=total <= 1 or not progress) as bar:
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=total, desc="reconstruct", unit="map", disable=total <= 1 or not progress) as bar,
+    ):
         for st in plan.stages:
             mirror = Mirror(net, st.number, rule)
             with torch.no_grad():
@@ -234,28 +252,58 @@ def run_reconstruct(
                     deconvnet.save_png(shown, out / name)
                     tiles[(keep_tag(item), st.number)] = _uint8(shown)
                     stats = _stats(r)
-                    entries.append({
-                        "stage": st.number, "stage_name": st.name, "feature_index": st.index,
-                        "channels": st.channels, "stage_output_shape": list(record.output.shape[1:]),
-                        "keep": item, "kept": kept, "reconstruction": stats, "file": name,
-                        "seconds": round(time.perf_counter() - t0, 4),
-                    })
+                    entries.append(
+                        {
+                            "stage": st.number,
+                            "stage_name": st.name,
+                            "feature_index": st.index,
+                            "channels": st.channels,
+                            "stage_output_shape": list(record.output.shape[1:]),
+                            "keep": item,
+                            "kept": kept,
+                            "reconstruction": stats,
+                            "file": name,
+                            "seconds": round(time.perf_counter() - t0, 4),
+                        }
+                    )
                     if item == "all":
                         what = f"whole map ({kept['nonzero']} nonzero activations)"
                     else:
-                        what = (f"channel {kept['channel']} at ({kept['y']}, {kept['x']}) "
-                                f"value {kept['value']:.4g}")
+                        what = (
+                            f"channel {kept['channel']} at ({kept['y']}, {kept['x']}) "
+                            f"value {kept['value']:.4g}"
+                        )
                         if kept["value"] <= 0:
-                            log.warning("stage %d keep=%s: the kept activation is %g, so the "
-                                        "reconstruction is blank", st.number, item, kept["value"])
-                    log.info("stage %d (%s) keep=%s: %s -> %s (L2 %.4g)", st.number, st.name,
-                             item, what, name, stats["l2_norm"])
+                            log.warning(
+                                "stage %d keep=%s: the kept activation is %g, so the reconstruction is blank",
+                                st.number,
+                                item,
+                                kept["value"],
+                            )
+                    log.info(
+                        "stage %d (%s) keep=%s: %s -> %s (L2 %.4g)",
+                        st.number,
+                        st.name,
+                        item,
+                        what,
+                        name,
+                        stats["l2_norm"],
+                    )
                     bar.update(1)
 
     overview = "overview.png"
-    _overview(out / overview, _uint8(input_shown), tiles, entries, list(plan.keeps),
-              [(st.number, st.name) for st in plan.stages], plan.image_info["source"],
-              winfo.as_dict(), model, rule)
+    _overview(
+        out / overview,
+        _uint8(input_shown),
+        tiles,
+        entries,
+        list(plan.keeps),
+        [(st.number, st.name) for st in plan.stages],
+        plan.image_info["source"],
+        winfo.as_dict(),
+        model,
+        rule,
+    )
 
     result = {
         "experiment": "reconstruct",
@@ -284,19 +332,40 @@ def render_reconstruct(job_dir: str | Path) -> Path:
     job = Path(job_dir)
     result = json.loads((job / "result.json").read_text())
     entries = result["reconstructions"]
-    tiles = {(keep_tag(e["keep"]), e["stage"]): np.asarray(Image.open(job / e["file"]).convert("RGB"))
-             for e in entries}
+    tiles = {
+        (keep_tag(e["keep"]), e["stage"]): np.asarray(Image.open(job / e["file"]).convert("RGB"))
+        for e in entries
+    }
     stages = sorted({(e["stage"], e["stage_name"]) for e in entries})
     input_tile = np.asarray(Image.open(job / result["files"]["input"]).convert("RGB"))
     path = job / result["files"]["overview"]
-    _overview(path, input_tile, tiles, entries, result["keeps"], stages,
-              result["image"]["source"], result["weights"], result["model"], result["rule"])
+    _overview(
+        path,
+        input_tile,
+        tiles,
+        entries,
+        result["keeps"],
+        stages,
+        result["image"]["source"],
+        result["weights"],
+        result["model"],
+        result["rule"],
+    )
     return path
 
 
-def _overview(path: Path, input_tile: np.ndarray, tiles: Mapping[tuple[str, int], np.ndarray],
-              entries: list[dict[str, Any]], keeps: list[KeepItem], stages: list[tuple[int, str]],
-              image_source: str, weights: Mapping[str, Any], model: str, rule: str) -> None:
+def _overview(
+    path: Path,
+    input_tile: np.ndarray,
+    tiles: Mapping[tuple[str, int], np.ndarray],
+    entries: list[dict[str, Any]],
+    keeps: list[KeepItem],
+    stages: list[tuple[int, str]],
+    image_source: str,
+    weights: Mapping[str, Any],
+    model: str,
+    rule: str,
+) -> None:
     """Rows = keeps, columns = input + stages; each tile labelled, receptive field of a seed boxed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -317,12 +386,20 @@ def _overview(path: Path, input_tile: np.ndarray, tiles: Mapping[tuple[str, int]
             kept = by_key[(tag, number)]["kept"]
             if kept["mode"] != "all":
                 box = kept["receptive_field_box"]
-                ax.add_patch(Rectangle((box["left"] - 0.5, box["top"] - 0.5),
-                                       box["right"] - box["left"], box["bottom"] - box["top"],
-                                       fill=False, edgecolor="yellow", linewidth=0.8,
-                                       linestyle="--"))
-                ax.set_xlabel(f"c{kept['channel']} @({kept['y']},{kept['x']}) = "
-                              f"{kept['value']:.3g}", fontsize=7)
+                ax.add_patch(
+                    Rectangle(
+                        (box["left"] - 0.5, box["top"] - 0.5),
+                        box["right"] - box["left"],
+                        box["bottom"] - box["top"],
+                        fill=False,
+                        edgecolor="yellow",
+                        linewidth=0.8,
+                        linestyle="--",
+                    )
+                )
+                ax.set_xlabel(
+                    f"c{kept['channel']} @({kept['y']},{kept['x']}) = {kept['value']:.3g}", fontsize=7
+                )
             if i == 0:
                 ax.set_title(f"stage {number}: {name}", fontsize=9)
     axes[0][0].set_title("input", fontsize=9)
@@ -331,10 +408,14 @@ def _overview(path: Path, input_tile: np.ndarray, tiles: Mapping[tuple[str, int]
         ax.set_yticks([])
     random = weights.get("weights") == "random"
     weights_line = deconvnet.weights_label(weights)
-    fig.suptitle(f"{model} [{weights_line.upper() if random else weights_line}]\nimage: "
-                 f"{image_source}   rule: {rule}\n"
-                 "zero = mid-grey, each tile scaled by its own max|r|; dashed box: receptive "
-                 "field of the kept unit", fontsize=8, color="darkred" if random else "black")
+    fig.suptitle(
+        f"{model} [{weights_line.upper() if random else weights_line}]\nimage: "
+        f"{image_source}   rule: {rule}\n"
+        "zero = mid-grey, each tile scaled by its own max|r|; dashed box: receptive "
+        "field of the kept unit",
+        fontsize=8,
+        color="darkred" if random else "black",
+    )
     fig.savefig(path)
 
 
@@ -348,8 +429,14 @@ def main(cfg: DictConfig) -> None:
     with user_errors(log):
         run_reconstruct(
             hydra_output_dir(),
-            model=cfg.model.name, weights=cfg.model.weights, seed=cfg.model.seed,
-            image=cfg.image, stage=cfg.stage, keep=cfg.keep, rule=cfg.rule, device=cfg.device,
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            image=cfg.image,
+            stage=cfg.stage,
+            keep=cfg.keep,
+            rule=cfg.rule,
+            device=cfg.device,
             config=config,
         )
 

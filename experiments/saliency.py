@@ -4,7 +4,7 @@ Default job: VGG16 (ImageNet weights if cached, else RANDOM with a warning), fou
 images, every method of `deconvnet.METHODS`, each image's predicted class. Into the job's own
 folder it writes `<image>__input.png`, `<image>__<method>.png`, `maps.npz` (raw maps, float32, key
 `<image>__<method>`), `grid.png`, `result.json` and `config.yaml` (resolved; Hydra's own copy is
-in `.hydra/`). The work is `deconvnet.saliency.run_saliency`; this module only passes the config.
+in `.hydra/`). The work is `deconvnet.jobs.saliency.run_saliency`; this module only passes the config.
 
     python -m experiments.saliency model.weights=hed unit=[5]        # learned convolutions
     python -m experiments.saliency model=alexnet images=cat methods=[gradient,guided] target=281
@@ -25,7 +25,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.saliency import run_saliency
+from deconvnet.jobs.saliency import run_saliency
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.saliency")
@@ -38,10 +38,20 @@ def main(cfg: DictConfig) -> None:
     with user_errors(log):
         run_saliency(
             hydra_output_dir(),
-            model=cfg.model.name, weights=cfg.model.weights, seed=cfg.model.seed,
-            images=config["images"], methods=config["methods"], target=config["target"],
-            unit=config["unit"], samples=cfg.samples, noise=cfg.noise, steps=cfg.steps,
-            cam_stage=cfg.cam_stage, noise_seed=cfg.seed, device=cfg.device, config=config,
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            images=config["images"],
+            methods=config["methods"],
+            target=config["target"],
+            unit=config["unit"],
+            samples=cfg.samples,
+            noise=cfg.noise,
+            steps=cfg.steps,
+            cam_stage=cfg.cam_stage,
+            noise_seed=cfg.seed,
+            device=cfg.device,
+            config=config,
         )
 
 

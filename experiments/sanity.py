@@ -1,7 +1,7 @@
 """Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018), the model parameter
 randomisation test: `python -m experiments.sanity [key=value ...]`.
 
-The work is `deconvnet.analysis.jobs.sanity.run_sanity`; this module only passes the config.
+The work is `deconvnet.jobs.sanity.run_sanity`; this module only passes the config.
 Files in the job's own folder: curves.png (one panel per similarity metric and mode, one curve per
 method), cascade_<image>.png (the maps along the cascade), images.npz (inputs, original maps,
 similarities), result.json (every setting, the curves, which methods pass) and config.yaml
@@ -28,7 +28,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.analysis.jobs.sanity import run_sanity
+from deconvnet.jobs.sanity import run_sanity
 from experiments.common import hydra_output_dir, user_errors
 
 log = logging.getLogger("experiments.sanity")
@@ -40,14 +40,27 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(log):
         run_sanity(
-            hydra_output_dir(), model=cfg.model.name, weights=cfg.model.weights,
-            seed=cfg.model.seed, images=config["images"], methods=config["methods"],
-            unit=config["unit"], modes=config["modes"], layers=config["layers"],
-            size=config["size"], samples=config["samples"], noise=config["noise"],
-            steps=config["steps"], cam_stage=config["cam_stage"], rand_seed=config["seed"],
-            noise_seed=config["noise_seed"], pass_layer=config["pass_layer"],
-            pass_below=config["pass_below"], pass_metric=config["pass_metric"],
-            device=config["device"], config=config,
+            hydra_output_dir(),
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            images=config["images"],
+            methods=config["methods"],
+            unit=config["unit"],
+            modes=config["modes"],
+            layers=config["layers"],
+            size=config["size"],
+            samples=config["samples"],
+            noise=config["noise"],
+            steps=config["steps"],
+            cam_stage=config["cam_stage"],
+            rand_seed=config["seed"],
+            noise_seed=config["noise_seed"],
+            pass_layer=config["pass_layer"],
+            pass_below=config["pass_below"],
+            pass_metric=config["pass_metric"],
+            device=config["device"],
+            config=config,
         )
 
 

@@ -9,7 +9,7 @@ config into the same folder (`hydra.run.dir=<job>`) and it continues; a finished
     python -m experiments.scan -m data.shard=0,1,2,3 data.num_shards=4 hydra/launcher=joblib
     python -m experiments.merge_scans "inputs=[multirun/<date>/<time>]"
 
-All the work is `deconvnet.scan_job.run_scan`; a bad value ends the run with one line
+All the work is `deconvnet.jobs.scan.run_scan`; a bad value ends the run with one line
 `error: <key>: ...` and exit status 1, before the model is loaded.
 """
 
@@ -20,8 +20,9 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.scan_job import run_scan
-from experiments.common import provenance, run_job
+from deconvnet.jobs.files import provenance
+from deconvnet.jobs.scan import run_scan
+from experiments.common import run_job
 
 log = logging.getLogger("experiments.scan")
 
@@ -30,12 +31,27 @@ log = logging.getLogger("experiments.scan")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: the config as arguments to `run_scan`, in the job's folder."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    run_job(log, cfg.device, lambda out: run_scan(
-        out, model=cfg.model.name, weights=cfg.model.weights, seed=cfg.model.seed,
-        data=config["data"], stages=config["stages"], k=config["k"],
-        batch_size=config["batch_size"], checkpoint_every=config["checkpoint_every"],
-        exclude_border=config["exclude_border"], device=config["device"],
-        progress=bool(config["progress"]), config=config, provenance=provenance()))
+    run_job(
+        log,
+        cfg.device,
+        lambda out: run_scan(
+            out,
+            model=cfg.model.name,
+            weights=cfg.model.weights,
+            seed=cfg.model.seed,
+            data=config["data"],
+            stages=config["stages"],
+            k=config["k"],
+            batch_size=config["batch_size"],
+            checkpoint_every=config["checkpoint_every"],
+            exclude_border=config["exclude_border"],
+            device=config["device"],
+            progress=bool(config["progress"]),
+            config=config,
+            provenance=provenance(),
+        ),
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -50,7 +50,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -58,13 +58,13 @@ from torchvision.models import vgg16
 
 import deconvnet
 
-
 ROUNDING_NOTE = (
     "note: a difference far above 1e-5 against the contiguous-input references is float32 "
     "rounding, not a method error: ours' forward runs channels last (oneDNN), and a ReLU whose "
     "input is ~1e-7 of the layer's scale can flip its mask, which moves the map by a few % in "
     "max-norm on random weights; the same-format check above (same rounding) shows the "
-    "agreement")
+    "agreement"
+)
 
 
 def same_format(x: Tensor) -> tuple[torch.memory_format, str]:
@@ -83,8 +83,12 @@ def positive_int(text: str) -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs of each method, alternating order")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed runs of each method, alternating order"
+    )
     parser.add_argument("--size", type=positive_int, default=224, help="input side in pixels")
     parser.add_argument("--targets", type=positive_int, default=16, help="class targets of part 1")
     parser.add_argument("--samples", type=positive_int, default=50, help="SmoothGrad noisy copies")
@@ -93,8 +97,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: size 64, 4 targets, 6 samples in batches of 3, 1 repeat")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: size 64, 4 targets, 6 samples in batches of 3, 1 repeat",
+    )
     args = parser.parse_args()
     if args.quick:
         args.size, args.targets, args.samples, args.batch_size, args.repeats = 64, 4, 6, 3, 1
@@ -134,8 +141,9 @@ class Timer:
         return statistics.median(self.wall[name])
 
 
-def run_interleaved(timer: Timer, methods: list[tuple[str, Callable[[], Tensor]]],
-                    repeats: int) -> dict[str, Tensor]:
+def run_interleaved(
+    timer: Timer, methods: list[tuple[str, Callable[[], Tensor]]], repeats: int
+) -> dict[str, Tensor]:
     """Each method `repeats` times, the order reversed on every other repeat; last outputs."""
     outputs = {}
     for repeat in range(repeats):
@@ -155,8 +163,13 @@ def cosine(a: Tensor, b: Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-300))
 
 
-def report(title: str, timer: Timer, names: list[str],
-           reference_of: dict[str, tuple[str, float | None]], checks: dict[str, str]) -> None:
+def report(
+    title: str,
+    timer: Timer,
+    names: list[str],
+    reference_of: dict[str, tuple[str, float | None]],
+    checks: dict[str, str],
+) -> None:
     """Table: per method the median / min wall time, CPU-time median, peak memory, check; then
     the ratio of each method in `reference_of` to its reference (with its target, if any)."""
     print(f"\n{title}")
@@ -166,19 +179,26 @@ def report(title: str, timer: Timer, names: list[str],
         wall = timer.wall[name]
         peak = f"{timer.peak[name] / 2**20:9.0f}" if timer.cuda else f"{'n/a':>9}"
         runs = " ".join(f"{t:.3f}" for t in wall)
-        print(f"{name:<10} {statistics.median(wall):>9.3f} {min(wall):>9.3f} "
-              f"{statistics.median(timer.cpu[name]):>9.3f} {peak}  {runs}  | {checks.get(name, '')}")
+        print(
+            f"{name:<10} {statistics.median(wall):>9.3f} {min(wall):>9.3f} "
+            f"{statistics.median(timer.cpu[name]):>9.3f} {peak}  {runs}  | {checks.get(name, '')}"
+        )
     for name, (ref, target) in reference_of.items():
         ratio = timer.median(name) / timer.median(ref)
         ratio_min = min(timer.wall[name]) / min(timer.wall[ref])
         paired = statistics.median(a / b for a, b in zip(timer.wall[name], timer.wall[ref]))
-        verdict = "" if target is None else f"  (target <= {target}: {'met' if ratio <= target else 'NOT met'})"
-        print(f"ratio {name} / {ref}: {ratio:.3f} (medians){verdict}; minima {ratio_min:.3f}, "
-              f"paired runs {paired:.3f}")
+        verdict = (
+            "" if target is None else f"  (target <= {target}: {'met' if ratio <= target else 'NOT met'})"
+        )
+        print(
+            f"ratio {name} / {ref}: {ratio:.3f} (medians){verdict}; minima {ratio_min:.3f}, "
+            f"paired runs {paired:.3f}"
+        )
 
 
-def part_targets(model: nn.Module, x: Tensor, classes: list[int], args: argparse.Namespace,
-                 timer: Timer) -> None:
+def part_targets(
+    model: nn.Module, x: Tensor, classes: list[int], args: argparse.Namespace, timer: Timer
+) -> None:
     def ours(cs: list[int] = classes) -> Tensor:
         return deconvnet.attribute(model, x, target=cs)
 
@@ -202,46 +222,62 @@ def part_targets(model: nn.Module, x: Tensor, classes: list[int], args: argparse
     fmt, label = same_format(x)
     methods = [("ours", ours), ("loop", loop), ("retain", retain)]
     if label == "channels_last":  # the same references given ours' memory format: leaner still
-        methods += [("loop_cl", lambda cs=classes: loop(cs, fmt)),
-                    ("retain_cl", lambda cs=classes: retain(cs, fmt))]
+        methods += [
+            ("loop_cl", lambda cs=classes: loop(cs, fmt)),
+            ("retain_cl", lambda cs=classes: retain(cs, fmt)),
+        ]
     for _, fn in methods:  # warm-up: two targets (same shapes, kernels selected)
         fn(classes[:2])
     timer.sync()
     outputs = run_interleaved(timer, methods, args.repeats)
     names = [name for name, _ in methods]
-    checks = {name: f"max |ours - {name}| / max |{name}| = {rel_diff(outputs['ours'], outputs[name]):.1e}"
-              for name in names[1:]}
+    checks = {
+        name: f"max |ours - {name}| / max |{name}| = {rel_diff(outputs['ours'], outputs[name]):.1e}"
+        for name in names[1:]
+    }
     # untimed: autograd on the memory format of ours' forward pass (the same float32 rounding)
     same_rounding = rel_diff(outputs["ours"], retain(classes, fmt))
     checks["ours"] = f"max |ours - retain({label})| / max |.| = {same_rounding:.1e} (untimed)"
-    report(f"1. attribute: {len(classes)} class targets of one image, rule=backprop "
-           f"(classes {classes[0]}..{classes[-1]})", timer, names,
-           {"ours": ("loop", 0.6)}, checks)
+    report(
+        f"1. attribute: {len(classes)} class targets of one image, rule=backprop "
+        f"(classes {classes[0]}..{classes[-1]})",
+        timer,
+        names,
+        {"ours": ("loop", 0.6)},
+        checks,
+    )
     for ref in names[2:]:
         ratio = timer.median("ours") / timer.median(ref)
-        print(f"ratio ours / {ref}: {ratio:.3f} (medians; a leaner autograd variant, no target), "
-              f"minima {min(timer.wall['ours']) / min(timer.wall[ref]):.3f}")
+        print(
+            f"ratio ours / {ref}: {ratio:.3f} (medians; a leaner autograd variant, no target), "
+            f"minima {min(timer.wall['ours']) / min(timer.wall[ref]):.3f}"
+        )
     print(ROUNDING_NOTE)
 
 
-def part_smoothgrad(model: nn.Module, x: Tensor, c: int, args: argparse.Namespace,
-                    timer: Timer) -> None:
+def part_smoothgrad(model: nn.Module, x: Tensor, c: int, args: argparse.Namespace, timer: Timer) -> None:
     from captum.attr import NoiseTunnel, Saliency
 
     sigma = args.noise * float(x.max() - x.min())
     tunnel = NoiseTunnel(Saliency(model))
 
     def ours(samples: int = args.samples) -> Tensor:
-        return deconvnet.smoothgrad(model, x, target=c, samples=samples, noise=args.noise,
-                                    seed=args.seed, batch_size=args.batch_size)
+        return deconvnet.smoothgrad(
+            model, x, target=c, samples=samples, noise=args.noise, seed=args.seed, batch_size=args.batch_size
+        )
 
     def captum(samples: int = args.samples) -> Tensor:
-        return tunnel.attribute(x, nt_type="smoothgrad", nt_samples=samples,
-                                nt_samples_batch_size=args.batch_size, stdevs=sigma, target=c,
-                                abs=False)
+        return tunnel.attribute(
+            x,
+            nt_type="smoothgrad",
+            nt_samples=samples,
+            nt_samples_batch_size=args.batch_size,
+            stdevs=sigma,
+            target=c,
+            abs=False,
+        )
 
-    def autograd(samples: int = args.samples,
-                 fmt: torch.memory_format = torch.contiguous_format) -> Tensor:
+    def autograd(samples: int = args.samples, fmt: torch.memory_format = torch.contiguous_format) -> Tensor:
         # ours' noise stream: a CPU generator, one randn(3, H, W) per copy
         generator = torch.Generator().manual_seed(args.seed)
         total = torch.zeros_like(x, dtype=torch.float64)
@@ -267,15 +303,23 @@ def part_smoothgrad(model: nn.Module, x: Tensor, c: int, args: argparse.Namespac
     }
     # untimed, on the first batch of copies only: autograd on ours' memory format (same rounding)
     first = rel_diff(ours(args.batch_size), autograd(args.batch_size, fmt))
-    checks["ours"] = (f"first {args.batch_size} copies: max |ours - autograd({label})| / "
-                      f"max |.| = {first:.1e} (untimed)")
-    report(f"2. smoothgrad: class {c}, {args.samples} samples in batches of {args.batch_size}, "
-           f"noise {args.noise} (sigma {sigma:.4f} absolute)", timer,
-           [name for name, _ in methods], {"ours": ("captum", 0.9)}, checks)
+    checks["ours"] = (
+        f"first {args.batch_size} copies: max |ours - autograd({label})| / max |.| = {first:.1e} (untimed)"
+    )
+    report(
+        f"2. smoothgrad: class {c}, {args.samples} samples in batches of {args.batch_size}, "
+        f"noise {args.noise} (sigma {sigma:.4f} absolute)",
+        timer,
+        [name for name, _ in methods],
+        {"ours": ("captum", 0.9)},
+        checks,
+    )
     for ref in [name for name, _ in methods][2:]:
         ratio = timer.median("ours") / timer.median(ref)
-        print(f"ratio ours / {ref}: {ratio:.3f} (medians; plain autograd loop, no target), "
-              f"minima {min(timer.wall['ours']) / min(timer.wall[ref]):.3f}")
+        print(
+            f"ratio ours / {ref}: {ratio:.3f} (medians; plain autograd loop, no target), "
+            f"minima {min(timer.wall['ours']) / min(timer.wall[ref]):.3f}"
+        )
     print(ROUNDING_NOTE)
 
 
@@ -283,7 +327,7 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    if device.type == "cuda":  # ours runs in full float32 (deconvnet.precision); so do the references
+    if device.type == "cuda":  # ours runs in full float32 (deconvnet.core.precision); so do the references
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(args.seed)
@@ -295,9 +339,11 @@ def main() -> None:
 
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"torch {torch.__version__}, device {device}{gpu}, {torch.get_num_threads()} threads, "
-          f"vgg16 random weights (seed {args.seed}), eval, float32, one {args.size}x{args.size} "
-          f"image, median of {args.repeats} repeats (order alternating), after one warm-up each")
+    print(
+        f"torch {torch.__version__}, device {device}{gpu}, {torch.get_num_threads()} threads, "
+        f"vgg16 random weights (seed {args.seed}), eval, float32, one {args.size}x{args.size} "
+        f"image, median of {args.repeats} repeats (order alternating), after one warm-up each"
+    )
     print("timings on a shared machine are disturbed by other load: take final figures on a quiet one")
     if device.type != "cuda":
         print("peak memory: not measured on the CPU (process-wide ru_maxrss never decreases)")

@@ -42,8 +42,8 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -54,7 +54,7 @@ from deconvnet.optim.checks import check_size
 
 MODEL = "vgg16"
 SEED = 0
-FILTERS = 16            # part 1: channels 0..15 of the stage
+FILTERS = 16  # part 1: channels 0..15 of the stage
 UNIT_CHANNELS = [0, 1, 2, 3]  # part 2
 PRESETS = ("none", "yosinski")
 
@@ -74,24 +74,36 @@ def stage_number(text: str) -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=positive_int, default=16, help="optimisation steps per run")
-    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[64, 128],
-                        help="part 1 image sides in pixels")
-    parser.add_argument("--stages", type=stage_number, nargs="+", default=[1, 2, 3, 4, 5],
-                        help="VGG16 stages (both parts)")
+    parser.add_argument(
+        "--sizes", type=positive_int, nargs="+", default=[64, 128], help="part 1 image sides in pixels"
+    )
+    parser.add_argument(
+        "--stages", type=stage_number, nargs="+", default=[1, 2, 3, 4, 5], help="VGG16 stages (both parts)"
+    )
     parser.add_argument("--unit-size", type=positive_int, default=224, help="part 2 image side")
-    parser.add_argument("--regularizers", nargs="+", choices=PRESETS, default=list(PRESETS),
-                        help="part 1 regulariser presets")
-    parser.add_argument("--parts", type=int, nargs="+", choices=(1, 2), default=[1, 2],
-                        help="which parts to run")
-    parser.add_argument("--repeats", type=positive_int, default=3,
-                        help="timed runs of each variant, alternating order; median reported")
+    parser.add_argument(
+        "--regularizers", nargs="+", choices=PRESETS, default=list(PRESETS), help="part 1 regulariser presets"
+    )
+    parser.add_argument(
+        "--parts", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="which parts to run"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help="timed runs of each variant, alternating order; median reported",
+    )
     parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: stages 1 and 5, size 64, 2 steps, 1 repeat")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="write the measurements to this JSON file")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: stages 1 and 5, size 64, 2 steps, 1 repeat"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="write the measurements to this JSON file"
+    )
     args = parser.parse_args()
     if args.quick:
         args.stages, args.sizes, args.steps, args.repeats = [1, 5], [64], 2, 1
@@ -126,12 +138,15 @@ class Timer:
         }
 
     def record(self, names: list[str]) -> dict[str, dict[str, object]]:
-        return {name: {"wall_s": self.wall[name], "cpu_s": self.cpu[name],
-                       "median_s": self.median(name)} for name in names}
+        return {
+            name: {"wall_s": self.wall[name], "cpu_s": self.cpu[name], "median_s": self.median(name)}
+            for name in names
+        }
 
 
-def run_interleaved(timer: Timer, methods: list[tuple[str, Callable[[], Tensor]]],
-                    repeats: int) -> dict[str, Tensor]:
+def run_interleaved(
+    timer: Timer, methods: list[tuple[str, Callable[[], Tensor]]], repeats: int
+) -> dict[str, Tensor]:
     """Each method `repeats` times, the order reversed on every other repeat; last outputs."""
     outputs = {}
     for repeat in range(repeats):
@@ -153,23 +168,33 @@ def part_filters(model, args: argparse.Namespace) -> list[dict[str, object]]:
     channels = list(range(FILTERS))
     records = []
     for preset in args.regularizers:
-        print(f"\n1. visualize_filters: {FILTERS} filters (channels 0..{FILTERS - 1}) optimised "
-              f"together vs one call per filter, {args.steps} steps, regularizers={preset!r}, "
-              f"seed {SEED}")
-        print(f"{'stage':>5} {'size':>5} {'together s':>11} {'one/filter s':>13} {'ratio':>7} "
-              f"{'min ratio':>9} {'paired':>7} {'max|d| N steps':>15} {'max|d| 1 step':>14} "
-              f"{'<=1e-5':>7} {'max|img|':>9}")
+        print(
+            f"\n1. visualize_filters: {FILTERS} filters (channels 0..{FILTERS - 1}) optimised "
+            f"together vs one call per filter, {args.steps} steps, regularizers={preset!r}, "
+            f"seed {SEED}"
+        )
+        print(
+            f"{'stage':>5} {'size':>5} {'together s':>11} {'one/filter s':>13} {'ratio':>7} "
+            f"{'min ratio':>9} {'paired':>7} {'max|d| N steps':>15} {'max|d| 1 step':>14} "
+            f"{'<=1e-5':>7} {'max|img|':>9}"
+        )
         for stage in args.stages:
             for size in args.sizes:
-                def together(steps: int = args.steps, stage: int = stage, size: int = size) -> Tensor:
-                    return visualize_filters(model, stage, channels, size=size, steps=steps,
-                                             seed=SEED, regularizers=preset)
 
-                def one_per_filter(steps: int = args.steps, stage: int = stage,
-                                   size: int = size) -> Tensor:
-                    return torch.cat([visualize_filters(model, stage, [c], size=size, steps=steps,
-                                                        seed=SEED, regularizers=preset)
-                                      for c in channels])
+                def together(steps: int = args.steps, stage: int = stage, size: int = size) -> Tensor:
+                    return visualize_filters(
+                        model, stage, channels, size=size, steps=steps, seed=SEED, regularizers=preset
+                    )
+
+                def one_per_filter(steps: int = args.steps, stage: int = stage, size: int = size) -> Tensor:
+                    return torch.cat(
+                        [
+                            visualize_filters(
+                                model, stage, [c], size=size, steps=steps, seed=SEED, regularizers=preset
+                            )
+                            for c in channels
+                        ]
+                    )
 
                 # warm-up on the same shapes, 1 step: also the 1-step agreement check
                 one_step = max_abs(together(1), one_per_filter(1))
@@ -180,36 +205,57 @@ def part_filters(model, args: argparse.Namespace) -> list[dict[str, object]]:
                 agree = images_within(outputs["together"], outputs["one_per_filter"])
                 scale = float(outputs["one_per_filter"].abs().max())
                 ratios = timer.ratios("together", "one_per_filter")
-                print(f"{stage:>5} {size:>5} {timer.median('together'):>11.3f} "
-                      f"{timer.median('one_per_filter'):>13.3f} {ratios['median']:>7.3f} "
-                      f"{ratios['min']:>9.3f} {ratios['paired']:>7.3f} {n_steps:>15.1e} "
-                      f"{one_step:>14.1e} {f'{agree}/{FILTERS}':>7} {scale:>9.3f}", flush=True)
-                records.append({"part": "filters", "regularizers": preset, "stage": stage,
-                                "size": size, "channels": channels, "steps": args.steps,
-                                "times": timer.record(["together", "one_per_filter"]),
-                                "ratio_together_over_one_per_filter": ratios,
-                                "max_abs_diff_steps": n_steps, "max_abs_diff_1_step": one_step,
-                                "images_within_1e-5_steps": agree, "max_abs_image": scale})
-        print("ratio = together / one per filter (medians); min ratio = minima; paired = median of "
-              "per-repeat ratios. max|d| = max |together - one per filter| over all images "
-              "(1 step: must be ~1e-6; N steps: float32 rounding of a batch of 16 vs 1 can drift "
-              "chaotically on random weights, a ReLU input within rounding of zero flipping its "
-              "mask); <=1e-5 = images that still agree within 1e-5 after N steps")
+                print(
+                    f"{stage:>5} {size:>5} {timer.median('together'):>11.3f} "
+                    f"{timer.median('one_per_filter'):>13.3f} {ratios['median']:>7.3f} "
+                    f"{ratios['min']:>9.3f} {ratios['paired']:>7.3f} {n_steps:>15.1e} "
+                    f"{one_step:>14.1e} {f'{agree}/{FILTERS}':>7} {scale:>9.3f}",
+                    flush=True,
+                )
+                records.append(
+                    {
+                        "part": "filters",
+                        "regularizers": preset,
+                        "stage": stage,
+                        "size": size,
+                        "channels": channels,
+                        "steps": args.steps,
+                        "times": timer.record(["together", "one_per_filter"]),
+                        "ratio_together_over_one_per_filter": ratios,
+                        "max_abs_diff_steps": n_steps,
+                        "max_abs_diff_1_step": one_step,
+                        "images_within_1e-5_steps": agree,
+                        "max_abs_image": scale,
+                    }
+                )
+        print(
+            "ratio = together / one per filter (medians); min ratio = minima; paired = median of "
+            "per-repeat ratios. max|d| = max |together - one per filter| over all images "
+            "(1 step: must be ~1e-6; N steps: float32 rounding of a batch of 16 vs 1 can drift "
+            "chaotically on random weights, a ReLU input within rounding of zero flipping its "
+            "mask); <=1e-5 = images that still agree within 1e-5 after N steps"
+        )
     return records
 
 
 def part_units(model, args: argparse.Namespace) -> list[dict[str, object]]:
     size = args.unit_size
-    print(f"\n2. visualize_units: channels {UNIT_CHANNELS}, the centre unit, on a {size}x{size} "
-          f"image, crop=True (receptive field only) vs crop=False (full image), {args.steps} "
-          f"steps, seed {SEED}")
-    print(f"{'stage':>5} {'crop s':>9} {'full s':>9} {'ratio':>7} {'min ratio':>9} {'paired':>7} "
-          f"{'box (h x w)':>12} {'crop (h x w)':>13} {'max|d| N steps':>15} {'max|d| 1 step':>14}")
+    print(
+        f"\n2. visualize_units: channels {UNIT_CHANNELS}, the centre unit, on a {size}x{size} "
+        f"image, crop=True (receptive field only) vs crop=False (full image), {args.steps} "
+        f"steps, seed {SEED}"
+    )
+    print(
+        f"{'stage':>5} {'crop s':>9} {'full s':>9} {'ratio':>7} {'min ratio':>9} {'paired':>7} "
+        f"{'box (h x w)':>12} {'crop (h x w)':>13} {'max|d| N steps':>15} {'max|d| 1 step':>14}"
+    )
     records = []
     for stage in args.stages:
+
         def run(crop: bool, steps: int = args.steps, stage: int = stage):
-            return visualize_units(model, stage, UNIT_CHANNELS, size=size, steps=steps, seed=SEED,
-                                   crop=crop, details=True)
+            return visualize_units(
+                model, stage, UNIT_CHANNELS, size=size, steps=steps, seed=SEED, crop=crop, details=True
+            )
 
         warm_crop, warm_full = run(True, 1), run(False, 1)  # warm-up, and the 1-step check
         one_step = max_abs(warm_crop.images, warm_full.images)
@@ -222,20 +268,34 @@ def part_units(model, args: argparse.Namespace) -> list[dict[str, object]]:
         box = f"{bottom - top}x{right - left}"
         crop = f"{cbottom - ctop}x{cright - cleft}"
         ratios = timer.ratios("crop", "full")
-        print(f"{stage:>5} {timer.median('crop'):>9.3f} {timer.median('full'):>9.3f} "
-              f"{ratios['median']:>7.3f} {ratios['min']:>9.3f} {ratios['paired']:>7.3f} "
-              f"{box:>12} {crop:>13} {n_steps:>15.1e} {one_step:>14.1e}", flush=True)
-        records.append({"part": "units", "stage": stage, "size": size, "channels": UNIT_CHANNELS,
-                        "position": outputs["crop"].settings["position"], "steps": args.steps,
-                        "box": [top, left, bottom, right],
-                        "crop_box": [ctop, cleft, cbottom, cright],
-                        "times": timer.record(["crop", "full"]),
-                        "ratio_crop_over_full": ratios, "max_abs_diff_steps": n_steps,
-                        "max_abs_diff_1_step": one_step,
-                        "max_abs_image": float(outputs["full"].images.abs().max())})
-    print("ratio = crop / full (medians); box = the unit's receptive field clipped to the image "
-          "(what both return), crop = the region optimised with crop=True (the box extended to "
-          "the stride grid); max|d| = max |crop - full| over the returned boxes")
+        print(
+            f"{stage:>5} {timer.median('crop'):>9.3f} {timer.median('full'):>9.3f} "
+            f"{ratios['median']:>7.3f} {ratios['min']:>9.3f} {ratios['paired']:>7.3f} "
+            f"{box:>12} {crop:>13} {n_steps:>15.1e} {one_step:>14.1e}",
+            flush=True,
+        )
+        records.append(
+            {
+                "part": "units",
+                "stage": stage,
+                "size": size,
+                "channels": UNIT_CHANNELS,
+                "position": outputs["crop"].settings["position"],
+                "steps": args.steps,
+                "box": [top, left, bottom, right],
+                "crop_box": [ctop, cleft, cbottom, cright],
+                "times": timer.record(["crop", "full"]),
+                "ratio_crop_over_full": ratios,
+                "max_abs_diff_steps": n_steps,
+                "max_abs_diff_1_step": one_step,
+                "max_abs_image": float(outputs["full"].images.abs().max()),
+            }
+        )
+    print(
+        "ratio = crop / full (medians); box = the unit's receptive field clipped to the image "
+        "(what both return), crop = the region optimised with crop=True (the box extended to "
+        "the stride grid); max|d| = max |crop - full| over the returned boxes"
+    )
     return records
 
 
@@ -252,10 +312,12 @@ def main() -> None:
 
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     print("command: " + command)
-    print(f"torch {torch.__version__}, device cpu, {torch.get_num_threads()} threads, {MODEL} random "
-          f"weights (seed {SEED}), eval, float32; stages {args.stages}, part 1 sizes {args.sizes}, "
-          f"part 2 size {args.unit_size}, {args.steps} steps, median of {args.repeats} repeats "
-          f"(order alternating), after one 1-step warm-up of each")
+    print(
+        f"torch {torch.__version__}, device cpu, {torch.get_num_threads()} threads, {MODEL} random "
+        f"weights (seed {SEED}), eval, float32; stages {args.stages}, part 1 sizes {args.sizes}, "
+        f"part 2 size {args.unit_size}, {args.steps} steps, median of {args.repeats} repeats "
+        f"(order alternating), after one 1-step warm-up of each"
+    )
     print("timings on a shared machine are disturbed by other load: take final figures on a quiet one")
 
     start = time.perf_counter()
@@ -268,11 +330,22 @@ def main() -> None:
     print(f"\ntotal {total:.1f} s")
 
     if args.json is not None:
-        payload = {"command": command, "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "model": MODEL, "weights": "random",
-                   "seed": SEED, "steps": args.steps, "repeats": args.repeats,
-                   "stages": args.stages, "sizes": args.sizes, "unit_size": args.unit_size,
-                   "regularizers": args.regularizers, "total_s": total, "results": records}
+        payload = {
+            "command": command,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "model": MODEL,
+            "weights": "random",
+            "seed": SEED,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "stages": args.stages,
+            "sizes": args.sizes,
+            "unit_size": args.unit_size,
+            "regularizers": args.regularizers,
+            "total_s": total,
+            "results": records,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")

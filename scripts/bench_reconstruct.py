@@ -26,11 +26,11 @@ import sys
 import time
 
 import torch
-from torch import nn
 import torchvision.models as tvm
+from torch import nn
 
 import deconvnet
-from deconvnet.architecture import stage as stage_of
+from deconvnet.core.architecture import stage as stage_of
 
 
 class DeconvReLU(torch.autograd.Function):
@@ -118,20 +118,23 @@ def peak_rss_mib(model_name: str, size: int, stage: int, k: int) -> float:
 
 
 def memory_report(args: argparse.Namespace) -> None:
-    print(f"peak RSS of one process reconstructing K channels ({args.model}, {args.size}px); "
-          "the returned [K, 3, H, W] float32 tensor itself is listed beside it")
+    print(
+        f"peak RSS of one process reconstructing K channels ({args.model}, {args.size}px); "
+        "the returned [K, 3, H, W] float32 tensor itself is listed beside it"
+    )
     for stage in args.stages:
         channels = stage_of(getattr(tvm, args.model)(), stage).channels
         for k in sorted({16, 64, channels}):
             result = k * 3 * args.size * args.size * 4 / 2**20
-            print(f"stage {stage}  K={k:>4}  {peak_rss_mib(args.model, args.size, stage, k):8.0f} MiB"
-                  f"  (result tensor {result:6.0f} MiB)")
+            print(
+                f"stage {stage}  K={k:>4}  {peak_rss_mib(args.model, args.size, stage, k):8.0f} MiB"
+                f"  (result tensor {result:6.0f} MiB)"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["vgg16", "alexnet", "vgg11", "vgg13", "vgg19"],
-                        default="vgg16")
+    parser.add_argument("--model", choices=["vgg16", "alexnet", "vgg11", "vgg13", "vgg19"], default="vgg16")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 5])
@@ -146,20 +149,26 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = getattr(tvm, args.model)().eval()
     image = torch.randn(1, 3, args.size, args.size)
-    print(f"{args.model}, random weights, one {args.size}x{args.size} image, rule=deconvnet, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats")
-    print(f"{'stage':>5} {'K':>4} {'lean s':>8} {'hook s':>8} {'shared s':>8} {'ours s':>8} "
-          f"{'ours/lean':>9} {'ours/hook':>9} {'ours/shared':>11}  max |diff| / max |lean|")
+    print(
+        f"{args.model}, random weights, one {args.size}x{args.size} image, rule=deconvnet, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats"
+    )
+    print(
+        f"{'stage':>5} {'K':>4} {'lean s':>8} {'hook s':>8} {'shared s':>8} {'ours s':>8} "
+        f"{'ours/lean':>9} {'ours/hook':>9} {'ours/shared':>11}  max |diff| / max |lean|"
+    )
     for stage in args.stages:
         lean, hooked = lean_features(model, stage), hooked_features(model, stage)
         for k in args.channels:
             channels = list(range(k))
             deconvnet.reconstruct(model, image, stage, keep=channels[:1])  # warm-up
             per_channel_loop(lean, image, channels[:1])
-            runs = {"lean": lambda: per_channel_loop(lean, image, channels),
-                    "hook": lambda: per_channel_loop(hooked, image, channels),
-                    "shared": lambda: shared_forward_loop(lean, image, channels),
-                    "ours": lambda: deconvnet.reconstruct(model, image, stage, keep=channels)}
+            runs = {
+                "lean": lambda: per_channel_loop(lean, image, channels),
+                "hook": lambda: per_channel_loop(hooked, image, channels),
+                "shared": lambda: shared_forward_loop(lean, image, channels),
+                "ours": lambda: deconvnet.reconstruct(model, image, stage, keep=channels),
+            }
             times: dict[str, list[float]] = {name: [] for name in runs}
             outputs: dict[str, torch.Tensor] = {}
             for _ in range(args.repeats):
@@ -170,9 +179,12 @@ def main() -> None:
             scale = want.abs().max().clamp(min=1e-30)
             rel = max(float((got - want).abs().max() / scale) for got in outputs.values())
             med = {name: statistics.median(t) for name, t in times.items()}
-            print(f"{stage:>5} {k:>4} {med['lean']:>8.3f} {med['hook']:>8.3f} {med['shared']:>8.3f} "
-                  f"{med['ours']:>8.3f} {med['ours'] / med['lean']:>9.3f} "
-                  f"{med['ours'] / med['hook']:>9.3f} {med['ours'] / med['shared']:>11.3f}  {rel:.1e}")
+            print(
+                f"{stage:>5} {k:>4} {med['lean']:>8.3f} {med['hook']:>8.3f} {med['shared']:>8.3f} "
+                f"{med['ours']:>8.3f} {med['ours'] / med['lean']:>9.3f} "
+                f"{med['ours'] / med['hook']:>9.3f} {med['ours'] / med['shared']:>11.3f}  {rel:.1e}"
+            )
+
 
 if __name__ == "__main__":
     main()

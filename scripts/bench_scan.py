@@ -18,8 +18,8 @@ import time
 import torch
 import torchvision
 
-from deconvnet.architecture import stages
-from deconvnet.scan import scan_topk
+from deconvnet.analysis.scan import scan_topk
+from deconvnet.core.architecture import stages
 
 
 def positive_int(text: str) -> int:
@@ -30,14 +30,20 @@ def positive_int(text: str) -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("vgg16", "alexnet"), default="vgg16", help="random-init torchvision model")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", choices=("vgg16", "alexnet"), default="vgg16", help="random-init torchvision model"
+    )
     parser.add_argument("--images", type=positive_int, default=16, help="images per timed run")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     parser.add_argument("--size", type=positive_int, default=224, help="input side in pixels")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs of each, interleaved")
     parser.add_argument("--k", type=positive_int, default=9, help="top-k kept per channel")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -84,8 +90,12 @@ def main() -> None:
     )
     print("forward runs (s): " + " ".join(f"{t:.3f}" for t in times["forward"]))
     print("scan runs    (s): " + " ".join(f"{t:.3f}" for t in times["scan"]))
-    print(f"forward median: {forward_s:.3f} s ({forward_s / args.images * 1000:.1f} ms/image), min {min(times['forward']):.3f} s")
-    print(f"scan median:    {scan_s:.3f} s ({scan_s / args.images * 1000:.1f} ms/image), min {min(times['scan']):.3f} s")
+    print(
+        f"forward median: {forward_s:.3f} s ({forward_s / args.images * 1000:.1f} ms/image), min {min(times['forward']):.3f} s"
+    )
+    print(
+        f"scan median:    {scan_s:.3f} s ({scan_s / args.images * 1000:.1f} ms/image), min {min(times['scan']):.3f} s"
+    )
     print(f"ratio of minima: {min(times['scan']) / min(times['forward']):.3f}")
     forward_cpu = statistics.median(cpu_times["forward"])
     scan_cpu = statistics.median(cpu_times["scan"])

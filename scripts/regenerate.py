@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from experiments.common import PROVENANCE_ENV, provenance  # noqa: E402
+from deconvnet.jobs.files import PROVENANCE_ENV, provenance  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -48,107 +48,149 @@ class Figure:
 
     module: str
     shows: str
-    model: str = "vgg16"          # the experiment's default model (conf/<experiment>.yaml)
+    model: str = "vgg16"  # the experiment's default model (conf/<experiment>.yaml)
     overrides: tuple[str, ...] = ()
-    quick: tuple[str, ...] = ()   # tiny settings added by --quick (always on AlexNet)
+    quick: tuple[str, ...] = ()  # tiny settings added by --quick (always on AlexNet)
 
 
 # Overrides every figure on a model gets, e.g. ("model.weights=hed",) for VGG16: the one place
 # that chooses a model's weights. --quick runs everything on AlexNet.
-MODEL_OVERRIDES: dict[str, tuple[str, ...]] = {
-    "vgg16": ("model.weights=hed",),
-    "alexnet": ("model=alexnet",),
-}
+MODEL_OVERRIDES: dict[str, tuple[str, ...]] = {"vgg16": ("model.weights=hed",), "alexnet": ("model=alexnet",)}
 # committed PNGs stay modest: large receptive fields shown at 64 px, sheets at most 1400 px wide
 SMALL_PNG = ("display.max_tile_px=64", "display.sheet_max_width=1400")
 FIGURES: dict[str, Figure] = {
-    "fig1": Figure("experiments.fig1", "Fig. 1: the deconvnet layer attached to a convnet layer, "
-                   "every intermediate map from real data, and unpooling with switches"),
-    "fig2": Figure("experiments.fig2", "Fig. 2: top-9 activations of 16 random live feature maps "
-                   "per layer, projected to pixels by the deconvnet and by guided backprop beside "
-                   "their image patches (VGG16)",
-                   overrides=(*SMALL_PNG, "rules=[deconvnet,guided]"),
-                   quick=("channels_per_stage=2", "k=4", "data.size=80", "stages=[1,5]")),
-    "fig2_alexnet": Figure("experiments.fig2", "Fig. 2 on AlexNet (the paper's own architecture "
-                           "family)", model="alexnet", overrides=SMALL_PNG,
-                           quick=("channels_per_stage=1", "k=2", "data.size=80", "stages=[2]")),
-    "reconstruct": Figure("experiments.reconstruct", "Reconstructions of one image at the 5 "
-                          "layers, from the whole feature map and from its strongest activation",
-                          quick=("stage=2",)),
-    "saliency": Figure("experiments.saliency", "Gradient-family maps of every method (gradient, "
-                       "guided backprop, deconvnet, their SmoothGrad, Grad-CAM at stage 4, guided "
-                       "Grad-CAM, integrated gradients, gradient x image) of each image's strongest "
-                       "stage-5 unit (a unit, not a class: HED's classifier is random); Grad-CAM "
-                       "weighs whole pool4 maps, so it need not peak at the unit. SmoothGrad with "
-                       "PAIR's 25 samples, integrated gradients with 64 steps",
-                       overrides=("unit=[5]", "samples=25", "steps=64", "cam_stage=4"),
-                       quick=("images=cat", "samples=4", "steps=8")),
+    "fig1": Figure(
+        "experiments.fig1",
+        "Fig. 1: the deconvnet layer attached to a convnet layer, "
+        "every intermediate map from real data, and unpooling with switches",
+    ),
+    "fig2": Figure(
+        "experiments.fig2",
+        "Fig. 2: top-9 activations of 16 random live feature maps "
+        "per layer, projected to pixels by the deconvnet and by guided backprop beside "
+        "their image patches (VGG16)",
+        overrides=(*SMALL_PNG, "rules=[deconvnet,guided]"),
+        quick=("channels_per_stage=2", "k=4", "data.size=80", "stages=[1,5]"),
+    ),
+    "fig2_alexnet": Figure(
+        "experiments.fig2",
+        "Fig. 2 on AlexNet (the paper's own architecture family)",
+        model="alexnet",
+        overrides=SMALL_PNG,
+        quick=("channels_per_stage=1", "k=2", "data.size=80", "stages=[2]"),
+    ),
+    "reconstruct": Figure(
+        "experiments.reconstruct",
+        "Reconstructions of one image at the 5 "
+        "layers, from the whole feature map and from its strongest activation",
+        quick=("stage=2",),
+    ),
+    "saliency": Figure(
+        "experiments.saliency",
+        "Gradient-family maps of every method (gradient, "
+        "guided backprop, deconvnet, their SmoothGrad, Grad-CAM at stage 4, guided "
+        "Grad-CAM, integrated gradients, gradient x image) of each image's strongest "
+        "stage-5 unit (a unit, not a class: HED's classifier is random); Grad-CAM "
+        "weighs whole pool4 maps, so it need not peak at the unit. SmoothGrad with "
+        "PAIR's 25 samples, integrated gradients with 64 steps",
+        overrides=("unit=[5]", "samples=25", "steps=64", "cam_stage=4"),
+        quick=("images=cat", "samples=4", "steps=8"),
+    ),
     # The optimisation family, on VGG16 with HED weights (learned convolutions, RANDOM
     # classifier: class models and fooling images are labelled not meaningful). Measured on 2
     # idle CPU cores, 2 threads: filters 110 s, class_model 36 s, deep_dream 11 s, invert 34 s,
     # fooling 11 s; 201 s together (344 s on one thread); other jobs on the machine stretch it.
-    "filters": Figure("experiments.filters", "Filter visualisations (activation maximisation, "
-                      "the Keras example's recipe) of the first 16 channels of each stage, "
-                      "without and with regularisers (Yosinski decay + blur, pad + jitter) side "
-                      "by side in the Keras example's mosaic; result.json: how strongly each "
-                      "image excites its channel compared with the sample photos",
-                      overrides=("size=64", "steps=32", "channels=16"),
-                      quick=("stages=[1,5]", "channels=4", "size=64", "steps=3")),
-    "class_model": Figure("experiments.class_model", "Class models (Simonyan et al. 2014, L2 "
-                          "regulariser, blur) of four ImageNet classes, each titled with the "
-                          "probability the model gives it; HED's classifier is random, so the "
-                          "scores are labelled not meaningful",
-                          overrides=("size=128", "steps=48", "blur=1.0"),
-                          quick=("classes=[1,368]", "size=64", "steps=3")),
-    "deep_dream": Figure("experiments.deep_dream", "Deep Dream (Mordvintsev et al. 2015) of one "
-                         "photo at stage 4, three octaves of scale 1.4; energy before / after",
-                         overrides=("octaves=3",),
-                         quick=("size=96", "octaves=2", "steps=2", "stage=3", "jitter=8")),
-    "invert": Figure("experiments.invert", "One photo inverted from each of the five stages "
-                     "(Mahendran & Vedaldi 2015), each titled with its relative feature error",
-                     overrides=("size=128", "steps=80"),
-                     quick=("stages=[2,5]", "size=64", "steps=3")),
-    "fooling": Figure("experiments.fooling", "A fooling image (Nguyen et al. 2015): a photo "
-                      "pushed until the model says 'gibbon' with 99% confidence, its amplified "
-                      "difference, probabilities before / after, L-inf / L2 of the change; "
-                      "HED's classifier is random, so the scores are labelled not meaningful",
-                      overrides=("size=160", "steps=100"),
-                      quick=("size=64", "steps=3")),
+    "filters": Figure(
+        "experiments.filters",
+        "Filter visualisations (activation maximisation, "
+        "the Keras example's recipe) of the first 16 channels of each stage, "
+        "without and with regularisers (Yosinski decay + blur, pad + jitter) side "
+        "by side in the Keras example's mosaic; result.json: how strongly each "
+        "image excites its channel compared with the sample photos",
+        overrides=("size=64", "steps=32", "channels=16"),
+        quick=("stages=[1,5]", "channels=4", "size=64", "steps=3"),
+    ),
+    "class_model": Figure(
+        "experiments.class_model",
+        "Class models (Simonyan et al. 2014, L2 "
+        "regulariser, blur) of four ImageNet classes, each titled with the "
+        "probability the model gives it; HED's classifier is random, so the "
+        "scores are labelled not meaningful",
+        overrides=("size=128", "steps=48", "blur=1.0"),
+        quick=("classes=[1,368]", "size=64", "steps=3"),
+    ),
+    "deep_dream": Figure(
+        "experiments.deep_dream",
+        "Deep Dream (Mordvintsev et al. 2015) of one "
+        "photo at stage 4, three octaves of scale 1.4; energy before / after",
+        overrides=("octaves=3",),
+        quick=("size=96", "octaves=2", "steps=2", "stage=3", "jitter=8"),
+    ),
+    "invert": Figure(
+        "experiments.invert",
+        "One photo inverted from each of the five stages "
+        "(Mahendran & Vedaldi 2015), each titled with its relative feature error",
+        overrides=("size=128", "steps=80"),
+        quick=("stages=[2,5]", "size=64", "steps=3"),
+    ),
+    "fooling": Figure(
+        "experiments.fooling",
+        "A fooling image (Nguyen et al. 2015): a photo "
+        "pushed until the model says 'gibbon' with 99% confidence, its amplified "
+        "difference, probabilities before / after, L-inf / L2 of the change; "
+        "HED's classifier is random, so the scores are labelled not meaningful",
+        overrides=("size=160", "steps=100"),
+        quick=("size=64", "steps=3"),
+    ),
     # The paper's other experiments (issue 8), on VGG16 with HED weights.
-    "occlusion": Figure("experiments.occlusion", "Fig. 7: occlusion sensitivity of three photos "
-                        "(a 48 px grey square at stride 16, incremental inference): the total "
-                        "activation of the strongest stage-5 map, that map projected by the "
-                        "deconvnet beside its top 3 from a scan of the sample gallery, the "
-                        "probability of the predicted class and the most probable label (HED's "
-                        "classifier is random: (d) and (e) are labelled not meaningful)",
-                        quick=("images=[cat]", "size=96", "patch=32", "stride=32",
-                               "data.limit=8", "top_k=2")),
-    "correspondence": Figure("experiments.correspondence", "Correspondence (Table 1): the right "
-                             "eye, left eye and nose of 2 human portraits and 1 cat (NOT the "
-                             "paper's 5 dogs) occluded; Delta (Hamming of sign(x - x~)) at pool5 "
-                             "and fc7 (fc7 random with HED weights) against 10 draws of random "
-                             "boxes of the same sizes; table.md",
-                             quick=("random_draws=1",)),
-    "sanity": Figure("experiments.sanity", "Sanity checks (Adebayo et al. 2018): cascading and "
-                     "independent re-initialisation of every learnable layer; Spearman (|.| and "
-                     "signed), SSIM and HOG similarity to the original maps of gradient, guided "
-                     "backprop, deconvnet, SmoothGrad, Grad-CAM (stage 4) and integrated "
-                     "gradients, for each image's strongest stage-5 unit of the original model "
-                     "(a unit, not a class); result.json says which methods pass. 2 images at "
-                     "128 px, SmoothGrad 8 samples, IG 8 steps",
-                     overrides=("size=128", "samples=8", "steps=8"),
-                     quick=("images=cat", "size=64", "samples=2", "steps=2",
-                            "layers=[fc6,conv5,conv3,conv1]")),
-    "invariance": Figure("experiments.invariance", "Fig. 5: invariance of five photos to vertical "
-                         "translation (-60..60 px), scale (1..1.8) and rotation (0..360 degrees, "
-                         "every 30): Euclidean distance of the layer-1 (pool1) and fc7 feature "
-                         "vectors to the original's, and the probability of each original's "
-                         "predicted class; HED's classifier is random, so fc7 and the "
-                         "probability are labelled as random / not meaningful",
-                         overrides=("values.rotate=[0,30,60,90,120,150,180,210,240,270,300,330,"
-                                    "360]",),
-                         quick=("images=[cat,coffee]", "size=96", "values.translate=[-16,0,16]",
-                                "values.scale=[1.0,1.4]", "values.rotate=[0,90,180]")),
+    "occlusion": Figure(
+        "experiments.occlusion",
+        "Fig. 7: occlusion sensitivity of three photos "
+        "(a 48 px grey square at stride 16, incremental inference): the total "
+        "activation of the strongest stage-5 map, that map projected by the "
+        "deconvnet beside its top 3 from a scan of the sample gallery, the "
+        "probability of the predicted class and the most probable label (HED's "
+        "classifier is random: (d) and (e) are labelled not meaningful)",
+        quick=("images=[cat]", "size=96", "patch=32", "stride=32", "data.limit=8", "top_k=2"),
+    ),
+    "correspondence": Figure(
+        "experiments.correspondence",
+        "Correspondence (Table 1): the right "
+        "eye, left eye and nose of 2 human portraits and 1 cat (NOT the "
+        "paper's 5 dogs) occluded; Delta (Hamming of sign(x - x~)) at pool5 "
+        "and fc7 (fc7 random with HED weights) against 10 draws of random "
+        "boxes of the same sizes; table.md",
+        quick=("random_draws=1",),
+    ),
+    "sanity": Figure(
+        "experiments.sanity",
+        "Sanity checks (Adebayo et al. 2018): cascading and "
+        "independent re-initialisation of every learnable layer; Spearman (|.| and "
+        "signed), SSIM and HOG similarity to the original maps of gradient, guided "
+        "backprop, deconvnet, SmoothGrad, Grad-CAM (stage 4) and integrated "
+        "gradients, for each image's strongest stage-5 unit of the original model "
+        "(a unit, not a class); result.json says which methods pass. 2 images at "
+        "128 px, SmoothGrad 8 samples, IG 8 steps",
+        overrides=("size=128", "samples=8", "steps=8"),
+        quick=("images=cat", "size=64", "samples=2", "steps=2", "layers=[fc6,conv5,conv3,conv1]"),
+    ),
+    "invariance": Figure(
+        "experiments.invariance",
+        "Fig. 5: invariance of five photos to vertical "
+        "translation (-60..60 px), scale (1..1.8) and rotation (0..360 degrees, "
+        "every 30): Euclidean distance of the layer-1 (pool1) and fc7 feature "
+        "vectors to the original's, and the probability of each original's "
+        "predicted class; HED's classifier is random, so fc7 and the "
+        "probability are labelled as random / not meaningful",
+        overrides=("values.rotate=[0,30,60,90,120,150,180,210,240,270,300,330,360]",),
+        quick=(
+            "images=[cat,coffee]",
+            "size=96",
+            "values.translate=[-16,0,16]",
+            "values.scale=[1.0,1.4]",
+            "values.rotate=[0,90,180]",
+        ),
+    ),
 }
 
 # The jobs' numerics: float sums (oneDNN's convolutions, PyTorch's vectorised reductions, MKL) run
@@ -240,7 +282,7 @@ def relocate(text: str, staging: Path, label: str) -> str:
 
 def tidy_job(staging: Path, final: Path, out_root: Path, run: dict[str, Any]) -> dict[str, Any]:
     """Move what only this run has out of the job's files into `run.json`; returns the result."""
-    from deconvnet.jobfiles import LOCK_FILE
+    from deconvnet.jobs.files import LOCK_FILE
 
     (staging / LOCK_FILE).unlink(missing_ok=True)  # the job has ended: its lock is nobody's now
     result_path = staging / "result.json"
@@ -269,9 +311,12 @@ def run_job(name: str, out_root: Path, quick: bool, env: dict[str, str]) -> dict
     print(f"\n=== {name}: {shown}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True)
-    run = {"figure": name, "seconds": round(time.perf_counter() - started, 1),
-           "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
-           "command": command}
+    run = {
+        "figure": name,
+        "seconds": round(time.perf_counter() - started, 1),
+        "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+    }
     final = out_root / name
     result = tidy_job(staging, final, out_root, run)
     shutil.rmtree(final, ignore_errors=True)
@@ -294,7 +339,7 @@ def run_job(name: str, out_root: Path, quick: bool, env: dict[str, str]) -> dict
 
 def weights_cell(weights: dict[str, Any]) -> str:
     """The manifest's 'weights used': exactly which weights, bold unless pretrained."""
-    from deconvnet.models import weights_label
+    from deconvnet.data.models import weights_label
 
     label = weights_label(weights)
     if weights.get("pretrained") is True:
@@ -333,13 +378,14 @@ def manifest_markdown(manifest: dict[str, Any]) -> str:
     ]
     for e in manifest["figures"]:
         files = ", ".join(f"`{f}`" for f in e["figures"])
-        lines.append(f"| {e['figure']} | {e['shows']} | `{e['command']}` | "
-                     f"{weights_cell(e['weights'])} | {data_cell(e['dataset'])} | {files} |")
+        lines.append(
+            f"| {e['figure']} | {e['shows']} | `{e['command']}` | "
+            f"{weights_cell(e['weights'])} | {data_cell(e['dataset'])} | {files} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def write_manifest(out_root: Path, entries: list[dict], record: dict[str, Any],
-                   threads: int) -> None:
+def write_manifest(out_root: Path, entries: list[dict], record: dict[str, Any], threads: int) -> None:
     """MANIFEST.json / .md (tracked: what the code determines); entries of earlier runs are kept."""
     figures = {e["figure"]: e for e in read_json(out_root / MANIFEST_JSON).get("figures", [])}
     figures.update({e["figure"]: e for e in entries})
@@ -361,8 +407,9 @@ def write_runs(out_root: Path, record: dict[str, Any]) -> None:
         run = read_json(out_root / name / RUN_JSON)
         if run:
             runs[name] = {k: run.get(k) for k in ("seconds", "finished")}
-    write_json(out_root / RUNS_JSON, {"last_run": split_provenance(record)[1], "out": str(out_root),
-                                      "figures": runs})
+    write_json(
+        out_root / RUNS_JSON, {"last_run": split_provenance(record)[1], "out": str(out_root), "figures": runs}
+    )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -373,8 +420,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), default=list(FIGURES))
     parser.add_argument("--out", type=Path, default=REPO / "results")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for checking the script")
-    parser.add_argument("--threads", type=int, default=JOB_THREADS,
-                        help=f"threads of every job (default {JOB_THREADS}; in the manifest)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=JOB_THREADS,
+        help=f"threads of every job (default {JOB_THREADS}; in the manifest)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # versions() in the record names the jobs' thread count
     record = provenance()  # the tree as it was when this command started, for every job
@@ -388,12 +439,13 @@ def main() -> None:
             write_manifest(out, entries, record, args.threads)  # after every figure: work is kept
             write_runs(out, record)
     except subprocess.CalledProcessError as error:
-        raise SystemExit(f"error: {error.cmd[2]} failed with exit status {error.returncode}; "
-                         "results of the figures finished before it are kept") from None
+        raise SystemExit(
+            f"error: {error.cmd[2]} failed with exit status {error.returncode}; "
+            "results of the figures finished before it are kept"
+        ) from None
     finally:
         shutil.rmtree(out / ".staging", ignore_errors=True)
-    print(f"\nwrote {', '.join(e['figure'] for e in entries)} into {out} "
-          f"(manifest: {out / MANIFEST_MD})")
+    print(f"\nwrote {', '.join(e['figure'] for e in entries)} into {out} (manifest: {out / MANIFEST_MD})")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ DRAWN_BY_THE_JOB = ("occlusion", "correspondence", "sanity")
 
 def render_job(job: Path) -> list[Path]:
     """Redraw one job folder according to the experiment recorded in its result.json."""
-    from deconvnet.fig1 import render_fig1
-    from deconvnet.fig2 import render_fig2
-    from deconvnet.saliency import render_saliency
-    from deconvnet.synthesis import SYNTHESIS_EXPERIMENTS, render_synthesis
+    from deconvnet.jobs.fig1 import render_fig1
+    from deconvnet.jobs.fig2 import render_fig2
+    from deconvnet.jobs.job import SYNTHESIS_EXPERIMENTS, render_synthesis
+    from deconvnet.jobs.saliency import render_saliency
     from experiments.reconstruct import render_reconstruct
 
     result = json.loads((job / "result.json").read_text())
@@ -47,16 +47,21 @@ def render_job(job: Path) -> list[Path]:
     if kind in SYNTHESIS_EXPERIMENTS:
         return render_synthesis(job)
     if kind == "invariance":
-        from deconvnet.analysis.jobs.invariance import render_invariance
+        from deconvnet.jobs.invariance import render_invariance
 
         return [render_invariance(job)]
     if kind in DRAWN_BY_THE_JOB:
-        print(f"{job}: {kind} figures are drawn by the job itself; rerun the experiment to "
-              "redraw them (nothing changed here)", file=sys.stderr)
+        print(
+            f"{job}: {kind} figures are drawn by the job itself; rerun the experiment to "
+            "redraw them (nothing changed here)",
+            file=sys.stderr,
+        )
         return []
-    raise ValueError(f"{job}: result.json names experiment {kind!r}; expected fig1, fig2, "
-                     f"reconstruct, saliency, invariance or one of "
-                     f"{', '.join((*SYNTHESIS_EXPERIMENTS, *DRAWN_BY_THE_JOB))}")
+    raise ValueError(
+        f"{job}: result.json names experiment {kind!r}; expected fig1, fig2, "
+        f"reconstruct, saliency, invariance or one of "
+        f"{', '.join((*SYNTHESIS_EXPERIMENTS, *DRAWN_BY_THE_JOB))}"
+    )
 
 
 UNFINISHED = ("running", "stale", "interrupted", "failed")
@@ -76,22 +81,25 @@ def job_folders(paths: list[Path]) -> list[Path]:
         else:
             missing.append(str(path))
     if missing:
-        raise SystemExit(f"error: no result.json in {', '.join(missing)} (not a job folder or a "
-                         "sweep folder of jobs)")
+        raise SystemExit(
+            f"error: no result.json in {', '.join(missing)} (not a job folder or a sweep folder of jobs)"
+        )
     return jobs
 
 
 def finished_jobs(jobs: list[Path]) -> list[Path]:
     """The jobs that finished; the others are named on stderr with their status."""
-    from deconvnet.jobfiles import job_status
+    from deconvnet.jobs.files import job_status
 
     kept = []
     for job in jobs:
         status = job_status(job)
         if status in UNFINISHED:
-            print(f"skipped {job}: the job's status is {status!r}, not finished"
-                  + (" (killed before it could say so; rerun it to resume)"
-                     if status == "stale" else ""), file=sys.stderr)
+            print(
+                f"skipped {job}: the job's status is {status!r}, not finished"
+                + (" (killed before it could say so; rerun it to resume)" if status == "stale" else ""),
+                file=sys.stderr,
+            )
         else:
             kept.append(job)
     return kept
@@ -99,8 +107,12 @@ def finished_jobs(jobs: list[Path]) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("jobs", nargs="*", type=Path,
-                        help="job folders (default: every folder under results/ with a result.json)")
+    parser.add_argument(
+        "jobs",
+        nargs="*",
+        type=Path,
+        help="job folders (default: every folder under results/ with a result.json)",
+    )
     parser.add_argument("--sheet", type=Path, help="assemble the given fig2 jobs into one sheet")
     args = parser.parse_args()
     if args.jobs:
@@ -110,10 +122,11 @@ def main() -> None:
     else:
         jobs = sorted(p.parent for p in (REPO / "results").glob("*/result.json"))
         if not jobs:
-            raise SystemExit("error: no job folders given and none under results/; run "
-                             "scripts/regenerate.py first")
+            raise SystemExit(
+                "error: no job folders given and none under results/; run scripts/regenerate.py first"
+            )
     if args.sheet:
-        from deconvnet.fig2 import assemble_sheet
+        from deconvnet.jobs.fig2 import assemble_sheet
 
         print(assemble_sheet(jobs, args.sheet))
         return
@@ -126,9 +139,11 @@ def main() -> None:
             failed.append(job)
             print(f"skipped {job}: {error}", file=sys.stderr)
             if (job / "tiles.json").is_file():
-                print("  (Fig. 2's raw tiles.npz is not committed to results/; "
-                      "`python scripts/regenerate.py --only fig2 fig2_alexnet` recreates it)",
-                      file=sys.stderr)
+                print(
+                    "  (Fig. 2's raw tiles.npz is not committed to results/; "
+                    "`python scripts/regenerate.py --only fig2 fig2_alexnet` recreates it)",
+                    file=sys.stderr,
+                )
     if failed:
         raise SystemExit(f"error: {len(failed)} of {len(jobs)} job(s) could not be redrawn")
 

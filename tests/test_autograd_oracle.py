@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import deconvnet
-from deconvnet.architecture import stage as stage_of
+from deconvnet.core.architecture import stage as stage_of
 
 SIZES = {"VGG": [(32, 32), (45, 61)], "AlexNet": [(63, 63), (67, 90), (101, 77)]}
 KEEPS = ["all", "max", 3, [0, 5, 7, 5]]

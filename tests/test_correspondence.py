@@ -29,14 +29,17 @@ from scipy.spatial.distance import pdist, squareform
 from torch import nn
 
 import deconvnet
-import deconvnet.model_request
+import deconvnet.jobs.request
 from deconvnet.analysis import correspondence as corr
-from deconvnet.analysis.jobs import correspondence as corr_job
-from experiments.common import CONF_DIR, PROVENANCE_ENV, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.jobs import correspondence as corr_job
+from deconvnet.jobs.files import PROVENANCE_ENV
 
 SIDE = 96
-BOXES = {"eye": [(10, 12, 8, 9), (30, 40, 12, 10), (0, 0, 5, SIDE)],
-         "nose": [(50, 50, 14, 14), (1, 2, 3, 4), (20, 20, 20, 20)]}
+BOXES = {
+    "eye": [(10, 12, 8, 9), (30, 40, 12, 10), (0, 0, 5, SIDE)],
+    "nose": [(50, 50, 14, 14), (1, 2, 3, 4), (20, 20, 20, 20)],
+}
 LAYERS = (2, 5, "fc7")
 FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
 
@@ -75,10 +78,9 @@ def _brute_force(model: nn.Module, x: torch.Tensor, boxes) -> dict:
     """layer -> ([N, N] Hamming distances of numpy sign vectors, pair by pair; the signs)."""
     eps = []
     for k, (top, left, height, width) in enumerate(boxes):
-        occluded = x[k:k + 1].numpy().copy()
-        occluded[..., top:top + height, left:left + width] = 0.0
-        before, after = _own_features(model, x[k:k + 1]), _own_features(
-            model, torch.from_numpy(occluded))
+        occluded = x[k : k + 1].numpy().copy()
+        occluded[..., top : top + height, left : left + width] = 0.0
+        before, after = (_own_features(model, x[k : k + 1]), _own_features(model, torch.from_numpy(occluded)))
         eps.append({layer: before[layer] - after[layer] for layer in before})
     n, out = len(eps), {}
     for layer in eps[0]:
@@ -94,8 +96,9 @@ def _brute_force(model: nn.Module, x: torch.Tensor, boxes) -> dict:
 @pytest.fixture(scope="module")
 def analysed(alexnet_float64):
     x = _photos(alexnet_float64)
-    return x, corr.correspondence(alexnet_float64, x, BOXES, layers=LAYERS, random_draws=2,
-                                  seed=5, progress=False)
+    return x, corr.correspondence(
+        alexnet_float64, x, BOXES, layers=LAYERS, random_draws=2, seed=5, progress=False
+    )
 
 
 def test_delta_equals_a_brute_force(analysed, alexnet_float64):
@@ -110,8 +113,9 @@ def test_delta_equals_a_brute_force(analysed, alexnet_float64):
             np.testing.assert_array_equal(result.distances[part][key], want)
             assert result.feature_length[key] == len(signs[0])
             # scipy's Hamming (a fraction of the positions) on the same sign vectors
-            np.testing.assert_allclose(squareform(pdist(np.stack(signs), "hamming"))
-                                       * len(signs[0]), want, atol=1e-9)
+            np.testing.assert_allclose(
+                squareform(pdist(np.stack(signs), "hamming")) * len(signs[0]), want, atol=1e-9
+            )
             # the paper's Delta: every ordered pair i != j
             pairs = sum(want[i, j] for i in range(3) for j in range(3) if i != j)
             assert result.delta(part, layer) == pairs == 2 * result.row(part, layer)["delta_i_lt_j"]
@@ -126,13 +130,22 @@ def test_delta_equals_a_brute_force(analysed, alexnet_float64):
 
 def test_batches_of_images_give_the_same_distances(analysed, alexnet_float64):
     x, one = analysed
-    batched = corr.correspondence(alexnet_float64, x, {"eye": BOXES["eye"]}, layers=LAYERS,
-                                  random_draws=2, seed=5, batch_size=2, progress=False)
+    batched = corr.correspondence(
+        alexnet_float64,
+        x,
+        {"eye": BOXES["eye"]},
+        layers=LAYERS,
+        random_draws=2,
+        seed=5,
+        batch_size=2,
+        progress=False,
+    )
     for part in ("eye",):
         for key in one.distances[part]:
             np.testing.assert_array_equal(batched.distances[part][key], one.distances[part][key])
-            np.testing.assert_array_equal(batched.random_distances[part][key],
-                                          one.random_distances[part][key])
+            np.testing.assert_array_equal(
+                batched.random_distances[part][key], one.random_distances[part][key]
+            )
 
 
 def test_hamming_and_delta_by_hand():
@@ -142,16 +155,22 @@ def test_hamming_and_delta_by_hand():
     signs = torch.tensor([[1, 0, -1, 1], [1, 1, -1, -1], [0, 0, 0, 0]], dtype=torch.int8)
     h = corr.hamming_matrix(signs)
     assert h.tolist() == [[0, 2, 3], [2, 0, 4], [3, 4, 0]]
-    shuffled = np.stack([np.ones((3, 3), dtype=np.int64) - np.eye(3, dtype=np.int64),
-                         np.zeros((3, 3), dtype=np.int64)])
+    shuffled = np.stack(
+        [np.ones((3, 3), dtype=np.int64) - np.eye(3, dtype=np.int64), np.zeros((3, 3), dtype=np.int64)]
+    )
     result = corr.Correspondence(
-        parts=("p",), layers=(5,), boxes={"p": ((0, 0, 1, 1),) * 3},
-        random_boxes={"p": (((0, 0, 1, 1),) * 3,) * 2}, feature_length={"stage5": 4},
-        distances={"p": {"stage5": h.numpy()}}, random_distances={"p": {"stage5": shuffled}})
+        parts=("p",),
+        layers=(5,),
+        boxes={"p": ((0, 0, 1, 1),) * 3},
+        random_boxes={"p": (((0, 0, 1, 1),) * 3,) * 2},
+        feature_length={"stage5": 4},
+        distances={"p": {"stage5": h.numpy()}},
+        random_distances={"p": {"stage5": shuffled}},
+    )
     row = result.row("p", 5)
     assert result.delta("p", 5) == 18 and row["delta_i_lt_j"] == 9 and row["pairs"] == 3
     assert row["normalized_mean"] == pytest.approx(18 / (3 * 2 * 4))  # (2 + 3 + 4) / 3 / 4
-    assert row["normalized_std"] == pytest.approx(np.sqrt((0.25 ** 2 + 0 + 0.25 ** 2) / 3))
+    assert row["normalized_std"] == pytest.approx(np.sqrt((0.25**2 + 0 + 0.25**2) / 3))
     r = row["random"]
     assert r["delta_per_draw"] == [6, 0] and (r["delta_mean"], r["delta_std"]) == (3.0, 3.0)
     assert r["normalized_per_draw"] == [0.25, 0.0]
@@ -190,8 +209,7 @@ def test_random_boxes_are_seeded_inside_and_the_right_size():
     assert corners == {(t, l) for t in range(3) for l in range(4)}
     # the documented stream: PCG64 seeded with (seed, crc32(part), draw), top then left
     rng = np.random.default_rng([3, zlib.crc32(b"b"), 7])
-    want = [(int(rng.integers(0, 96 - h + 1)), int(rng.integers(0, 80 - w + 1)))
-            for _, _, h, w in boxes["b"]]
+    want = [(int(rng.integers(0, 96 - h + 1)), int(rng.integers(0, 80 - w + 1))) for _, _, h, w in boxes["b"]]
     assert [b[:2] for b in draws["b"][7]] == want
     # a part's draws do not depend on the other parts
     assert corr.draw_random_boxes({"b": boxes["b"]}, 96, 80, 300, seed=3)["b"] == draws["b"]
@@ -202,8 +220,13 @@ def test_the_result_records_its_random_boxes(analysed):
     checked = {p: [tuple(b) for b in boxes] for p, boxes in BOXES.items()}
     assert result.random_boxes == corr.draw_random_boxes(checked, SIDE, SIDE, 2, seed=5)
     assert result.boxes == {p: tuple(b) for p, b in checked.items()}
-    assert result.settings == {"random_draws": 2, "seed": 5, "fill": 0.0, "batch_size": 1,
-                               "image_size": [SIDE, SIDE]}
+    assert result.settings == {
+        "random_draws": 2,
+        "seed": 5,
+        "fill": 0.0,
+        "batch_size": 1,
+        "image_size": [SIDE, SIDE],
+    }
 
 
 # --------------------------------------------------------------------------- the caller's model
@@ -214,24 +237,39 @@ def test_the_callers_model_is_left_as_it_was():
     calls = []
     model.features[0].register_forward_hook(lambda *args: calls.append(1))
     params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    flags = [(name, m.training, getattr(m, "inplace", None), len(m._forward_hooks),
-              len(m._forward_pre_hooks), len(m._backward_hooks)) for name, m in
-             model.named_modules()]
+    flags = [
+        (
+            name,
+            m.training,
+            getattr(m, "inplace", None),
+            len(m._forward_hooks),
+            len(m._forward_pre_hooks),
+            len(m._backward_hooks),
+        )
+        for name, m in model.named_modules()
+    ]
     grads = [p.requires_grad for p in model.parameters()]
     x = _photos(model, ("cat", "coffee"))
     boxes = {"a": [(10, 10, 20, 20), (40, 30, 10, 30)]}
     got = corr.correspondence(model, x, boxes, layers=(5, "fc7"), random_draws=1, progress=False)
     assert {k: v for k, v in model.state_dict().items()}.keys() == params.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in params.items())
-    assert flags == [(name, m.training, getattr(m, "inplace", None), len(m._forward_hooks),
-                      len(m._forward_pre_hooks), len(m._backward_hooks)) for name, m in
-                     model.named_modules()]
+    assert flags == [
+        (
+            name,
+            m.training,
+            getattr(m, "inplace", None),
+            len(m._forward_hooks),
+            len(m._forward_pre_hooks),
+            len(m._backward_hooks),
+        )
+        for name, m in model.named_modules()
+    ]
     assert grads == [p.requires_grad for p in model.parameters()]
     assert all(p.grad is None for p in model.parameters()) and model.training
     assert len(calls) == 2 * (1 + 2)  # its own hook saw every forward pass; none was added
     evaluated = copy.deepcopy(model).eval()  # train mode changes nothing: Dropout is skipped
-    same = corr.correspondence(evaluated, x, boxes, layers=(5, "fc7"), random_draws=1,
-                               progress=False)
+    same = corr.correspondence(evaluated, x, boxes, layers=(5, "fc7"), random_draws=1, progress=False)
     for key in ("stage5", "fc7"):
         np.testing.assert_array_equal(got.distances["a"][key], same.distances["a"][key])
 
@@ -240,30 +278,52 @@ def test_the_callers_model_is_left_as_it_was():
 
 
 def _bad(**change):
-    base = {"boxes": {"nose": [(0, 0, 4, 4), (10, 10, 8, 8)]}, "layers": (5,),
-            "random_draws": 1, "seed": 0, "fill": 0.0, "batch_size": 1, "device": None}
+    base = {
+        "boxes": {"nose": [(0, 0, 4, 4), (10, 10, 8, 8)]},
+        "layers": (5,),
+        "random_draws": 1,
+        "seed": 0,
+        "fill": 0.0,
+        "batch_size": 1,
+        "device": None,
+    }
     return base | change
 
 
 BAD_INPUTS = [
-    (_bad(boxes={"nose": [(0, 0, 4, 4), (90, 10, 10, 4)]}),
-     r"boxes\['nose'\], image 1: the box \[90, 10, 10, 4\] \(rows 90\.\.99, columns 10\.\.13\) "
-     r"is not inside the 96x96 image"),
-    (_bad(boxes={"nose": [(-1, 0, 4, 4), (0, 0, 4, 4)]}),
-     r"boxes\['nose'\], image 0: the box \[-1, 0, 4, 4\] .* is not inside the 96x96 image"),
-    (_bad(boxes={"eye": [(0, 0, 4, 4), (0, 93, 4, 4)]}),
-     r"boxes\['eye'\], image 1: .*columns 93\.\.96\) is not inside"),
-    (_bad(boxes={"nose": [(5, 5, 0, 4), (0, 0, 4, 4)]}),
-     r"boxes\['nose'\], image 0: the box \[5, 5, 0, 4\] is empty; height and width must be >= 1"),
-    (_bad(boxes={"nose": [(0, 0, 4, 4)] * 3}), r"boxes\['nose'\]: expected 2 boxes \(one per "
-                                               r"image\), got 3"),
+    (
+        _bad(boxes={"nose": [(0, 0, 4, 4), (90, 10, 10, 4)]}),
+        r"boxes\['nose'\], image 1: the box \[90, 10, 10, 4\] \(rows 90\.\.99, columns 10\.\.13\) "
+        r"is not inside the 96x96 image",
+    ),
+    (
+        _bad(boxes={"nose": [(-1, 0, 4, 4), (0, 0, 4, 4)]}),
+        r"boxes\['nose'\], image 0: the box \[-1, 0, 4, 4\] .* is not inside the 96x96 image",
+    ),
+    (
+        _bad(boxes={"eye": [(0, 0, 4, 4), (0, 93, 4, 4)]}),
+        r"boxes\['eye'\], image 1: .*columns 93\.\.96\) is not inside",
+    ),
+    (
+        _bad(boxes={"nose": [(5, 5, 0, 4), (0, 0, 4, 4)]}),
+        r"boxes\['nose'\], image 0: the box \[5, 5, 0, 4\] is empty; height and width must be >= 1",
+    ),
+    (
+        _bad(boxes={"nose": [(0, 0, 4, 4)] * 3}),
+        r"boxes\['nose'\]: expected 2 boxes \(one per "
+        r"image\), got 3",
+    ),
     (_bad(boxes={"nose": []}), r"boxes\['nose'\]: expected 2 boxes \(one per image\), got 0"),
     (_bad(boxes={}), r"boxes: expected a non-empty mapping part name -> list of 2 boxes"),
     (_bad(boxes=[(0, 0, 4, 4)]), r"boxes: expected a non-empty mapping"),
-    (_bad(boxes={"nose": [(0, 0, 4), (0, 0, 4, 4)]}),
-     r"boxes\['nose'\], image 0: expected \[top, left, height, width\]"),
-    (_bad(boxes={"nose": [(0, 0, 4.5, 4), (0, 0, 4, 4)]}),
-     r"boxes\['nose'\], image 0: expected \[top, left, height, width\] \(ints"),
+    (
+        _bad(boxes={"nose": [(0, 0, 4), (0, 0, 4, 4)]}),
+        r"boxes\['nose'\], image 0: expected \[top, left, height, width\]",
+    ),
+    (
+        _bad(boxes={"nose": [(0, 0, 4.5, 4), (0, 0, 4, 4)]}),
+        r"boxes\['nose'\], image 0: expected \[top, left, height, width\] \(ints",
+    ),
     (_bad(boxes={"": [(0, 0, 4, 4), (0, 0, 4, 4)]}), r"boxes: part names must be non-empty"),
     (_bad(layers="fc8"), r"layers: expected a stage 1\.\.5, 'fc6', 'fc7' .*got 'fc8'"),
     (_bad(layers=[0]), r"layers: expected a stage 1\.\.5, 'fc6', 'fc7' .*got 0"),
@@ -288,8 +348,11 @@ def test_bad_input_is_a_clear_error(alexnet_random, kwargs, message):
 def test_bad_images_model_and_device(alexnet_random):
     x = _photos(alexnet_random, ("cat", "coffee"))
     boxes = {"nose": [(0, 0, 4, 4)]}
-    with pytest.raises(ValueError, match=r"images: expected at least 2 images \(Delta sums over "
-                                         r"pairs\), got 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"images: expected at least 2 images \(Delta sums over "
+        r"pairs\), got 1",
+    ):
         corr.correspondence(alexnet_random, x[:1], boxes, progress=False)
     with pytest.raises(ValueError, match=r"images: expected shape \[B, 3, H, W\]"):
         corr.correspondence(alexnet_random, x[0], boxes, progress=False)
@@ -300,8 +363,11 @@ def test_bad_images_model_and_device(alexnet_random):
     with pytest.raises(ValueError, match=r"model: its weights are on the meta device"):
         corr.correspondence(ghost, x, boxes, progress=False)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"device: 'cuda' requested but CUDA is not "
-                                             r"available"):
+        with pytest.raises(
+            ValueError,
+            match=r"device: 'cuda' requested but CUDA is not "
+            r"available",
+        ):
             corr.correspondence(alexnet_random, x, boxes, device="cuda", progress=False)
     assert corr.check_work_device(alexnet_random, "cpu") == torch.device("cpu")
     assert corr.check_work_device(alexnet_random, None) == torch.device("cpu")
@@ -331,9 +397,15 @@ def test_the_shipped_box_file_is_consistent():
 
 
 def _box_file(folder: Path, suffix: str = ".yaml", **change) -> Path:
-    data = {"description": "test boxes", "image_size": 224, "images": ["cat", "coffee"],
-            "parts": {"p1": {"cat": [10, 20, 30, 40], "coffee": [100, 100, 24, 24]},
-                      "p2": {"cat": [150, 60, 50, 30], "coffee": [0, 0, 16, 224]}}} | change
+    data = {
+        "description": "test boxes",
+        "image_size": 224,
+        "images": ["cat", "coffee"],
+        "parts": {
+            "p1": {"cat": [10, 20, 30, 40], "coffee": [100, 100, 24, 24]},
+            "p2": {"cat": [150, 60, 50, 30], "coffee": [0, 0, 16, 224]},
+        },
+    } | change
     path = folder / f"boxes{suffix}"
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data))
@@ -341,14 +413,26 @@ def _box_file(folder: Path, suffix: str = ".yaml", **change) -> Path:
 
 
 BAD_FILES = [
-    ({"parts": {"p1": {"cat": [10, 20, 30, 40]}}}, ValueError,
-     r"parts\.p1: expected one box for each image \(cat, coffee\), got \['cat'\]"),
-    ({"parts": {"p1": {"cat": [10, 20, 30, 40], "coffee": [200, 0, 30, 10]}}}, ValueError,
-     r"boxes\['p1'\], image 1 \(coffee\): the box \[200, 0, 30, 10\] .*not inside the 224x224"),
-    ({"parts": {"p1": {"cat": [1, 2, 3], "coffee": [0, 0, 1, 1]}}}, ValueError,
-     r"boxes\['p1'\], image 0 \(cat\): expected \[top, left, height, width\]"),
-    ({"parts": {"a b": {"cat": [1, 2, 3, 4], "coffee": [0, 0, 1, 1]}}}, ValueError,
-     r"part names must be letters, digits"),
+    (
+        {"parts": {"p1": {"cat": [10, 20, 30, 40]}}},
+        ValueError,
+        r"parts\.p1: expected one box for each image \(cat, coffee\), got \['cat'\]",
+    ),
+    (
+        {"parts": {"p1": {"cat": [10, 20, 30, 40], "coffee": [200, 0, 30, 10]}}},
+        ValueError,
+        r"boxes\['p1'\], image 1 \(coffee\): the box \[200, 0, 30, 10\] .*not inside the 224x224",
+    ),
+    (
+        {"parts": {"p1": {"cat": [1, 2, 3], "coffee": [0, 0, 1, 1]}}},
+        ValueError,
+        r"boxes\['p1'\], image 0 \(cat\): expected \[top, left, height, width\]",
+    ),
+    (
+        {"parts": {"a b": {"cat": [1, 2, 3, 4], "coffee": [0, 0, 1, 1]}}},
+        ValueError,
+        r"part names must be letters, digits",
+    ),
     ({"parts": {}}, ValueError, r"parts: expected a non-empty mapping"),
     ({"images": ["cat", "cat"]}, ValueError, r"images: expected a list of distinct"),
     ({"image_size": 0}, ValueError, r"image_size: expected an int >= 1, got 0"),
@@ -364,24 +448,37 @@ def test_bad_box_files(tmp_path, change, error, message):
 def test_box_files_yaml_json_and_missing(tmp_path):
     from_yaml = corr.load_box_file(_box_file(tmp_path / "y"))
     from_json = corr.load_box_file(_box_file(tmp_path / "j", ".json"))
-    assert from_yaml.parts == from_json.parts == {
-        "p1": ((10, 20, 30, 40), (100, 100, 24, 24)), "p2": ((150, 60, 50, 30), (0, 0, 16, 224))}
+    assert (
+        from_yaml.parts
+        == from_json.parts
+        == {"p1": ((10, 20, 30, 40), (100, 100, 24, 24)), "p2": ((150, 60, 50, 30), (0, 0, 16, 224))}
+    )
     with pytest.raises(FileNotFoundError, match=r"boxes: expected a YAML or JSON box file"):
         corr.load_box_file(tmp_path / "none.yaml")
     (tmp_path / "bad.yaml").write_text("parts: [unclosed")
     with pytest.raises(ValueError, match=r"boxes: .*bad\.yaml is not valid YAML"):
         corr.load_box_file(tmp_path / "bad.yaml")
     (tmp_path / "keys.yaml").write_text("a: 1")
-    with pytest.raises(ValueError, match=r"boxes: .*keys\.yaml: expected a mapping with keys "
-                                         r"image_size, images, parts"):
+    with pytest.raises(
+        ValueError,
+        match=r"boxes: .*keys\.yaml: expected a mapping with keys "
+        r"image_size, images, parts",
+    ):
         corr.load_box_file(tmp_path / "keys.yaml")
 
 
 # -------------------------------------------------------------------------------------- the job
 
 
-JOB = {"model": "alexnet", "weights": "random", "seed": 0, "layers": [3, "fc6"],
-       "random_draws": 1, "draw_seed": 1, "progress": False}
+JOB = {
+    "model": "alexnet",
+    "weights": "random",
+    "seed": 0,
+    "layers": [3, "fc6"],
+    "random_draws": 1,
+    "draw_seed": 1,
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -396,10 +493,19 @@ def job(tmp_path_factory):
 
 def test_the_job_writes_every_file(job):
     out, result, boxes = job
-    tiles = {f"{i}__{kind}.png" for i in ("cat", "coffee") for kind in (
-        "boxes", "p1__part", "p1__random0", "p2__part", "p2__random0")}
-    assert {p.name for p in out.iterdir()} == {"table.md", "result.json", "config.yaml",
-                                               "boxes.png", "images.npz", *tiles}
+    tiles = {
+        f"{i}__{kind}.png"
+        for i in ("cat", "coffee")
+        for kind in ("boxes", "p1__part", "p1__random0", "p2__part", "p2__random0")
+    }
+    assert {p.name for p in out.iterdir()} == {
+        "table.md",
+        "result.json",
+        "config.yaml",
+        "boxes.png",
+        "images.npz",
+        *tiles,
+    }
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
     assert result["experiment"] == "correspondence" and result["model"] == "alexnet"
     assert result["weights_label"] == deconvnet.weights_label(result["weights"])
@@ -421,20 +527,20 @@ def test_the_job_writes_every_file(job):
 def test_the_job_equals_the_library_on_the_same_inputs(job, alexnet_random):
     out, result, _ = job
     x = torch.cat([deconvnet.load_image(n, alexnet_random) for n in ("cat", "coffee")])
-    boxes = {"p1": [(10, 20, 30, 40), (100, 100, 24, 24)],
-             "p2": [(150, 60, 50, 30), (0, 0, 16, 224)]}
-    want = corr.correspondence(alexnet_random, x, boxes, layers=(3, "fc6"), random_draws=1,
-                               seed=1, progress=False)
+    boxes = {"p1": [(10, 20, 30, 40), (100, 100, 24, 24)], "p2": [(150, 60, 50, 30), (0, 0, 16, 224)]}
+    want = corr.correspondence(
+        alexnet_random, x, boxes, layers=(3, "fc6"), random_draws=1, seed=1, progress=False
+    )
     assert result["table"] == json.loads(json.dumps(want.summary()))
     assert result["cells"][1]["random_boxes"] == json.loads(json.dumps(want.random_boxes["p2"]))
     with np.load(out / "images.npz") as arrays:
         np.testing.assert_array_equal(arrays["input"], x.numpy())
         for part in boxes:
             for key in ("stage3", "fc6"):
-                np.testing.assert_array_equal(arrays[f"{part}__{key}"],
-                                              want.distances[part][key])
-                np.testing.assert_array_equal(arrays[f"{part}__random_{key}"],
-                                              want.random_distances[part][key])
+                np.testing.assert_array_equal(arrays[f"{part}__{key}"], want.distances[part][key])
+                np.testing.assert_array_equal(
+                    arrays[f"{part}__random_{key}"], want.random_distances[part][key]
+                )
 
 
 def test_table_md_holds_the_numbers(job):
@@ -445,11 +551,14 @@ def test_table_md_holds_the_numbers(job):
     assert "| occlusion | stage 3 (relu3) | fc6 |" in text
     for part in ("p1", "p2"):
         row = result["table"][part]
-        cells = " | ".join(f"{row[k]['normalized_mean']:.4f} ± {row[k]['normalized_std']:.4f}"
-                           for k in ("stage3", "fc6"))
+        cells = " | ".join(
+            f"{row[k]['normalized_mean']:.4f} ± {row[k]['normalized_std']:.4f}" for k in ("stage3", "fc6")
+        )
         assert f"| {part} | {cells} |" in text
-        random = " | ".join(f"{row[k]['random']['normalized_mean']:.4f} ± "
-                            f"{row[k]['random']['normalized_std']:.4f}" for k in ("stage3", "fc6"))
+        random = " | ".join(
+            f"{row[k]['random']['normalized_mean']:.4f} ± {row[k]['random']['normalized_std']:.4f}"
+            for k in ("stage3", "fc6")
+        )
         assert f"| random, {part}'s box sizes | {random} |" in text
         assert f"| {part} | {row['stage3']['delta']} | {row['fc6']['delta']} |" in text
     assert "HED" not in text  # the fc note is for HED weights only
@@ -467,7 +576,7 @@ def test_the_tiles_show_the_boxes_and_the_grey_occluder(job):
     random_box = result["cells"][0]["random_boxes"][0][0]
     top, left, h, w = random_box
     shuffled = np.asarray(Image.open(out / "cat__p1__random0.png")).astype(int)
-    assert np.abs(shuffled[top:top + h, left:left + w] - mean).max() <= 1
+    assert np.abs(shuffled[top : top + h, left : left + w] - mean).max() <= 1
 
 
 def test_same_bytes_after_an_interruption(job, tmp_path, monkeypatch):
@@ -509,24 +618,45 @@ def _without_seconds(data):
 
 
 def _job_bad_values(root: Path) -> list:
-    outside = _box_file(root / "o", parts={"p": {"cat": [0, 0, 4, 4],
-                                                 "coffee": [220, 0, 5, 5]}})
+    outside = _box_file(root / "o", parts={"p": {"cat": [0, 0, 4, 4], "coffee": [220, 0, 5, 5]}})
     return [
         ({"boxes": str(root / "none.yaml")}, FileNotFoundError, r"boxes: expected a YAML or JSON"),
-        ({"boxes": "no_such_box_file"}, FileNotFoundError, r"conf/correspondence/"
-                                                           r"no_such_box_file\.yaml does not"),
+        (
+            {"boxes": "no_such_box_file"},
+            FileNotFoundError,
+            r"conf/correspondence/"
+            r"no_such_box_file\.yaml does not",
+        ),
         ({"boxes": 3}, ValueError, r"boxes: expected a box file's name"),
-        ({"boxes": str(outside)}, ValueError, r"boxes\['p'\], image 1 \(coffee\): the box "
-                                              r"\[220, 0, 5, 5\]"),
-        ({"boxes": str(_box_file(root / "s", image_size=256))}, ValueError,
-         r"gives boxes in a 256-px frame; alexnet's preprocessing makes 224x224 images"),
-        ({"boxes": str(_box_file(root / "one", images=["cat"],
-                                 parts={"p": {"cat": [0, 0, 1, 1]}}))},
-         ValueError, r"images: expected at least 2 images"),
-        ({"boxes": str(_box_file(root / "u", images=["cat", "no_such_photo"],
-                                 parts={"p": {"cat": [0, 0, 1, 1],
-                                              "no_such_photo": [0, 0, 1, 1]}}))},
-         FileNotFoundError, r"image: .*not a bundled sample"),
+        (
+            {"boxes": str(outside)},
+            ValueError,
+            r"boxes\['p'\], image 1 \(coffee\): the box "
+            r"\[220, 0, 5, 5\]",
+        ),
+        (
+            {"boxes": str(_box_file(root / "s", image_size=256))},
+            ValueError,
+            r"gives boxes in a 256-px frame; alexnet's preprocessing makes 224x224 images",
+        ),
+        (
+            {"boxes": str(_box_file(root / "one", images=["cat"], parts={"p": {"cat": [0, 0, 1, 1]}}))},
+            ValueError,
+            r"images: expected at least 2 images",
+        ),
+        (
+            {
+                "boxes": str(
+                    _box_file(
+                        root / "u",
+                        images=["cat", "no_such_photo"],
+                        parts={"p": {"cat": [0, 0, 1, 1], "no_such_photo": [0, 0, 1, 1]}},
+                    )
+                )
+            },
+            FileNotFoundError,
+            r"image: .*not a bundled sample",
+        ),
         ({"layers": ["fc8"]}, ValueError, r"layers: expected a stage 1\.\.5, 'fc6', 'fc7'"),
         ({"random_draws": 0}, ValueError, r"random_draws: expected an int >= 1, got 0"),
         ({"draw_seed": -1}, ValueError, r"seed: expected an int >= 0"),
@@ -543,7 +673,7 @@ def test_bad_values_fail_before_the_model_is_built(job, tmp_path, monkeypatch):
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
-    monkeypatch.setattr(deconvnet.model_request, "load_model", no_heavy_work)
+    monkeypatch.setattr(deconvnet.jobs.request, "load_model", no_heavy_work)
     boxes = str(job[2])
     for override, error, message in _job_bad_values(tmp_path / "files"):
         with pytest.raises(error, match=message):
@@ -552,21 +682,25 @@ def test_bad_values_fail_before_the_model_is_built(job, tmp_path, monkeypatch):
 
 
 def test_the_fc_note_names_hed_weights_only(job):
-    plan = corr_job.validate_correspondence("vgg16", "hed", 0, str(job[2]), [5, "fc7"], 1, 0,
-                                            0.0, 1, "cpu")
+    plan = corr_job.validate_correspondence("vgg16", "hed", 0, str(job[2]), [5, "fc7"], 1, 0, 0.0, 1, "cpu")
     h = np.zeros((2, 2), dtype=np.int64)
     outcome = corr.Correspondence(
-        parts=("p1", "p2"), layers=(5, "fc7"), boxes=plan.boxes.parts, random_boxes={},
+        parts=("p1", "p2"),
+        layers=(5, "fc7"),
+        boxes=plan.boxes.parts,
+        random_boxes={},
         feature_length={"stage5": 10, "fc7": 10},
         distances={p: {"stage5": h, "fc7": h} for p in ("p1", "p2")},
-        random_distances={p: {"stage5": h[None], "fc7": h[None]} for p in ("p1", "p2")})
+        random_distances={p: {"stage5": h[None], "fc7": h[None]} for p in ("p1", "p2")},
+    )
     hed = {"weights": "hed"}
     text = corr_job.table_markdown(plan, hed, plan.request.skeleton, outcome)
     assert corr_job.HIDDEN_NOTE in text and deconvnet.HED_DESCRIPTION in text
     sheet = corr_job.boxes_sheet(plan, hed, [], outcome)
     assert corr_job.HIDDEN_NOTE.upper() in sheet["title"] and sheet["alarm"] is False
     assert corr_job.HIDDEN_NOTE not in corr_job.table_markdown(
-        plan, {"weights": "imagenet"}, plan.request.skeleton, outcome)
+        plan, {"weights": "imagenet"}, plan.request.skeleton, outcome
+    )
 
 
 # -------------------------------------------------------------------------------------- the CLI
@@ -577,23 +711,35 @@ def test_the_default_config_composes():
         cfg = compose("correspondence", return_hydra_config=True)
         other = compose("correspondence", overrides=["layers=[3,fc6]", "boxes=/x/b.json"])
     assert cfg.model.name == "vgg16" and cfg.hydra.job.chdir is False
-    assert (cfg.boxes, list(cfg.layers), cfg.random_draws, cfg.seed, cfg.fill, cfg.batch_size,
-            cfg.device) == ("faces", [5, "fc7"], 10, 0, 0.0, 1, "cpu")
+    assert (
+        cfg.boxes,
+        list(cfg.layers),
+        cfg.random_draws,
+        cfg.seed,
+        cfg.fill,
+        cfg.batch_size,
+        cfg.device,
+    ) == ("faces", [5, "fc7"], 10, 0, 0.0, 1, "cpu")
     assert list(other.layers) == [3, "fc6"] and other.boxes == "/x/b.json"
     assert corr_job.box_file_path(cfg.boxes) == CONF_DIR / "correspondence" / "faces.yaml"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "experiments.correspondence", *args],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.correspondence", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     model = ["model=alexnet", "model.weights=random"]
-    boxes = _box_file(tmp_path / "in", parts={"p1": {"cat": [10, 20, 30, 40],
-                                                     "coffee": [100, 100, 24, 24]}})
+    boxes = _box_file(tmp_path / "in", parts={"p1": {"cat": [10, 20, 30, 40], "coffee": [100, 100, 24, 24]}})
     done = _cli(*model, f"boxes={boxes}", "random_draws=1", f"hydra.run.dir={tmp_path / 'job'}")
     assert done.returncode == 0, done.stderr[-3000:]
     job = tmp_path / "job"
@@ -601,15 +747,15 @@ def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     assert result["experiment"] == "correspondence" and result["random_weights"] is True
     assert result["boxes_file"]["source"] == str(boxes) and list(result["table"]) == ["p1"]
     assert list(result["table"]["p1"]) == ["stage5", "fc7"]  # the default layers
-    assert {"table.md", "boxes.png", "images.npz", "config.yaml", ".hydra"} <= {
-        p.name for p in job.iterdir()}
+    assert {"table.md", "boxes.png", "images.npz", "config.yaml", ".hydra"} <= {p.name for p in job.iterdir()}
     assert "2 images, NOT the paper's 5 dog images" in (job / "table.md").read_text()
     assert "weights: random initialisation" in (job / "correspondence.log").read_text()
 
     done = _cli(*model, "layers=[fc9]", f"hydra.run.dir={tmp_path / 'bad'}")
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and lines[0].startswith(
-        "error: layers: expected a stage 1..5, 'fc6', 'fc7'"), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: layers: expected a stage 1..5, 'fc6', 'fc7'"), (
+        done.stderr
+    )
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "bad" / "config.yaml").exists()

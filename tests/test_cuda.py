@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import deconvnet
-from deconvnet.fig2 import load_fig2, run_fig2
-from deconvnet.scan import scan_topk
+from deconvnet.analysis.scan import scan_topk
+from deconvnet.jobs.fig2 import load_fig2, run_fig2
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
@@ -43,8 +43,10 @@ def test_reconstruct_on_cuda_equals_cpu(models, rule, stage):
         assert got.device.type == "cuda"
         _close(want, got)
     channels = [0, 5, 5, 9]
-    _close(deconvnet.reconstruct(cpu, x[:1], stage, keep=channels, rule=rule),
-           deconvnet.reconstruct(gpu, x[:1].cuda(), stage, keep=channels, rule=rule))
+    _close(
+        deconvnet.reconstruct(cpu, x[:1], stage, keep=channels, rule=rule),
+        deconvnet.reconstruct(gpu, x[:1].cuda(), stage, keep=channels, rule=rule),
+    )
 
 
 def test_scan_on_cuda_equals_cpu(models):
@@ -59,9 +61,16 @@ def test_scan_on_cuda_equals_cpu(models):
 
 
 def test_fig2_on_cuda_equals_cpu(tmp_path):
-    settings = dict(model="alexnet", weights="random", stages=[1, 3], channels_per_stage=3, k=3,
-                    data={"kind": "samples", "size": 80, "limit": 12},
-                    rules=["deconvnet", "guided"], progress=False)
+    settings = dict(
+        model="alexnet",
+        weights="random",
+        stages=[1, 3],
+        channels_per_stage=3,
+        k=3,
+        data={"kind": "samples", "size": 80, "limit": 12},
+        rules=["deconvnet", "guided"],
+        progress=False,
+    )
     run_fig2(tmp_path / "cpu", device="cpu", **settings)
     run_fig2(tmp_path / "gpu", device="cuda", **settings)
     (_, cpu), (_, gpu) = load_fig2(tmp_path / "cpu"), load_fig2(tmp_path / "gpu")
@@ -82,8 +91,10 @@ def test_gradient_family_on_cuda_equals_cpu(models, method):
         got = deconvnet.explain(gpu, x.cuda(), method, target, **options)
         assert got.device.type == "cuda"
         _close(want, got)
-    _close(deconvnet.explain(cpu, x[:1], method, [1, 2, 3], **options),
-           deconvnet.explain(gpu, x[:1].cuda(), method, [1, 2, 3], **options))
+    _close(
+        deconvnet.explain(cpu, x[:1], method, [1, 2, 3], **options),
+        deconvnet.explain(gpu, x[:1].cuda(), method, [1, 2, 3], **options),
+    )
 
 
 # ------------------------------------------------------------------------ optimisation family
@@ -92,7 +103,8 @@ def test_gradient_family_on_cuda_equals_cpu(models, method):
 OPTIM_CALLS = {
     "visualize_filters": lambda m, x: deconvnet.visualize_filters(m, 3, [0, 5], size=48, steps=3),
     "visualize_filters_fourier": lambda m, x: deconvnet.visualize_filters(
-        m, 2, [1, 2], size=48, steps=3, param="fourier"),
+        m, 2, [1, 2], size=48, steps=3, param="fourier"
+    ),
     "visualize_units": lambda m, x: deconvnet.visualize_units(m, 3, [1], size=64, steps=3),
     "class_model": lambda m, x: deconvnet.class_model(m, [1, 7], size=48, steps=3),
     "deep_dream": lambda m, x: deconvnet.deep_dream(m, x, 2, octaves=2, steps=2),

@@ -11,12 +11,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from deconvnet.datasets import (
+from deconvnet.analysis.scan import scan_topk
+from deconvnet.data.datasets import (
     ANCHORS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PHOTO_SOURCES,
-    SAMPLE_PHOTOS,
     SAMPLE_VIEWS,
     ImageFolderDataset,
     SampleGallery,
@@ -24,17 +23,34 @@ from deconvnet.datasets import (
     batches,
     eval_transform,
 )
-from deconvnet.scan import scan_topk
-
+from deconvnet.data.samples import PHOTO_SOURCES, SAMPLE_PHOTOS
 
 # the documented default order: photos, then views, then unflipped before flipped
 DEFAULT_PHOTOS = [
-    "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "camera",
-    "coins", "motorcycle", "grace_hopper", "clock", "moon", "brick", "grass", "gravel",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "camera",
+    "coins",
+    "motorcycle",
+    "grace_hopper",
+    "clock",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
 ]
 DEFAULT_VIEWS = [
-    "scale1_center", "scale0.6_topleft", "scale0.6_center", "scale0.6_bottomright",
-    "scale0.4_topright", "scale0.4_center", "scale0.4_bottomleft",
+    "scale1_center",
+    "scale0.6_topleft",
+    "scale0.6_center",
+    "scale0.6_bottomright",
+    "scale0.4_topright",
+    "scale0.4_center",
+    "scale0.4_bottomleft",
 ]
 GREYSCALE_PHOTOS = ["camera", "coins", "clock", "moon", "brick", "grass", "gravel"]
 
@@ -124,7 +140,9 @@ def test_gallery_items_are_normalised_tensors_and_deterministic(gallery):
         assert image_id == gallery.ids[index]
         assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32
         # undo the normalisation: back to pixel values in [0, 1]
-        pixels = tensor * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+        pixels = (
+            tensor * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+        )
         assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
         expected = torch.from_numpy(np.array(gallery.pil_image(index))).permute(2, 0, 1).float() / 255
         torch.testing.assert_close(pixels, expected, atol=1e-5, rtol=0)
@@ -288,7 +306,7 @@ def folder(tmp_path):
 
 
 def test_folder_finds_images_sorted_and_skips_bad_files(folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="deconvnet.datasets"):
+    with caplog.at_level(logging.WARNING, logger="deconvnet.data.datasets"):
         dataset = ImageFolderDataset(folder, progress=False)
     assert dataset.ids == ["a/deep/one.jpg", "b/two.PNG", "c.webp", "gray.bmp"]
     assert len(dataset) == 4
@@ -296,7 +314,9 @@ def test_folder_finds_images_sorted_and_skips_bad_files(folder, caplog):
     assert set(skipped) == {"a/corrupt.jpg", "notes.txt"}
     assert "unreadable image" in skipped["a/corrupt.jpg"]
     assert "not an image extension (.txt)" == skipped["notes.txt"]
-    assert "skipped 2 file(s)" in caplog.text and "a/corrupt.jpg" in caplog.text and "notes.txt" in caplog.text
+    assert (
+        "skipped 2 file(s)" in caplog.text and "a/corrupt.jpg" in caplog.text and "notes.txt" in caplog.text
+    )
 
 
 def test_folder_items_use_eval_preprocessing(folder):
@@ -326,7 +346,7 @@ def test_folder_follows_symlinked_folders_once(tmp_path):
 
 
 def test_folder_accepts_model_preprocessing(folder):
-    from deconvnet.models import preprocessing
+    from deconvnet.data.models import preprocessing
 
     dataset = ImageFolderDataset(folder, preprocessing=preprocessing("alexnet"), progress=False)
     reference = ImageFolderDataset(folder, progress=False)

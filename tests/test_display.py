@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deconvnet.display import save_png, tile_grid, to_display
+from deconvnet.core.display import save_png, tile_grid, to_display
 
 
 def test_to_display_hand_values():
@@ -94,13 +94,7 @@ def test_tile_grid_hand_layout():
     tiles = torch.stack([torch.full((1, 2, 2), float(v)) for v in (1, 2, 3)])  # [3, 1, 2, 2]
     grid = tile_grid(tiles, rows=2, cols=2, pad=1, fill=0.0)
     expected = torch.tensor(
-        [
-            [1, 1, 0, 2, 2],
-            [1, 1, 0, 2, 2],
-            [0, 0, 0, 0, 0],
-            [3, 3, 0, 0, 0],
-            [3, 3, 0, 0, 0],
-        ],
+        [[1, 1, 0, 2, 2], [1, 1, 0, 2, 2], [0, 0, 0, 0, 0], [3, 3, 0, 0, 0], [3, 3, 0, 0, 0]],
         dtype=torch.float32,
     ).unsqueeze(0)
     assert torch.equal(grid, expected)
@@ -131,12 +125,7 @@ def test_tile_grid_rejects_bad_input():
 
 import matplotlib  # noqa: E402
 
-from deconvnet.display import (  # noqa: E402
-    diverging_values,
-    saliency_map,
-    to_diverging,
-    to_grayscale,
-)
+from deconvnet.core.display import diverging_values, saliency_map, to_diverging, to_grayscale  # noqa: E402
 
 
 def _numpy_grayscale(image: np.ndarray, percentile: float) -> np.ndarray:
@@ -154,11 +143,7 @@ def _numpy_diverging(image: np.ndarray, percentile: float) -> np.ndarray:
 
 def test_saliency_map_hand_values():
     r = torch.tensor(
-        [
-            [[1.0, -2.0], [0.0, 0.5]],
-            [[-3.0, 1.0], [0.0, -0.25]],
-            [[2.0, 0.0], [-1.0, 0.5]],
-        ]
+        [[[1.0, -2.0], [0.0, 0.5]], [[-3.0, 1.0], [0.0, -0.25]], [[2.0, 0.0], [-1.0, 0.5]]]
     )  # [3, 2, 2]
     expected = torch.tensor([[3.0, 2.0], [1.0, 0.5]])
     assert torch.equal(saliency_map(r), expected)  # unbatched -> [H, W]
@@ -302,7 +287,7 @@ def test_attribution_displays_reject_bad_images(function):
 
 @pytest.mark.parametrize("n", [1, 2, 5, 16, 101, 1000])
 def test_percentile_helper_matches_numpy_percentile(n):
-    from deconvnet.display import _percentile_per_image
+    from deconvnet.core.display import _percentile_per_image
 
     values = torch.randn(3, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
     for q in (0.1, 1.0, 25.0, 50.0, 62.5, 99.0, 99.9, 100.0):

@@ -1,4 +1,4 @@
-"""The optimisation family's experiments (`deconvnet.synthesis`: filters, class_model, deep_dream,
+"""The optimisation family's experiments (`deconvnet.jobs`: filters, class_model, deep_dream,
 invert, fooling): their files, values recomputed independently with the library, determinism,
 resuming an interrupted job, bad values, redrawing, and the Hydra entry points.
 
@@ -24,11 +24,17 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import deconvnet
-import deconvnet.model_request
-from deconvnet import synthesis
+import deconvnet.jobs.request
+from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.jobs import class_model as class_model_job
+from deconvnet.jobs import deep_dream as dream_job
+from deconvnet.jobs import filters as filters_job
+from deconvnet.jobs import fooling as fooling_job
+from deconvnet.jobs import invert as invert_job
+from deconvnet.jobs import job as job_module
+from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.saliency import RANDOM_CLASSIFIER_NOTE
 from deconvnet.optim import Jitter, Pad
-from deconvnet.saliency import RANDOM_CLASSIFIER_NOTE
-from experiments.common import CONF_DIR, PROVENANCE_ENV, REPO_ROOT
 
 MODEL = {"model": "alexnet", "weights": "random", "seed": 0, "progress": False}
 FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
@@ -47,17 +53,26 @@ def _tiny_picture(folder: Path) -> Path:
 def _settings(picture: Path) -> dict[str, tuple]:
     """Each experiment's run function and its tiny settings (each job has >= 2 cells)."""
     return {
-        "filters": (synthesis.run_filters, {"stages": [1, 5], "channels": [0, 2, 5], "size": 64,
-                                            "steps": 3, "opt_seed": 1}),
-        "class_model": (synthesis.run_class_model, {"classes": [1, "tabby"], "size": 64,
-                                                    "steps": 3, "blur": 1.0, "weight": 0.05}),
-        "deep_dream": (synthesis.run_deep_dream, {"images": ["cat", str(picture)], "stage": 3,
-                                                  "octaves": 2, "size": 80, "steps": 2,
-                                                  "jitter": 4}),
-        "invert": (synthesis.run_invert, {"image": "coffee", "stages": [2, 5, "fc6"],
-                                          "size": 64, "steps": 3}),
-        "fooling": (synthesis.run_fooling, {"images": ["cat", str(picture)], "target": 368,
-                                            "size": 64, "steps": 3, "amplify": 20.0}),
+        "filters": (
+            filters_job.run_filters,
+            {"stages": [1, 5], "channels": [0, 2, 5], "size": 64, "steps": 3, "opt_seed": 1},
+        ),
+        "class_model": (
+            class_model_job.run_class_model,
+            {"classes": [1, "tabby"], "size": 64, "steps": 3, "blur": 1.0, "weight": 0.05},
+        ),
+        "deep_dream": (
+            dream_job.run_deep_dream,
+            {"images": ["cat", str(picture)], "stage": 3, "octaves": 2, "size": 80, "steps": 2, "jitter": 4},
+        ),
+        "invert": (
+            invert_job.run_invert,
+            {"image": "coffee", "stages": [2, 5, "fc6"], "size": 64, "steps": 3},
+        ),
+        "fooling": (
+            fooling_job.run_fooling,
+            {"images": ["cat", str(picture)], "target": 368, "size": 64, "steps": 3, "amplify": 20.0},
+        ),
     }
 
 
@@ -76,8 +91,7 @@ def _pixels(path: Path) -> np.ndarray:
 def _input(source: str, model, size: int) -> torch.Tensor:
     """The weights' preprocessing, then resized to size (bilinear, antialiased)."""
     x = deconvnet.load_image(source, model)
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def _stage_output(model, x: torch.Tensor, stage: int) -> torch.Tensor:
@@ -110,12 +124,24 @@ def test_default_configs_compose():
         assert cfg.seed == 0 and cfg.device == "cpu", name
     f = cfgs["filters"]
     assert (list(f.stages), f.channels, f.size, f.steps, f.lr, f.param) == (
-        [1, 2, 3, 4, 5], 16, 96, 32, 0.05, "pixels")
+        [1, 2, 3, 4, 5],
+        16,
+        96,
+        32,
+        0.05,
+        "pixels",
+    )
     c = cfgs["class_model"]
     assert (list(c.classes), c.regularizer, c.blur) == ([543, 968, 251, 945], "l2", 0.0)
     d = cfgs["deep_dream"]
     assert (list(d.images), d.stage, d.channel, d.octaves, d.scale, d.jitter) == (
-        ["cat"], 4, None, 4, 1.4, 32)
+        ["cat"],
+        4,
+        None,
+        4,
+        1.4,
+        32,
+    )
     assert cfgs["fooling"].target == 368 and cfgs["fooling"].confidence == 0.99
     assert list(other.stages) == [3, "fc6"] and other.image == "coffee"
     names = deconvnet.class_names("vgg16")
@@ -126,21 +152,23 @@ def test_default_configs_compose():
 
 
 EXPECTED_FILES = {
-    "filters": ["stage1__plain.png", "stage1__regularized.png", "stage5__plain.png",
-                "stage5__regularized.png"],
+    "filters": [
+        "stage1__plain.png",
+        "stage1__regularized.png",
+        "stage5__plain.png",
+        "stage5__regularized.png",
+    ],
     "class_model": ["class1.png", "class281.png"],
-    "deep_dream": ["cat__input.png", "cat__dream.png", "tiny_pic__input.png",
-                   "tiny_pic__dream.png"],
+    "deep_dream": ["cat__input.png", "cat__dream.png", "tiny_pic__input.png", "tiny_pic__dream.png"],
     "invert": ["input.png", "from_stage2.png", "from_stage5.png", "from_fc6.png"],
-    "fooling": [f"{label}__{kind}.png" for label in ("cat", "tiny_pic")
-                for kind in ("input", "fooling", "difference")],
+    "fooling": [
+        f"{label}__{kind}.png" for label in ("cat", "tiny_pic") for kind in ("input", "fooling", "difference")
+    ],
 }
 EXPECTED_ARRAYS = {
-    "filters": {f"stage{s}__{v}": (3, 3, 64, 64) for s in (1, 5)
-                for v in ("plain", "regularized")},
+    "filters": {f"stage{s}__{v}": (3, 3, 64, 64) for s in (1, 5) for v in ("plain", "regularized")},
     "class_model": {"class1": (1, 3, 64, 64), "class281": (1, 3, 64, 64)},
-    "deep_dream": {"cat": (1, 3, 80, 80), "cat__input": (1, 3, 80, 80),
-                   "tiny_pic": (1, 3, 80, 80)},
+    "deep_dream": {"cat": (1, 3, 80, 80), "cat__input": (1, 3, 80, 80), "tiny_pic": (1, 3, 80, 80)},
     "invert": {"stage2": (1, 3, 64, 64), "fc6": (1, 3, 64, 64), "input": (1, 3, 64, 64)},
     "fooling": {"cat": (1, 3, 64, 64), "tiny_pic__input": (1, 3, 64, 64)},
 }
@@ -150,8 +178,13 @@ EXPECTED_ARRAYS = {
 def test_every_file_is_written(runs, name):
     (out, result), _ = runs[0][name], runs[1]
     files = {p.name for p in out.iterdir()}
-    assert {"grid.png", "images.npz", "result.json", "config.yaml",
-            *EXPECTED_FILES[name]} == files  # no partial/ left behind
+    assert {
+        "grid.png",
+        "images.npz",
+        "result.json",
+        "config.yaml",
+        *EXPECTED_FILES[name],
+    } == files  # no partial/ left behind
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
     assert result["experiment"] == name and result["model"] == "alexnet"
     assert result["weights"]["weights"] == "random" and result["random_weights"] is True
@@ -180,15 +213,23 @@ def test_every_file_is_written(runs, name):
 def test_filters_equal_an_independent_run(runs, alexnet_random):
     out, result = runs[0]["filters"]
     assert [(c["stage"], c["variant"]) for c in result["cells"]] == [
-        (1, "plain"), (1, "regularized"), (5, "plain"), (5, "regularized")]
+        (1, "plain"),
+        (1, "regularized"),
+        (5, "plain"),
+        (5, "regularized"),
+    ]
     photos = torch.cat([_input(n, alexnet_random, 64) for n in deconvnet.sample_names()])
     with np.load(out / "images.npz") as arrays:
         for cell in result["cells"]:
             stage, channels = cell["stage"], [0, 2, 5]
-            options = ({"regularizers": "none", "transforms": []} if cell["variant"] == "plain"
-                       else {"regularizers": "yosinski", "transforms": [Pad(4), Jitter(4)]})
-            want = deconvnet.visualize_filters(alexnet_random, stage, channels, size=64, steps=3,
-                                               seed=1, **options)
+            options = (
+                {"regularizers": "none", "transforms": []}
+                if cell["variant"] == "plain"
+                else {"regularizers": "yosinski", "transforms": [Pad(4), Jitter(4)]}
+            )
+            want = deconvnet.visualize_filters(
+                alexnet_random, stage, channels, size=64, steps=3, seed=1, **options
+            )
             got = arrays[cell["key"]]
             np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-5)
             # excitation: the channel's mean on the image vs over the sample photos
@@ -201,8 +242,9 @@ def test_filters_equal_an_independent_run(runs, alexnet_random):
             np.testing.assert_allclose(e["photos_max"], on_photos.amax(0).numpy(), rtol=1e-4)
             ratio = own / on_photos.mean(0).double()
             np.testing.assert_allclose(e["ratio"], ratio.numpy(), rtol=1e-4)
-            assert e["median_ratio"] == pytest.approx(float(ratio.median()), rel=1e-4) or len(
-                channels) % 2 == 0
+            assert (
+                e["median_ratio"] == pytest.approx(float(ratio.median()), rel=1e-4) or len(channels) % 2 == 0
+            )
             assert e["above_photos_max"] == int((own > on_photos.amax(0)).sum())
     assert result["settings"]["channels"] == {"1": [0, 2, 5], "5": [0, 2, 5]}
     assert "pad 4 + jitter 4 px" in result["settings"]["variants"]["regularized"]
@@ -218,14 +260,18 @@ def test_filters_mosaic_is_the_keras_layout_of_the_deprocessed_images(runs, alex
         images = torch.from_numpy(arrays["stage5__plain"])
     prep = deconvnet.preprocessing(alexnet_random)
     mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
-    c = (images.double() * std + mean)
-    shown = ((c - c.mean(dim=(1, 2, 3), keepdim=True))
-             / (c.std(dim=(1, 2, 3), correction=0, keepdim=True) + 1e-5) * 0.15 + 0.5).clamp(0, 1)
+    c = images.double() * std + mean
+    shown = (
+        (c - c.mean(dim=(1, 2, 3), keepdim=True))
+        / (c.std(dim=(1, 2, 3), correction=0, keepdim=True) + 1e-5)
+        * 0.15
+        + 0.5
+    ).clamp(0, 1)
     mosaic = _pixels(out / "stage5__plain.png").astype(np.int16)
     assert mosaic.shape == (2 * 64 + 2, 2 * 64 + 2, 3)  # 2 x 2 tiles for 3 images, 2-px gaps
     for k, (top, left) in enumerate([(0, 0), (0, 66), (66, 0)]):
         want = np.rint(shown[k].permute(1, 2, 0).numpy() * 255)
-        assert np.abs(mosaic[top:top + 64, left:left + 64] - want).max() <= 1
+        assert np.abs(mosaic[top : top + 64, left : left + 64] - want).max() <= 1
     assert (mosaic[64:66] == 0).all() and (mosaic[66:, 66:] == 0).all()  # black gaps, empty cell
 
 
@@ -236,8 +282,9 @@ def test_class_models_equal_an_independent_run(runs, alexnet_random):
     with np.load(out / "images.npz") as arrays:
         for cell in result["cells"]:
             c = cell["class"]
-            want = deconvnet.class_model(alexnet_random, [c], size=64, steps=3, weight=0.05,
-                                         blur_sigma=1.0, blur_every=4, seed=0)
+            want = deconvnet.class_model(
+                alexnet_random, [c], size=64, steps=3, weight=0.05, blur_sigma=1.0, blur_every=4, seed=0
+            )
             got = torch.from_numpy(arrays[f"class{c}"])
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
             with torch.no_grad():
@@ -256,16 +303,16 @@ def test_deep_dream_equals_an_independent_run(runs, alexnet_random):
     with np.load(out / "images.npz") as arrays:
         for cell, source in zip(result["cells"], ["cat", str(picture)]):
             x = _input(source, alexnet_random, 80)
-            want = deconvnet.deep_dream(alexnet_random, x, 3, None, octaves=2, scale=1.4,
-                                        jitter=4, steps=2, step_size=1.5, seed=0)
+            want = deconvnet.deep_dream(
+                alexnet_random, x, 3, None, octaves=2, scale=1.4, jitter=4, steps=2, step_size=1.5, seed=0
+            )
             got = torch.from_numpy(arrays[cell["key"]])
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
             np.testing.assert_array_equal(arrays[f"{cell['key']}__input"], x.numpy())
             for image, key in ((x, "energy_before"), (got, "energy_after")):
                 energy = 0.5 * float(_stage_output(alexnet_random, image, 3).double().pow(2).sum())
                 assert cell[key] == pytest.approx(energy, rel=1e-4)
-            assert cell["energy_ratio"] == pytest.approx(cell["energy_after"]
-                                                         / cell["energy_before"])
+            assert cell["energy_ratio"] == pytest.approx(cell["energy_after"] / cell["energy_before"])
     assert result["cells"][1]["kind"] == "file" and result["cells"][1]["image"] == "tiny_pic"
     titles = [t["title"] for row in result["sheets"][0]["rows"] for t in row["tiles"]]
     assert titles[0] == f"input\nenergy {result['cells'][0]['energy_before']:.4g}"
@@ -284,12 +331,15 @@ def test_inversions_equal_an_independent_run(runs, alexnet_random):
             assert cell["feature_error"] == pytest.approx(made.report["feature_error"], rel=1e-4)
             net = alexnet_random
             if stage == "fc6":  # avgpool, flatten, then Dropout (eval: identity), Linear, ReLU
+
                 def phi(z):
                     with torch.no_grad():
                         return net.classifier[:3](torch.flatten(net.avgpool(net.features(z)), 1))
             else:
+
                 def phi(z):
                     return _stage_output(alexnet_random, z, stage)
+
             a, a0 = phi(got).double(), phi(x).double()
             error = float((a - a0).pow(2).sum() / a0.pow(2).sum())
             assert cell["feature_error"] == pytest.approx(error, rel=1e-3)
@@ -308,8 +358,7 @@ def test_fooling_equals_an_independent_run(runs, alexnet_random):
             x = _input(source, alexnet_random, 64)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                made = deconvnet.fooling_image(alexnet_random, x, 368, steps=3, seed=0,
-                                               details=True)
+                made = deconvnet.fooling_image(alexnet_random, x, 368, steps=3, seed=0, details=True)
             got = torch.from_numpy(arrays[cell["key"]])
             np.testing.assert_allclose(got.numpy(), made.images.numpy(), rtol=0, atol=1e-5)
             with torch.no_grad():
@@ -334,8 +383,9 @@ def test_fooling_equals_an_independent_run(runs, alexnet_random):
 
 
 def test_fooling_that_reaches_its_confidence(tmp_path):
-    result = synthesis.run_fooling(tmp_path, **MODEL, images="cat", target=368, size=64,
-                                   steps=3, confidence=0.0009)
+    result = fooling_job.run_fooling(
+        tmp_path, **MODEL, images="cat", target=368, size=64, steps=3, confidence=0.0009
+    )
     (cell,) = result["cells"]
     assert cell["reached"] is True and cell["report"]["steps_taken"] == 0
     assert result["all_reached"] is True
@@ -355,8 +405,8 @@ def test_a_random_classifier_is_named_as_such(runs):
             assert RANDOM_CLASSIFIER_NOTE.upper() in title
         else:
             assert result["classifier_note"] is None and "CLASSIFIER" not in title
-    assert synthesis.job.classifier_note({"weights": "hed"}) == RANDOM_CLASSIFIER_NOTE
-    assert synthesis.job.classifier_note({"weights": "imagenet"}) is None
+    assert job_module.classifier_note({"weights": "hed"}) == RANDOM_CLASSIFIER_NOTE
+    assert job_module.classifier_note({"weights": "imagenet"}) is None
 
 
 # ------------------------------------------------------- determinism, resuming, redrawing
@@ -373,16 +423,17 @@ def _compare_folders(a: Path, b: Path) -> None:
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-LIBRARY_CALLS = {"filters": ("deconvnet.synthesis.filters", "visualize_filters"),
-                 "class_model": ("deconvnet.synthesis.class_model", "class_model"),
-                 "deep_dream": ("deconvnet.synthesis.dream", "deep_dream"),
-                 "invert": ("deconvnet.synthesis.invert", "invert"),
-                 "fooling": ("deconvnet.synthesis.fooling", "fooling_image")}
+LIBRARY_CALLS = {
+    "filters": ("deconvnet.jobs.filters", "visualize_filters"),
+    "class_model": ("deconvnet.jobs.class_model", "class_model"),
+    "deep_dream": ("deconvnet.jobs.deep_dream", "deep_dream"),
+    "invert": ("deconvnet.jobs.invert", "invert"),
+    "fooling": ("deconvnet.jobs.fooling", "fooling_image"),
+}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_same_bytes_after_an_interruption_and_the_sheet_redraws(runs, name, tmp_path,
-                                                               monkeypatch):
+def test_same_bytes_after_an_interruption_and_the_sheet_redraws(runs, name, tmp_path, monkeypatch):
     """Cells are checkpointed as they finish; a rerun with the same config computes only the
     missing ones. Every cell is computed again here (the first by the interrupted run, the rest
     by the resumed one) and every file has the same bytes as the uninterrupted run's: the same
@@ -414,15 +465,15 @@ def test_same_bytes_after_an_interruption_and_the_sheet_redraws(runs, name, tmp_
     _compare_folders(whole, job)
     grid = (job / "grid.png").read_bytes()
     (job / "grid.png").unlink()
-    assert synthesis.render_synthesis(job) == [job / "grid.png"]
+    assert job_module.render_synthesis(job) == [job / "grid.png"]
     assert (job / "grid.png").read_bytes() == grid
 
 
 def test_a_different_config_in_the_same_folder_starts_afresh(tmp_path, monkeypatch):
     kwargs = {"image": "cat", "stages": [2, 5], "size": 64, "steps": 2}
-    synthesis.run_invert(tmp_path, **MODEL, **kwargs)
+    invert_job.run_invert(tmp_path, **MODEL, **kwargs)
     calls = []
-    real = synthesis.invert.invert
+    real = invert_job.invert
 
     def counted(*args, **options):
         calls.append(args[2])
@@ -430,22 +481,22 @@ def test_a_different_config_in_the_same_folder_starts_afresh(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **options)
 
-    monkeypatch.setattr(synthesis.invert, "invert", counted)
+    monkeypatch.setattr(invert_job, "invert", counted)
     with pytest.raises(KeyboardInterrupt):
-        synthesis.run_invert(tmp_path, **MODEL, **(kwargs | {"steps": 3}))
+        invert_job.run_invert(tmp_path, **MODEL, **(kwargs | {"steps": 3}))
     calls.clear()
-    monkeypatch.setattr(synthesis.invert, "invert", real)
-    synthesis.run_invert(tmp_path, **MODEL, **kwargs)  # the steps=3 checkpoint is not reused
+    monkeypatch.setattr(invert_job, "invert", real)
+    invert_job.run_invert(tmp_path, **MODEL, **kwargs)  # the steps=3 checkpoint is not reused
     result = json.loads((tmp_path / "result.json").read_text())
     assert [c["settings"]["steps"] for c in result["cells"]] == [2, 2]
 
 
 def test_render_refuses_other_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="job_dir: .*result.json does not exist"):
-        synthesis.render_synthesis(tmp_path)
+        job_module.render_synthesis(tmp_path)
     (tmp_path / "result.json").write_text(json.dumps({"experiment": "saliency"}))
     with pytest.raises(ValueError, match="names experiment 'saliency'"):
-        synthesis.render_synthesis(tmp_path)
+        job_module.render_synthesis(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ bad values
@@ -505,12 +556,13 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("name, override, error, message", BAD_VALUES)
-def test_bad_values_fail_before_the_model_is_built(runs, tmp_path, monkeypatch, name, override,
-                                                   error, message):
+def test_bad_values_fail_before_the_model_is_built(
+    runs, tmp_path, monkeypatch, name, override, error, message
+):
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
-    monkeypatch.setattr(deconvnet.model_request, "load_model", no_heavy_work)  # the loader
+    monkeypatch.setattr(deconvnet.jobs.request, "load_model", no_heavy_work)  # the loader
     monkeypatch.setattr(deconvnet, "load_model", no_heavy_work)
     run, kwargs = _settings(runs[1])[name]
     with pytest.raises(error, match=message):
@@ -520,14 +572,13 @@ def test_bad_values_fail_before_the_model_is_built(runs, tmp_path, monkeypatch, 
 
 def test_names_and_counts_are_accepted(tmp_path, monkeypatch):
     """Class names in any case, a channel count, one stage as a bare int: parsed, not refused."""
-    plan = synthesis.class_model.validate_class_model(
-        "alexnet", "random", 0, ["Tabby", 1], "l1", 0.1, 2, 0.05, 64, 0.0, 0, "cpu")
+    plan = class_model_job.validate_class_model(
+        "alexnet", "random", 0, ["Tabby", 1], "l1", 0.1, 2, 0.05, 64, 0.0, 0, "cpu"
+    )
     assert plan.classes == (281, 1)
-    plan = synthesis.filters.validate_filters("vgg16", "random", 0, 3, 4, 32, 2, 0.05, 0,
-                                              "fourier", "cpu")
+    plan = filters_job.validate_filters("vgg16", "random", 0, 3, 4, 32, 2, 0.05, 0, "fourier", "cpu")
     assert plan.stages == (3,) and plan.channels == {3: [0, 1, 2, 3]}
-    plan = synthesis.invert.validate_invert("alexnet", "random", 0, "cat", "fc7", 2, 0.05, None,
-                                            None, 0, 0, "cpu")
+    plan = invert_job.validate_invert("alexnet", "random", 0, "cat", "fc7", 2, 0.05, None, None, 0, 0, "cpu")
     assert plan.stages == ("fc7",) and plan.size == 224
 
 
@@ -536,8 +587,14 @@ def test_names_and_counts_are_accepted(tmp_path, monkeypatch):
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 CLI_TINY = {
@@ -581,8 +638,16 @@ def test_cli_runs_and_a_bad_value_is_one_line(name, tmp_path):
 @pytest.mark.slow
 def test_cli_multirun_makes_a_folder_per_job(tmp_path):
     sweep = tmp_path / "sweep"
-    done = _cli("invert", "-m", "model=alexnet", "model.weights=random", "size=64", "steps=2",
-                "stages=[2],[5]", f"hydra.sweep.dir={sweep}")
+    done = _cli(
+        "invert",
+        "-m",
+        "model=alexnet",
+        "model.weights=random",
+        "size=64",
+        "steps=2",
+        "stages=[2],[5]",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2
@@ -590,7 +655,6 @@ def test_cli_multirun_makes_a_folder_per_job(tmp_path):
     for job in jobs:
         result = json.loads((job / "result.json").read_text())
         seen += result["settings"]["stages"]
-        assert yaml.safe_load((job / "config.yaml").read_text())["stages"] == result["settings"][
-            "stages"]
+        assert yaml.safe_load((job / "config.yaml").read_text())["stages"] == result["settings"]["stages"]
         assert (job / ".hydra" / "config.yaml").is_file() and (job / "grid.png").is_file()
     assert sorted(seen) == [2, 5]

@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import deconvnet
+from deconvnet.data.paths import CONF_DIR, REPO_ROOT
 from experiments import reconstruct as exp
-from experiments.common import CONF_DIR, REPO_ROOT
 
 SMALL = {"model": "alexnet", "weights": "random", "seed": 0, "image": "cat", "progress": False}
 
@@ -64,8 +64,15 @@ def test_default_config_composes():
 
 
 def test_overrides_compose():
-    cfg = _compose("model=alexnet", "stage=3", "keep=5", "rule=guided", "model.weights=random",
-                   "model.seed=7", "image=/data/some image.jpg")
+    cfg = _compose(
+        "model=alexnet",
+        "stage=3",
+        "keep=5",
+        "rule=guided",
+        "model.weights=random",
+        "model.seed=7",
+        "image=/data/some image.jpg",
+    )
     assert cfg.model.name == "alexnet" and cfg.model.weights == "random" and cfg.model.seed == 7
     assert cfg.stage == 3 and cfg.keep == 5 and isinstance(cfg.keep, int)
     assert cfg.rule == "guided" and cfg.image == "/data/some image.jpg"
@@ -85,7 +92,8 @@ def test_unknown_model_group_names_the_options():
 def test_default_run_writes_every_file(default_run):
     out, result = default_run
     expected = {"input.png", "overview.png", "result.json", "config.yaml"} | {
-        f"stage{s}_{k}.png" for s in range(1, 6) for k in ("all", "max")}
+        f"stage{s}_{k}.png" for s in range(1, 6) for k in ("all", "max")
+    }
     assert expected <= {p.name for p in out.iterdir()}
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
     config = yaml.safe_load((out / "config.yaml").read_text())
@@ -105,8 +113,7 @@ def test_result_json_records_what_was_done(default_run):
     assert prov["versions"]["torch"] == torch.__version__
     assert {"torchvision", "deconvnet"} <= set(prov["versions"]) and "git_commit" in prov
     entries = result["reconstructions"]
-    assert [(e["stage"], e["keep"]) for e in entries] == [
-        (s, k) for s in range(1, 6) for k in ("all", "max")]
+    assert [(e["stage"], e["keep"]) for e in entries] == [(s, k) for s in range(1, 6) for k in ("all", "max")]
     names = [st.name for st in deconvnet.stages(deconvnet.load_model("alexnet", "random"))]
     for e in entries:
         assert e["stage_name"] == names[e["stage"] - 1]
@@ -121,8 +128,7 @@ def test_result_json_records_what_was_done(default_run):
 def test_written_pngs_match_an_independent_reconstruction(default_run, alexnet_random):
     out, result = default_run
     x = deconvnet.load_image("cat", alexnet_random)
-    assert np.abs(_png(out / "input.png") - _levels(deconvnet.denormalize(x, alexnet_random)[0])
-                  ).max() <= 1
+    assert np.abs(_png(out / "input.png") - _levels(deconvnet.denormalize(x, alexnet_random)[0])).max() <= 1
     by_name = {e["file"]: e for e in result["reconstructions"]}
     for stage, keep in [(1, "max"), (2, "all"), (5, "max")]:
         assert Image.open(out / f"stage{stage}_{keep}.png").mode == "RGB"
@@ -132,14 +138,12 @@ def test_written_pngs_match_an_independent_reconstruction(default_run, alexnet_r
         assert np.abs(got - want).max() <= 1
         assert len(np.unique(want)) > 10  # a real picture, not a blank tile
         entry = by_name[f"stage{stage}_{keep}.png"]
-        assert entry["reconstruction"]["l2_norm"] == pytest.approx(float(r.double().norm()),
-                                                                  rel=1e-5)
+        assert entry["reconstruction"]["l2_norm"] == pytest.approx(float(r.double().norm()), rel=1e-5)
     with torch.no_grad():  # the recorded max is the layer's max, at the recorded place
         a = alexnet_random.features[: deconvnet.stage(alexnet_random, 5).index + 1](x.clone())
     kept = by_name["stage5_max.png"]["kept"]
     assert kept["value"] == pytest.approx(float(a.max()), rel=1e-5)
-    assert float(a[0, kept["channel"], kept["y"], kept["x"]]) == pytest.approx(kept["value"],
-                                                                              rel=1e-5)
+    assert float(a[0, kept["channel"], kept["y"], kept["x"]]) == pytest.approx(kept["value"], rel=1e-5)
 
 
 def test_single_channel_guided_run(tmp_path, alexnet_random):
@@ -152,17 +156,14 @@ def test_single_channel_guided_run(tmp_path, alexnet_random):
     assert not any(name.startswith("stage") and name != "stage3_ch5.png" for name in files)
     x = deconvnet.load_image("cat", alexnet_random)
     r = deconvnet.reconstruct(alexnet_random, x, 3, keep=5, rule="guided")
-    assert np.abs(_png(tmp_path / "stage3_ch5.png") - _levels(deconvnet.to_display(r)[0])
-                  ).max() <= 1
+    assert np.abs(_png(tmp_path / "stage3_ch5.png") - _levels(deconvnet.to_display(r)[0])).max() <= 1
 
 
 def test_image_from_a_file(tmp_path):
     picture = tmp_path / "in" / "picture.png"
     picture.parent.mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(
-        picture)
-    result = exp.run_reconstruct(tmp_path / "out", **(SMALL | {"image": str(picture)}),
-                                 stage=1, keep="max")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(picture)
+    result = exp.run_reconstruct(tmp_path / "out", **(SMALL | {"image": str(picture)}), stage=1, keep="max")
     assert result["image"]["kind"] == "file" and result["image"]["path"] == str(picture.resolve())
     assert result["image"]["original_size_wh"] == [120, 90]
 
@@ -170,25 +171,31 @@ def test_image_from_a_file(tmp_path):
 # ------------------------------------------------------------------------------------ bad values
 
 
-@pytest.mark.parametrize("override, error, message", [
-    ({"stage": 7}, ValueError, r"stage: expected an int in 1\.\.5"),
-    ({"stage": 0}, ValueError, r"stage: expected an int in 1\.\.5"),
-    ({"stage": "pool3"}, ValueError, r"stage: expected an int in 1\.\.5"),
-    ({"keep": "mean"}, ValueError, r"keep: expected 'all', 'max', a channel int"),
-    ({"keep": True}, ValueError, r"keep: expected 'all', 'max', a channel int"),
-    ({"keep": 64, "stage": 1}, ValueError, r"keep: channel 64 is outside alexnet stage 1 "
-                                           r"\(pool1\) channels 0\.\.63"),
-    ({"keep": "300"}, ValueError, r"keep: channel 300 is outside alexnet stage 1"),  # all stages
-    ({"keep": -1}, ValueError, r"keep: channel -1 is outside"),
-    ({"rule": "fancy"}, ValueError, r"rule: expected one of deconvnet, backprop, guided"),
-    ({"model": "resnet18"}, ValueError, r"model name: expected one of \['vgg16', 'alexnet', 'vgg11'"),
-    ({"image": "/no/such/picture.png"}, FileNotFoundError, r"image: .*does not exist"),
-    ({"image": "no_such_sample"}, FileNotFoundError, r"not a bundled sample name"),
-    ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
-    ({"device": 3}, ValueError, r"device: expected 'cpu', 'cuda'"),
-])
-def test_bad_values_fail_early_with_a_clear_message(tmp_path, monkeypatch, override, error,
-                                                    message):
+@pytest.mark.parametrize(
+    "override, error, message",
+    [
+        ({"stage": 7}, ValueError, r"stage: expected an int in 1\.\.5"),
+        ({"stage": 0}, ValueError, r"stage: expected an int in 1\.\.5"),
+        ({"stage": "pool3"}, ValueError, r"stage: expected an int in 1\.\.5"),
+        ({"keep": "mean"}, ValueError, r"keep: expected 'all', 'max', a channel int"),
+        ({"keep": True}, ValueError, r"keep: expected 'all', 'max', a channel int"),
+        (
+            {"keep": 64, "stage": 1},
+            ValueError,
+            r"keep: channel 64 is outside alexnet stage 1 "
+            r"\(pool1\) channels 0\.\.63",
+        ),
+        ({"keep": "300"}, ValueError, r"keep: channel 300 is outside alexnet stage 1"),  # all stages
+        ({"keep": -1}, ValueError, r"keep: channel -1 is outside"),
+        ({"rule": "fancy"}, ValueError, r"rule: expected one of deconvnet, backprop, guided"),
+        ({"model": "resnet18"}, ValueError, r"model name: expected one of \['vgg16', 'alexnet', 'vgg11'"),
+        ({"image": "/no/such/picture.png"}, FileNotFoundError, r"image: .*does not exist"),
+        ({"image": "no_such_sample"}, FileNotFoundError, r"not a bundled sample name"),
+        ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
+        ({"device": 3}, ValueError, r"device: expected 'cpu', 'cuda'"),
+    ],
+)
+def test_bad_values_fail_early_with_a_clear_message(tmp_path, monkeypatch, override, error, message):
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
@@ -222,8 +229,14 @@ def test_keep_and_stage_parsing():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "experiments.reconstruct", *args], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.reconstruct", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -238,8 +251,9 @@ def test_cli_bad_stage_exits_with_a_short_message(tmp_path):
 @pytest.mark.slow
 def test_cli_multirun_gives_each_job_its_own_folder(tmp_path):
     sweep = tmp_path / "sweep"
-    done = _cli("-m", "model=alexnet", "model.weights=random", "stage=1,5", "keep=all,max",
-                f"hydra.sweep.dir={sweep}")
+    done = _cli(
+        "-m", "model=alexnet", "model.weights=random", "stage=1,5", "keep=all,max", f"hydra.sweep.dir={sweep}"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 4

@@ -1,4 +1,4 @@
-"""`python -m experiments.saliency`: the plain run function (`deconvnet.saliency.run_saliency`),
+"""`python -m experiments.saliency`: the plain run function (`deconvnet.jobs.saliency.run_saliency`),
 its files, bad values, determinism, and the Hydra entry point.
 
 Offline and fast: AlexNet with random weights, one bundled sample and one tiny image file (both
@@ -22,9 +22,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import deconvnet
-import deconvnet.model_request
-import deconvnet.saliency as sal
-from experiments.common import CONF_DIR, PROVENANCE_ENV, REPO_ROOT
+import deconvnet.jobs.request
+import deconvnet.jobs.saliency as sal
+from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.jobs.files import PROVENANCE_ENV
 
 METHODS = ["gradient", "smoothgrad_guided", "gradcam", "integrated_gradients"]
 OPTIONS = {"samples": 3, "noise": 0.15, "steps": 6, "cam_stage": 5}
@@ -66,12 +67,20 @@ def class_run(tmp_path_factory):
 def test_default_config_composes():
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("saliency", return_hydra_config=True)
-        other = compose("saliency", overrides=["model=alexnet", "images=dog", "unit=[5,3]",
-                                               "methods=[gradient,gradcam]", "target=7"])
+        other = compose(
+            "saliency",
+            overrides=["model=alexnet", "images=dog", "unit=[5,3]", "methods=[gradient,gradcam]", "target=7"],
+        )
     assert cfg.model.name == "vgg16" and list(cfg.images) == list(sal.DEFAULT_IMAGES)
     assert cfg.methods is None and cfg.target is None and cfg.unit is None
     assert (cfg.samples, cfg.noise, cfg.steps, cfg.cam_stage, cfg.seed, cfg.device) == (
-        50, 0.15, 50, 5, 0, "cpu")
+        50,
+        0.15,
+        50,
+        5,
+        0,
+        "cpu",
+    )
     assert cfg.hydra.job.chdir is False
     assert other.images == "dog" and list(other.methods) == ["gradient", "gradcam"]
     assert list(other.unit) == [5, 3] and other.target == 7 and other.model.name == "alexnet"
@@ -106,13 +115,16 @@ def test_maps_equal_an_independent_explain(class_run, alexnet_random):
     out, result, picture = class_run
     options = {"samples": 3, "noise": 0.15, "steps": 6, "stage": 5, "seed": 0}
     with np.load(out / "maps.npz") as maps:
-        for source, label, method in [("cat", "cat", "smoothgrad_guided"),
-                                      (str(picture), "tiny_pic", "integrated_gradients"),
-                                      ("cat", "cat", "gradcam")]:
+        for source, label, method in [
+            ("cat", "cat", "smoothgrad_guided"),
+            (str(picture), "tiny_pic", "integrated_gradients"),
+            ("cat", "cat", "gradcam"),
+        ]:
             x = deconvnet.load_image(source, alexnet_random)
             want = deconvnet.explain(alexnet_random, x, method, None, **options)[0]
-            np.testing.assert_allclose(maps[f"{label}__{method}"], want.numpy(), rtol=1e-5,
-                                       atol=1e-6 * float(want.abs().max()))
+            np.testing.assert_allclose(
+                maps[f"{label}__{method}"], want.numpy(), rtol=1e-5, atol=1e-6 * float(want.abs().max())
+            )
         # the grayscale saliency PNG is the map's display, computed here without the experiment
         g = torch.from_numpy(maps["cat__gradient"])
         gray = deconvnet.to_grayscale(deconvnet.saliency_map(g).unsqueeze(0))[0]
@@ -126,8 +138,10 @@ def test_result_json_records_what_was_done(class_run, alexnet_random):
     assert result["experiment"] == "saliency" and result["model"] == "alexnet"
     assert result["weights"]["weights"] == "random" and result["random_weights"] is True
     assert result["methods"] == METHODS and result["image_size"] == [224, 224]
-    assert result["options"].items() >= {
-        "samples": 3, "noise": 0.15, "steps": 6, "cam_stage": 5, "seed": 0}.items()
+    assert (
+        result["options"].items()
+        >= {"samples": 3, "noise": 0.15, "steps": 6, "cam_stage": 5, "seed": 0}.items()
+    )
     assert result["provenance"]["versions"]["torch"] == torch.__version__
     images = result["images"]
     assert [e["label"] for e in images] == ["cat", "tiny_pic"]
@@ -146,20 +160,22 @@ def test_result_json_records_what_was_done(class_run, alexnet_random):
         assert f"predicted class {c} ({names[c]})" in entry["explained_label"]
     cells = result["cells"]
     assert [(c["image"], c["method"]) for c in cells] == [
-        (label, m) for label in ("cat", "tiny_pic") for m in METHODS]
+        (label, m) for label in ("cat", "tiny_pic") for m in METHODS
+    ]
     for cell in cells:
         assert cell["key"] == f"{cell['image']}__{cell['method']}"
         assert cell["file"] == f"{cell['key']}.png"
         stats = cell["map"]
         assert stats["min"] <= stats["max"] and stats["l2_norm"] > 0 and cell["seconds"] >= 0
-        assert cell["target"]["class"] == next(e for e in images if e["label"] == cell["image"])[
-            "explained"]["class"]
+        assert (
+            cell["target"]["class"]
+            == next(e for e in images if e["label"] == cell["image"])["explained"]["class"]
+        )
         assert ("completeness" in cell) == (cell["method"] == "integrated_gradients")
     for cell in (c for c in cells if c["method"] == "integrated_gradients"):
         check = cell["completeness"]
         assert check["map_sum"] == pytest.approx(cell["map"]["sum"])
-        assert check["score_difference"] == pytest.approx(
-            check["score_input"] - check["score_baseline"])
+        assert check["score_difference"] == pytest.approx(check["score_input"] - check["score_baseline"])
         x = deconvnet.load_image("cat" if cell["image"] == "cat" else str(picture), alexnet_random)
         c = cell["target"]["class"]
         with torch.no_grad():
@@ -181,16 +197,16 @@ def test_a_random_classifier_is_named_as_such(class_run):
 
 
 def test_unit_target(tmp_path, alexnet_random):
-    result = sal.run_saliency(tmp_path, images="cat", methods=["guided", "gradcam"], unit=[5],
-                              **(SMALL | {"cam_stage": 4}))
+    result = sal.run_saliency(
+        tmp_path, images="cat", methods=["guided", "gradcam"], unit=[5], **(SMALL | {"cam_stage": 4})
+    )
     (entry,) = result["images"]
     unit = entry["explained"]
     with torch.no_grad():  # the stage's strongest unit, found here without the experiment
         x = deconvnet.load_image("cat", alexnet_random)
         a = alexnet_random.features[: deconvnet.stage(alexnet_random, 5).index + 1](x)[0]
     c, y, xx = np.unravel_index(int(a.argmax()), tuple(a.shape))
-    assert (unit["kind"], unit["stage"], unit["channel"], unit["y"], unit["x"]) == (
-        "unit", 5, c, y, xx)
+    assert (unit["kind"], unit["stage"], unit["channel"], unit["y"], unit["x"]) == ("unit", 5, c, y, xx)
     assert unit["activation"] == pytest.approx(float(a.max()), rel=1e-5)
     assert entry["explained_label"] == f"stage 5 ch {c} ({y}, {xx})"
     assert result["target"]["warning"] is None and result["target"]["unit"] == [5]
@@ -202,8 +218,7 @@ def test_unit_target(tmp_path, alexnet_random):
 
 def test_same_inputs_same_bytes_and_the_grid_redraws(tmp_path, monkeypatch):
     monkeypatch.setenv(PROVENANCE_ENV, json.dumps(FIXED_PROVENANCE))
-    kwargs = SMALL | {"images": "cat", "methods": ["smoothgrad_gradient", "gradient_x_image"],
-                      "unit": [3, 7]}
+    kwargs = SMALL | {"images": "cat", "methods": ["smoothgrad_gradient", "gradient_x_image"], "unit": [3, 7]}
     a, b = tmp_path / "a", tmp_path / "b"
     results = [sal.run_saliency(out, **kwargs) for out in (a, b)]
     assert _without_seconds(results[0]) == _without_seconds(results[1])
@@ -215,51 +230,57 @@ def test_same_inputs_same_bytes_and_the_grid_redraws(tmp_path, monkeypatch):
     grid = (a / "grid.png").read_bytes()
     (a / "grid.png").unlink()
     sal.render_saliency(a)
-    assert np.array_equal(np.asarray(Image.open(a / "grid.png")),
-                          np.asarray(Image.open(b / "grid.png")))
+    assert np.array_equal(np.asarray(Image.open(a / "grid.png")), np.asarray(Image.open(b / "grid.png")))
     assert (a / "grid.png").read_bytes() == grid
 
 
 # ------------------------------------------------------------------------------------ bad values
 
 
-@pytest.mark.parametrize("override, error, message", [
-    ({"images": []}, ValueError, r"images: expected .* got an empty list"),
-    ({"images": [3]}, ValueError, r"images: expected .* got the item 3"),
-    ({"images": "no_such_sample"}, FileNotFoundError, r"image: .*not a bundled sample name"),
-    ({"images": ["cat", "cat"]}, ValueError, r"images: each image needs its own name"),
-    ({"methods": "fancy"}, ValueError, r"methods: expected one of gradient, guided"),
-    ({"methods": ["gradient", "gradient"]}, ValueError, r"methods: each method once"),
-    ({"methods": []}, ValueError, r"methods: expected one of"),
-    ({"target": 1000}, ValueError, r"target: expected null .* class int in 0\.\.999, got 1000"),
-    ({"target": True}, ValueError, r"target: expected null"),
-    ({"target": 3, "unit": [5]}, ValueError, r"target: give a class target or a unit, not both"),
-    ({"unit": [6]}, ValueError, r"unit: the stage must be an int in 1\.\.5"),
-    ({"unit": [5, 1, 2]}, ValueError, r"unit: expected null, \[stage\]"),
-    ({"unit": "pool5"}, ValueError, r"unit: expected null, \[stage\]"),
-    ({"unit": [1, 64]}, ValueError, r"unit: channel 64 is outside stage 1's channels 0\.\.63"),
-    ({"unit": [5, 0, 6, 0]}, ValueError, r"unit: position \(y, x\) = \(6, 0\) is outside stage 5's "
-                                         r"6x6 map"),
-    ({"unit": [3], "cam_stage": 4}, ValueError, r"cam_stage: Grad-CAM at stage 4 lies above"),
-    ({"cam_stage": 0}, ValueError, r"cam_stage: expected an int in 1\.\.5"),
-    ({"samples": 0}, ValueError, r"samples: expected an int >= 1, got 0"),
-    ({"samples": 2.5}, ValueError, r"samples: expected an int >= 1"),
-    ({"noise": -0.1}, ValueError, r"noise: expected a finite number >= 0"),
-    ({"noise": "lots"}, ValueError, r"noise: expected a finite number"),
-    ({"steps": 0}, ValueError, r"steps: expected an int >= 1"),
-    ({"noise_seed": -1}, ValueError, r"seed: expected an int >= 0"),
-    ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
-    ({"model": "resnet18"}, ValueError, r"model name: expected one of"),
-    ({"weights": "pretrained"}, ValueError, r"weights: expected one of"),
-    ({"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
-    ({"weights": "/no/such/ckpt.pth"}, FileNotFoundError, r"weights: checkpoint file"),
-    ({"seed": -3}, ValueError, r"seed: expected an int in \[0, 2\*\*64\)"),
-])
+@pytest.mark.parametrize(
+    "override, error, message",
+    [
+        ({"images": []}, ValueError, r"images: expected .* got an empty list"),
+        ({"images": [3]}, ValueError, r"images: expected .* got the item 3"),
+        ({"images": "no_such_sample"}, FileNotFoundError, r"image: .*not a bundled sample name"),
+        ({"images": ["cat", "cat"]}, ValueError, r"images: each image needs its own name"),
+        ({"methods": "fancy"}, ValueError, r"methods: expected one of gradient, guided"),
+        ({"methods": ["gradient", "gradient"]}, ValueError, r"methods: each method once"),
+        ({"methods": []}, ValueError, r"methods: expected one of"),
+        ({"target": 1000}, ValueError, r"target: expected null .* class int in 0\.\.999, got 1000"),
+        ({"target": True}, ValueError, r"target: expected null"),
+        ({"target": 3, "unit": [5]}, ValueError, r"target: give a class target or a unit, not both"),
+        ({"unit": [6]}, ValueError, r"unit: the stage must be an int in 1\.\.5"),
+        ({"unit": [5, 1, 2]}, ValueError, r"unit: expected null, \[stage\]"),
+        ({"unit": "pool5"}, ValueError, r"unit: expected null, \[stage\]"),
+        ({"unit": [1, 64]}, ValueError, r"unit: channel 64 is outside stage 1's channels 0\.\.63"),
+        (
+            {"unit": [5, 0, 6, 0]},
+            ValueError,
+            r"unit: position \(y, x\) = \(6, 0\) is outside stage 5's "
+            r"6x6 map",
+        ),
+        ({"unit": [3], "cam_stage": 4}, ValueError, r"cam_stage: Grad-CAM at stage 4 lies above"),
+        ({"cam_stage": 0}, ValueError, r"cam_stage: expected an int in 1\.\.5"),
+        ({"samples": 0}, ValueError, r"samples: expected an int >= 1, got 0"),
+        ({"samples": 2.5}, ValueError, r"samples: expected an int >= 1"),
+        ({"noise": -0.1}, ValueError, r"noise: expected a finite number >= 0"),
+        ({"noise": "lots"}, ValueError, r"noise: expected a finite number"),
+        ({"steps": 0}, ValueError, r"steps: expected an int >= 1"),
+        ({"noise_seed": -1}, ValueError, r"seed: expected an int >= 0"),
+        ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
+        ({"model": "resnet18"}, ValueError, r"model name: expected one of"),
+        ({"weights": "pretrained"}, ValueError, r"weights: expected one of"),
+        ({"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
+        ({"weights": "/no/such/ckpt.pth"}, FileNotFoundError, r"weights: checkpoint file"),
+        ({"seed": -3}, ValueError, r"seed: expected an int in \[0, 2\*\*64\)"),
+    ],
+)
 def test_bad_values_fail_before_the_model_is_built(tmp_path, monkeypatch, override, error, message):
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
-    monkeypatch.setattr(deconvnet.model_request, "load_model", no_heavy_work)  # the loader
+    monkeypatch.setattr(deconvnet.jobs.request, "load_model", no_heavy_work)  # the loader
     monkeypatch.setattr(deconvnet, "load_model", no_heavy_work)
     with pytest.raises(error, match=message):
         sal.run_saliency(tmp_path / "out", **({"images": "cat"} | SMALL | override))
@@ -280,8 +301,14 @@ def test_parsing(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "experiments.saliency", *args], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.saliency", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -292,8 +319,15 @@ def test_cli_bad_value_and_a_multirun_with_a_folder_per_job(tmp_path):
     assert "Traceback" not in done.stderr + done.stdout and not list(tmp_path.glob("*.png"))
 
     sweep = tmp_path / "sweep"
-    done = _cli("-m", "model=alexnet", "model.weights=random", "images=cat", "unit=[4]",
-                "methods=gradient,guided", f"hydra.sweep.dir={sweep}")
+    done = _cli(
+        "-m",
+        "model=alexnet",
+        "model.weights=random",
+        "images=cat",
+        "unit=[4]",
+        "methods=gradient,guided",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2
@@ -329,8 +363,7 @@ def test_an_interrupted_job_resumes_from_its_finished_cells(tmp_path, monkeypatc
     job = tmp_path / "job"
     with pytest.raises(KeyboardInterrupt):
         sal.run_saliency(job, **kwargs)
-    assert sorted(p.name for p in (job / "partial").iterdir()) == [
-        "cat__gradient.npz", "cat__guided.npz"]
+    assert sorted(p.name for p in (job / "partial").iterdir()) == ["cat__gradient.npz", "cat__guided.npz"]
     calls.clear()
     resumed = sal.run_saliency(job, **kwargs)
     assert calls == ["gradcam"]  # only the missing cell was computed again

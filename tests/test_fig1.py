@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import deconvnet
-from deconvnet import fig1 as fig1_module
-from deconvnet.fig1 import draw_fig1, fig1_data, load_fig1_data, render_fig1, run_fig1
+from deconvnet.jobs import fig1 as fig1_module
+from deconvnet.jobs.fig1 import draw_fig1, fig1_data, load_fig1_data, render_fig1, run_fig1
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def _reference_unpool(rectified: np.ndarray, seed: np.ndarray, k: int, s: int) -
     hp, wp = seed.shape
     for i in range(hp):
         for j in range(wp):
-            window = rectified[i * s: i * s + k, j * s: j * s + k]
+            window = rectified[i * s : i * s + k, j * s : j * s + k]
             r, c = np.unravel_index(np.argmax(window), window.shape)
             out[i * s + r, j * s + c] += seed[i, j]
     return out
@@ -131,8 +131,7 @@ def test_vgg_shows_the_last_conv_of_the_stage_and_projects_like_reconstruct(vgg_
     # the rest of the mirror: the same as deconvnet.reconstruct(keep=channel)
     want = deconvnet.reconstruct(vgg_float32, x, stage, keep=c)[0]
     torch.testing.assert_close(_t(d["pixels"]), want, rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(d["pooled"],
-                                  F.max_pool2d(_t(d["rectified"])[None], 2, 2)[0].numpy())
+    np.testing.assert_array_equal(d["pooled"], F.max_pool2d(_t(d["rectified"])[None], 2, 2)[0].numpy())
 
 
 def test_illustration_numbers_are_real_and_unpooling_puts_values_at_switches(alex_all):
@@ -142,14 +141,14 @@ def test_illustration_numbers_are_real_and_unpooling_puts_values_at_switches(ale
     patch, pooled = d["patch"], d["patch_pooled"]
     switches, unpooled = d["patch_switches"], d["patch_unpooled"]
     assert patch.shape == (size, size) == ((2 - 1) * s + k,) * 2
-    np.testing.assert_array_equal(patch, d["rectified"][y0: y0 + size, x0: x0 + size])
-    np.testing.assert_array_equal(pooled, d["pooled"][by: by + 2, bx: bx + 2])
+    np.testing.assert_array_equal(patch, d["rectified"][y0 : y0 + size, x0 : x0 + size])
+    np.testing.assert_array_equal(pooled, d["pooled"][by : by + 2, bx : bx + 2])
     # switches: inside each window, at a maximum; the same positions as the full map's switches
     for i in range(2):
         for j in range(2):
             r, c = divmod(int(switches[i, j]), size)
             assert i * s <= r < i * s + k and j * s <= c < j * s + k
-            assert patch[r, c] == pooled[i, j] == patch[i * s: i * s + k, j * s: j * s + k].max()
+            assert patch[r, c] == pooled[i, j] == patch[i * s : i * s + k, j * s : j * s + k].max()
     np.testing.assert_allclose(unpooled, _reference_unpool(patch, pooled, k, s), rtol=1e-6)
     expect = np.zeros_like(patch)
     for f, v in zip(switches.flatten().tolist(), pooled.flatten().tolist()):
@@ -243,8 +242,14 @@ def test_run_fig1_writes_figure_data_and_result_and_render_reproduces_it(tmp_pat
 
 def _run(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DECONVNET_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "experiments.fig1", *overrides], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.fig1", *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 @pytest.mark.slow
@@ -258,8 +263,7 @@ def test_hydra_entry_end_to_end(tmp_path):
     assert not (tmp_path / "outputs").exists()  # the run directory is the one given
 
     bad = tmp_path / "bad"
-    done = _run("model=alexnet", "model.weights=random", "stage=9", f"hydra.run.dir={bad}",
-                cwd=tmp_path)
+    done = _run("model=alexnet", "model.weights=random", "stage=9", f"hydra.run.dir={bad}", cwd=tmp_path)
     assert done.returncode != 0
     assert "error: stage: expected an int in 1..5" in done.stderr
     assert "Traceback" not in done.stderr

@@ -17,9 +17,11 @@ import torch
 from PIL import Image
 
 import deconvnet
-from deconvnet import fig2
-from deconvnet.architecture import stage as stage_of
-from deconvnet.fig2 import (
+from deconvnet.analysis.scan import load_topk, scan_topk
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.geometry import receptive_field
+from deconvnet.jobs import fig2
+from deconvnet.jobs.fig2 import (
     crop_with_fill,
     display_size,
     display_tiles,
@@ -30,13 +32,19 @@ from deconvnet.fig2 import (
     run_fig2,
     select_channels,
 )
-from deconvnet.geometry import receptive_field
-from deconvnet.scan import load_topk, scan_topk
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = {"kind": "samples", "photos": ["chelsea", "coffee", "astronaut"], "limit": 10}
-TINY = dict(model="alexnet", weights="random", seed=0, data=TINY_DATA, stages=[1, 3],
-            channels_per_stage=2, k=3, progress=False)
+TINY = dict(
+    model="alexnet",
+    weights="random",
+    seed=0,
+    data=TINY_DATA,
+    stages=[1, 3],
+    channels_per_stage=2,
+    k=3,
+    progress=False,
+)
 
 
 class TensorList:
@@ -72,8 +80,7 @@ def small_tiles(alexnet):
     data = TensorList(images)
     topk = scan_topk(alexnet, [images], k=3, stages=(1, 2, 5), progress=False)
     chosen = {1: [0, 7], 2: [3], 5: [1, 100]}
-    return data, topk, chosen, project_tiles(alexnet, data, topk, chosen, batch_size=3,
-                                             progress=False)
+    return (data, topk, chosen, project_tiles(alexnet, data, topk, chosen, batch_size=3, progress=False))
 
 
 # ------------------------------------------------------------------------------------ crops
@@ -104,11 +111,13 @@ def test_tiles_have_the_layers_receptive_field_size_and_border_fill(alexnet, sma
             for r in range(t.image.shape[1]):
                 top, left, bottom, right = t.box(m, r)
                 assert (top, left, bottom, right) == receptive_field(alexnet, s).box(
-                    int(t.y[m, r]), int(t.x[m, r]))
+                    int(t.y[m, r]), int(t.x[m, r])
+                )
                 rows = np.arange(top, bottom)
                 cols = np.arange(left, right)
-                outside = ~((rows[:, None] >= 0) & (rows[:, None] < 96)
-                            & (cols[None, :] >= 0) & (cols[None, :] < 96))
+                outside = ~(
+                    (rows[:, None] >= 0) & (rows[:, None] < 96) & (cols[None, :] >= 0) & (cols[None, :] < 96)
+                )
                 if outside.any():
                     crossed += 1
                 assert (t.patch[m, r][:, outside] == fig2.GREY).all()
@@ -118,8 +127,9 @@ def test_tiles_have_the_layers_receptive_field_size_and_border_fill(alexnet, sma
                 expected = (shown.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
                 y0, x0 = max(top, 0), max(left, 0)
                 y1, x1 = min(bottom, 96), min(right, 96)
-                assert np.array_equal(t.patch[m, r][:, y0 - top : y1 - top, x0 - left : x1 - left],
-                                      expected[:, y0:y1, x0:x1])
+                assert np.array_equal(
+                    t.patch[m, r][:, y0 - top : y1 - top, x0 - left : x1 - left], expected[:, y0:y1, x0:x1]
+                )
     assert crossed > 0  # pool5's 195 px field always crosses a 96 px image's border
 
 
@@ -215,8 +225,10 @@ def test_projection_equals_hooked_autograd_for_a_tile(alexnet, small_tiles):
 
 def test_mismatched_recorded_value_is_an_error_naming_the_tile(alexnet, small_tiles):
     data, topk, _, _ = small_tiles
-    broken = {s: deconvnet.scan.TopK(t.values.clone(), t.image, t.y, t.x, t.images_scanned)
-              for s, t in topk.items()}
+    broken = {
+        s: deconvnet.analysis.scan.TopK(t.values.clone(), t.image, t.y, t.x, t.images_scanned)
+        for s, t in topk.items()
+    }
     broken[2].values[3, 1] += 1.0
     with pytest.raises(fig2.TileMismatchError, match=r"stage 2 \(pool2\) channel 3 rank 2"):
         project_tiles(alexnet, data, broken, {2: [3]}, progress=False)
@@ -228,8 +240,15 @@ def test_mismatched_recorded_value_is_an_error_naming_the_tile(alexnet, small_ti
 def test_run_fig2_writes_consistent_files(tiny_job):
     out, result = tiny_job
     names = {p.name for p in out.iterdir()}
-    expected = {"result.json", "tiles.json", "tiles.npz", "topk.pt", "fig2.png",
-                "fig2_stage1.png", "fig2_stage3.png"}
+    expected = {
+        "result.json",
+        "tiles.json",
+        "tiles.npz",
+        "topk.pt",
+        "fig2.png",
+        "fig2_stage1.png",
+        "fig2_stage3.png",
+    }
     assert expected <= names and not any(n.endswith(".tmp") for n in names)
     saved = json.loads((out / "result.json").read_text())
     assert saved["status"] == "complete" and result["status"] == "complete"
@@ -269,16 +288,22 @@ def test_figure_boxes_point_at_the_tiles(tiny_job):
     out, _ = tiny_job
     meta, arrays = load_fig2(out)
     entry = json.loads((out / "tiles.json").read_text())["tiles"][-1]  # stage 3, last rank
-    s, m, r = entry["stage"], list(arrays[entry["stage"]]["channels"]).index(entry["channel"]), \
-        entry["rank"] - 1
+    s, m, r = (
+        entry["stage"],
+        list(arrays[entry["stage"]]["channels"]).index(entry["channel"]),
+        entry["rank"] - 1,
+    )
     tile = tuple(meta["stages"][1]["tile_px"])
-    shown_r, shown_p = display_tiles(arrays[s]["recon"]["deconvnet"][m, r][None],
-                                     arrays[s]["patch"][m, r][None], tile)
+    shown_r, shown_p = display_tiles(
+        arrays[s]["recon"]["deconvnet"][m, r][None], arrays[s]["patch"][m, r][None], tile
+    )
     assert list(entry["figure"]["reconstruction_boxes"]) == entry["rules"] == ["deconvnet"]
     for where in ("figure", "sheet"):  # the tiny job's sheet keeps the tiles at full size
         page = np.asarray(Image.open(out / entry[where]["file"]))
-        boxes = [(entry[where]["reconstruction_boxes"]["deconvnet"], shown_r[0]),
-                 (entry[where]["patch_box"], shown_p[0])]
+        boxes = [
+            (entry[where]["reconstruction_boxes"]["deconvnet"], shown_r[0]),
+            (entry[where]["patch_box"], shown_p[0]),
+        ]
         for (t, l, b, rr), want in boxes:
             assert np.array_equal(page[t:b, l:rr], want), where
 
@@ -289,7 +314,7 @@ def test_provenance_value_recomputed_with_model_features(tiny_job):
     dataset, _ = make_dataset(TINY_DATA, model, progress=False)
     tiles = json.loads((out / "tiles.json").read_text())["tiles"]
     with torch.no_grad():
-        for entry in tiles[:: 3]:
+        for entry in tiles[::3]:
             image, image_id = dataset[entry["image_index"]]
             assert image_id == entry["image_id"]
             index = stage_of(model, entry["stage"]).index
@@ -330,35 +355,39 @@ def test_interrupted_run_is_marked_and_leaves_no_figures(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.png")) and not (tmp_path / "tiles.npz").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"k": 0}, "k: expected an int >= 1"),
-    ({"stages": [0]}, "unknown stage 0"),
-    ({"stages": []}, "at least one stage"),
-    ({"channels": {1: [99]}}, "channel 99 is outside layer 1"),
-    ({"data": {"kind": "folder"}}, "data.root: required"),
-    ({"data": {"kind": "samples", "limit": 0}}, "data.limit"),
-    ({"data": {"kind": "nope"}}, "data.kind"),
-    ({"rules": []}, "rules: expected at least one rule"),
-    ({"rules": ["deconvnet", "gradcam"]}, "rules: unknown rule 'gradcam'"),
-    ({"live_only": "yes"}, "live_only: expected true or false"),
-    ({"exclude_border": -1}, "exclude_border: expected an int >= 0"),
-    ({"exclude_border": 7}, r"exclude_border: 7 leaves no candidate position in the 13x13 map of "
-                            r"stage 3 \(relu3\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"k": 0}, "k: expected an int >= 1"),
+        ({"stages": [0]}, "unknown stage 0"),
+        ({"stages": []}, "at least one stage"),
+        ({"channels": {1: [99]}}, "channel 99 is outside layer 1"),
+        ({"data": {"kind": "folder"}}, "data.root: required"),
+        ({"data": {"kind": "samples", "limit": 0}}, "data.limit"),
+        ({"data": {"kind": "nope"}}, "data.kind"),
+        ({"rules": []}, "rules: expected at least one rule"),
+        ({"rules": ["deconvnet", "gradcam"]}, "rules: unknown rule 'gradcam'"),
+        ({"live_only": "yes"}, "live_only: expected true or false"),
+        ({"exclude_border": -1}, "exclude_border: expected an int >= 0"),
+        (
+            {"exclude_border": 7},
+            r"exclude_border: 7 leaves no candidate position in the 13x13 map of "
+            r"stage 3 \(relu3\)",
+        ),
+    ],
+)
 def test_bad_input_is_a_clear_error_before_the_scan(tmp_path, monkeypatch, change, message):
-    monkeypatch.setattr("deconvnet.scan.scan_topk", lambda *a, **k: pytest.fail("scan ran"))
+    monkeypatch.setattr("deconvnet.analysis.scan.scan_topk", lambda *a, **k: pytest.fail("scan ran"))
     with pytest.raises(ValueError, match=message):
         run_fig2(tmp_path, **{**TINY, **change})
 
 
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.root"):
-        run_fig2(tmp_path / "job", **{**TINY, "data": {"kind": "folder",
-                                                      "root": str(tmp_path / "nowhere")}})
+        run_fig2(tmp_path / "job", **{**TINY, "data": {"kind": "folder", "root": str(tmp_path / "nowhere")}})
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no readable images"):
-        run_fig2(tmp_path / "job", **{**TINY, "data": {"kind": "folder",
-                                                      "root": str(tmp_path / "empty")}})
+        run_fig2(tmp_path / "job", **{**TINY, "data": {"kind": "folder", "root": str(tmp_path / "empty")}})
 
 
 def test_folder_with_a_corrupt_file_is_skipped_and_counted(tmp_path):
@@ -368,8 +397,10 @@ def test_folder_with_a_corrupt_file_is_skipped_and_counted(tmp_path):
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(root / f"{i}.png")
     (root / "broken.jpg").write_bytes(b"not a jpeg")
-    result = run_fig2(tmp_path / "job", **{**TINY, "stages": [2], "channels_per_stage": 1,
-                                           "data": {"kind": "folder", "root": str(root)}})
+    result = run_fig2(
+        tmp_path / "job",
+        **{**TINY, "stages": [2], "channels_per_stage": 1, "data": {"kind": "folder", "root": str(root)}},
+    )
     assert result["dataset"]["skipped_count"] == 1
     assert result["dataset"]["skipped"][0]["path"] == "broken.jpg"
     tiles = json.loads((tmp_path / "job" / "tiles.json").read_text())["tiles"]
@@ -396,8 +427,7 @@ def _close(got: np.ndarray, want: np.ndarray, rel: float = 1e-5) -> bool:
     return float(np.abs(got - want).max()) <= rel * max(float(np.abs(want).max()), 1e-30)
 
 
-def test_each_rules_tile_equals_reconstruct_with_that_rule_cropped(alexnet, small_tiles,
-                                                                   rule_tiles):
+def test_each_rules_tile_equals_reconstruct_with_that_rule_cropped(alexnet, small_tiles, rule_tiles):
     data, _, _, single = small_tiles
     differ = 0
     for s, t in rule_tiles.items():
@@ -414,8 +444,9 @@ def test_each_rules_tile_equals_reconstruct_with_that_rule_cropped(alexnet, smal
     assert differ > 0  # the rules really give different pictures
 
 
-def _autograd_tile(alexnet, image: torch.Tensor, s: int, c: int, y: int, x: int,
-                   guided: bool) -> torch.Tensor:
+def _autograd_tile(
+    alexnet, image: torch.Tensor, s: int, c: int, y: int, x: int, guided: bool
+) -> torch.Tensor:
     """Gradient of the seed (its own value at (c, y, x)) w.r.t. the image: plain autograd
     (backprop), or with every ReLU's backward followed by relu (guided backprop)."""
     import copy
@@ -464,13 +495,18 @@ def test_all_rules_share_one_forward_record_per_batch(alexnet, small_tiles, monk
     assert [(stage, rule) for stage, rule, _ in calls] == [(5, "deconvnet")]
 
 
-@pytest.mark.parametrize("rules, message", [
-    ([], "rules: expected at least one rule"),
-    (["deconvnet", "nope"], "rules: unknown rule 'nope'; expected names among deconvnet, "
-                            "backprop, guided"),
-    (3, "rules: expected a list of rule names"),
-    ([None], "rules: unknown rule None"),
-])
+@pytest.mark.parametrize(
+    "rules, message",
+    [
+        ([], "rules: expected at least one rule"),
+        (
+            ["deconvnet", "nope"],
+            "rules: unknown rule 'nope'; expected names among deconvnet, backprop, guided",
+        ),
+        (3, "rules: expected a list of rule names"),
+        ([None], "rules: unknown rule None"),
+    ],
+)
 def test_bad_rules_are_a_clear_error(rules, message):
     with pytest.raises(ValueError, match=message):
         fig2.check_rules(rules)
@@ -516,8 +552,9 @@ def test_rules_job_boxes_point_at_each_rules_tile(rules_job):
         for where in ("figure", "sheet"):
             page = np.asarray(Image.open(out / entry[where]["file"]))
             for rule in ("deconvnet", "guided"):
-                shown, patch = display_tiles(arrays[s]["recon"][rule][m, r][None],
-                                             arrays[s]["patch"][m, r][None], tuple(sm["tile_px"]))
+                shown, patch = display_tiles(
+                    arrays[s]["recon"][rule][m, r][None], arrays[s]["patch"][m, r][None], tuple(sm["tile_px"])
+                )
                 t, l, b, rr = entry[where]["reconstruction_boxes"][rule]
                 assert np.array_equal(page[t:b, l:rr], shown[0]), (where, rule)
             t, l, b, rr = entry[where]["patch_box"]
@@ -554,8 +591,13 @@ def test_map_activity_counts_the_images_each_map_fires_on(alexnet):
         assert activity.dead == torch.nonzero(fires == 0).flatten().tolist()
         assert activity.sparse == torch.nonzero((fires > 0) & (fires < 3)).flatten().tolist()
         assert activity.eligible == torch.nonzero(fires >= 3).flatten().tolist()
-        assert activity.as_dict()["dead"] + activity.as_dict()["firing_on_fewer_than_k"] \
-            + activity.as_dict()["eligible"] == maps.shape[1] == activity.channels
+        assert (
+            activity.as_dict()["dead"]
+            + activity.as_dict()["firing_on_fewer_than_k"]
+            + activity.as_dict()["eligible"]
+            == maps.shape[1]
+            == activity.channels
+        )
         unusual += len(activity.dead) + len(activity.sparse)
     assert unusual > 0
 
@@ -567,10 +609,12 @@ def test_live_only_draw_is_seeded_among_eligible_maps(alexnet, caplog):
     assert chosen[1] == sorted(eligible[1][i] for i in rng.choice(6, 4, replace=False))
     assert set(chosen[3]) <= set(eligible[3]) and len(chosen[3]) == 4
     assert select_channels(alexnet, [3], None, 4, 0, {3: eligible[3]})[3] == chosen[3]
-    assert select_channels(alexnet, [1, 3], None, 4, 0, {1: eligible[1]})[3] == \
-        select_channels(alexnet, [3], None, 4, 0)[3]  # a stage not listed: drawn among all
+    assert (
+        select_channels(alexnet, [1, 3], None, 4, 0, {1: eligible[1]})[3]
+        == select_channels(alexnet, [3], None, 4, 0)[3]
+    )  # a stage not listed: drawn among all
     assert select_channels(alexnet, [1], {1: [2, 0]}, 4, 0, {1: [1]})[1] == [2, 0]  # as given
-    with caplog.at_level("WARNING", logger="deconvnet.fig2"):
+    with caplog.at_level("WARNING", logger="deconvnet.jobs.fig2"):
         assert select_channels(alexnet, [1], None, 4, 0, {1: [5, 3]}) == {1: [3, 5]}
     assert "only 2 feature maps that fire on k images" in caplog.text
     with pytest.raises(ValueError, match="live_only: no feature map of layer 1 fires"):
@@ -595,19 +639,18 @@ def test_run_reports_dead_maps_and_shows_only_live_ones(tiny_job):
     height, width = meta["image_size"]
     for s in (1, 3):
         with torch.no_grad():  # the map size from a real forward pass
-            out_map = model.features[: deconvnet.stage(model, s).index + 1](
-                torch.zeros(1, 3, height, width))
+            out_map = model.features[: deconvnet.stage(model, s).index + 1](torch.zeros(1, 3, height, width))
         map_h, map_w = out_map.shape[-2:]
         live = topk[s].values > 0
-        on_ring = ((topk[s].y == 0) | (topk[s].x == 0) | (topk[s].y == map_h - 1)
-                   | (topk[s].x == map_w - 1)) & live
+        on_ring = (
+            (topk[s].y == 0) | (topk[s].x == 0) | (topk[s].y == map_h - 1) | (topk[s].x == map_w - 1)
+        ) & live
         assert result["border_ring"][str(s)]["entries"] == int(live.sum())
         assert result["border_ring"][str(s)]["on_ring"] == int(on_ring.sum())
 
 
 def test_live_only_off_draws_among_all_maps(tmp_path):
-    result = run_fig2(tmp_path, **{**TINY, "stages": [3], "channels_per_stage": 3,
-                                   "live_only": False})
+    result = run_fig2(tmp_path, **{**TINY, "stages": [3], "channels_per_stage": 3, "live_only": False})
     model = deconvnet.load_model("alexnet", weights="random", seed=0)
     assert result["channels"] == {"3": select_channels(model, [3], None, 3, 0)[3]}
     assert result["map_activity"]["3"]["dead"] > 0 and result["live_only"] is False
@@ -649,7 +692,7 @@ def test_exclude_border_scan_matches_interior_brute_force(alexnet):
 # ----------------------------------------------------------------- (d) readable sheet
 
 
-def _wide_panel(rules=("deconvnet", "guided"), maps: int = 16) -> "fig2.PanelData":
+def _wide_panel(rules=("deconvnet", "guided"), maps: int = 16) -> fig2.PanelData:
     rng = np.random.default_rng(0)
     recon = {r: rng.standard_normal((maps, 9, 3, 8, 8)).astype(np.float32) for r in rules}
     patch = rng.integers(0, 256, (maps, 9, 3, 8, 8), dtype=np.uint8)
@@ -657,13 +700,16 @@ def _wide_panel(rules=("deconvnet", "guided"), maps: int = 16) -> "fig2.PanelDat
 
 
 def test_sheet_text_is_wrapped_to_the_sheet_width():
-    from deconvnet import fig2_layout as lay
+    from deconvnet.figures import fig2_layout as lay
 
     legend = "Per feature map, left to right: " + "a rather long legend sentence " * 12 + "end."
-    title = [("Fig. 2 reproduction — a model, its weights", lay.SHEET_TITLE_FONT),
-             (legend, lay.TEXT_FONT)]
-    labels = [[("Layer 3  (pool3, receptive field 44 px)", lay.LAYER_FONT),
-               ("16 of 256 feature maps, " + "selection words " * 10, lay.TEXT_FONT)]]
+    title = [("Fig. 2 reproduction — a model, its weights", lay.SHEET_TITLE_FONT), (legend, lay.TEXT_FONT)]
+    labels = [
+        [
+            ("Layer 3  (pool3, receptive field 44 px)", lay.LAYER_FONT),
+            ("16 of 256 feature maps, " + "selection words " * 10, lay.TEXT_FONT),
+        ]
+    ]
     layout = lay.sheet_layout(title, labels, [_wide_panel()], 700)
     sheet = lay.render_sheet(title, labels, [_wide_panel()], 700)
     assert sheet.size == (layout.size[1], layout.size[0]) and sheet.width <= 700
@@ -671,13 +717,13 @@ def test_sheet_text_is_wrapped_to_the_sheet_width():
     assert all(lay._text_width(t, spec) <= sheet.width - 2 * lay.MARGIN for t, spec in lines)
     assert " ".join(t for t, spec in layout.title_lines[1:]) == legend  # nothing lost
     pixels = np.asarray(sheet)
-    assert (pixels[:, -lay.MARGIN // 2:] == 255).all()  # nothing runs into the right edge
+    assert (pixels[:, -lay.MARGIN // 2 :] == 255).all()  # nothing runs into the right edge
 
 
 def test_sheet_shrinks_tiles_not_labels():
     from PIL import ImageDraw
 
-    from deconvnet import fig2_layout as lay
+    from deconvnet.figures import fig2_layout as lay
 
     panel = _wide_panel()
     title = [("Fig. 2", lay.SHEET_TITLE_FONT)]
@@ -701,13 +747,14 @@ def test_sheet_shrinks_tiles_not_labels():
     th, tw = place.layout.tile
     want = np.asarray(Image.fromarray(shown[0]).resize((tw, th), Image.Resampling.LANCZOS))
     t, l, b, r = place.layout.tile_boxes(3, 4)[0][1]
-    assert np.array_equal(sheet[place.body_top + t : place.body_top + b,
-                                place.left + l : place.left + r], want)
+    assert np.array_equal(
+        sheet[place.body_top + t : place.body_top + b, place.left + l : place.left + r], want
+    )
 
 
 def test_committed_width_sheet_keeps_fixed_size_text(tiny_job, tmp_path):
     """At the committed 1400 px, as at any width, labels and header use the fixed fonts."""
-    from deconvnet import fig2_layout as lay
+    from deconvnet.figures import fig2_layout as lay
 
     out, _ = tiny_job
     meta, arrays = load_fig2(out)
@@ -733,14 +780,28 @@ def test_same_inputs_give_the_same_bytes(tiny_job, tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "experiments.fig2", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.fig2", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_cli_runs_a_tiny_job_and_rejects_bad_values(tmp_path):
-    tiny = ["model=alexnet", "model.weights=random", "stages=[1,3]", "channels_per_stage=2", "k=3",
-            "data.photos=[chelsea,coffee]", "data.limit=8", "progress=false"]
+    tiny = [
+        "model=alexnet",
+        "model.weights=random",
+        "stages=[1,3]",
+        "channels_per_stage=2",
+        "k=3",
+        "data.photos=[chelsea,coffee]",
+        "data.limit=8",
+        "progress=false",
+    ]
     done = _cli(*tiny, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "complete"
@@ -754,10 +815,24 @@ def test_cli_runs_a_tiny_job_and_rejects_bad_values(tmp_path):
 
 @pytest.mark.slow
 def test_cli_rules_border_and_live_only_options(tmp_path):
-    tiny = ["model=alexnet", "model.weights=random", "stages=[3]", "channels_per_stage=2", "k=2",
-            "data.photos=[coffee]", "data.limit=4", "progress=false"]
-    done = _cli(*tiny, "rules=[deconvnet,guided]", "exclude_border=1", "live_only=false",
-                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    tiny = [
+        "model=alexnet",
+        "model.weights=random",
+        "stages=[3]",
+        "channels_per_stage=2",
+        "k=2",
+        "data.photos=[coffee]",
+        "data.limit=4",
+        "progress=false",
+    ]
+    done = _cli(
+        *tiny,
+        "rules=[deconvnet,guided]",
+        "exclude_border=1",
+        "live_only=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["rules"] == ["deconvnet", "guided"] and result["exclude_border"] == 1
@@ -769,9 +844,19 @@ def test_cli_rules_border_and_live_only_options(tmp_path):
 
 @pytest.mark.slow
 def test_cli_stage_sweep_and_assembled_sheet(tmp_path):
-    done = _cli("-m", "model=alexnet", "model.weights=random", "stage=1,5", "channels_per_stage=1",
-                "k=2", "data.photos=[coffee]", "data.limit=4", "progress=false",
-                f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    done = _cli(
+        "-m",
+        "model=alexnet",
+        "model.weights=random",
+        "stage=1,5",
+        "channels_per_stage=1",
+        "k=2",
+        "data.photos=[coffee]",
+        "data.limit=4",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "tiles.npz").is_file())
     model = deconvnet.load_model("alexnet", "random")

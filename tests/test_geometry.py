@@ -10,19 +10,23 @@ import torch
 from torch import nn
 
 import deconvnet
-from deconvnet.architecture import stage as stage_of
-from deconvnet.geometry import level_sizes, stage_layers
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.geometry import level_sizes, stage_layers
 
 # DESIGN.md section 1: receptive field / jump at 224x224, stages 1..5
-TABLE = {"vgg": [(6, 2), (16, 4), (44, 8), (100, 16), (212, 32)],
-         "alexnet": [(19, 8), (67, 16), (99, 16), (131, 16), (195, 32)]}
+TABLE = {
+    "vgg": [(6, 2), (16, 4), (44, 8), (100, 16), (212, 32)],
+    "alexnet": [(19, 8), (67, 16), (99, 16), (131, 16), (195, 32)],
+}
 
 
 @pytest.mark.parametrize("kind", ["vgg", "alexnet"])
 def test_receptive_fields_match_the_papers_table(kind, vgg_float32, alexnet_float32):
     model = vgg_float32 if kind == "vgg" else alexnet_float32
-    got = [(deconvnet.receptive_field(model, s).size, deconvnet.receptive_field(model, s).jump)
-           for s in range(1, 6)]
+    got = [
+        (deconvnet.receptive_field(model, s).size, deconvnet.receptive_field(model, s).jump)
+        for s in range(1, 6)
+    ]
     assert got == [((size, size), (jump, jump)) for size, jump in TABLE[kind]]
 
 
@@ -32,10 +36,12 @@ def test_receptive_field_is_derived_from_the_modules(alexnet_float32):
     assert deconvnet.receptive_field(model, 1).size == (11 + 4 * 4, 11 + 4 * 4)
 
 
-@pytest.mark.parametrize("kind,stage,size", [("alexnet", 1, 63), ("alexnet", 2, 79),
-                                             ("vgg", 1, 32), ("vgg", 2, 33)])
-def test_receptive_field_box_equals_the_pixels_that_can_move_the_unit(kind, stage, size,
-                                                                      vgg_float32, alexnet_float32):
+@pytest.mark.parametrize(
+    "kind,stage,size", [("alexnet", 1, 63), ("alexnet", 2, 79), ("vgg", 1, 32), ("vgg", 2, 33)]
+)
+def test_receptive_field_box_equals_the_pixels_that_can_move_the_unit(
+    kind, stage, size, vgg_float32, alexnet_float32
+):
     """With positive weights, no bias and a black image, a single lit pixel raises a stage unit
     exactly when it lies in that unit's receptive field (clipped to the image)."""
     model = copy.deepcopy(vgg_float32 if kind == "vgg" else alexnet_float32)

@@ -118,8 +118,9 @@ def models64(vgg_float64, alexnet_float64):
     return {"vgg16": vgg_float64, "alexnet": alexnet_float64}
 
 
-@pytest.mark.parametrize("name, size, batch, kind", BACKPROP_CASES,
-                         ids=[f"{n}-{s[0]}x{s[1]}-{k}" for n, s, b, k in BACKPROP_CASES])
+@pytest.mark.parametrize(
+    "name, size, batch, kind", BACKPROP_CASES, ids=[f"{n}-{s[0]}x{s[1]}-{k}" for n, s, b, k in BACKPROP_CASES]
+)
 def test_backprop_equals_autograd(models64, name, size, batch, kind):
     model = models64[name]
     x = images((batch, 3, *size), seed=size[0] * 7 + size[1])
@@ -163,10 +164,12 @@ def test_float32_images_on_float64_model(alexnet_float64):
 CAPTUM_CASES = [("vgg16", (32, 48), 1), ("alexnet", (63, 63), 2), ("alexnet", (100, 80), 1)]
 
 
-@pytest.mark.parametrize("rule, reference", [("guided", GuidedBackprop), ("deconvnet", Deconvolution)],
-                         ids=["guided", "deconvnet"])
-@pytest.mark.parametrize("name, size, batch", CAPTUM_CASES,
-                         ids=[f"{n}-{s[0]}x{s[1]}" for n, s, b in CAPTUM_CASES])
+@pytest.mark.parametrize(
+    "rule, reference", [("guided", GuidedBackprop), ("deconvnet", Deconvolution)], ids=["guided", "deconvnet"]
+)
+@pytest.mark.parametrize(
+    "name, size, batch", CAPTUM_CASES, ids=[f"{n}-{s[0]}x{s[1]}" for n, s, b in CAPTUM_CASES]
+)
 def test_rule_equals_captum(models64, name, size, batch, rule, reference):
     model = models64[name]
     x = images((batch, 3, *size), seed=size[0] + size[1] + batch)
@@ -236,8 +239,16 @@ def snapshot(model):
         "inplace": [(n, m.inplace) for n, m in model.named_modules() if hasattr(m, "inplace")],
         "requires_grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
         "grad": [(n, None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()],
-        "hooks": [(n, dict(m._forward_hooks), dict(m._backward_hooks), dict(m._forward_pre_hooks),
-                   dict(getattr(m, "_backward_pre_hooks", {}))) for n, m in model.named_modules()],
+        "hooks": [
+            (
+                n,
+                dict(m._forward_hooks),
+                dict(m._backward_hooks),
+                dict(m._forward_pre_hooks),
+                dict(getattr(m, "_backward_pre_hooks", {})),
+            )
+            for n, m in model.named_modules()
+        ],
         "modules": [(n, id(m)) for n, m in model.named_modules()],
     }
 
@@ -262,8 +273,14 @@ def test_methods_leave_the_model_untouched(alexnet_float64):
     grad_mode = torch.is_grad_enabled()
     x = images((1, 3, 63, 63), seed=41)
     # one method per code path (the smoothgrad_* and gradient_x_image entries share these)
-    for method in ("gradient", "guided", "smoothgrad_deconvnet", "integrated_gradients", "gradcam",
-                   "guided_gradcam"):
+    for method in (
+        "gradient",
+        "guided",
+        "smoothgrad_deconvnet",
+        "integrated_gradients",
+        "gradcam",
+        "guided_gradcam",
+    ):
         out = deconvnet.explain(model, x, method, 3, samples=1, steps=1, stage=3)
         assert torch.isfinite(out).all(), method
         assert_same_model(before, model)
@@ -479,20 +496,27 @@ IG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, shape, baseline", IG_CASES,
-                         ids=[f"{n}-{b if not isinstance(b, float) else 'float'}" for n, _, b in IG_CASES])
+@pytest.mark.parametrize(
+    "name, shape, baseline",
+    IG_CASES,
+    ids=[f"{n}-{b if not isinstance(b, float) else 'float'}" for n, _, b in IG_CASES],
+)
 def test_integrated_gradients_equal_captum(models64, name, shape, baseline):
     model = models64[name]
     x = images(shape, seed=70)
     if baseline == "tensor":
         baseline = images((1, 3, 1, 1), seed=71)  # broadcast: one colour
-    full = torch.zeros_like(x) if baseline is None else torch.broadcast_to(
-        torch.as_tensor(baseline, dtype=x.dtype), x.shape).clone()
+    full = (
+        torch.zeros_like(x)
+        if baseline is None
+        else torch.broadcast_to(torch.as_tensor(baseline, dtype=x.dtype), x.shape).clone()
+    )
     target = torch.tensor([21, 700][: shape[0]])
     steps = 3
     got = deconvnet.integrated_gradients(model, x, target, baseline=baseline, steps=steps)
-    want = captum(IntegratedGradients, model, x, target, baselines=full, n_steps=steps,
-                  method="riemann_middle")
+    want = captum(
+        IntegratedGradients, model, x, target, baselines=full, n_steps=steps, method="riemann_middle"
+    )
     # Captum's alphas come from a float32 linspace (~1e-8 off (k + 1/2) / steps)
     assert_rel_close(got, want, rtol=1e-6)
 
@@ -562,10 +586,10 @@ def test_explain_dispatches_with_options(alexnet_float64):
     x = images((1, 3, 63, 63), seed=86)
     opts = dict(samples=2, steps=2, stage=3, noise=0.1, baseline=0.0)
     assert_rel_close(deconvnet.explain(model, x, "gradient", 9, **opts), autograd_classes(model, x, [9]))
-    assert_rel_close(deconvnet.explain(model, x, "gradcam", 9, **opts),
-                     gradcam_reference(model, x, 9, 3))
-    want = captum(IntegratedGradients, model, x, 9, baselines=torch.zeros_like(x), n_steps=2,
-                  method="riemann_middle")
+    assert_rel_close(deconvnet.explain(model, x, "gradcam", 9, **opts), gradcam_reference(model, x, 9, 3))
+    want = captum(
+        IntegratedGradients, model, x, 9, baselines=torch.zeros_like(x), n_steps=2, method="riemann_middle"
+    )
     assert_rel_close(deconvnet.explain(model, x, "integrated_gradients", 9, **opts), want, rtol=1e-6)
 
 

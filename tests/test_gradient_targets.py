@@ -120,10 +120,19 @@ def test_gradcam_stage_above_the_unit(alexnet_float64, x1, target):
         deconvnet.explain(alexnet_float64, x1, "guided_gradcam", target, stage=3)
 
 
-@pytest.mark.parametrize("baseline", [torch.zeros(1, 3, 5, 5, dtype=torch.float64), torch.zeros(2, 3, 63, 63),
-                                      torch.zeros(3, 1, 2), torch.zeros(1, 3, 63, 63, dtype=torch.long),
-                                      torch.full((1,), math.nan), "zeros", [0.0, 0.0, 0.0]],
-                         ids=["5x5", "batch 2", "3x1x2", "int tensor", "nan", "str", "list"])
+@pytest.mark.parametrize(
+    "baseline",
+    [
+        torch.zeros(1, 3, 5, 5, dtype=torch.float64),
+        torch.zeros(2, 3, 63, 63),
+        torch.zeros(3, 1, 2),
+        torch.zeros(1, 3, 63, 63, dtype=torch.long),
+        torch.full((1,), math.nan),
+        "zeros",
+        [0.0, 0.0, 0.0],
+    ],
+    ids=["5x5", "batch 2", "3x1x2", "int tensor", "nan", "str", "list"],
+)
 def test_bad_baseline(alexnet_float64, x1, baseline):
     with pytest.raises(ValueError, match=r"^baseline:"):
         deconvnet.integrated_gradients(alexnet_float64, x1, 3, baseline=baseline)

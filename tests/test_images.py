@@ -8,17 +8,10 @@ import torch
 import torchvision.models as tvm
 from PIL import Image
 
-from deconvnet.images import (
-    denormalize,
-    load_image,
-    open_image,
-    pil_from_sample,
-    preprocess,
-    sample_names,
-    to_pil,
-    to_rgb,
-)
-from deconvnet.models import Preprocessing, preprocessing
+from deconvnet.core.display import to_pil
+from deconvnet.data.images import denormalize, load_image, open_image, preprocess
+from deconvnet.data.models import Preprocessing, preprocessing
+from deconvnet.data.samples import pil_from_sample, sample_names, to_rgb
 
 PREP = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 MEAN = torch.tensor(PREP.mean).view(3, 1, 1)
@@ -104,12 +97,15 @@ def test_load_image_accepts_a_model_a_name_a_weights_enum_or_a_preprocessing(tmp
     with torch.device("meta"):
         model = tvm.alexnet(weights=None)
     by_model, by_name, by_enum, by_prep = (
-        load_image(str(path), w)
-        for w in (model, "alexnet", tvm.AlexNet_Weights.IMAGENET1K_V1, PREP))
+        load_image(str(path), w) for w in (model, "alexnet", tvm.AlexNet_Weights.IMAGENET1K_V1, PREP)
+    )
     assert torch.equal(by_model, by_name) and torch.equal(by_name, by_prep)
     assert torch.equal(by_enum, by_prep)
-    with pytest.raises(ValueError, match="model_or_weights: expected a model, a model name, a "
-                                         "torchvision weights enum or a Preprocessing, got int"):
+    with pytest.raises(
+        ValueError,
+        match="model_or_weights: expected a model, a model name, a "
+        "torchvision weights enum or a Preprocessing, got int",
+    ):
         load_image(str(path), 3)
     assert load_image(path, PREP, device="cpu").device == torch.device("cpu")
 
@@ -218,10 +214,15 @@ def test_directory_and_wrong_types_are_value_errors(tmp_path):
         load_image(tmp_path, PREP)
     with pytest.raises(ValueError, match="expected a file path, a PIL image, or a sample name"):
         load_image(42, PREP)
-    with pytest.raises(ValueError, match="model_or_weights: expected a model, a model name, a torchvision weights enum or a"):
+    with pytest.raises(
+        ValueError, match="model_or_weights: expected a model, a model name, a torchvision weights enum or a"
+    ):
         load_image("cat", 3.0)
-    with pytest.raises(ValueError, match=r"expected one of \['vgg16', 'alexnet', 'vgg11', 'vgg13', 'vgg19'\], "
-                                         r"got 'resnet'"):
+    with pytest.raises(
+        ValueError,
+        match=r"expected one of \['vgg16', 'alexnet', 'vgg11', 'vgg13', 'vgg19'\], "
+        r"got 'resnet'",
+    ):
         load_image("cat", "resnet")
     with pytest.raises(ValueError, match="sample name: expected one of"):
         pil_from_sample("kitten")

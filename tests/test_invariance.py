@@ -30,11 +30,12 @@ from torchvision.models import alexnet, vgg16
 from torchvision.transforms import InterpolationMode
 
 import deconvnet
-import deconvnet.model_request
+import deconvnet.jobs.request
 from deconvnet.analysis import invariance as inv
-from deconvnet.analysis.jobs import invariance as job_mod
-from deconvnet.saliency import RANDOM_CLASSIFIER_NOTE
-from experiments.common import CONF_DIR, PROVENANCE_ENV, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.jobs import invariance as job_mod
+from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.saliency import RANDOM_CLASSIFIER_NOTE
 
 FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
 SMALL = {"translate": [-9, 0, 5], "scale": [1.0, 1.3], "rotate": [0, 30, 360]}
@@ -46,11 +47,23 @@ SMALL = {"translate": [-9, 0, 5], "scale": [1.0, 1.3], "rotate": [0, 30, 360]}
 def reference_transform(x: torch.Tensor, transform: str, value: float) -> torch.Tensor:
     """torchvision's own affine / rotate (zeros outside), one image at a time."""
     if transform == "translate":
-        return TF.affine(x, angle=0.0, translate=[0, int(value)], scale=1.0, shear=[0.0, 0.0],
-                         interpolation=InterpolationMode.NEAREST)
+        return TF.affine(
+            x,
+            angle=0.0,
+            translate=[0, int(value)],
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=InterpolationMode.NEAREST,
+        )
     if transform == "scale":
-        return TF.affine(x, angle=0.0, translate=[0, 0], scale=float(value), shear=[0.0, 0.0],
-                         interpolation=InterpolationMode.BILINEAR)
+        return TF.affine(
+            x,
+            angle=0.0,
+            translate=[0, 0],
+            scale=float(value),
+            shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR,
+        )
     return TF.rotate(x, float(value), interpolation=InterpolationMode.BILINEAR)
 
 
@@ -67,7 +80,7 @@ def reference_outputs(model: nn.Module, x: torch.Tensor, layers) -> tuple[dict, 
         relus = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.ReLU)]
         done = 0
         for k, name in enumerate(("fc6", "fc7")):
-            h, done = model.classifier[done:relus[k] + 1](h), relus[k] + 1
+            h, done = model.classifier[done : relus[k] + 1](h), relus[k] + 1
             out[name] = h
         logits = model.classifier[done:](h)
     return {layer: out[layer] for layer in layers}, logits
@@ -76,8 +89,9 @@ def reference_outputs(model: nn.Module, x: torch.Tensor, layers) -> tuple[dict, 
 def brute_force(model, x, transform, values, layers, labels):
     """distance {layer: [B, T]}, probability [B, T]: each image transformed on its own, the
     norms one at a time."""
-    moved = torch.cat([reference_transform(x[b:b + 1], transform, v)
-                       for b in range(len(x)) for v in values])
+    moved = torch.cat(
+        [reference_transform(x[b : b + 1], transform, v) for b in range(len(x)) for v in values]
+    )
     before, _ = reference_outputs(model, x, layers)
     after, logits = reference_outputs(model, moved, layers)
     p = torch.softmax(logits, dim=1)
@@ -95,8 +109,7 @@ def brute_force(model, x, transform, values, layers, labels):
 
 def _input(source: str, model, size: int) -> torch.Tensor:
     x = deconvnet.load_image(source, model)
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 @pytest.fixture(scope="module")
@@ -133,19 +146,22 @@ def test_rotation_and_scale_by_hand():
     torch.testing.assert_close(zoomed[0, 0, :, 1:5], want[:, 1:5], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("transform, values", [
-    ("translate", [-7, 0, 5, 39, 45]), ("scale", [0.7, 1.0, 1.3, 1.8]),
-    ("rotate", [0, 15, 90, 200, 33.3, 360]),
-])
+@pytest.mark.parametrize(
+    "transform, values",
+    [
+        ("translate", [-7, 0, 5, 39, 45]),
+        ("scale", [0.7, 1.0, 1.3, 1.8]),
+        ("rotate", [0, 15, 90, 200, 33.3, 360]),
+    ],
+)
 @pytest.mark.parametrize("fill", [0.0, 0.7])
 def test_transformations_equal_torchvision(transform, values, fill):
     """Non-square images, each with its own amount; fill f: torchvision's map of x - f, + f."""
-    x = torch.randn(len(values), 3, 40, 56, generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64)
+    x = torch.randn(len(values), 3, 40, 56, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = inv.transform_images(x, transform, values, fill=fill)
     for k, value in enumerate(values):
-        want = reference_transform(x[k:k + 1] - fill, transform, value) + fill
-        torch.testing.assert_close(got[k:k + 1], want, rtol=0, atol=1e-12)
+        want = reference_transform(x[k : k + 1] - fill, transform, value) + fill
+        torch.testing.assert_close(got[k : k + 1], want, rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------ the curves
@@ -181,24 +197,26 @@ def test_curves_equal_the_brute_force(model64, photos64, transform):
 
 def test_given_labels_top_classes_and_layers_fc6(photos64, alexnet_float64):
     labels = [3, 998]
-    result = inv.invariance(alexnet_float64, photos64, "rotate", [45, 180], (2, "fc6"),
-                            labels=torch.tensor(labels), fill=-0.5)
+    result = inv.invariance(
+        alexnet_float64, photos64, "rotate", [45, 180], (2, "fc6"), labels=torch.tensor(labels), fill=-0.5
+    )
     assert result.labels.tolist() == labels and result.labels_from == "given"
     for t, angle in enumerate([45, 180]):
-        moved = torch.cat([TF.rotate(photos64[b:b + 1] + 0.5, angle,
-                                     interpolation=InterpolationMode.BILINEAR) - 0.5
-                           for b in range(2)])
+        moved = torch.cat(
+            [
+                TF.rotate(photos64[b : b + 1] + 0.5, angle, interpolation=InterpolationMode.BILINEAR) - 0.5
+                for b in range(2)
+            ]
+        )
         with torch.no_grad():
             p = torch.softmax(alexnet_float64(moved), dim=1)
-        torch.testing.assert_close(result.probability[:, t], p[[0, 1], labels], rtol=1e-9,
-                                   atol=0)
+        torch.testing.assert_close(result.probability[:, t], p[[0, 1], labels], rtol=1e-9, atol=0)
         assert torch.equal(result.predicted[:, t], p.argmax(dim=1))
         after, _ = reference_outputs(alexnet_float64, moved, (2, "fc6"))
         before, _ = reference_outputs(alexnet_float64, photos64, (2, "fc6"))
         for layer in (2, "fc6"):
             want = [torch.linalg.norm(after[layer][b] - before[layer][b]) for b in range(2)]
-            torch.testing.assert_close(result.distance[layer][:, t], torch.stack(want),
-                                       rtol=1e-9, atol=0)
+            torch.testing.assert_close(result.distance[layer][:, t], torch.stack(want), rtol=1e-9, atol=0)
     assert result.settings["fill"] == -0.5 and "given" in result.settings["labels"]
 
 
@@ -206,14 +224,12 @@ def test_several_transforms_the_paper_defaults_batches_and_determinism(photos64)
     torch.manual_seed(0)
     model = alexnet().eval()
     x = photos64.float()[:1]
-    both = inv.invariance(model, x, ["rotate", "translate"], {"rotate": [0, 90]},
-                          layers=5, batch_size=1)
+    both = inv.invariance(model, x, ["rotate", "translate"], {"rotate": [0, 90]}, layers=5, batch_size=1)
     assert list(both) == ["rotate", "translate"]
     assert both["translate"].values.tolist() == list(range(-60, 61, 10))  # the paper's range
     assert both["rotate"].layers == (5,)
     again = inv.invariance(model, x, "translate", None, 5, batch_size=13)
-    torch.testing.assert_close(again.distance[5], both["translate"].distance[5], rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(again.distance[5], both["translate"].distance[5], rtol=1e-5, atol=1e-6)
     repeat = inv.invariance(model, x, "translate", None, 5, batch_size=13)
     assert torch.equal(repeat.distance[5], again.distance[5])  # same inputs: same bytes
     assert torch.equal(repeat.probability, again.probability)
@@ -222,11 +238,17 @@ def test_several_transforms_the_paper_defaults_batches_and_determinism(photos64)
 
 
 def _model_state(model: nn.Module):
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                for m in model.modules())
+    hooks = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+    )
     inplace = [getattr(m, "inplace", None) for m in model.modules()]
-    return ({k: v.clone() for k, v in model.state_dict().items()}, model.training, hooks,
-            inplace, [p.requires_grad for p in model.parameters()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        model.training,
+        hooks,
+        inplace,
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 def test_the_callers_model_is_left_as_it_was(photos64):
@@ -249,8 +271,11 @@ def test_the_callers_model_is_left_as_it_was(photos64):
 
 
 BAD_CALLS = [
-    ({"transform": "shear"}, r"transform: unknown transformation 'shear'; expected one of "
-                             r"'translate', 'scale', 'rotate'"),
+    (
+        {"transform": "shear"},
+        r"transform: unknown transformation 'shear'; expected one of "
+        r"'translate', 'scale', 'rotate'",
+    ),
     ({"transform": []}, r"transform: expected one of"),
     ({"transform": 3}, r"transform: expected one of"),
     ({"transform": ["scale", "scale"]}, r"transform: each transformation once"),
@@ -262,14 +287,20 @@ BAD_CALLS = [
     ({"transform": ["scale", "rotate"], "values": [1.0]}, r"values: with several"),
     ({"transform": ["scale"], "values": {"rotate": [1]}}, r"values: 'rotate' is not one of"),
     ({"transform": ["scale"], "values": {"scale": [-1]}}, r"values\['scale'\]: scale values"),
-    ({"layers": 6}, r"layers: expected a stage 1\.\.5, 'fc6' or 'fc7' \(or a list of them\), "
-                    r"got 6"),
+    (
+        {"layers": 6},
+        r"layers: expected a stage 1\.\.5, 'fc6' or 'fc7' \(or a list of them\), "
+        r"got 6",
+    ),
     ({"layers": "fc8"}, r"layers: expected a stage 1\.\.5, 'fc6' or 'fc7'"),
     ({"layers": "logits"}, r"layers: expected a stage 1\.\.5"),
     ({"layers": []}, r"layers: expected a stage 1\.\.5, 'fc6' or 'fc7' or a non-empty list"),
     ({"layers": [1, 1]}, r"layers: each layer once"),
-    ({"labels": [1]}, r"labels: expected None \(each original image's predicted class\) or 2 "
-                      r"class ints in 0\.\.999"),
+    (
+        {"labels": [1]},
+        r"labels: expected None \(each original image's predicted class\) or 2 "
+        r"class ints in 0\.\.999",
+    ),
     ({"labels": [1, 1000]}, r"labels: 1000 is not a class of the model"),
     ({"labels": torch.tensor([0.5, 1.0])}, r"labels: expected None"),
     ({"batch_size": 0}, r"batch_size: expected an int >= 1, got 0"),
@@ -296,8 +327,9 @@ def test_a_device_other_than_the_models_is_refused(alexnet_random):
     else:
         with pytest.raises(ValueError, match=r"device: 'cuda' requested but CUDA is not"):
             inv.invariance(alexnet_random, torch.zeros(1, 3, 64, 64), device="cuda")
-    done = inv.invariance(alexnet_random, torch.zeros(1, 3, 64, 64), "scale", [1.0, 1.1],
-                          device=torch.device("cpu"))
+    done = inv.invariance(
+        alexnet_random, torch.zeros(1, 3, 64, 64), "scale", [1.0, 1.1], device=torch.device("cpu")
+    )
     assert done.distance[1].shape == (1, 2)
 
 
@@ -310,11 +342,9 @@ def test_cuda_equals_cpu(photos64):
     gpu.cuda()
     for transform in inv.TRANSFORMS:
         a = inv.invariance(cpu, photos64, transform, SMALL[transform], (1, "fc7"))
-        b = inv.invariance(gpu, photos64.cuda(), transform, SMALL[transform], (1, "fc7"),
-                           device="cuda")
+        b = inv.invariance(gpu, photos64.cuda(), transform, SMALL[transform], (1, "fc7"), device="cuda")
         for layer in (1, "fc7"):
-            torch.testing.assert_close(b.distance[layer], a.distance[layer], rtol=1e-9,
-                                       atol=1e-9)
+            torch.testing.assert_close(b.distance[layer], a.distance[layer], rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(b.probability, a.probability, rtol=1e-9, atol=1e-12)
 
 
@@ -322,8 +352,12 @@ def test_cuda_equals_cpu(photos64):
 
 
 MODEL = {"model": "alexnet", "weights": "random", "seed": 0, "progress": False}
-JOB = {"size": 64, "layers": [2, "fc7"], "shown": 2,
-       "values": {"translate": [-8, 0, 8], "scale": [1.0, 1.5], "rotate": [0, 90, 135]}}
+JOB = {
+    "size": 64,
+    "layers": [2, "fc7"],
+    "shown": 2,
+    "values": {"translate": [-8, 0, 8], "scale": [1.0, 1.5], "rotate": [0, 90, 135]},
+}
 
 
 def _tiny_picture(folder: Path) -> Path:
@@ -340,16 +374,21 @@ def job(tmp_path_factory):
     picture = _tiny_picture(root / "in")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PROVENANCE_ENV, json.dumps(FIXED_PROVENANCE))
-        result = job_mod.run_invariance(root / "job", images=["cat", str(picture)], **MODEL,
-                                        **JOB)
+        result = job_mod.run_invariance(root / "job", images=["cat", str(picture)], **MODEL, **JOB)
     return root / "job", result, picture
 
 
 def test_the_job_writes_every_file(job):
     out, result, _ = job
     assert {p.name for p in out.iterdir()} == {
-        "config.yaml", "result.json", "invariance.png", "invariance.npz",
-        "translate_examples.png", "scale_examples.png", "rotate_examples.png"}  # no partial/
+        "config.yaml",
+        "result.json",
+        "invariance.png",
+        "invariance.npz",
+        "translate_examples.png",
+        "scale_examples.png",
+        "rotate_examples.png",
+    }  # no partial/
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
     assert result["experiment"] == "invariance" and result["model"] == "alexnet"
     assert result["weights_label"] == deconvnet.weights_label(result["weights"])
@@ -376,8 +415,7 @@ def test_the_jobs_curves_equal_the_brute_force(job, alexnet_random):
         np.testing.assert_array_equal(arrays["labels"], labels.numpy())
         for cell in result["cells"]:
             t = cell["transform"]
-            distance, probability = brute_force(alexnet_random, x, t, JOB["values"][t],
-                                                (2, "fc7"), labels)
+            distance, probability = brute_force(alexnet_random, x, t, JOB["values"][t], (2, "fc7"), labels)
             for layer, key in ((2, "stage2"), ("fc7", "fc7")):
                 saved = arrays[f"{t}__distance_{key}"]
                 assert saved.dtype == np.float64 and saved.shape == (2, len(JOB["values"][t]))
@@ -396,9 +434,9 @@ def test_column_a_shows_the_transformed_images(job):
     strip = np.asarray(Image.open(out / "rotate_examples.png").convert("RGB")).astype(int)
     for b in range(2):
         for k, angle in enumerate([0, 135]):  # shown=2: the first and the last amount
-            moved = reference_transform(x[b:b + 1], "rotate", angle)[0]
+            moved = reference_transform(x[b : b + 1], "rotate", angle)[0]
             want = np.rint((moved * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255)
-            tile = strip[b * 66:b * 66 + 64, k * 66:k * 66 + 64]
+            tile = strip[b * 66 : b * 66 + 64, k * 66 : k * 66 + 64]
             assert np.abs(tile - want).max() <= 1
     assert (strip[64:66] == 255).all()
 
@@ -416,17 +454,26 @@ def test_a_random_classifier_is_labelled(job):
 
 
 def test_hed_weights_are_named_and_the_probability_marked_not_meaningful(tmp_path):
-    result = job_mod.run_invariance(tmp_path, model="vgg16", weights="hed", images="cat",
-                                    transforms="rotate", values={"rotate": [0, 90]}, size=32,
-                                    progress=False)
+    result = job_mod.run_invariance(
+        tmp_path,
+        model="vgg16",
+        weights="hed",
+        images="cat",
+        transforms="rotate",
+        values={"rotate": [0, 90]},
+        size=32,
+        progress=False,
+    )
     spec = result["figure"]
     assert result["weights"]["weights"] == "hed" and result["random_weights"] is False
     assert deconvnet.HED_DESCRIPTION in spec["title"] and spec["alarm"] is False
     assert RANDOM_CLASSIFIER_NOTE.upper() in spec["title"]
     assert spec["columns"] == [
-        "(a) the images under the transformation", "(b) layer 1 (pool1): distance",
+        "(a) the images under the transformation",
+        "(b) layer 1 (pool1): distance",
         f"(c) layer 7 (fc7): distance\n{job_mod.RANDOM_HIDDEN_NOTE}",
-        f"(d) P(the class predicted on the original)\n{RANDOM_CLASSIFIER_NOTE}"]
+        f"(d) P(the class predicted on the original)\n{RANDOM_CLASSIFIER_NOTE}",
+    ]
     assert result["cells"][0]["distance"]["stage1"][0][0] == 0.0
 
 
@@ -500,12 +547,11 @@ JOB_BAD = [
 
 
 @pytest.mark.parametrize("override, error, message", JOB_BAD)
-def test_bad_job_values_fail_before_the_model_is_built(tmp_path, monkeypatch, override, error,
-                                                      message):
+def test_bad_job_values_fail_before_the_model_is_built(tmp_path, monkeypatch, override, error, message):
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
-    monkeypatch.setattr(deconvnet.model_request, "load_model", no_heavy_work)
+    monkeypatch.setattr(deconvnet.jobs.request, "load_model", no_heavy_work)
     kwargs = MODEL | JOB | {"images": ["cat", "coffee"]} | override
     with pytest.raises(error, match=message):
         job_mod.run_invariance(tmp_path / "out", **kwargs)
@@ -513,9 +559,21 @@ def test_bad_job_values_fail_before_the_model_is_built(tmp_path, monkeypatch, ov
 
 
 def test_labels_by_name_and_the_config_composes(tmp_path):
-    plan = job_mod.validate_invariance("alexnet", "random", 0, ["cat", "coffee"], "scale",
-                                       {"scale": [1, 2]}, 3, ["Tabby", 1], 0.0, None, 4, 3,
-                                       "cpu")
+    plan = job_mod.validate_invariance(
+        "alexnet",
+        "random",
+        0,
+        ["cat", "coffee"],
+        "scale",
+        {"scale": [1, 2]},
+        3,
+        ["Tabby", 1],
+        0.0,
+        None,
+        4,
+        3,
+        "cpu",
+    )
     assert plan.labels == (281, 1) and plan.transforms == ("scale",) and plan.size == 224
     assert plan.values == {"scale": (1.0, 2.0)} and plan.layers == (3,)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -533,29 +591,41 @@ def test_labels_by_name_and_the_config_composes(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "experiments.invariance", *args],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.invariance", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     model = ["model=alexnet", "model.weights=random"]
-    done = _cli(*model, "images=[cat,coffee]", "size=64", "values.translate=[-8,0,8]",
-                "values.scale=[1,1.4]", "values.rotate=[0,180]",
-                f"hydra.run.dir={tmp_path / 'job'}")
+    done = _cli(
+        *model,
+        "images=[cat,coffee]",
+        "size=64",
+        "values.translate=[-8,0,8]",
+        "values.scale=[1,1.4]",
+        "values.rotate=[0,180]",
+        f"hydra.run.dir={tmp_path / 'job'}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "job"
     result = json.loads((out / "result.json").read_text())
     assert result["experiment"] == "invariance" and result["random_weights"] is True
     assert result["settings"]["values"]["rotate"] == [0, 180]
-    assert {"invariance.png", "invariance.npz", "config.yaml", ".hydra"} <= {
-        p.name for p in out.iterdir()}
+    assert {"invariance.png", "invariance.npz", "config.yaml", ".hydra"} <= {p.name for p in out.iterdir()}
     assert "weights: random initialisation" in (out / "invariance.log").read_text()
 
     done = _cli(*model, "transforms=[shear]", f"hydra.run.dir={tmp_path / 'bad'}")
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and lines[0].startswith("error: transform: unknown transformation "
-                                                   "'shear'"), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: transform: unknown transformation 'shear'"), (
+        done.stderr
+    )
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "bad" / "config.yaml").exists()

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import deconvnet
-from deconvnet.mirror import ForwardRecord, Mirror, TiedTransposedConv, Unpool, unpool
-from deconvnet.windows import Region
+from deconvnet.core.mirror import ForwardRecord, Mirror, TiedTransposedConv, Unpool, unpool
+from deconvnet.core.windows import Region
 
 
 def _pool(x: torch.Tensor, pool: nn.MaxPool2d):
-    return F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
-                        pool.ceil_mode, return_indices=True)
+    return F.max_pool2d(
+        x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, return_indices=True
+    )
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -22,23 +23,25 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # real pooling layers: (model fixture, features index, input map shape)
-POOLS = [("vgg_float64", 4, (1, 64, 224, 224)), ("vgg_float64", 30, (2, 512, 14, 14)),
-         ("alexnet_float64", 2, (1, 64, 55, 55)), ("alexnet_float64", 5, (2, 192, 27, 27)),
-         ("alexnet_float64", 12, (1, 256, 13, 13))]
+POOLS = [
+    ("vgg_float64", 4, (1, 64, 224, 224)),
+    ("vgg_float64", 30, (2, 512, 14, 14)),
+    ("alexnet_float64", 2, (1, 64, 55, 55)),
+    ("alexnet_float64", 5, (2, 192, 27, 27)),
+    ("alexnet_float64", 12, (1, 256, 13, 13)),
+]
 
 
 def test_unpool_puts_each_value_at_its_switch_and_zero_elsewhere():
-    x = torch.tensor([[[[1.0, 5.0, 2.0, 0.0],
-                        [3.0, 4.0, 9.0, 1.0],
-                        [0.0, 0.0, 1.0, 1.0],
-                        [7.0, 0.0, 2.0, 3.0]]]])
+    x = torch.tensor(
+        [[[[1.0, 5.0, 2.0, 0.0], [3.0, 4.0, 9.0, 1.0], [0.0, 0.0, 1.0, 1.0], [7.0, 0.0, 2.0, 3.0]]]]
+    )
     pooled, switches = F.max_pool2d(x, 2, 2, return_indices=True)
     assert pooled.flatten().tolist() == [5.0, 9.0, 7.0, 3.0]
     up = unpool(pooled, switches, (4, 4))
-    want = torch.tensor([[[[0.0, 5.0, 0.0, 0.0],
-                           [0.0, 0.0, 9.0, 0.0],
-                           [0.0, 0.0, 0.0, 0.0],
-                           [7.0, 0.0, 0.0, 3.0]]]])
+    want = torch.tensor(
+        [[[[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 0.0], [7.0, 0.0, 0.0, 3.0]]]]
+    )
     assert torch.equal(up, want)
 
 
@@ -65,10 +68,13 @@ def test_unpool_is_the_adjoint_of_pool_selection(request, fixture, index, shape)
     back = unpool(y, switches, tuple(shape[2:]))  # A^T y
     assert _dot(selected, y) == pytest.approx(_dot(x, back), rel=1e-12)
     # the module's window path gives the same A^T y
-    region = Region(y, torch.arange(shape[0]), torch.zeros(shape[0], dtype=torch.long),
-                    torch.zeros(shape[0], dtype=torch.long))
-    record = ForwardRecord(sizes={index: tuple(shape[2:])}, output=pooled,
-                           switches={index: switches})
+    region = Region(
+        y,
+        torch.arange(shape[0]),
+        torch.zeros(shape[0], dtype=torch.long),
+        torch.zeros(shape[0], dtype=torch.long),
+    )
+    record = ForwardRecord(sizes={index: tuple(shape[2:])}, output=pooled, switches={index: switches})
     got = Unpool(pool, index)(region, record)
     assert torch.equal(got.origin_y, torch.zeros(shape[0], dtype=torch.long))
     torch.testing.assert_close(got.signal, back, rtol=0, atol=1e-12)
@@ -86,8 +92,7 @@ def test_alexnet_pool1_shares_switches_and_vgg_pooling_does_not(alexnet_float64,
     assert all(int(torch.bincount(row).max()) == 1 for row in flat)
 
 
-@pytest.mark.parametrize("index,shape", [(4, (2, 64, 32, 32)), (9, (1, 128, 17, 17)),
-                                         (30, (1, 512, 15, 14))])
+@pytest.mark.parametrize("index,shape", [(4, (2, 64, 32, 32)), (9, (1, 128, 17, 17)), (30, (1, 512, 15, 14))])
 def test_pool_of_unpool_gives_back_the_pooled_values_when_windows_tile(vgg_float64, index, shape):
     pool = vgg_float64.features[index]
     gen = torch.Generator().manual_seed(index)
@@ -115,8 +120,9 @@ def test_tiling_and_scatter_unpool_routes_agree_on_windows(vgg_float64, channels
     image, oy, ox = torch.tensor([0, 1, 1]), torch.tensor([-1, 2, 3]), torch.tensor([0, -2, 5])
     for stage in pools:
         height, width = record.sizes[stage.index + 1]  # the pooled map
-        signal = torch.randn(3, record.switches[stage.index].shape[1], 4, 3, dtype=torch.float64,
-                             generator=gen)
+        signal = torch.randn(
+            3, record.switches[stage.index].shape[1], 4, 3, dtype=torch.float64, generator=gen
+        )
         for k in range(3):  # a window's positions outside the map are padding: zero (windows.py)
             rows = oy[k] + torch.arange(4)
             cols = ox[k] + torch.arange(3)
@@ -124,21 +130,24 @@ def test_tiling_and_scatter_unpool_routes_agree_on_windows(vgg_float64, channels
             signal[k][:, outside] = 0
         # the CPU keeps masks channels-last; the plain layout is the CUDA route's
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        record.switch_masks[stage.index] = record.switch_masks[stage.index].contiguous(
-            memory_format=layout)
+        record.switch_masks[stage.index] = record.switch_masks[stage.index].contiguous(memory_format=layout)
         region = Region(signal, image, oy, ox)
         tiled = stage(region, record)
         scattered = stage(region, scatter_only)
         assert (tiled.origin_y.tolist(), tiled.origin_x.tolist(), tiled.size) == (
-            scattered.origin_y.tolist(), scattered.origin_x.tolist(), scattered.size)
+            scattered.origin_y.tolist(),
+            scattered.origin_x.tolist(),
+            scattered.size,
+        )
         assert torch.equal(tiled.signal, scattered.signal)
         # brute force: put each window into a zero map, unpool the whole map, cut the window
         for k in range(3):
             full = torch.zeros(1, signal.shape[1], height + 20, width + 20, dtype=torch.float64)
             full[0, :, 10 + oy[k] : 10 + oy[k] + 4, 10 + ox[k] : 10 + ox[k] + 3] = signal[k]
             full = full[:, :, 10 : 10 + height, 10 : 10 + width]
-            whole = unpool(full, record.switches[stage.index][image[k] : image[k] + 1],
-                           record.sizes[stage.index])
+            whole = unpool(
+                full, record.switches[stage.index][image[k] : image[k] + 1], record.sizes[stage.index]
+            )
             y0, x0 = int(tiled.origin_y[k]), int(tiled.origin_x[k])
             ly, lx = tiled.size
             padded = F.pad(whole, (10, 10 + lx, 10, 10 + ly))
@@ -148,9 +157,14 @@ def test_tiling_and_scatter_unpool_routes_agree_on_windows(vgg_float64, channels
 
 
 # real convolution layers: (model fixture, features index, input shape)
-CONVS = [("alexnet_float64", 0, (1, 3, 224, 224)), ("alexnet_float64", 0, (2, 3, 67, 90)),
-         ("alexnet_float64", 3, (1, 64, 27, 27)), ("vgg_float64", 0, (1, 3, 45, 61)),
-         ("vgg_float64", 28, (1, 512, 14, 14)), ("vgg_float64", 10, (1, 128, 56, 56))]
+CONVS = [
+    ("alexnet_float64", 0, (1, 3, 224, 224)),
+    ("alexnet_float64", 0, (2, 3, 67, 90)),
+    ("alexnet_float64", 3, (1, 64, 27, 27)),
+    ("vgg_float64", 0, (1, 3, 45, 61)),
+    ("vgg_float64", 28, (1, 512, 14, 14)),
+    ("vgg_float64", 10, (1, 128, 56, 56)),
+]
 
 
 @pytest.mark.parametrize("fixture,index,shape", CONVS)
@@ -195,7 +209,7 @@ def test_unsupported_module_is_named(alexnet_float32):
 def test_seed_batches_group_seeds_by_how_their_windows_cross_the_border(vgg_float64):
     """Interior seeds go down together; a border seed computes only inside the image; the
     result is the same as projecting every seed alone."""
-    from deconvnet.mirror import Seeds
+    from deconvnet.core.mirror import Seeds
 
     mirror = Mirror(vgg_float64, 3)
     x = torch.randn(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -217,5 +231,8 @@ def test_seed_batches_group_seeds_by_how_their_windows_cross_the_border(vgg_floa
     crops = mirror.project(record, seeds, frame="receptive_field", chunk_size=3)
     for k in range(7):
         torch.testing.assert_close(
-            crops[k : k + 1], mirror.project(record, seeds[k : k + 1], frame="receptive_field"),
-            rtol=1e-12, atol=1e-14)
+            crops[k : k + 1],
+            mirror.project(record, seeds[k : k + 1], frame="receptive_field"),
+            rtol=1e-12,
+            atol=1e-14,
+        )

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from deconvnet.models import (
+from deconvnet.data.models import (
     Preprocessing,
     WeightsInfo,
     WeightsUnavailableError,
@@ -73,8 +73,10 @@ def test_supported_models_are_vgg16_alexnet_and_the_rest_of_the_vgg_family():
 
 
 def test_unknown_model_name_lists_the_accepted_ones():
-    accepted = (r"model name: expected one of \['vgg16', 'alexnet', 'vgg11', 'vgg13', 'vgg19'\], "
-                r"got 'resnet50'")
+    accepted = (
+        r"model name: expected one of \['vgg16', 'alexnet', 'vgg11', 'vgg13', 'vgg19'\], "
+        r"got 'resnet50'"
+    )
     with pytest.raises(ValueError, match=accepted):
         load_model("resnet50", weights="random")
     with pytest.raises(ValueError, match="got 'vgg16_bn' .batch-normalised VGGs have no deconvnet"):
@@ -239,7 +241,7 @@ def test_imagenet_weights_offline_fail_fast_naming_file_and_cache(torch_home, mo
 
 
 def test_auto_without_cached_weights_warns_and_uses_random(torch_home, caplog, alexnet_state):
-    with caplog.at_level(logging.WARNING, logger="deconvnet.models"):
+    with caplog.at_level(logging.WARNING, logger="deconvnet.data.models"):
         with pytest.warns(UserWarning, match="using RANDOM, UNTRAINED weights \\(seed 3\\)"):
             model = load_model("alexnet", seed=3)
     assert any(ALEXNET_FILE in r.getMessage() and "RANDOM" in r.getMessage() for r in caplog.records)
@@ -268,7 +270,10 @@ def test_auto_picks_a_cached_imagenet_file(torch_home, alexnet_checkpoint, alexn
 def test_weights_info_of_a_caller_supplied_model_is_unknown():
     info = weights_info(meta_model(tvm.vgg16))
     assert (info.model, info.weights, info.source, info.pretrained) == (
-        "vgg16", "unknown", "caller-supplied model", None,
+        "vgg16",
+        "unknown",
+        "caller-supplied model",
+        None,
     )
     assert info.description.startswith("unknown (caller-supplied model)")
     assert weights_info(torch.nn.Linear(1, 1)).model == "Linear"
@@ -280,6 +285,9 @@ def test_weights_info_is_frozen_and_json_ready():
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.weights = "imagenet"
     assert json.loads(json.dumps(info.as_dict())) == {
-        "model": "alexnet", "weights": "random", "source": "seed 0", "pretrained": False,
+        "model": "alexnet",
+        "weights": "random",
+        "source": "seed 0",
+        "pretrained": False,
         "description": description,
     }

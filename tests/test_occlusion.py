@@ -12,8 +12,8 @@ from torchvision.models import alexnet, vgg16
 
 import deconvnet
 from deconvnet.analysis.incremental import Windows, output_windows
-from deconvnet.architecture import stage
-from deconvnet.geometry import spans
+from deconvnet.core.architecture import stage
+from deconvnet.core.geometry import spans
 
 
 def _model(factory, seed: int = 0) -> nn.Module:
@@ -45,12 +45,12 @@ def brute_force(model, x, patch, stride, fill, cls, channel):
     for top in tops:
         for left in lefts:
             y = x[0].clone()
-            y[:, top:top + patch, left:left + patch] = fill
+            y[:, top : top + patch, left : left + patch] = fill
             occluded.append(y)
     batch = torch.stack(occluded)
     with torch.no_grad():
         p = model(batch).softmax(dim=1)
-        feat = model.features[:stage(model, 5).index + 1](batch)[:, channel].sum(dim=(1, 2))
+        feat = model.features[: stage(model, 5).index + 1](batch)[:, channel].sum(dim=(1, 2))
     shape = (len(tops), len(lefts))
     return p[:, cls].view(shape), feat.view(shape), p.argmax(dim=1).view(shape)
 
@@ -68,23 +68,23 @@ CASES = [  # model fixture, image size (h, w), patch, stride, fill
 ]
 
 
-@pytest.mark.parametrize("name, size, patch, stride, fill, method", [
-    *(case + ("incremental",) for case in CASES), CASES[0] + ("brute",), CASES[2] + ("brute",)])
+@pytest.mark.parametrize(
+    "name, size, patch, stride, fill, method",
+    [*(case + ("incremental",) for case in CASES), CASES[0] + ("brute",), CASES[2] + ("brute",)],
+)
 def test_maps_equal_one_forward_pass_per_position(request, name, size, patch, stride, fill, method):
     model = request.getfixturevalue(name)
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3))
-    out = deconvnet.occlusion(model, x, patch=patch, stride=stride, fill=fill, method=method,
-                              batch_size=5)
+    out = deconvnet.occlusion(model, x, patch=patch, stride=stride, fill=fill, method=method, batch_size=5)
     for b in range(2):
         with torch.no_grad():
-            p0 = model(x[b:b + 1]).softmax(dim=1)[0]
-            s5 = model.features[:stage(model, 5).index + 1](x[b:b + 1])[0]
+            p0 = model(x[b : b + 1]).softmax(dim=1)[0]
+            s5 = model.features[: stage(model, 5).index + 1](x[b : b + 1])[0]
         channel = int(s5.flatten(1).amax(dim=1).argmax())
         assert int(out.channel[b]) == channel
         assert int(out.target[b]) == int(p0.argmax())
         assert float(out.unoccluded_probability[b]) == pytest.approx(float(p0.max()), rel=1e-5)
-        prob, feat, label = brute_force(model, x[b:b + 1], patch, stride, fill,
-                                        int(p0.argmax()), channel)
+        prob, feat, label = brute_force(model, x[b : b + 1], patch, stride, fill, int(p0.argmax()), channel)
         assert out.probability[b].shape == prob.shape
         assert_close_rel(out.probability[b], prob)
         assert_close_rel(out.feature[b], feat)
@@ -94,8 +94,8 @@ def test_maps_equal_one_forward_pass_per_position(request, name, size, patch, st
 def test_positions_reach_the_last_corner_that_fits(vgg):
     x = torch.randn(1, 3, 50, 67)
     out = deconvnet.occlusion(vgg, x, patch=20, stride=15, method="brute")
-    assert out.top.tolist() == [0, 15, 30]          # 50 - 20 = 30
-    assert out.left.tolist() == [0, 15, 30, 45]     # 67 - 20 = 47: 45 is the last that fits
+    assert out.top.tolist() == [0, 15, 30]  # 50 - 20 = 30
+    assert out.left.tolist() == [0, 15, 30, 45]  # 67 - 20 = 47: 45 is the last that fits
     assert out.probability.shape == (1, 3, 4)
 
 
@@ -126,9 +126,10 @@ def test_float64_model_is_exact_to_float64_rounding(alex):
     assert_close_rel(out.feature[0], feat, 1e-10)
 
 
-@pytest.mark.parametrize("kernel, stride, padding, dilation", [
-    (3, 1, 1, 1), (11, 4, 2, 1), (3, 2, 0, 1), (5, 1, 2, 1), (3, 1, 2, 2), (2, 3, 0, 1),
-])
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation",
+    [(3, 1, 1, 1), (11, 4, 2, 1), (3, 2, 0, 1), (5, 1, 2, 1), (3, 1, 2, 2), (2, 3, 0, 1)],
+)
 def test_projective_field_is_what_a_perturbation_changes(kernel, stride, padding, dilation):
     """Perturb inputs [a, b) of one conv (random weights): exactly the outputs in [lo, hi) change."""
     torch.manual_seed(0)
@@ -139,8 +140,9 @@ def test_projective_field_is_what_a_perturbation_changes(kernel, stride, padding
         y = x.clone()
         y[:, :, a:b] += 1.0 + torch.rand(b - a, 1, dtype=torch.float64)
         changed = ((conv(y) - conv(x)).abs()[0, 0, :, 0] > 0).nonzero().flatten().tolist()
-        w, _ = output_windows(Windows(torch.tensor([a]), torch.tensor([b]), torch.tensor([a]),
-                                      b - a), spans(conv)[0], n)
+        w, _ = output_windows(
+            Windows(torch.tensor([a]), torch.tensor([b]), torch.tensor([a]), b - a), spans(conv)[0], n
+        )
         # [lo, hi) holds every changed output and is tight at both ends (with dilation, outputs
         # inside it can read around the change: computing them too is harmless)
         if not changed:  # no output reads the change (stride > kernel)
@@ -168,19 +170,22 @@ def test_the_model_is_left_as_it_was(alex):
     assert torch.equal(out.probability, ref.probability)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"patch": 65}, r"patch: expected an int side length in 1\.\.64"),
-    ({"patch": 0}, r"patch: expected an int side length"),
-    ({"patch": 2.5}, r"patch: expected an int"),
-    ({"stride": 0}, r"stride: expected an int >= 1"),
-    ({"stride": 1.5}, r"stride: expected an int >= 1"),
-    ({"fill": float("nan")}, r"fill: expected a finite number"),
-    ({"method": "fast"}, r"method: expected one of 'incremental', 'brute'"),
-    ({"batch_size": 0}, r"batch_size"),
-    ({"target": 1000}, r"target: class 1000 is outside 0\.\.999"),
-    ({"target": [1, 2]}, r"target: expected None"),
-    ({"target": torch.tensor([1.0])}, r"target: a tensor target must be a \[B\] integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"patch": 65}, r"patch: expected an int side length in 1\.\.64"),
+        ({"patch": 0}, r"patch: expected an int side length"),
+        ({"patch": 2.5}, r"patch: expected an int"),
+        ({"stride": 0}, r"stride: expected an int >= 1"),
+        ({"stride": 1.5}, r"stride: expected an int >= 1"),
+        ({"fill": float("nan")}, r"fill: expected a finite number"),
+        ({"method": "fast"}, r"method: expected one of 'incremental', 'brute'"),
+        ({"batch_size": 0}, r"batch_size"),
+        ({"target": 1000}, r"target: class 1000 is outside 0\.\.999"),
+        ({"target": [1, 2]}, r"target: expected None"),
+        ({"target": torch.tensor([1.0])}, r"target: a tensor target must be a \[B\] integer"),
+    ],
+)
 def test_bad_input_is_named(vgg, kwargs, match):
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match=match):

@@ -25,23 +25,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvnet.architecture import stages
-from deconvnet.models import preprocessing
+from deconvnet.core.architecture import stages
+from deconvnet.data.models import preprocessing
 from deconvnet.optim import (
-    STEP_RULES, Blur, Clamp, ClipContribution, ClipNorm, Decay, FourierImage, Jitter, Objective,
-    Pad, PixelImage, RandomScale, Shrink, alpha_norm, channel, class_log_probability, class_logit,
-    energy, feature_match, l2_norm, lp_norm, optimize, probe, standard_transforms,
-    total_variation, unit,
+    STEP_RULES,
+    Blur,
+    Clamp,
+    ClipContribution,
+    ClipNorm,
+    Decay,
+    FourierImage,
+    Jitter,
+    Objective,
+    Pad,
+    PixelImage,
+    RandomScale,
+    Shrink,
+    alpha_norm,
+    channel,
+    class_log_probability,
+    class_logit,
+    energy,
+    feature_match,
+    l2_norm,
+    lp_norm,
+    optimize,
+    probe,
+    standard_transforms,
+    total_variation,
+    unit,
 )
-from deconvnet.optim.checks import (
-    check_channels, check_classes, check_param, check_size, regularizer_preset,
-)
+from deconvnet.optim.checks import check_channels, check_classes, check_param, check_size, regularizer_preset
 from deconvnet.optim.engine import schedule_factor
 from deconvnet.optim.params import fourier_noise, grey_noise, valid_range
 from deconvnet.optim.transforms import compose
 
-# the module (deconvnet.optim.probe is shadowed by the function of that name in deconvnet.optim)
-probe_module = importlib.import_module("deconvnet.optim.probe")
+# the module (deconvnet.core.probe is shadowed by the function of that name in deconvnet.optim)
+probe_module = importlib.import_module("deconvnet.core.probe")
 
 F64_RTOL = 1e-10
 POINTS = [1, 2, 3, 4, 5, "fc6", "fc7", "logits"]
@@ -172,7 +192,11 @@ def test_probe_budget_same_values_and_gradients(models64, name, monkeypatch):
     # AlexNet (3 images): budget 1 never joins (the classifier gets the pieces' concatenation),
     # 2 per_image splits 2 + 1 and joins after conv1 (stride 4)
     n = len(model.features)
-    pieces_seen = {per_image: [2] * 5 + [1] * (n - 5)} if name == "vgg16" else {1: [3] * n, 2 * per_image: [2] + [1] * (n - 1)}
+    pieces_seen = (
+        {per_image: [2] * 5 + [1] * (n - 5)}
+        if name == "vgg16"
+        else {1: [3] * n, 2 * per_image: [2] + [1] * (n - 1)}
+    )
     weights = {p: None for p in POINTS}
     seen = []
     apply = probe_module._apply
@@ -253,46 +277,74 @@ def _tv_by_hand(x, beta, bound=1.0):
     """sum over colours and pixels (i < H-1, j < W-1) of (dx^2 + dy^2)^(beta/2) / (H W bound^beta)."""
     dx = (x[:, :, :, 1:] - x[:, :, :, :-1])[:, :, :-1, :]
     dy = (x[:, :, 1:, :] - x[:, :, :-1, :])[:, :, :, :-1]
-    return ((dx ** 2 + dy ** 2) ** (beta / 2)).sum(dim=(1, 2, 3)) / (x.shape[2] * x.shape[3] * bound ** beta)
+    return ((dx**2 + dy**2) ** (beta / 2)).sum(dim=(1, 2, 3)) / (x.shape[2] * x.shape[3] * bound**beta)
 
 
 OBJECTIVE_CASES = {
     "channel": (lambda: channel(1, 5), lambda r: r[1][:, 5].mean(dim=(1, 2))),
     "channel-border": (lambda: channel(1, 5, border=1), lambda r: r[1][:, 5, 1:6, 1:6].mean(dim=(1, 2))),
-    "channel-per-image": (lambda: channel(2, [3, 7]),
-                          lambda r: torch.stack([r[2][0, 3].mean(), r[2][1, 7].mean()])),
-    "channel-per-image-border": (lambda: channel(1, [5, 9], border=2),
-                                 lambda r: torch.stack([r[1][0, 5, 2:5, 2:5].mean(), r[1][1, 9, 2:5, 2:5].mean()])),
+    "channel-per-image": (
+        lambda: channel(2, [3, 7]),
+        lambda r: torch.stack([r[2][0, 3].mean(), r[2][1, 7].mean()]),
+    ),
+    "channel-per-image-border": (
+        lambda: channel(1, [5, 9], border=2),
+        lambda r: torch.stack([r[1][0, 5, 2:5, 2:5].mean(), r[1][1, 9, 2:5, 2:5].mean()]),
+    ),
     "unit": (lambda: unit(1, 5, 2, 3), lambda r: r[1][:, 5, 2, 3]),
-    "unit-per-image": (lambda: unit(2, [3, 7], 1, 2), lambda r: torch.stack([r[2][0, 3, 1, 2], r[2][1, 7, 1, 2]])),
+    "unit-per-image": (
+        lambda: unit(2, [3, 7], 1, 2),
+        lambda r: torch.stack([r[2][0, 3, 1, 2], r[2][1, 7, 1, 2]]),
+    ),
     "class_logit": (lambda: class_logit(7), lambda r: r["logits"][:, 7]),
-    "class_logit-per-image": (lambda: class_logit([7, 300]),
-                              lambda r: torch.stack([r["logits"][0, 7], r["logits"][1, 300]])),
-    "class_log_probability": (lambda: class_log_probability(7),
-                              lambda r: r["logits"][:, 7] - torch.logsumexp(r["logits"], dim=1)),
+    "class_logit-per-image": (
+        lambda: class_logit([7, 300]),
+        lambda r: torch.stack([r["logits"][0, 7], r["logits"][1, 300]]),
+    ),
+    "class_log_probability": (
+        lambda: class_log_probability(7),
+        lambda r: r["logits"][:, 7] - torch.logsumexp(r["logits"], dim=1),
+    ),
     "class_log_probability-per-image": (
         lambda: class_log_probability([7, 300]),
-        lambda r: torch.stack([r["logits"][0, 7], r["logits"][1, 300]]) - torch.logsumexp(r["logits"], dim=1)),
+        lambda r: torch.stack([r["logits"][0, 7], r["logits"][1, 300]]) - torch.logsumexp(r["logits"], dim=1),
+    ),
     "energy": (lambda: energy(2), lambda r: 0.5 * (r[2] ** 2).sum(dim=(1, 2, 3))),
     "energy-channel": (lambda: energy(2, 4), lambda r: 0.5 * (r[2][:, 4] ** 2).sum(dim=(1, 2))),
-    "energy-per-image": (lambda: energy(1, [4, 9]),
-                         lambda r: 0.5 * torch.stack([(r[1][0, 4] ** 2).sum(), (r[1][1, 9] ** 2).sum()])),
+    "energy-per-image": (
+        lambda: energy(1, [4, 9]),
+        lambda r: 0.5 * torch.stack([(r[1][0, 4] ** 2).sum(), (r[1][1, 9] ** 2).sum()]),
+    ),
     "feature_match-one-target": (
         lambda: feature_match(2, TARGET1),
-        lambda r: -((r[2] - TARGET1) ** 2).sum(dim=(1, 2, 3)) / (TARGET1 ** 2).sum()),
+        lambda r: -((r[2] - TARGET1) ** 2).sum(dim=(1, 2, 3)) / (TARGET1**2).sum(),
+    ),
     "feature_match-per-image": (
         lambda: feature_match(2, TARGET2),
-        lambda r: -((r[2] - TARGET2) ** 2).sum(dim=(1, 2, 3)) / (TARGET2 ** 2).sum(dim=(1, 2, 3))),
-    "lp_norm-6": (lambda: lp_norm(), lambda r: (r["input"].abs() ** 6).sum(dim=(1, 2, 3)) ** (1 / 6) / (3 * HW)),
-    "lp_norm-2.5": (lambda: lp_norm(2.5),
-                    lambda r: (r["input"].abs() ** 2.5).sum(dim=(1, 2, 3)) ** (1 / 2.5) / (3 * HW)),
-    "alpha_norm-6": (lambda: alpha_norm(),
-                     lambda r: (r["input"] ** 2).sum(dim=1).sqrt().pow(6).sum(dim=(1, 2)) / HW),
-    "alpha_norm-3-bound2": (lambda: alpha_norm(3.0, bound=2.0),
-                            lambda r: (r["input"] ** 2).sum(dim=1).sqrt().pow(3).sum(dim=(1, 2)) / (HW * 8.0)),
+        lambda r: -((r[2] - TARGET2) ** 2).sum(dim=(1, 2, 3)) / (TARGET2**2).sum(dim=(1, 2, 3)),
+    ),
+    "lp_norm-6": (
+        lambda: lp_norm(),
+        lambda r: (r["input"].abs() ** 6).sum(dim=(1, 2, 3)) ** (1 / 6) / (3 * HW),
+    ),
+    "lp_norm-2.5": (
+        lambda: lp_norm(2.5),
+        lambda r: (r["input"].abs() ** 2.5).sum(dim=(1, 2, 3)) ** (1 / 2.5) / (3 * HW),
+    ),
+    "alpha_norm-6": (
+        lambda: alpha_norm(),
+        lambda r: (r["input"] ** 2).sum(dim=1).sqrt().pow(6).sum(dim=(1, 2)) / HW,
+    ),
+    "alpha_norm-3-bound2": (
+        lambda: alpha_norm(3.0, bound=2.0),
+        lambda r: (r["input"] ** 2).sum(dim=1).sqrt().pow(3).sum(dim=(1, 2)) / (HW * 8.0),
+    ),
     "total_variation-2": (lambda: total_variation(), lambda r: _tv_by_hand(r["input"], 2.0)),
     "total_variation-1": (lambda: total_variation(1.0), lambda r: _tv_by_hand(r["input"], 1.0)),
-    "total_variation-2-bound3": (lambda: total_variation(2.0, bound=3.0), lambda r: _tv_by_hand(r["input"], 2.0, 3.0)),
+    "total_variation-2-bound3": (
+        lambda: total_variation(2.0, bound=3.0),
+        lambda r: _tv_by_hand(r["input"], 2.0, 3.0),
+    ),
     "l2_norm": (lambda: l2_norm(), lambda r: (r["input"] ** 2).sum(dim=(1, 2, 3))),
 }
 
@@ -321,9 +373,14 @@ def test_objective_value_and_gradient(objective_setup, case):
 # sum x^2 = 16 + 16 + 21 = 53; sum |x|^3 = 38 + 64 + 73 = 175; sum x^6 = 796 + 4096 + 4161 = 9053
 # TV, squared differences dx^2 + dy^2 at the four pixels with both neighbours (0,0) (0,1) (1,0) (1,1):
 #   R: 2, 13, 10, 13 (sum 38); G: 16, 0, 32, 0 (sum 48); B: 1, 10, 16, 32 (sum 59); total 145
-TINY = torch.tensor([[[1, 0, -2], [0, 3, 0], [1, 1, 0]],
-                     [[0, 0, 0], [4, 0, 0], [0, 0, 0]],
-                     [[0, 1, 0], [0, 4, 0], [0, 0, 2]]], dtype=torch.float64)[None]
+TINY = torch.tensor(
+    [
+        [[1, 0, -2], [0, 3, 0], [1, 1, 0]],
+        [[0, 0, 0], [4, 0, 0], [0, 0, 0]],
+        [[0, 1, 0], [0, 4, 0], [0, 0, 2]],
+    ],
+    dtype=torch.float64,
+)[None]
 
 TINY_CASES = [
     (lambda: l2_norm(), 53.0),
@@ -335,8 +392,10 @@ TINY_CASES = [
     (lambda: alpha_norm(1.0, bound=2.0), (1 + 1 + 2 + 4 + 5 + 0 + 1 + 1 + 2) / 18),  # 17 / 18
     (lambda: total_variation(), 145 / 9),
     (lambda: total_variation(2.0, bound=2.0), 145 / 36),
-    (lambda: total_variation(1.0), (9 + math.sqrt(2) + 2 * math.sqrt(13) + 2 * math.sqrt(10)
-                                    + 2 * math.sqrt(32)) / 9),
+    (
+        lambda: total_variation(1.0),
+        (9 + math.sqrt(2) + 2 * math.sqrt(13) + 2 * math.sqrt(10) + 2 * math.sqrt(32)) / 9,
+    ),
 ]
 
 
@@ -356,14 +415,21 @@ def test_per_image_arguments():
     whole = {1: a, "logits": logits}
     cases = [
         (channel(1, [0, 2, 3]), torch.stack([a[b, c].mean() for b, c in enumerate([0, 2, 3])])),
-        (channel(1, [0, 2, 3], border=1), torch.stack([a[b, c, 1:3, 1:4].mean() for b, c in enumerate([0, 2, 3])])),
+        (
+            channel(1, [0, 2, 3], border=1),
+            torch.stack([a[b, c, 1:3, 1:4].mean() for b, c in enumerate([0, 2, 3])]),
+        ),
         (unit(1, [5, 1, 4], 3, 2), torch.stack([a[b, c, 3, 2] for b, c in enumerate([5, 1, 4])])),
         (energy(1, [1, 1, 5]), torch.stack([0.5 * (a[b, c] ** 2).sum() for b, c in enumerate([1, 1, 5])])),
         (class_logit([9, 0, 4]), torch.stack([logits[b, c] for b, c in enumerate([9, 0, 4])])),
-        (class_log_probability([9, 0, 4]),
-         torch.stack([logits[b, c] - torch.logsumexp(logits[b], 0) for b, c in enumerate([9, 0, 4])])),
-        (feature_match(1, target),
-         torch.stack([-((a[b] - target[b]) ** 2).sum() / (target[b] ** 2).sum() for b in range(3)])),
+        (
+            class_log_probability([9, 0, 4]),
+            torch.stack([logits[b, c] - torch.logsumexp(logits[b], 0) for b, c in enumerate([9, 0, 4])]),
+        ),
+        (
+            feature_match(1, target),
+            torch.stack([-((a[b] - target[b]) ** 2).sum() / (target[b] ** 2).sum() for b in range(3)]),
+        ),
     ]
     for objective, want in cases:
         torch.testing.assert_close(objective(whole), want, rtol=1e-12, atol=0)
@@ -385,9 +451,16 @@ def test_objective_composition():
     acts = {"input": x, 2: m}
     a, b = channel(2, [1, 2]), l2_norm()
     va = torch.stack([m[0, 1].mean(), m[1, 2].mean()])
-    vb = (x ** 2).sum(dim=(1, 2, 3))
-    cases = [(a + b, va + vb), (a - b, va - vb), (2.5 * a, 2.5 * va), (a * 2.5, 2.5 * va),
-             (-a, -va), (sum([a, b]), va + vb), (a - 0.1 * b + 3 * a, 4 * va - 0.1 * vb)]
+    vb = (x**2).sum(dim=(1, 2, 3))
+    cases = [
+        (a + b, va + vb),
+        (a - b, va - vb),
+        (2.5 * a, 2.5 * va),
+        (a * 2.5, 2.5 * va),
+        (-a, -va),
+        (sum([a, b]), va + vb),
+        (a - 0.1 * b + 3 * a, 4 * va - 0.1 * vb),
+    ]
     for objective, want in cases:
         assert isinstance(objective, Objective)
         torch.testing.assert_close(objective(acts), want, rtol=1e-12, atol=0)
@@ -517,7 +590,9 @@ def test_grey_noise(alexnet_float64):
 def test_fourier_noise():
     s = fourier_noise(2, 10, 7, torch.Generator().manual_seed(22), sd=0.5)
     assert s.shape == (2, 3, 10, 7 // 2 + 1, 2)
-    torch.testing.assert_close(s, torch.randn((2, 3, 10, 4, 2), generator=torch.Generator().manual_seed(22)) * 0.5)
+    torch.testing.assert_close(
+        s, torch.randn((2, 3, 10, 4, 2), generator=torch.Generator().manual_seed(22)) * 0.5
+    )
     assert abs(float(fourier_noise(4, 32, 32, torch.Generator().manual_seed(23)).std()) - 0.01) < 0.0005
 
 
@@ -527,8 +602,13 @@ def test_fourier_noise():
 def drawn_shifts(seed, pixels, count):
     """The (dy, dx) a Jitter draws, re-drawn from a generator with the same seed."""
     g = torch.Generator().manual_seed(seed)
-    return [(int(torch.randint(-pixels, pixels + 1, (1,), generator=g)),
-             int(torch.randint(-pixels, pixels + 1, (1,), generator=g))) for _ in range(count)]
+    return [
+        (
+            int(torch.randint(-pixels, pixels + 1, (1,), generator=g)),
+            int(torch.randint(-pixels, pixels + 1, (1,), generator=g)),
+        )
+        for _ in range(count)
+    ]
 
 
 def rolled_by_hand(x, dy, dx):
@@ -547,8 +627,9 @@ def test_jitter_rolls_by_the_drawn_shifts():
         got = Jitter(3)(x, g)
         assert torch.equal(got, rolled_by_hand(x, dy, dx))
         assert torch.equal(got, torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
-    assert torch.equal(Jitter(3)(x, torch.Generator().manual_seed(25)),
-                       Jitter(3)(x, torch.Generator().manual_seed(25)))
+    assert torch.equal(
+        Jitter(3)(x, torch.Generator().manual_seed(25)), Jitter(3)(x, torch.Generator().manual_seed(25))
+    )
 
 
 def test_zero_jitter_and_zero_pad_are_identity_and_draw_nothing():
@@ -563,7 +644,7 @@ def test_random_scale_sizes_and_values():
     """A linear ramp v[i, j] = i + 10 j resized bilinearly (half-pixel centres, no antialias)
     samples the ramp at source coordinates (p + 0.5) / s - 0.5 (clamped to the image)."""
     h, w = 10, 12
-    ramp = (torch.arange(h, dtype=torch.float64)[:, None] + 10 * torch.arange(w, dtype=torch.float64)[None])
+    ramp = torch.arange(h, dtype=torch.float64)[:, None] + 10 * torch.arange(w, dtype=torch.float64)[None]
     x = ramp.expand(1, 3, h, w).clone()
     scales = (0.5, 1.0, 2.0)
     g = torch.Generator().manual_seed(28)
@@ -589,18 +670,30 @@ def test_random_scale_sizes_and_values():
 def test_pad_values():
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[None, None]
     g = torch.Generator()
-    constant = torch.tensor([[0.7, 0.7, 0.7, 0.7, 0.7],
-                             [0.7, 1.0, 2.0, 3.0, 0.7],
-                             [0.7, 4.0, 5.0, 6.0, 0.7],
-                             [0.7, 0.7, 0.7, 0.7, 0.7]])[None, None]
-    reflect = torch.tensor([[5.0, 4.0, 5.0, 6.0, 5.0],
-                            [2.0, 1.0, 2.0, 3.0, 2.0],
-                            [5.0, 4.0, 5.0, 6.0, 5.0],
-                            [2.0, 1.0, 2.0, 3.0, 2.0]])[None, None]
-    replicate = torch.tensor([[1.0, 1.0, 2.0, 3.0, 3.0],
-                              [1.0, 1.0, 2.0, 3.0, 3.0],
-                              [4.0, 4.0, 5.0, 6.0, 6.0],
-                              [4.0, 4.0, 5.0, 6.0, 6.0]])[None, None]
+    constant = torch.tensor(
+        [
+            [0.7, 0.7, 0.7, 0.7, 0.7],
+            [0.7, 1.0, 2.0, 3.0, 0.7],
+            [0.7, 4.0, 5.0, 6.0, 0.7],
+            [0.7, 0.7, 0.7, 0.7, 0.7],
+        ]
+    )[None, None]
+    reflect = torch.tensor(
+        [
+            [5.0, 4.0, 5.0, 6.0, 5.0],
+            [2.0, 1.0, 2.0, 3.0, 2.0],
+            [5.0, 4.0, 5.0, 6.0, 5.0],
+            [2.0, 1.0, 2.0, 3.0, 2.0],
+        ]
+    )[None, None]
+    replicate = torch.tensor(
+        [
+            [1.0, 1.0, 2.0, 3.0, 3.0],
+            [1.0, 1.0, 2.0, 3.0, 3.0],
+            [4.0, 4.0, 5.0, 6.0, 6.0],
+            [4.0, 4.0, 5.0, 6.0, 6.0],
+        ]
+    )[None, None]
     assert torch.equal(Pad(1, value=0.7)(x, g), constant)
     assert torch.equal(Pad(1, mode="reflect")(x, g), reflect)
     assert torch.equal(Pad(1, mode="replicate")(x, g), replicate)
@@ -609,7 +702,7 @@ def test_pad_values():
 
 def test_compose_applies_in_order():
     x = rand((1, 3, 6, 6), seed=30)
-    (dy, dx), = drawn_shifts(31, 2, 1)
+    ((dy, dx),) = drawn_shifts(31, 2, 1)
     assert (dy, dx) != (0, 0)
     padded = F.pad(x, (1, 1, 1, 1), value=9.0)
     pad_then_jitter = compose([Pad(1, value=9.0), Jitter(2)])(x, torch.Generator().manual_seed(31))
@@ -622,7 +715,12 @@ def test_compose_applies_in_order():
 
 
 def test_standard_transforms_same_seed_same_output():
-    assert standard_transforms(8) == [Pad(16), Jitter(8), RandomScale((0.95, 0.975, 1.0, 1.025, 1.05)), Jitter(4)]
+    assert standard_transforms(8) == [
+        Pad(16),
+        Jitter(8),
+        RandomScale((0.95, 0.975, 1.0, 1.025, 1.05)),
+        Jitter(4),
+    ]
     x = rand((2, 3, 20, 20), seed=32)
     t = compose(standard_transforms(2))
     outs = [t(x, torch.Generator().manual_seed(s)) for s in (33, 33, 34, 35, 36)]
@@ -630,13 +728,22 @@ def test_standard_transforms_same_seed_same_output():
     assert any(o.shape != outs[0].shape or not torch.equal(o, outs[0]) for o in outs[2:])
 
 
-@pytest.mark.parametrize("make, name", [
-    (lambda: Jitter(-1), "jitter"), (lambda: Jitter(1.5), "jitter"), (lambda: Jitter(True), "jitter"),
-    (lambda: RandomScale(()), "scales"), (lambda: RandomScale((0.0,)), "scales"),
-    (lambda: RandomScale((1.0, -0.5)), "scales"), (lambda: RandomScale((float("nan"),)), "scales"),
-    (lambda: RandomScale(("1",)), "scales"),
-    (lambda: Pad(-1), "pad"), (lambda: Pad(2.0), "pad"), (lambda: Pad(1, mode="circular"), "pad mode"),
-])
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: Jitter(-1), "jitter"),
+        (lambda: Jitter(1.5), "jitter"),
+        (lambda: Jitter(True), "jitter"),
+        (lambda: RandomScale(()), "scales"),
+        (lambda: RandomScale((0.0,)), "scales"),
+        (lambda: RandomScale((1.0, -0.5)), "scales"),
+        (lambda: RandomScale((float("nan"),)), "scales"),
+        (lambda: RandomScale(("1",)), "scales"),
+        (lambda: Pad(-1), "pad"),
+        (lambda: Pad(2.0), "pad"),
+        (lambda: Pad(1, mode="circular"), "pad mode"),
+    ],
+)
 def test_transform_bad_arguments(make, name):
     with pytest.raises(ValueError, match=f"^{name}"):
         make()
@@ -668,9 +775,13 @@ def test_decay_shrink_clamp():
     high = torch.tensor([1.0, 0.4, 0.5]).view(1, 3, 1, 1)
     y = x.clone()
     Clamp(low, high)(y, grad, 0)
-    want = torch.stack([torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0, 0.6]),
-                        torch.tensor([-0.4, -0.4, 0.0, 0.3, 0.4, 0.4]),
-                        torch.tensor([0.2, 0.2, 0.2, 0.3, 0.5, 0.5])]).view(1, 3, 2, 3)
+    want = torch.stack(
+        [
+            torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0, 0.6]),
+            torch.tensor([-0.4, -0.4, 0.0, 0.3, 0.4, 0.4]),
+            torch.tensor([0.2, 0.2, 0.2, 0.3, 0.5, 0.5]),
+        ]
+    ).view(1, 3, 2, 3)
     assert torch.equal(y, want)
 
 
@@ -681,11 +792,13 @@ def test_blur_equals_scipy_gaussian(sigma):
     y = x.clone()
     Blur(sigma)(y, torch.zeros_like(x), 0)
     r = math.ceil(3 * sigma)
-    want = scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror",
-                                         radius=(0, 0, r, r))
+    want = scipy.ndimage.gaussian_filter(
+        x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", radius=(0, 0, r, r)
+    )
     assert_rel_close(y, torch.from_numpy(want), rtol=1e-12)
-    interior = scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="reflect",
-                                             radius=(0, 0, r, r))
+    interior = scipy.ndimage.gaussian_filter(
+        x.numpy(), sigma=(0, 0, sigma, sigma), mode="reflect", radius=(0, 0, r, r)
+    )
     assert_rel_close(y[:, :, r:-r, r:-r], torch.from_numpy(interior[:, :, r:-r, r:-r]), rtol=1e-12)
 
 
@@ -701,15 +814,17 @@ def test_blur_small_image_keeps_a_normalised_kernel(sigma, size):
     y = x.clone()
     Blur(sigma)(y, torch.zeros_like(y), 0)
     r = math.ceil(3 * sigma)
-    want = scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror",
-                                         radius=(0, 0, r, r))
+    want = scipy.ndimage.gaussian_filter(
+        x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", radius=(0, 0, r, r)
+    )
     assert_rel_close(y, torch.from_numpy(want), rtol=1e-12)
 
 
 def test_blur_every():
     x = rand((1, 3, 8, 8), seed=42)
-    blurred = torch.from_numpy(scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1), mode="mirror",
-                                                             radius=(0, 0, 3, 3)))
+    blurred = torch.from_numpy(
+        scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1), mode="mirror", radius=(0, 0, 3, 3))
+    )
     blur = Blur(1.0, every=3)
     for step in range(7):
         y = x.clone()
@@ -721,19 +836,24 @@ def test_blur_every():
 
 
 # two images [2, 3, 2, 2]; pixels in the order (0,0) (0,1) (1,0) (1,1)
-CLIP_X = torch.tensor([
-    [[[3.0, 1.0], [0.0, 2.0]], [[4.0, 0.0], [0.0, -2.0]], [[0.0, 0.0], [-2.0, 1.0]]],  # norms 5, 1, 2, 3
-    [[[0.0, 0.3], [0.0, 0.6]], [[0.0, 0.4], [0.2, 0.0]], [[0.1, 0.0], [0.0, 0.8]]],  # norms .1, .5, .2, 1
-])
+CLIP_X = torch.tensor(
+    [
+        [[[3.0, 1.0], [0.0, 2.0]], [[4.0, 0.0], [0.0, -2.0]], [[0.0, 0.0], [-2.0, 1.0]]],  # norms 5, 1, 2, 3
+        [[[0.0, 0.3], [0.0, 0.6]], [[0.0, 0.4], [0.2, 0.0]], [[0.1, 0.0], [0.0, 0.8]]],  # norms .1, .5, .2, 1
+    ]
+)
 
 
-@pytest.mark.parametrize("percentile, zeroed", [
-    # image 0 norms sorted 1 2 3 5, image 1: .1 .2 .5 1 (linear interpolation between ranks)
-    (50, [[(0, 1), (1, 0)], [(0, 0), (1, 0)]]),  # cut 2.5 and .35
-    (25, [[(0, 1)], [(0, 0)]]),  # cut 1.75 and .175
-    (0, [[], []]),  # cut = the smallest: nothing is below it
-    (100, [[(0, 1), (1, 0), (1, 1)], [(0, 0), (0, 1), (1, 0)]]),  # all but the largest
-])
+@pytest.mark.parametrize(
+    "percentile, zeroed",
+    [
+        # image 0 norms sorted 1 2 3 5, image 1: .1 .2 .5 1 (linear interpolation between ranks)
+        (50, [[(0, 1), (1, 0)], [(0, 0), (1, 0)]]),  # cut 2.5 and .35
+        (25, [[(0, 1)], [(0, 0)]]),  # cut 1.75 and .175
+        (0, [[], []]),  # cut = the smallest: nothing is below it
+        (100, [[(0, 1), (1, 0), (1, 1)], [(0, 0), (0, 1), (1, 0)]]),  # all but the largest
+    ],
+)
 def test_clip_norm_hand_computed(percentile, zeroed):
     y = CLIP_X.clone()
     ClipNorm(percentile)(y, torch.zeros_like(y), 0)
@@ -780,15 +900,24 @@ def test_clip_norm_percentile_is_exact_in_float64():
     assert torch.equal(y, want)
 
 
-@pytest.mark.parametrize("make, name", [
-    (lambda: Decay(1.0), "decay"), (lambda: Decay(-0.1), "decay"), (lambda: Decay("0.1"), "decay"),
-    (lambda: Shrink(-1.0), "shrink"), (lambda: Shrink(float("inf")), "shrink"),
-    (lambda: Blur(0.0), "blur sigma"), (lambda: Blur(-1.0), "blur sigma"),
-    (lambda: Blur(1.0, every=0), "blur every"), (lambda: Blur(1.0, every=1.5), "blur every"),
-    (lambda: ClipNorm(101), "clip norm percentile"), (lambda: ClipNorm(-1), "clip norm percentile"),
-    (lambda: ClipContribution(100.5), "clip contribution percentile"),
-    (lambda: ClipContribution(float("nan")), "clip contribution percentile"),
-])
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: Decay(1.0), "decay"),
+        (lambda: Decay(-0.1), "decay"),
+        (lambda: Decay("0.1"), "decay"),
+        (lambda: Shrink(-1.0), "shrink"),
+        (lambda: Shrink(float("inf")), "shrink"),
+        (lambda: Blur(0.0), "blur sigma"),
+        (lambda: Blur(-1.0), "blur sigma"),
+        (lambda: Blur(1.0, every=0), "blur every"),
+        (lambda: Blur(1.0, every=1.5), "blur every"),
+        (lambda: ClipNorm(101), "clip norm percentile"),
+        (lambda: ClipNorm(-1), "clip norm percentile"),
+        (lambda: ClipContribution(100.5), "clip contribution percentile"),
+        (lambda: ClipContribution(float("nan")), "clip contribution percentile"),
+    ],
+)
 def test_regularizer_bad_values(make, name):
     with pytest.raises(ValueError, match=f"^{name}"):
         make()
@@ -803,9 +932,11 @@ N_VALUES = 3 * ENGINE_SIZE * ENGINE_SIZE
 
 def channel_by_hand(model, stage, channels):
     """The objective channel(stage, channels) written out on the torchvision model."""
+
     def fn(x):
         a = stage_ref(model, stage, x)
         return torch.stack([a[b, c].mean() for b, c in enumerate(channels)])
+
     return fn
 
 
@@ -823,8 +954,9 @@ def test_normalized_step(alexnet_float64):
     for step_values, length in ((None, 0.05 * math.sqrt(N_VALUES)), (100, 0.5)):
         res = optimize(model, channel(1, [5, 9]), PixelImage(x0), steps=1, lr=0.05, step_values=step_values)
         moved = res.images - x0
-        torch.testing.assert_close(per_image_norm(moved).flatten(), torch.full((2,), length, dtype=torch.float64),
-                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            per_image_norm(moved).flatten(), torch.full((2,), length, dtype=torch.float64), rtol=1e-12, atol=0
+        )
         assert_rel_close(res.images, x0 + length * g / per_image_norm(g))
         torch.testing.assert_close(res.history, v.float()[None])
         assert res.stopped == "steps" and res.settings["steps_run"] == 1
@@ -843,8 +975,12 @@ def test_mean_abs_step(alexnet_float64):
     assert_rel_close(res.images, x2)
     # the mean absolute change of a value in the first step is lr
     one = optimize(model, channel(1, [5, 9]), PixelImage(x0), steps=1, lr=0.02, step_rule="mean_abs")
-    torch.testing.assert_close((one.images - x0).abs().flatten(1).mean(dim=1),
-                               torch.full((2,), 0.02, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        (one.images - x0).abs().flatten(1).mean(dim=1),
+        torch.full((2,), 0.02, dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 def adam_by_hand(fn, x0, lrs, betas=(0.9, 0.999), eps=1e-8):
@@ -902,15 +1038,22 @@ def test_cosine_schedule(alexnet_float64):
     model = alexnet_float64
     x0 = start(2, 54)
     rec = Recorder()
-    optimize(model, channel(1, [5, 9]), PixelImage(x0), steps=4, lr=0.01, schedule="cosine", regularizers=[rec])
+    optimize(
+        model, channel(1, [5, 9]), PixelImage(x0), steps=4, lr=0.01, schedule="cosine", regularizers=[rec]
+    )
     before = [x0] + rec.images[:-1]
     for k, f in enumerate(want):
         moved = per_image_norm(rec.images[k] - before[k]).flatten()
-        torch.testing.assert_close(moved, torch.full((2,), 0.01 * math.sqrt(N_VALUES) * f, dtype=torch.float64),
-                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            moved, torch.full((2,), 0.01 * math.sqrt(N_VALUES) * f, dtype=torch.float64), rtol=1e-12, atol=0
+        )
     # Adam with the cosine factor on its learning rate
-    res = optimize(model, channel(1, [5, 9]), PixelImage(x0), steps=4, lr=0.01, step_rule="adam", schedule="cosine")
-    assert_rel_close(res.images, adam_by_hand(channel_by_hand(model, 1, [5, 9]), x0, [0.01 * f for f in want]))
+    res = optimize(
+        model, channel(1, [5, 9]), PixelImage(x0), steps=4, lr=0.01, step_rule="adam", schedule="cosine"
+    )
+    assert_rel_close(
+        res.images, adam_by_hand(channel_by_hand(model, 1, [5, 9]), x0, [0.01 * f for f in want])
+    )
 
 
 def test_regularizers_run_after_the_step_in_order_with_its_gradient(alexnet_float64):
@@ -919,13 +1062,22 @@ def test_regularizers_run_after_the_step_in_order_with_its_gradient(alexnet_floa
     x0 = start(2, 55)
     g, _ = grad_of(channel_by_hand(model, 1, [5, 9]), x0)
     length = 0.02 * math.sqrt(N_VALUES)
-    low, high = -0.5 * torch.ones(1, 3, 1, 1, dtype=torch.float64), 0.4 * torch.ones(1, 3, 1, 1, dtype=torch.float64)
-    want = ((x0 + length * g / per_image_norm(g)) * 0.9)
+    low, high = (
+        -0.5 * torch.ones(1, 3, 1, 1, dtype=torch.float64),
+        0.4 * torch.ones(1, 3, 1, 1, dtype=torch.float64),
+    )
+    want = (x0 + length * g / per_image_norm(g)) * 0.9
     want = torch.sign(want) * (want.abs() - 0.05).clamp_min(0)
     want = want.clamp(-0.5, 0.4)
     rec = Recorder()
-    res = optimize(model, channel(1, [5, 9]), PixelImage(x0), steps=1, lr=0.02,
-                   regularizers=[Decay(0.1), Shrink(0.05), Clamp(low, high), rec])
+    res = optimize(
+        model,
+        channel(1, [5, 9]),
+        PixelImage(x0),
+        steps=1,
+        lr=0.02,
+        regularizers=[Decay(0.1), Shrink(0.05), Clamp(low, high), rec],
+    )
     assert_rel_close(res.images, want)
     assert_rel_close(rec.grads[0], g)
     assert rec.steps == [0]
@@ -936,8 +1088,17 @@ def _objective_for(channels):
 
 
 def _run_channels(model, channels, param_of, rule, transforms, regs, steps=3):
-    return optimize(model, _objective_for(channels), param_of(), steps=steps, lr=0.02, step_rule=rule,
-                    transforms=transforms, regularizers=regs, seed=7)
+    return optimize(
+        model,
+        _objective_for(channels),
+        param_of(),
+        steps=steps,
+        lr=0.02,
+        step_rule=rule,
+        transforms=transforms,
+        regularizers=regs,
+        seed=7,
+    )
 
 
 BATCH_CASES = [(rule, "pixels") for rule in STEP_RULES] + [("normalized", "fourier")]
@@ -960,12 +1121,15 @@ def test_batch_equals_separate_runs(alexnet_float64, rule, kind):
         regs = []
         make = lambda rows: FourierImage(starts[rows], ENGINE_SIZE, ENGINE_SIZE, prep)  # noqa: E731
     together = _run_channels(model, channels, lambda: make(slice(0, 3)), rule, transforms, regs)
-    alone = [_run_channels(model, [c], lambda k=k: make(slice(k, k + 1)), rule, transforms, regs)
-             for k, c in enumerate(channels)]
+    alone = [
+        _run_channels(model, [c], lambda k=k: make(slice(k, k + 1)), rule, transforms, regs)
+        for k, c in enumerate(channels)
+    ]
     assert together.history.shape == (3, 3)
     assert_rel_close(together.images, torch.cat([a.images for a in alone]))
-    torch.testing.assert_close(together.history, torch.cat([a.history for a in alone], dim=1),
-                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        together.history, torch.cat([a.history for a in alone], dim=1), rtol=1e-6, atol=1e-7
+    )
     moved = (together.images - make(slice(0, 3)).image().detach()).flatten(1).abs().max(dim=1).values
     assert float(moved.min()) > 1e-3  # every image moved
 
@@ -973,8 +1137,12 @@ def test_batch_equals_separate_runs(alexnet_float64, rule, kind):
 def test_same_seed_same_result_other_seed_differs(alexnet_float64):
     model = alexnet_float64
     x0 = start(2, 58)
-    kwargs = dict(steps=3, lr=0.05, transforms=[Jitter(4), RandomScale((0.9, 1.0, 1.2))],
-                  regularizers=[Blur(1.0, every=2)])
+    kwargs = dict(
+        steps=3,
+        lr=0.05,
+        transforms=[Jitter(4), RandomScale((0.9, 1.0, 1.2))],
+        regularizers=[Blur(1.0, every=2)],
+    )
     a = optimize(model, channel(1, [5, 9]), PixelImage(x0), seed=3, **kwargs)
     b = optimize(model, channel(1, [5, 9]), PixelImage(x0), seed=3, **kwargs)
     c = optimize(model, channel(1, [5, 9]), PixelImage(x0), seed=4, **kwargs)
@@ -1041,7 +1209,9 @@ def test_fourier_step_moves_the_spectrum(alexnet_float64):
     param = FourierImage(s0, ENGINE_SIZE, ENGINE_SIZE, prep)
     res = optimize(model, channel(1, [5, 7]), param, steps=1, lr=0.01)
     fn = channel_by_hand(model, 1, [5, 7])
-    ref = FourierImage(s0, ENGINE_SIZE, ENGINE_SIZE, prep)  # its image(): test_fourier_image_equals_lucid_formula
+    ref = FourierImage(
+        s0, ENGINE_SIZE, ENGINE_SIZE, prep
+    )  # its image(): test_fourier_image_equals_lucid_formula
     (g,) = torch.autograd.grad(fn(ref.image()).sum(), ref.tensor)
     assert float(per_image_norm(g).min()) > 0
     s1 = s0 + 0.01 * math.sqrt(s0[0].numel()) * g / per_image_norm(g)
@@ -1059,15 +1229,24 @@ def test_optimize_leaves_the_model_alone(alexnet_float64):
     assert_model_untouched(model, state, training)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(steps=True), "steps"),
-    (dict(lr=-0.1), "lr"), (dict(lr=float("nan")), "lr"), (dict(lr="0.1"), "lr"),
-    (dict(step_rule="rmsprop"), "step_rule"), (dict(schedule="linear"), "schedule"),
-    (dict(objective=channel(6, 0)), "stage"), (dict(objective=channel(2, 0) + unit(0, 0, 0, 0)), "stage"),
-    (dict(objective=energy("fc8")), "stage"),
-    (dict(param="fourier", regularizers=[Decay(0.1)]), "regularizers"),
-    (dict(transforms=[Jitter(1), "jitter"]), "transforms"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(steps=0), "steps"),
+        (dict(steps=2.5), "steps"),
+        (dict(steps=True), "steps"),
+        (dict(lr=-0.1), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(lr="0.1"), "lr"),
+        (dict(step_rule="rmsprop"), "step_rule"),
+        (dict(schedule="linear"), "schedule"),
+        (dict(objective=channel(6, 0)), "stage"),
+        (dict(objective=channel(2, 0) + unit(0, 0, 0, 0)), "stage"),
+        (dict(objective=energy("fc8")), "stage"),
+        (dict(param="fourier", regularizers=[Decay(0.1)]), "regularizers"),
+        (dict(transforms=[Jitter(1), "jitter"]), "transforms"),
+    ],
+)
 def test_optimize_bad_inputs(alexnet_float64, kwargs, name):
     model = alexnet_float64
     kwargs = dict(kwargs)
@@ -1084,11 +1263,16 @@ def test_optimize_bad_inputs(alexnet_float64, kwargs, name):
     assert torch.equal(param.tensor.detach(), before)  # nothing ran
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(step_values=0), "step_values"), (dict(step_values=-3), "step_values"),
-    (dict(step_rule="sgd", momentum=float("nan")), "momentum"),
-    (dict(step_rule="sgd", momentum="0.9"), "momentum"),
-], ids=["step_values-0", "step_values-negative", "momentum-nan", "momentum-str"])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(step_values=0), "step_values"),
+        (dict(step_values=-3), "step_values"),
+        (dict(step_rule="sgd", momentum=float("nan")), "momentum"),
+        (dict(step_rule="sgd", momentum="0.9"), "momentum"),
+    ],
+    ids=["step_values-0", "step_values-negative", "momentum-nan", "momentum-str"],
+)
 def test_optimize_checks_step_values_and_momentum(alexnet_float64, kwargs, name):
     """step_values and momentum are checked like the other arguments (ValueError naming them)."""
     with pytest.raises(ValueError, match=f"^{name}"):
@@ -1102,15 +1286,24 @@ def test_check_channels(models64):
     vgg, alex = models64["vgg16"], models64["alexnet"]
     assert check_channels(vgg, 1, 63) == [63] and check_channels(alex, 2, (0, 191)) == [0, 191]
     assert check_channels(alex, 3, range(2)) == [0, 1] and check_channels(vgg, 5, np.int64(511)) == [511]
-    for model, stage, bad, accepted in [(vgg, 1, 64, "0..63"), (vgg, 5, 512, "0..511"), (alex, 2, 192, "0..191"),
-                                        (alex, 3, -1, "0..383"), (alex, 4, 256, "0..255"), (alex, 5, 256, "0..255")]:
+    for model, stage, bad, accepted in [
+        (vgg, 1, 64, "0..63"),
+        (vgg, 5, 512, "0..511"),
+        (alex, 2, 192, "0..191"),
+        (alex, 3, -1, "0..383"),
+        (alex, 4, 256, "0..255"),
+        (alex, 5, 256, "0..255"),
+    ]:
         with pytest.raises(ValueError, match=f"^channels: .*stage {stage}'s channels {accepted}"):
             check_channels(model, stage, bad)
         with pytest.raises(ValueError, match=f"^channels: .*stage {stage}'s channels {accepted}"):
             check_channels(model, stage, [0, bad])
     for bad in ([], "3", None, 2.0, True):
-        with pytest.raises(ValueError, match=r"^channels: expected an int or a non-empty list of ints in 0\.\.63 "
-                                             r"\(stage 1's channels\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"^channels: expected an int or a non-empty list of ints in 0\.\.63 "
+            r"\(stage 1's channels\)",
+        ):
             check_channels(vgg, 1, bad)
     for bad in (True, 1.0, "1"):
         with pytest.raises(ValueError, match=r"^channels: .* outside stage 1's channels 0\.\.63"):
@@ -1144,16 +1337,23 @@ def test_check_size(models64):
     for name, model in models64.items():
         whole = {"vgg16": 32, "alexnet": 63}[name]
         assert check_size(model, whole) == whole
-        with pytest.raises(ValueError, match=fr"^size: expected an int >= {whole} .*{type(model).__name__}"
-                                             fr" accepts up to the whole model\), got {whole - 1}"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^size: expected an int >= {whole} .*{type(model).__name__}"
+            rf" accepts up to the whole model\), got {whole - 1}",
+        ):
             check_size(model, whole - 1)
         with pytest.raises(ValueError, match=f"^size: expected an int >= {whole}"):
             check_size(model, float(whole))
         smallest = _smallest_side(list(model.features)[: stages(model)[0].index + 1])
         assert check_size(model, smallest, stage=1) == smallest
-        with pytest.raises(ValueError, match=fr"^image side: expected an int >= {smallest} .*up to stage 1\)"):
+        with pytest.raises(
+            ValueError, match=rf"^image side: expected an int >= {smallest} .*up to stage 1\)"
+        ):
             check_size(model, smallest - 1, stage=1, name="image side")
-    assert _smallest_side(list(models64["alexnet"].features)[:3]) == 15  # (15 + 4 - 11) // 4 + 1 = 3 -> pool -> 1
+    assert (
+        _smallest_side(list(models64["alexnet"].features)[:3]) == 15
+    )  # (15 + 4 - 11) // 4 + 1 = 3 -> pool -> 1
 
 
 def test_check_param_and_regularizer_preset():

@@ -1,7 +1,7 @@
 """The optimisation-family methods (`deconvnet.optim`) measured with the model itself.
 
 Every property is checked on the model's own activations, computed here from `model.features`
-(cross-checked once against `deconvnet.optim.probe`), never on the method's own report:
+(cross-checked once against `deconvnet.core.probe`), never on the method's own report:
 
 - visualize_filters: a channel's image excites it more than natural photos and more than the
   other channels' images do (diagonal dominance); negate lowers it; the same image alone, in a
@@ -36,14 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import deconvnet
+from deconvnet.core.probe import probe
 from deconvnet.optim import Jitter, Optimized, unit_crop
 from deconvnet.optim.params import valid_range
-from deconvnet.optim.probe import probe
 
 NATURAL = ("cat", "astronaut", "coffee", "chelsea", "rocket")
-F64_ATOL = 1e-9        # float64 equalities (observed: 0 to 4e-16)
+F64_ATOL = 1e-9  # float64 equalities (observed: 0 to 4e-16)
 FEATURE_ERROR_BOUND = 0.2  # invert, AlexNet stage 1 at 64 px, 60 steps: observed ~0.1
-HOT_SCALE = 500.0      # last Linear layer x500: logits of random AlexNet become large enough
+HOT_SCALE = 500.0  # last Linear layer x500: logits of random AlexNet become large enough
 FOOL = dict(target=500, lr=0.1, steps=60)  # reaches 0.99 after 21 steps (x50: only ~0.01-0.2)
 
 
@@ -101,7 +101,7 @@ def fooled(hot_alex):
 # ----------------------------------------------------------------------------- helpers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str, size: int, model_name: str) -> torch.Tensor:
     x = deconvnet.load_image(name, model_name)  # [1, 3, 224, 224], normalised
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -127,7 +127,7 @@ def stage_maps(model, x, stage):
 def channel_means(model, x, stage, border=0):
     a = stage_maps(model, x, stage)
     if border:
-        a = a[:, :, border: a.shape[2] - border, border: a.shape[3] - border]
+        a = a[:, :, border : a.shape[2] - border, border : a.shape[3] - border]
     return a.mean(dim=(2, 3))  # [B, C]
 
 
@@ -154,14 +154,13 @@ def grey_noise(model, size, seed=0):
     """Our own grey-noise start, (U - 0.5) * 0.25 around the mean colour, normalised."""
     prep = deconvnet.preprocessing(model)
     u = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(seed))
-    return ((u - 0.5) * 0.25 / torch.tensor(prep.std).view(1, 3, 1, 1)).to(
-        next(model.parameters()).dtype)
+    return ((u - 0.5) * 0.25 / torch.tensor(prep.std).view(1, 3, 1, 1)).to(next(model.parameters()).dtype)
 
 
 def embed(crop_image, box, size, dtype):
     """Place `crop_image` [K, 3, h, w] at `box` in a size x size image of zeros (mean colour)."""
     full = torch.zeros(crop_image.shape[0], 3, size, size, dtype=dtype)
-    full[:, :, box[0]: box[2], box[1]: box[3]] = crop_image
+    full[:, :, box[0] : box[2], box[1] : box[3]] = crop_image
     return full
 
 
@@ -169,8 +168,7 @@ def test_probe_agrees_with_features(alex):
     """The energy helper reads the same activations as the plain `model.features` slices."""
     x = photo(alex, 64)
     for s in (1, 2, 3, 5):
-        torch.testing.assert_close(probe(alex, x, [s])[s].detach(), stage_maps(alex, x, s),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(probe(alex, x, [s])[s].detach(), stage_maps(alex, x, s), rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------- visualize_filters
@@ -194,9 +192,16 @@ def filter_runs(float32_models):
         key = (name, stage, size, negate)
         if key not in runs:
             runs[key] = deconvnet.visualize_filters(
-                float32_models[name], stage, CHANNELS, size=size, steps=FILTER_STEPS,
-                negate=negate, details=True)
+                float32_models[name],
+                stage,
+                CHANNELS,
+                size=size,
+                steps=FILTER_STEPS,
+                negate=negate,
+                details=True,
+            )
         return runs[key]
+
     return get
 
 
@@ -220,8 +225,7 @@ def test_filter_images_excite_their_channels(float32_models, filter_runs, name, 
 
 
 @pytest.mark.parametrize("name, stage, size", FILTER_CASES)
-def test_filter_negate_lowers_channel_below_start(float32_models, filter_runs, name, stage,
-                                                  size):
+def test_filter_negate_lowers_channel_below_start(float32_models, filter_runs, name, stage, size):
     model = float32_models[name]
     result = filter_runs(name, stage, size, True)
     start = -result.history[0]  # the objective is -(channel mean); history[0] is the start's
@@ -237,14 +241,17 @@ def test_every_channel_image_beats_natural_photos(alex, param):
     method's start (channel 13 with grey noise, channel 7 with the Fourier start) get no gradient
     through the ReLU, yet natural photos excite them."""
     size, stage, channels = 64, 2, list(range(16))
-    result = deconvnet.visualize_filters(alex, stage, channels, size=size, steps=FILTER_STEPS,
-                                         param=param, details=True)
+    result = deconvnet.visualize_filters(
+        alex, stage, channels, size=size, steps=FILTER_STEPS, param=param, details=True
+    )
     own = channel_means(alex, result.images, stage)[torch.arange(16), channels]
     natural = channel_means(alex, photos(alex, size), stage)[:, channels].max(dim=0).values
     beaten = [c for c in channels if natural[c] > 0 and not own[c] > natural[c]]
-    assert not beaten, (f"channels {beaten}: own image {own[beaten].tolist()} vs natural photos "
-                        f"{natural[beaten].tolist()}; objective at the start "
-                        f"{result.history[0, beaten].tolist()}")
+    assert not beaten, (
+        f"channels {beaten}: own image {own[beaten].tolist()} vs natural photos "
+        f"{natural[beaten].tolist()}; objective at the start "
+        f"{result.history[0, beaten].tolist()}"
+    )
 
 
 # VGG16 stage 1 at 48 px: a batch of 4 runs its first layers in pieces (the engine's CPU budget)
@@ -258,8 +265,9 @@ def test_filters_same_alone_or_in_any_batch(vgg64, alex64, name, stage, size, st
     together = deconvnet.visualize_filters(model, stage, channels, size=size, steps=steps)
     assert together.dtype == torch.float64
     for batch_size in (1, 3):
-        got = deconvnet.visualize_filters(model, stage, channels, size=size, steps=steps,
-                                          batch_size=batch_size)
+        got = deconvnet.visualize_filters(
+            model, stage, channels, size=size, steps=steps, batch_size=batch_size
+        )
         torch.testing.assert_close(got, together, rtol=0, atol=F64_ATOL)
     alone = deconvnet.visualize_filters(model, stage, 9, size=size, steps=steps)
     torch.testing.assert_close(alone[0], together[2], rtol=0, atol=F64_ATOL)
@@ -269,8 +277,9 @@ def test_filters_same_alone_or_in_any_batch(vgg64, alex64, name, stage, size, st
 
 def test_filters_fourier_valid_colours_and_rising(alex):
     size, stage, channels = 64, 2, [0, 3, 5]  # (7 is 0 on its start: see the test above)
-    result = deconvnet.visualize_filters(alex, stage, channels, size=size, steps=12,
-                                         param="fourier", details=True)
+    result = deconvnet.visualize_filters(
+        alex, stage, channels, size=size, steps=12, param="fourier", details=True
+    )
     assert result.images.shape == (3, 3, size, size)
     assert result.settings["param"] == "fourier"
     assert in_valid_range(alex, result.images)
@@ -284,8 +293,9 @@ def test_filters_border_left_out_of_objective(vgg):
     the channel mean without the border, computed here, and not the mean with it."""
     size, stage, border, channels, n = 32, 2, 2, [0, 5], 3
     short = deconvnet.visualize_filters(vgg, stage, channels, size=size, steps=n, border=border)
-    longer = deconvnet.visualize_filters(vgg, stage, channels, size=size, steps=n + 1,
-                                         border=border, details=True)
+    longer = deconvnet.visualize_filters(
+        vgg, stage, channels, size=size, steps=n + 1, border=border, details=True
+    )
     assert longer.history.shape == (n + 1, 2)
     inner = channel_means(vgg, short, stage, border=border)[torch.arange(2), channels]
     whole = channel_means(vgg, short, stage)[torch.arange(2), channels]
@@ -296,8 +306,12 @@ def test_filters_border_left_out_of_objective(vgg):
 # ----------------------------------------------------------------------------- visualize_units
 
 # (model, stage, size, position): each crop smaller than the image
-UNIT_CASES = [("vgg16", 2, 32, None), ("vgg16", 3, 40, (0, 0)),
-              ("alexnet", 1, 63, None), ("alexnet", 2, 63, (0, 0))]
+UNIT_CASES = [
+    ("vgg16", 2, 32, None),
+    ("vgg16", 3, 40, (0, 0)),
+    ("alexnet", 1, 63, None),
+    ("alexnet", 2, 63, (0, 0)),
+]
 
 
 @pytest.mark.parametrize("name, stage, size, position", UNIT_CASES)
@@ -328,8 +342,7 @@ def test_units_crop_equals_full_image_run(vgg64, alex64, name, stage, size, posi
 
 def test_units_negate_lowers_unit(alex64):
     size, stage, channels = 63, 1, [0, 3]
-    result = deconvnet.visualize_units(alex64, stage, channels, size=size, steps=6, negate=True,
-                                       details=True)
+    result = deconvnet.visualize_units(alex64, stage, channels, size=size, steps=6, negate=True, details=True)
     y, x = result.settings["position"]
     a = stage_maps(alex64, embed(result.images, result.settings["box"], size, torch.float64), stage)
     start = -result.history[0].double()
@@ -350,13 +363,14 @@ def test_every_unit_image_beats_natural_photos(vgg):
     natural = stage_maps(vgg, photos(vgg, size), stage)[:, channels, y, x].max(dim=0).values
     assert (natural > 0).sum() >= 8
     beaten = [c for c in channels if natural[c] > 0 and not own[c] > natural[c]]
-    assert not beaten, (f"channels {beaten}: own image {own[beaten].tolist()} vs natural photos "
-                        f"{natural[beaten].tolist()}; unit at the start "
-                        f"{result.history[0, beaten].tolist()}")
+    assert not beaten, (
+        f"channels {beaten}: own image {own[beaten].tolist()} vs natural photos "
+        f"{natural[beaten].tolist()}; unit at the start "
+        f"{result.history[0, beaten].tolist()}"
+    )
 
 
-CROP_CASES = [("vgg16", 2, 32), ("vgg16", 3, 40), ("alexnet", 1, 63), ("alexnet", 2, 63),
-              ("alexnet", 3, 70)]
+CROP_CASES = [("vgg16", 2, 32), ("vgg16", 3, 40), ("alexnet", 1, 63), ("alexnet", 2, 63), ("alexnet", 3, 70)]
 
 
 @pytest.mark.parametrize("name, stage, size", CROP_CASES)
@@ -364,8 +378,9 @@ def test_unit_crop_boxes_and_exact_values(vgg64, alex64, name, stage, size):
     model = vgg64 if name == "vgg16" else alex64
     rf = deconvnet.receptive_field(model, stage)
     jy, jx = rf.jump
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size + stage),
-                    dtype=torch.float64)
+    x = torch.randn(
+        1, 3, size, size, generator=torch.Generator().manual_seed(size + stage), dtype=torch.float64
+    )
     full = stage_maps(model, x, stage)[0]  # [C, h, w]
     h, w = full.shape[1:]
     groups: dict = {}  # crops of one shape run as one batch
@@ -382,7 +397,7 @@ def test_unit_crop_boxes_and_exact_values(vgg64, alex64, name, stage, size):
             groups.setdefault((cb - ct, cr - cl), []).append((where, y, xx))
     assert sum(map(len, groups.values())) == h * w
     for items in groups.values():
-        crops = torch.cat([x[:, :, c.crop[0]: c.crop[2], c.crop[1]: c.crop[3]] for c, _, _ in items])
+        crops = torch.cat([x[:, :, c.crop[0] : c.crop[2], c.crop[1] : c.crop[3]] for c, _, _ in items])
         maps = stage_maps(model, crops, stage)
         for i, (where, y, xx) in enumerate(items):
             py, px = where.position
@@ -415,7 +430,8 @@ def test_class_model_classified_vgg16(vgg):
     classes, size = [1], 32
     quick = deconvnet.class_model(vgg, classes, size=size, steps=2, details=True)
     assert quick.images.abs().max() > 0, (
-        f"the class model never left the all-zero start (history {quick.history.tolist()})")
+        f"the class model never left the all-zero start (history {quick.history.tolist()})"
+    )
     result = deconvnet.class_model(vgg, classes, size=size, steps=30)
     out = logits(vgg, result)
     start = logits(vgg, torch.zeros(1, 3, size, size))[0, classes]
@@ -478,8 +494,9 @@ def test_fooling_reaches_confidence(hot_alex, fooled):
 def test_fooling_too_few_steps_warns(hot_alex):
     image = photo(hot_alex, 64)
     with pytest.warns(UserWarning, match="steps"):
-        result = deconvnet.fooling_image(hot_alex, image, FOOL["target"], steps=2, lr=FOOL["lr"],
-                                         details=True)
+        result = deconvnet.fooling_image(
+            hot_alex, image, FOOL["target"], steps=2, lr=FOOL["lr"], details=True
+        )
     assert result.report["reached"] is False
     p = torch.softmax(logits(hot_alex, result.images), dim=1)[0, FOOL["target"]]
     assert p < 0.99
@@ -507,13 +524,15 @@ def test_fooling_report_agrees_with_its_image(hot_alex, fooled):
     steps = fooled.report["steps_taken"] - 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = deconvnet.fooling_image(hot_alex, image, FOOL["target"], steps=steps,
-                                         lr=FOOL["lr"], details=True)
+        result = deconvnet.fooling_image(
+            hot_alex, image, FOOL["target"], steps=steps, lr=FOOL["lr"], details=True
+        )
     p = float(torch.softmax(logits(hot_alex, result.images), dim=1)[0, FOOL["target"]])
     reached = p >= 0.99
     assert result.report["reached"] is reached, (
         f"steps={steps}: report reached={result.report['reached']} but the returned image has "
-        f"p={p:.4f}; warnings: {[str(w.message) for w in caught]}")
+        f"p={p:.4f}; warnings: {[str(w.message) for w in caught]}"
+    )
     assert bool(caught) is (not reached)
     assert result.report["steps_taken"] <= steps
 
@@ -580,16 +599,15 @@ def _quiet_fooling(model, seed):
 
 
 RUNNERS = {
-    "visualize_filters": lambda m, seed: deconvnet.visualize_filters(m, 2, [0, 3], size=64,
-                                                                     steps=3, seed=seed),
-    "visualize_units": lambda m, seed: deconvnet.visualize_units(m, 2, [0, 3], size=64, steps=3,
-                                                                 seed=seed),
-    "class_model": lambda m, seed: deconvnet.class_model(m, 1, size=63, steps=3,
-                                                         param="fourier", seed=seed),
-    "class_model_jitter": lambda m, seed: deconvnet.class_model(m, 1, size=63, steps=3,
-                                                                transforms=[Jitter(4)], seed=seed),
-    "deep_dream": lambda m, seed: deconvnet.deep_dream(m, photo(m, 64), 1, octaves=2, steps=2,
-                                                       seed=seed),
+    "visualize_filters": lambda m, seed: deconvnet.visualize_filters(
+        m, 2, [0, 3], size=64, steps=3, seed=seed
+    ),
+    "visualize_units": lambda m, seed: deconvnet.visualize_units(m, 2, [0, 3], size=64, steps=3, seed=seed),
+    "class_model": lambda m, seed: deconvnet.class_model(m, 1, size=63, steps=3, param="fourier", seed=seed),
+    "class_model_jitter": lambda m, seed: deconvnet.class_model(
+        m, 1, size=63, steps=3, transforms=[Jitter(4)], seed=seed
+    ),
+    "deep_dream": lambda m, seed: deconvnet.deep_dream(m, photo(m, 64), 1, octaves=2, steps=2, seed=seed),
     "invert": lambda m, seed: deconvnet.invert(m, photo(m, 64), 2, steps=3, seed=seed),
     "fooling_image": _quiet_fooling,
 }
@@ -597,8 +615,14 @@ RANDOMISED = set(RUNNERS) - {"fooling_image"}  # fooling starts at the image, no
 
 
 def _snapshot(model):
-    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-             "_state_dict_hooks", "_load_state_dict_pre_hooks")
+    hooks = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_state_dict_hooks",
+        "_load_state_dict_pre_hooks",
+    )
     return {
         "values": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
         "ids": {k: id(v) for k, v in model.state_dict(keep_vars=True).items()},
@@ -607,9 +631,11 @@ def _snapshot(model):
         "training": {k: m.training for k, m in model.named_modules()},
         "inplace": {k: m.inplace for k, m in model.named_modules() if isinstance(m, nn.ReLU)},
         "hooks": {k: sum(len(getattr(m, h, {})) for h in hooks) for k, m in model.named_modules()},
-        "global": (len(nn.modules.module._global_forward_hooks),
-                   len(nn.modules.module._global_forward_pre_hooks),
-                   len(nn.modules.module._global_backward_hooks)),
+        "global": (
+            len(nn.modules.module._global_forward_hooks),
+            len(nn.modules.module._global_forward_pre_hooks),
+            len(nn.modules.module._global_backward_hooks),
+        ),
     }
 
 
@@ -662,8 +688,7 @@ BAD = [
     ("invert-stage0", lambda a, v: deconvnet.invert(a, _img(a), 0), "^stage"),
     ("invert-stage6", lambda a, v: deconvnet.invert(a, _img(a), 6), "^stage"),
     # channel out of range (AlexNet stage 2 has 192)
-    ("filters-channel192", lambda a, v: deconvnet.visualize_filters(a, 2, [0, 192], size=64),
-     "^channel"),
+    ("filters-channel192", lambda a, v: deconvnet.visualize_filters(a, 2, [0, 192], size=64), "^channel"),
     ("filters-channel-1", lambda a, v: deconvnet.visualize_filters(a, 2, -1, size=64), "^channel"),
     ("units-channel192", lambda a, v: deconvnet.visualize_units(a, 2, 192, size=64), "^channel"),
     ("dream-channel192", lambda a, v: deconvnet.deep_dream(a, _img(a), 2, channel=192), "^channel"),
@@ -680,35 +705,63 @@ BAD = [
     ("invert-steps0", lambda a, v: deconvnet.invert(a, _img(a), 1, steps=0), "^steps"),
     ("fooling-steps0", lambda a, v: deconvnet.fooling_image(a, _img(a), 1, steps=0), "^steps"),
     # size below the model's minimum
-    ("filters-size", lambda a, v: deconvnet.visualize_filters(
-        v, 2, 0, size=deconvnet.min_input_size(v, 2) - 1), "^size"),
-    ("units-size", lambda a, v: deconvnet.visualize_units(
-        a, 2, 0, size=deconvnet.min_input_size(a, 2) - 1), "^size"),
-    ("class-size-alexnet", lambda a, v: deconvnet.class_model(
-        a, 1, size=deconvnet.min_input_size(a) - 1), "^size"),
-    ("class-size-vgg", lambda a, v: deconvnet.class_model(
-        v, 1, size=deconvnet.min_input_size(v) - 1), "^size"),
+    (
+        "filters-size",
+        lambda a, v: deconvnet.visualize_filters(v, 2, 0, size=deconvnet.min_input_size(v, 2) - 1),
+        "^size",
+    ),
+    (
+        "units-size",
+        lambda a, v: deconvnet.visualize_units(a, 2, 0, size=deconvnet.min_input_size(a, 2) - 1),
+        "^size",
+    ),
+    (
+        "class-size-alexnet",
+        lambda a, v: deconvnet.class_model(a, 1, size=deconvnet.min_input_size(a) - 1),
+        "^size",
+    ),
+    (
+        "class-size-vgg",
+        lambda a, v: deconvnet.class_model(v, 1, size=deconvnet.min_input_size(v) - 1),
+        "^size",
+    ),
     # deep_dream and invert need only the model up to the stage
-    ("dream-image-size", lambda a, v: deconvnet.deep_dream(
-        v, _img(v, deconvnet.min_input_size(v, 2) - 1), 2, octaves=1), "^image"),
-    ("invert-image-size", lambda a, v: deconvnet.invert(
-        a, _img(a, deconvnet.min_input_size(a, 3) - 1), 3), "^image"),
-    ("invert-image-size-fc6", lambda a, v: deconvnet.invert(
-        a, _img(a, deconvnet.min_input_size(a) - 1), "fc6"), "^image"),
-    ("fooling-image-size", lambda a, v: deconvnet.fooling_image(
-        a, _img(a, deconvnet.min_input_size(a) - 1), 1), "^image"),
+    (
+        "dream-image-size",
+        lambda a, v: deconvnet.deep_dream(v, _img(v, deconvnet.min_input_size(v, 2) - 1), 2, octaves=1),
+        "^image",
+    ),
+    (
+        "invert-image-size",
+        lambda a, v: deconvnet.invert(a, _img(a, deconvnet.min_input_size(a, 3) - 1), 3),
+        "^image",
+    ),
+    (
+        "invert-image-size-fc6",
+        lambda a, v: deconvnet.invert(a, _img(a, deconvnet.min_input_size(a) - 1), "fc6"),
+        "^image",
+    ),
+    (
+        "fooling-image-size",
+        lambda a, v: deconvnet.fooling_image(a, _img(a, deconvnet.min_input_size(a) - 1), 1),
+        "^image",
+    ),
     # confidence outside (0, 1)
     ("confidence0", lambda a, v: deconvnet.fooling_image(a, _img(a), 1, confidence=0), "^confidence"),
     ("confidence1", lambda a, v: deconvnet.fooling_image(a, _img(a), 1, confidence=1), "^confidence"),
-    ("confidence1.5", lambda a, v: deconvnet.fooling_image(a, _img(a), 1, confidence=1.5),
-     "^confidence"),
+    ("confidence1.5", lambda a, v: deconvnet.fooling_image(a, _img(a), 1, confidence=1.5), "^confidence"),
     # unknown regulariser, parameterisation
-    ("class-regularizer", lambda a, v: deconvnet.class_model(a, 1, size=64, regularizer="l3"),
-     "^regularizer"),
-    ("filters-regularizers", lambda a, v: deconvnet.visualize_filters(
-        a, 2, 0, size=64, regularizers="bogus"), "^regularizers"),
-    ("filters-param", lambda a, v: deconvnet.visualize_filters(a, 2, 0, size=64, param="bogus"),
-     "^param"),
+    (
+        "class-regularizer",
+        lambda a, v: deconvnet.class_model(a, 1, size=64, regularizer="l3"),
+        "^regularizer",
+    ),
+    (
+        "filters-regularizers",
+        lambda a, v: deconvnet.visualize_filters(a, 2, 0, size=64, regularizers="bogus"),
+        "^regularizers",
+    ),
+    ("filters-param", lambda a, v: deconvnet.visualize_filters(a, 2, 0, size=64, param="bogus"), "^param"),
     ("class-param", lambda a, v: deconvnet.class_model(a, 1, size=64, param="bogus"), "^param"),
     # border too large: VGG stage 2 at 32 px is an 8x8 map
     ("border4", lambda a, v: deconvnet.visualize_filters(v, 2, 0, size=32, border=4), "^border"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import deconvnet
-from deconvnet.precision import full_float32
+from deconvnet.core.precision import full_float32
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 import deconvnet
-from deconvnet.architecture import stage as stage_of
-from deconvnet.seeds import select_seeds
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.seeds import select_seeds
 
 
 def _image(h: int, w: int, seed: int = 0, batch: int = 1, dtype=torch.float64) -> torch.Tensor:
@@ -76,8 +76,9 @@ def test_a_channel_list_gives_one_reconstruction_per_channel_each_alone(alexnet_
     many = deconvnet.reconstruct(alexnet_float64, x, 4, keep=[3, 1, 3])
     assert many.shape == (3, 3, 80, 80)
     for row, channel in zip(many, [3, 1, 3]):
-        torch.testing.assert_close(row[None], deconvnet.reconstruct(alexnet_float64, x, 4, channel),
-                                   rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            row[None], deconvnet.reconstruct(alexnet_float64, x, 4, channel), rtol=1e-12, atol=1e-14
+        )
 
 
 def test_mirror_weights_are_tied_to_the_model(alexnet_float32):
@@ -93,11 +94,17 @@ def test_mirror_weights_are_tied_to_the_model(alexnet_float32):
 
 
 def _model_state(model: nn.Module):
-    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-             for m in model.modules()]
+    hooks = [
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()
+    ]
     inplace = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
-    return ({k: v.clone() for k, v in model.state_dict().items()}, hooks, inplace, model.training,
-            [p.requires_grad for p in model.parameters()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        hooks,
+        inplace,
+        model.training,
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 @pytest.mark.parametrize("rule", ["deconvnet", "backprop", "guided"])
@@ -155,7 +162,7 @@ def test_receptive_field_crops_equal_the_full_frame(vgg_float64):
     x = _image(70, 53, seed=6)
     mirror = deconvnet.Mirror(vgg_float64, 3)
     record = mirror.record(x)
-    from deconvnet.seeds import select_seeds
+    from deconvnet.core.seeds import select_seeds
 
     seeds = select_seeds(record.output, [0, 9, 40])
     full = mirror.project(record, seeds, frame="image")
@@ -199,21 +206,25 @@ def test_float32_input_on_a_float32_model_matches_float64(vgg_float32, vgg_float
 
 # ---------------------------------------------------------------- bad input, named clearly
 
+
 @pytest.mark.parametrize("stage", [0, 6, -1, "3", 2.0, True, None])
 def test_stage_outside_1_to_5(alexnet_float32, stage):
     with pytest.raises(ValueError, match=r"stage: expected an int in 1\.\.5"):
         deconvnet.reconstruct(alexnet_float32, _image(63, 63, dtype=torch.float32), stage)
 
 
-@pytest.mark.parametrize("keep,message", [
-    (64, r"keep: channel 64 is outside this layer's channels 0\.\.63"),
-    (-1, r"keep: channel -1 is outside this layer's channels 0\.\.63"),
-    ([3, 99], r"keep: channel\(s\) \[99\] outside this layer's channels 0\.\.63"),
-    ([], r"keep: expected 'all', 'max', a channel int in 0\.\.63"),
-    ("top", r"keep: expected 'all', 'max', a channel int in 0\.\.63"),
-    (1.5, r"keep: expected 'all', 'max'"),
-    (True, r"keep: expected 'all', 'max'"),
-])
+@pytest.mark.parametrize(
+    "keep,message",
+    [
+        (64, r"keep: channel 64 is outside this layer's channels 0\.\.63"),
+        (-1, r"keep: channel -1 is outside this layer's channels 0\.\.63"),
+        ([3, 99], r"keep: channel\(s\) \[99\] outside this layer's channels 0\.\.63"),
+        ([], r"keep: expected 'all', 'max', a channel int in 0\.\.63"),
+        ("top", r"keep: expected 'all', 'max', a channel int in 0\.\.63"),
+        (1.5, r"keep: expected 'all', 'max'"),
+        (True, r"keep: expected 'all', 'max'"),
+    ],
+)
 def test_bad_keep(alexnet_float32, keep, message):
     with pytest.raises(ValueError, match=message):
         deconvnet.reconstruct(alexnet_float32, _image(63, 63, dtype=torch.float32), 1, keep=keep)
@@ -221,36 +232,52 @@ def test_bad_keep(alexnet_float32, keep, message):
 
 def test_channel_list_needs_one_image(alexnet_float32):
     x = _image(63, 63, batch=2, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"keep: a sequence of channels needs exactly one image "
-                                         r"\(B == 1\), got B == 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"keep: a sequence of channels needs exactly one image "
+        r"\(B == 1\), got B == 2",
+    ):
         deconvnet.reconstruct(alexnet_float32, x, 1, keep=[1, 2])
 
 
 def test_unknown_rule(alexnet_float32):
-    with pytest.raises(ValueError, match=r"rule: expected one of deconvnet, backprop, guided, "
-                                         r"got 'gradient'"):
-        deconvnet.reconstruct(alexnet_float32, _image(63, 63, dtype=torch.float32), 1,
-                              rule="gradient")
+    with pytest.raises(
+        ValueError,
+        match=r"rule: expected one of deconvnet, backprop, guided, "
+        r"got 'gradient'",
+    ):
+        deconvnet.reconstruct(alexnet_float32, _image(63, 63, dtype=torch.float32), 1, rule="gradient")
 
 
 def test_unsupported_model():
-    with pytest.raises(ValueError, match=r"model: expected a torchvision VGG \(vgg11/13/16/19\) or "
-                                         r"AlexNet instance, got ResNet"):
+    with pytest.raises(
+        ValueError,
+        match=r"model: expected a torchvision VGG \(vgg11/13/16/19\) or "
+        r"AlexNet instance, got ResNet",
+    ):
         deconvnet.reconstruct(resnet18(), _image(64, 64, dtype=torch.float32), 1)
 
 
-@pytest.mark.parametrize("images,message", [
-    ([[1.0]], r"images: expected a float tensor \[B, 3, H, W\], got list"),
-    (torch.zeros(3, 64, 64), r"images: expected shape \[B, 3, H, W\] .*got \[3, 64, 64\]"),
-    (torch.zeros(1, 1, 64, 64), r"images: expected shape \[B, 3, H, W\] .*got \[1, 1, 64, 64\]"),
-    (torch.zeros(0, 3, 64, 64), r"images: the batch is empty"),
-    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"images: expected a floating-point tensor"),
-    (torch.full((1, 3, 64, 64), float("nan")), r"images: contains 12288 NaN or infinite"),
-    (torch.zeros(1, 3, 64, 64).index_fill_(3, torch.tensor([5]), float("inf")),
-     r"images: contains 192 NaN or infinite"),
-    (torch.zeros(1, 3, 62, 100), r"images: 62x100 is smaller than AlexNet accepts; height and "
-                                 r"width must be at least 63"),
-])
+@pytest.mark.parametrize(
+    "images,message",
+    [
+        ([[1.0]], r"images: expected a float tensor \[B, 3, H, W\], got list"),
+        (torch.zeros(3, 64, 64), r"images: expected shape \[B, 3, H, W\] .*got \[3, 64, 64\]"),
+        (torch.zeros(1, 1, 64, 64), r"images: expected shape \[B, 3, H, W\] .*got \[1, 1, 64, 64\]"),
+        (torch.zeros(0, 3, 64, 64), r"images: the batch is empty"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"images: expected a floating-point tensor"),
+        (torch.full((1, 3, 64, 64), float("nan")), r"images: contains 12288 NaN or infinite"),
+        (
+            torch.zeros(1, 3, 64, 64).index_fill_(3, torch.tensor([5]), float("inf")),
+            r"images: contains 192 NaN or infinite",
+        ),
+        (
+            torch.zeros(1, 3, 62, 100),
+            r"images: 62x100 is smaller than AlexNet accepts; height and "
+            r"width must be at least 63",
+        ),
+    ],
+)
 def test_bad_images(alexnet_float32, images, message):
     with pytest.raises(ValueError, match=message):
         deconvnet.reconstruct(alexnet_float32, images, 1)
@@ -297,8 +324,11 @@ def test_batch_normalised_vggs_are_rejected_clearly(name):
     import torchvision.models as tvm
 
     model = getattr(tvm, name)().eval()
-    for call in (lambda: deconvnet.reconstruct(model, _image(64, 64, dtype=torch.float32), 1),
-                 lambda: deconvnet.stages(model), lambda: deconvnet.load_image("cat", model)):
+    for call in (
+        lambda: deconvnet.reconstruct(model, _image(64, 64, dtype=torch.float32), 1),
+        lambda: deconvnet.stages(model),
+        lambda: deconvnet.load_image("cat", model),
+    ):
         with pytest.raises(ValueError, match=r"BatchNorm2d .*batch normalisation has no deconvnet"):
             call()
 
@@ -310,31 +340,39 @@ def _meta_alexnet():
         return alexnet().eval()
 
 
-@pytest.mark.parametrize("entry", ["reconstruct", "attribute", "occlusion", "scan_topk", "Mirror",
-                                   "deep_dream", "visualize_filters"])
+@pytest.mark.parametrize(
+    "entry",
+    ["reconstruct", "attribute", "occlusion", "scan_topk", "Mirror", "deep_dream", "visualize_filters"],
+)
 def test_a_model_on_the_meta_device_is_a_clear_error(entry):
     model, x = _meta_alexnet(), _image(64, 64, dtype=torch.float32)
-    calls = {"reconstruct": lambda: deconvnet.reconstruct(model, x, 1),
-             "attribute": lambda: deconvnet.attribute(model, x, target=[1]),
-             "occlusion": lambda: deconvnet.occlusion(model, x),
-             "scan_topk": lambda: deconvnet.scan_topk(model, [x], k=1, progress=False),
-             "Mirror": lambda: deconvnet.Mirror(model, 1),
-             "deep_dream": lambda: deconvnet.deep_dream(model, x, 1, steps=1),
-             "visualize_filters": lambda: deconvnet.visualize_filters(model, 1, [0], steps=1)}
+    calls = {
+        "reconstruct": lambda: deconvnet.reconstruct(model, x, 1),
+        "attribute": lambda: deconvnet.attribute(model, x, target=[1]),
+        "occlusion": lambda: deconvnet.occlusion(model, x),
+        "scan_topk": lambda: deconvnet.scan_topk(model, [x], k=1, progress=False),
+        "Mirror": lambda: deconvnet.Mirror(model, 1),
+        "deep_dream": lambda: deconvnet.deep_dream(model, x, 1, steps=1),
+        "visualize_filters": lambda: deconvnet.visualize_filters(model, 1, [0], steps=1),
+    }
     with pytest.raises(ValueError, match=r"model: its (parameters|weights) are on the meta device"):
         calls[entry]()
 
 
-@pytest.mark.parametrize("entry", ["reconstruct", "attribute", "occlusion", "scan_topk", "to_pil",
-                                   "denormalize"])
+@pytest.mark.parametrize(
+    "entry", ["reconstruct", "attribute", "occlusion", "scan_topk", "to_pil", "denormalize"]
+)
 def test_images_on_the_meta_device_are_a_clear_error(alexnet_float32, entry):
     x = torch.empty(1, 3, 64, 64, device="meta")
     m = alexnet_float32
-    calls = {"reconstruct": lambda: deconvnet.reconstruct(m, x, 1),
-             "attribute": lambda: deconvnet.attribute(m, x, target=[1]),
-             "occlusion": lambda: deconvnet.occlusion(m, x),
-             "scan_topk": lambda: deconvnet.scan_topk(m, [x], k=1, progress=False),
-             "to_pil": lambda: deconvnet.to_pil(x), "denormalize": lambda: deconvnet.denormalize(x, m)}
+    calls = {
+        "reconstruct": lambda: deconvnet.reconstruct(m, x, 1),
+        "attribute": lambda: deconvnet.attribute(m, x, target=[1]),
+        "occlusion": lambda: deconvnet.occlusion(m, x),
+        "scan_topk": lambda: deconvnet.scan_topk(m, [x], k=1, progress=False),
+        "to_pil": lambda: deconvnet.to_pil(x),
+        "denormalize": lambda: deconvnet.denormalize(x, m),
+    }
     with pytest.raises(ValueError, match=r"(images|x|batch 0): .*meta device"):
         calls[entry]()
 

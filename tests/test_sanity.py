@@ -31,10 +31,11 @@ from torchvision.models import alexnet, vgg16
 
 import deconvnet
 from deconvnet.analysis import randomize, sanity, similarity
-from deconvnet.analysis.jobs.sanity import run_sanity
 from deconvnet.analysis.randomize import Randomized, layer_seed, learnable_layers
 from deconvnet.analysis.sanity import sanity_check
-from experiments.common import CONF_DIR, PROVENANCE_ENV, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.sanity import run_sanity
 
 SIX = ("gradient", "guided", "deconvnet", "smoothgrad_gradient", "gradcam", "integrated_gradients")
 OPTIONS = {"samples": 1, "steps": 1, "cam_stage": 4, "noise_seed": 3}
@@ -45,8 +46,9 @@ FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirt
 def _images(size: int = 64, count: int = 2) -> torch.Tensor:
     """Two sample photos in AlexNet's input space at size x size."""
     x = torch.cat([deconvnet.load_image(n, "alexnet") for n in ("cat", "coffee")[:count]])
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                           antialias=True, align_corners=False)
+    return torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
 
 
 def _by_hand(model: nn.Module, names: list[str], seed: int, inplace: bool = False) -> nn.Module:
@@ -65,12 +67,14 @@ def _by_hand(model: nn.Module, names: list[str], seed: int, inplace: bool = Fals
 
 def _maps(model: nn.Module, x: torch.Tensor, targets, method: str) -> torch.Tensor:
     opts = {"samples": 1, "steps": 1, "stage": 4, "seed": 3}
-    return torch.cat([deconvnet.explain(model, x[b:b + 1], method, targets[b], **opts)
-                      for b in range(x.shape[0])])
+    return torch.cat(
+        [deconvnet.explain(model, x[b : b + 1], method, targets[b], **opts) for b in range(x.shape[0])]
+    )
 
 
 def _reference_similarities(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     """The four similarities from scipy / skimage / numpy directly (module doc's choices)."""
+
     def reduce(r, absolute):
         r = r.double().numpy()
         r = np.abs(r) if absolute else r
@@ -93,8 +97,12 @@ def _reference_similarities(a: torch.Tensor, b: torch.Tensor) -> list[float]:
         return float(scipy.stats.spearmanr(u, v)[0])
 
     na, nb = norm(a), norm(b)
-    return [rho(reduce(a, True), reduce(b, True)), rho(reduce(a, False), reduce(b, False)),
-            structural_similarity(na, nb, data_range=1.0), corr(hog(na), hog(nb))]
+    return [
+        rho(reduce(a, True), reduce(b, True)),
+        rho(reduce(a, False), reduce(b, False)),
+        structural_similarity(na, nb, data_range=1.0),
+        corr(hog(na), hog(nb)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +115,17 @@ def net(alexnet_random):
 def checked(net):
     """One sanity check of two images, both modes, four steps, every map kept."""
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    result = sanity_check(net, _images(), SIX, deconvnet.Unit(5), layers=STEPS, seed=7,
-                          keep_maps=True, progress=False, **OPTIONS)
+    result = sanity_check(
+        net,
+        _images(),
+        SIX,
+        deconvnet.Unit(5),
+        layers=STEPS,
+        seed=7,
+        keep_maps=True,
+        progress=False,
+        **OPTIONS,
+    )
     return result, before
 
 
@@ -117,23 +134,22 @@ def checked(net):
 
 def test_rankdata_and_spearman_equal_scipy_with_ties():
     rng = np.random.default_rng(0)
-    np.testing.assert_array_equal(similarity.rankdata(np.array([3.0, 1.0, 2.0, 2.0])),
-                                  [4.0, 1.0, 2.5, 2.5])
+    np.testing.assert_array_equal(similarity.rankdata(np.array([3.0, 1.0, 2.0, 2.0])), [4.0, 1.0, 2.5, 2.5])
     for _ in range(5):
         a = rng.integers(0, 6, (12, 9)).astype(float)  # many ties
         b = a + rng.integers(-2, 3, (12, 9))
         np.testing.assert_array_equal(similarity.rankdata(a), scipy.stats.rankdata(a.ravel()))
         assert similarity.spearman(a, b) == pytest.approx(
-            scipy.stats.spearmanr(a.ravel(), b.ravel())[0], abs=1e-12)
+            scipy.stats.spearmanr(a.ravel(), b.ravel())[0], abs=1e-12
+        )
         c = rng.normal(size=(7, 5))
-        assert similarity.spearman(c, -c ** 3) == pytest.approx(-1.0, abs=1e-12)
+        assert similarity.spearman(c, -(c**3)) == pytest.approx(-1.0, abs=1e-12)
     assert math.isnan(similarity.spearman(np.ones(9), np.arange(9.0)))
 
 
 def test_pearson_hand_case():
     # x - mean = (-1, 0, 1), y - mean = (-7/3, -1/3, 8/3): r = 5 / sqrt(2 * 114 / 9)
-    assert similarity.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(228 / 9),
-                                                                    abs=1e-12)
+    assert similarity.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(228 / 9), abs=1e-12)
 
 
 def test_ssim_of_identical_maps_is_one_and_a_hand_case():
@@ -142,11 +158,11 @@ def test_ssim_of_identical_maps_is_one_and_a_hand_case():
     assert similarity.ssim(a, a) == pytest.approx(1.0, abs=1e-12)
     # a 7 x 7 map has one full 7 x 7 window: SSIM is the global formula (sample covariance)
     a, b = rng.random((7, 7)), rng.random((7, 7))
-    n, c1, c2 = 49, 0.01 ** 2, 0.03 ** 2
+    n, c1, c2 = 49, 0.01**2, 0.03**2
     ma, mb = a.mean(), b.mean()
     va, vb = a.var() * n / (n - 1), b.var() * n / (n - 1)
     cov = ((a - ma) * (b - mb)).sum() / (n - 1)
-    want = (2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    want = (2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
     assert similarity.ssim(a, b) == pytest.approx(want, abs=1e-12)
 
 
@@ -157,9 +173,12 @@ def test_normalized_map_is_sum_of_magnitudes_over_its_99th_percentile():
     want = np.clip(m / np.percentile(m, 99), 0, 1)
     np.testing.assert_allclose(similarity.normalized(r), want, rtol=0, atol=1e-12)
     cam = torch.from_numpy(rng.random((16, 12)))  # a Grad-CAM map: its own magnitude
-    np.testing.assert_allclose(similarity.normalized(cam),
-                               np.clip(cam.numpy() / np.percentile(cam.numpy(), 99), 0, 1),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        similarity.normalized(cam),
+        np.clip(cam.numpy() / np.percentile(cam.numpy(), 99), 0, 1),
+        rtol=0,
+        atol=1e-12,
+    )
     assert not similarity.normalized(torch.zeros(3, 8, 8)).any()
 
 
@@ -170,8 +189,9 @@ def test_similarities_of_known_pairs():
     flipped = similarity.similarities(r, -r)  # the same magnitudes, the opposite sign
     np.testing.assert_allclose(flipped, [1, -1, 1, 1], atol=1e-12)
     other = torch.from_numpy(rng.normal(size=(3, 40, 40)))
-    np.testing.assert_allclose(similarity.similarities(r, other),
-                               _reference_similarities(r, other), atol=1e-10)
+    np.testing.assert_allclose(
+        similarity.similarities(r, other), _reference_similarities(r, other), atol=1e-10
+    )
     zero = similarity.similarities(r, torch.zeros_like(r))  # a dead map: undefined correlations
     assert math.isnan(zero[0]) and math.isnan(zero[1]) and math.isnan(zero[3])
     with pytest.raises(ValueError, match="maps: shapes"):
@@ -185,23 +205,47 @@ def test_layers_are_named_top_first():
     with torch.device("meta"):
         v, a = vgg16(), alexnet()
     names = randomize.layer_names(v)
-    assert names == ["fc8", "fc7", "fc6", "conv5_3", "conv5_2", "conv5_1", "conv4_3", "conv4_2",
-                     "conv4_1", "conv3_3", "conv3_2", "conv3_1", "conv2_2", "conv2_1",
-                     "conv1_2", "conv1_1"]
+    assert names == [
+        "fc8",
+        "fc7",
+        "fc6",
+        "conv5_3",
+        "conv5_2",
+        "conv5_1",
+        "conv4_3",
+        "conv4_2",
+        "conv4_1",
+        "conv3_3",
+        "conv3_2",
+        "conv3_1",
+        "conv2_2",
+        "conv2_1",
+        "conv1_2",
+        "conv1_1",
+    ]
     layers = learnable_layers(v)
     assert [l.position for l in layers] == list(range(15, -1, -1))
     assert (layers[3].part, layers[3].index, layers[0].part, layers[0].index) == (
-        "features", 28, "classifier", 6)
-    assert randomize.layer_names(a) == ["fc8", "fc7", "fc6", "conv5", "conv4", "conv3",
-                                        "conv2", "conv1"]
-    assert randomize.layers_used(v, 3) == {"conv1_1", "conv1_2", "conv2_1", "conv2_2",
-                                           "conv3_1", "conv3_2", "conv3_3"}
+        "features",
+        28,
+        "classifier",
+        6,
+    )
+    assert randomize.layer_names(a) == ["fc8", "fc7", "fc6", "conv5", "conv4", "conv3", "conv2", "conv1"]
+    assert randomize.layers_used(v, 3) == {
+        "conv1_1",
+        "conv1_2",
+        "conv2_1",
+        "conv2_2",
+        "conv3_1",
+        "conv3_2",
+        "conv3_3",
+    }
     assert randomize.layers_used(a, None) == set(randomize.layer_names(a))
     assert sanity.default_pass_layer(v) == "conv3_1" and sanity.default_pass_layer(a) == "conv3"
     steps = [l.name for l in randomize.randomized_at(layers, "cascading", layers[4])]
     assert steps == ["fc8", "fc7", "fc6", "conv5_3", "conv5_2"]
-    assert [l.name for l in randomize.randomized_at(layers, "independent", layers[4])] == [
-        "conv5_2"]
+    assert [l.name for l in randomize.randomized_at(layers, "independent", layers[4])] == ["conv5_2"]
     with pytest.raises(ValueError, match="mode: expected one of cascading, independent"):
         randomize.randomized_at(layers, "downwards", layers[0])
 
@@ -290,10 +334,10 @@ def test_every_step_equals_a_model_reinitialised_by_hand(net, checked):
                 got = result.maps["original"][method] if kept is None else kept[method]
                 torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
                 for b in range(2):
-                    reference = _reference_similarities(result.maps["original"][method][b],
-                                                        want[b])
-                    np.testing.assert_allclose(result.similarity[mode][s, m, b], reference,
-                                               atol=1e-5, equal_nan=True)
+                    reference = _reference_similarities(result.maps["original"][method][b], want[b])
+                    np.testing.assert_allclose(
+                        result.similarity[mode][s, m, b], reference, atol=1e-5, equal_nan=True
+                    )
 
 
 def test_layers_above_the_target_leave_every_map_bitwise_unchanged(net, checked):
@@ -308,10 +352,10 @@ def test_layers_above_the_target_leave_every_map_bitwise_unchanged(net, checked)
     unit = deconvnet.Unit(3, 5, 1, 2)  # a stage-3 unit: conv4, conv5 and fc6-8 above it
     for method in ("deconvnet", "integrated_gradients", "gradcam"):
         opts = {"stage": 3} if method == "gradcam" else {}
-        assert torch.equal(deconvnet.explain(net, x, method, unit, **opts),
-                           deconvnet.explain(hand, x, method, unit, **opts))
-    small = sanity_check(net, x, ["deconvnet"], unit, "cascading", ["conv4", "conv3"], seed=2,
-                         progress=False)
+        assert torch.equal(
+            deconvnet.explain(net, x, method, unit, **opts), deconvnet.explain(hand, x, method, unit, **opts)
+        )
+    small = sanity_check(net, x, ["deconvnet"], unit, "cascading", ["conv4", "conv3"], seed=2, progress=False)
     assert [s.affects_map for s in small.steps["cascading"]] == [False, True]
     assert small.steps["cascading"][1].reinitialized == ("conv3",)
     assert (small.similarity["cascading"][0] == 1).all()
@@ -320,8 +364,9 @@ def test_layers_above_the_target_leave_every_map_bitwise_unchanged(net, checked)
 
 def test_a_class_target_uses_every_layer(net):
     x = _images(64, 1)
-    got = sanity_check(net, x, ["gradient"], None, "independent", ["fc8"], seed=4,
-                       keep_maps=True, progress=False)
+    got = sanity_check(
+        net, x, ["gradient"], None, "independent", ["fc8"], seed=4, keep_maps=True, progress=False
+    )
     step = got.steps["independent"][0]
     assert step.affects_map and step.reinitialized == ("fc8",)
     predicted = int(net(x).argmax())
@@ -339,14 +384,15 @@ def test_the_callers_model_is_unchanged_and_results_are_deterministic(net, check
     flags = [(type(m).__name__, getattr(m, "inplace", None), m.training) for m in model.modules()]
     grads = [p.requires_grad for p in model.parameters()]
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    again = sanity_check(model, _images(), SIX, deconvnet.Unit(5), layers=["conv3"], seed=7,
-                         progress=False, **OPTIONS)
-    assert flags == [(type(m).__name__, getattr(m, "inplace", None), m.training)
-                     for m in model.modules()]
+    again = sanity_check(
+        model, _images(), SIX, deconvnet.Unit(5), layers=["conv3"], seed=7, progress=False, **OPTIONS
+    )
+    assert flags == [(type(m).__name__, getattr(m, "inplace", None), m.training) for m in model.modules()]
     assert grads == [p.requires_grad for p in model.parameters()]
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-               for m in model.modules())
+    assert all(
+        not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules()
+    )
     k = STEPS.index("conv3")
     for mode in result.similarity:  # same inputs and seeds: the same bytes
         assert result.similarity[mode][k].tobytes() == again.similarity[mode][0].tobytes()
@@ -373,44 +419,49 @@ def test_verdicts_follow_the_stated_rule(checked):
 # ------------------------------------------------------------------------------- bad inputs
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"methods": ["gradient", "occlusion"]}, "methods: unknown method 'occlusion'"),
-    ({"methods": []}, "methods: expected"),
-    ({"layers": ["conv3_1"]}, "layers: unknown layer 'conv3_1'"),
-    ({"layers": ["conv3", "conv3"]}, "layers: each layer once"),
-    ({"modes": "both"}, "modes: mode: expected one of cascading, independent"),
-    ({"modes": []}, "modes: expected"),
-    ({"target": "cat"}, "target: expected"),
-    ({"target": deconvnet.Unit(5, 9999)}, "target: channel 9999"),
-    ({"target": deconvnet.Unit(3), "cam_stage": 4}, "cam_stage: Grad-CAM at stage 4"),
-    ({"cam_stage": 0}, "cam_stage: expected an int in 1..5"),
-    ({"seed": -1}, "seed: expected an int"),
-    ({"samples": 0}, "samples: expected an int >= 1"),
-    ({"noise_seed": 1.5}, "noise_seed: expected"),
-    ({"device": "tpu"}, "device: expected"),
-    ({"images": torch.zeros(1, 3, 20, 20)}, "images: 20x20 is smaller"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"methods": ["gradient", "occlusion"]}, "methods: unknown method 'occlusion'"),
+        ({"methods": []}, "methods: expected"),
+        ({"layers": ["conv3_1"]}, "layers: unknown layer 'conv3_1'"),
+        ({"layers": ["conv3", "conv3"]}, "layers: each layer once"),
+        ({"modes": "both"}, "modes: mode: expected one of cascading, independent"),
+        ({"modes": []}, "modes: expected"),
+        ({"target": "cat"}, "target: expected"),
+        ({"target": deconvnet.Unit(5, 9999)}, "target: channel 9999"),
+        ({"target": deconvnet.Unit(3), "cam_stage": 4}, "cam_stage: Grad-CAM at stage 4"),
+        ({"cam_stage": 0}, "cam_stage: expected an int in 1..5"),
+        ({"seed": -1}, "seed: expected an int"),
+        ({"samples": 0}, "samples: expected an int >= 1"),
+        ({"noise_seed": 1.5}, "noise_seed: expected"),
+        ({"device": "tpu"}, "device: expected"),
+        ({"images": torch.zeros(1, 3, 20, 20)}, "images: 20x20 is smaller"),
+    ],
+)
 def test_bad_inputs_raise_value_errors_naming_them(net, kwargs, match):
-    args = {"images": _images(64, 1), "methods": ["gradient", "gradcam"], "progress": False,
-            **kwargs}
+    args = {"images": _images(64, 1), "methods": ["gradient", "gradcam"], "progress": False, **kwargs}
     with pytest.raises(ValueError, match=match.replace("(", r"\(")):
         sanity_check(net, **args)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"model": "resnet"}, ValueError, "model"),
-    ({"unit": [7]}, ValueError, "unit: the stage must be an int in 1..5"),
-    ({"unit": [4], "cam_stage": 5}, ValueError, "cam_stage: Grad-CAM at stage 5"),
-    ({"layers": ["conv9"]}, ValueError, "layers: unknown layer 'conv9'"),
-    ({"modes": ["sideways"]}, ValueError, "modes: mode: expected"),
-    ({"pass_layer": "conv2", "layers": ["conv3"]}, ValueError, "pass_layer: expected null or"),
-    ({"pass_layer": "conv3", "modes": "independent"}, ValueError, "pass_layer: the pass"),
-    ({"pass_below": 2}, ValueError, "pass_below: expected a number in -1..1"),
-    ({"size": 20}, ValueError, "size: expected an int >= "),
-    ({"seed": -3}, ValueError, "seed: expected an int"),
-    ({"rand_seed": "x"}, ValueError, "seed: expected an int in 0..2\\*\\*63-1"),
-    ({"images": ["cat", "no_such_sample_xyz"]}, FileNotFoundError, "no_such_sample_xyz"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"model": "resnet"}, ValueError, "model"),
+        ({"unit": [7]}, ValueError, "unit: the stage must be an int in 1..5"),
+        ({"unit": [4], "cam_stage": 5}, ValueError, "cam_stage: Grad-CAM at stage 5"),
+        ({"layers": ["conv9"]}, ValueError, "layers: unknown layer 'conv9'"),
+        ({"modes": ["sideways"]}, ValueError, "modes: mode: expected"),
+        ({"pass_layer": "conv2", "layers": ["conv3"]}, ValueError, "pass_layer: expected null or"),
+        ({"pass_layer": "conv3", "modes": "independent"}, ValueError, "pass_layer: the pass"),
+        ({"pass_below": 2}, ValueError, "pass_below: expected a number in -1..1"),
+        ({"size": 20}, ValueError, "size: expected an int >= "),
+        ({"seed": -3}, ValueError, "seed: expected an int"),
+        ({"rand_seed": "x"}, ValueError, "seed: expected an int in 0..2\\*\\*63-1"),
+        ({"images": ["cat", "no_such_sample_xyz"]}, FileNotFoundError, "no_such_sample_xyz"),
+    ],
+)
 def test_bad_job_values_stop_before_anything_is_written(tmp_path, kwargs, error, match):
     args = {"model": "alexnet", "weights": "random", "size": 64, "progress": False, **kwargs}
     with pytest.raises(error, match=match):
@@ -426,18 +477,33 @@ def job(tmp_path_factory):
     out = tmp_path_factory.mktemp("sanity") / "job"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PROVENANCE_ENV, json.dumps(FIXED_PROVENANCE))
-        result = run_sanity(out, model="alexnet", weights="random", images=["cat", "coffee"],
-                            layers=STEPS, size=64, samples=1, steps=1, rand_seed=7,
-                            noise_seed=3, progress=False)
+        result = run_sanity(
+            out,
+            model="alexnet",
+            weights="random",
+            images=["cat", "coffee"],
+            layers=STEPS,
+            size=64,
+            samples=1,
+            steps=1,
+            rand_seed=7,
+            noise_seed=3,
+            progress=False,
+        )
     return out, result
 
 
 def test_job_files_and_values(job, checked):
     out, result = job
     reference = checked[0]  # the library's check with the same settings
-    assert {p.name for p in out.iterdir()} == {"config.yaml", "result.json", "images.npz",
-                                               "curves.png", "cascade_cat.png",
-                                               "cascade_coffee.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.yaml",
+        "result.json",
+        "images.npz",
+        "curves.png",
+        "cascade_cat.png",
+        "cascade_coffee.png",
+    }
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
     assert result["config"] == yaml.safe_load((out / "config.yaml").read_text())
     assert result["experiment"] == "sanity" and result["random_weights"] is True
@@ -447,26 +513,26 @@ def test_job_files_and_values(job, checked):
     with np.load(out / "images.npz") as arrays:
         np.testing.assert_array_equal(arrays["inputs"], _images().numpy())
         for mode in ("cascading", "independent"):
-            np.testing.assert_allclose(arrays[f"similarity__{mode}"],
-                                       reference.similarity[mode], atol=1e-6, equal_nan=True)
+            np.testing.assert_allclose(
+                arrays[f"similarity__{mode}"], reference.similarity[mode], atol=1e-6, equal_nan=True
+            )
             curve = reference.curve(mode, "spearman_abs")
             got = np.array(result["curves"][mode]["spearman_abs"][SIX[1]], dtype=float)
             np.testing.assert_allclose(got, curve[:, 1], atol=1e-6)
         assert arrays["cascading__conv3__maps"].shape == (6, 2, 64, 64)
-        assert "cascading__fc7__maps" not in arrays and arrays["original__gradcam"].shape == (
-            2, 64, 64)
+        assert "cascading__fc7__maps" not in arrays and arrays["original__gradcam"].shape == (2, 64, 64)
     want = reference.verdicts("conv3")
     for method in SIX:
         assert result["verdicts"][method]["passes"] == want[method]["passes"]
-        assert result["verdicts"][method]["value"] == pytest.approx(want[method]["value"],
-                                                                    abs=1e-6)
+        assert result["verdicts"][method]["value"] == pytest.approx(want[method]["value"], abs=1e-6)
     assert sorted(result["passing"] + result["failing"]) == sorted(
-        m for m in SIX if want[m]["passes"] is not None)
+        m for m in SIX if want[m]["passes"] is not None
+    )
     assert result["images"][0]["target"] == reference.targets[0]
 
 
 def test_an_interrupted_job_resumes_with_the_same_result(job, tmp_path, monkeypatch):
-    from deconvnet.analysis.jobs import sanity as jobs
+    from deconvnet.jobs import sanity as jobs
 
     real, computed = jobs.step_cell, []
 
@@ -477,9 +543,18 @@ def test_an_interrupted_job_resumes_with_the_same_result(job, tmp_path, monkeypa
         return real(randomized, plan, step, *args)
 
     monkeypatch.setattr(jobs, "step_cell", failing)
-    args = {"model": "alexnet", "weights": "random", "images": ["cat", "coffee"],
-            "layers": STEPS, "size": 64, "samples": 1, "steps": 1, "rand_seed": 7,
-            "noise_seed": 3, "progress": False}
+    args = {
+        "model": "alexnet",
+        "weights": "random",
+        "images": ["cat", "coffee"],
+        "layers": STEPS,
+        "size": 64,
+        "samples": 1,
+        "steps": 1,
+        "rand_seed": 7,
+        "noise_seed": 3,
+        "progress": False,
+    }
     with pytest.raises(RuntimeError, match="interrupted"):
         run_sanity(tmp_path / "job", **args)
     assert len(list((tmp_path / "job" / "partial").glob("*.npz"))) == 1 + 4  # original + 4 steps
@@ -501,29 +576,39 @@ def test_default_config_composes():
     assert cfg.model.name == "vgg16" and cfg.hydra.job.chdir is False
     assert list(cfg.methods) == list(SIX) and list(cfg.unit) == [5]
     assert list(cfg.modes) == ["cascading", "independent"] and cfg.layers is None
-    assert (cfg.size, cfg.samples, cfg.steps, cfg.cam_stage, cfg.pass_below) == (128, 8, 8, 4,
-                                                                                0.5)
+    assert (cfg.size, cfg.samples, cfg.steps, cfg.cam_stage, cfg.pass_below) == (128, 8, 8, 4, 0.5)
 
 
 @pytest.mark.slow
 def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     def cli(*overrides):
-        return subprocess.run([sys.executable, "-m", "experiments.sanity", "model=alexnet",
-                               "model.weights=random", *overrides], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "experiments.sanity", "model=alexnet", "model.weights=random", *overrides],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
-    done = cli("images=cat", "size=64", "samples=2", "steps=2", "layers=[fc6,conv3,conv1]",
-               f"hydra.run.dir={tmp_path / 'job'}")
+    done = cli(
+        "images=cat",
+        "size=64",
+        "samples=2",
+        "steps=2",
+        "layers=[fc6,conv3,conv1]",
+        f"hydra.run.dir={tmp_path / 'job'}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     job = tmp_path / "job"
     result = json.loads((job / "result.json").read_text())
-    assert result["steps"] == {"cascading": ["fc6", "conv3", "conv1"],
-                               "independent": ["fc6", "conv3", "conv1"]}
+    assert result["steps"] == {
+        "cascading": ["fc6", "conv3", "conv1"],
+        "independent": ["fc6", "conv3", "conv1"],
+    }
     assert result["settings"]["pass_layer"] == "conv3" and set(result["verdicts"]) == set(SIX)
     assert result["random_weights"] is True
     assert "weights: random" in (job / "sanity.log").read_text()
-    assert {"curves.png", "cascade_cat.png", "images.npz", ".hydra"} <= {
-        p.name for p in job.iterdir()}
+    assert {"curves.png", "cascade_cat.png", "images.npz", ".hydra"} <= {p.name for p in job.iterdir()}
     done = cli("modes=[down]", f"hydra.run.dir={tmp_path / 'bad'}")
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]

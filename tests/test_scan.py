@@ -20,18 +20,18 @@ import torch
 import torchvision
 from torch import nn
 
-from deconvnet.architecture import stages as stage_table
-from deconvnet.scan import (
+from deconvnet.analysis.scan import (
     Candidates,
+    TopK,
     border_ring_share,
     check_exclude_border,
-    TopK,
     load_topk,
     merge_topk,
     minimum_input_size,
     save_topk,
     scan_topk,
 )
+from deconvnet.core.architecture import stages as stage_table
 
 ALL_STAGES = (1, 2, 3, 4, 5)
 
@@ -83,8 +83,10 @@ def reference_topk(maps: list[np.ndarray], k: int, border: int = 0) -> dict[str,
         maps = [m[:, border:-border, border:-border] for m in maps]
     channels, _, width = maps[0].shape
     k = min(k, len(maps))
-    out = {key: np.zeros((channels, k), dtype=np.float64 if key == "values" else np.int64)
-           for key in ("values", "image", "y", "x")}
+    out = {
+        key: np.zeros((channels, k), dtype=np.float64 if key == "values" else np.int64)
+        for key in ("values", "image", "y", "x")
+    }
     flat = [stage_map.reshape(channels, -1) for stage_map in maps]
     position = np.stack([np.argmax(f, axis=1) for f in flat], axis=1)  # [C, N], first max
     value = np.stack([f[np.arange(channels), p] for f, p in zip(flat, position.T)], axis=1)
@@ -98,8 +100,9 @@ def reference_topk(maps: list[np.ndarray], k: int, border: int = 0) -> dict[str,
     return out
 
 
-def assert_matches_reference(result: dict[int, TopK], model: nn.Module, batches, k: int,
-                             border: int = 0, stages=ALL_STAGES) -> None:
+def assert_matches_reference(
+    result: dict[int, TopK], model: nn.Module, batches, k: int, border: int = 0, stages=ALL_STAGES
+) -> None:
     images = [image for batch in batches for image in batch]
     maps = reference_stage_maps(model, images)
     for number in stages:
@@ -184,7 +187,9 @@ def test_result_does_not_depend_on_batching(alexnet):
         for number in ALL_STAGES:
             for key in ("image", "y", "x"):
                 assert torch.equal(other[number][key], results[0][number][key])
-            torch.testing.assert_close(other[number].values, results[0][number].values, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(
+                other[number].values, results[0][number].values, rtol=1e-12, atol=1e-12
+            )
 
 
 def test_fewer_images_than_k_keeps_all_images(vgg):
@@ -249,8 +254,11 @@ def test_bad_exclude_border_value(alexnet, border):
 def test_exclude_border_that_leaves_nothing_names_the_stage(vgg):
     # 32 px VGG input: stage 5 map is 1x1, stage 4 is 2x2, stage 3 is 4x4
     batches = random_batches([(1, 32)], seed=0)
-    with pytest.raises(ValueError, match=r"exclude_border: 1 leaves no candidate .* 2x2 map of "
-                                         r"stage 4 \(pool4\) for 32x32 images \(batch 0\); use at most 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"exclude_border: 1 leaves no candidate .* 2x2 map of "
+        r"stage 4 \(pool4\) for 32x32 images \(batch 0\); use at most 0",
+    ):
         scan_topk(vgg, batches, progress=False, exclude_border=1)
     with pytest.raises(ValueError, match=r"4x4 map of stage 3"):
         scan_topk(vgg, batches, stages=(3,), progress=False, exclude_border=2)
@@ -288,8 +296,14 @@ def test_merge_topk_stable_ties_by_image_number():
 
 
 def hook_state(model: nn.Module) -> list[int]:
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-             "_state_dict_hooks", "_load_state_dict_pre_hooks")
+    names = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_state_dict_hooks",
+        "_load_state_dict_pre_hooks",
+    )
     return [len(getattr(m, n, {})) for m in model.modules() for n in names]
 
 
@@ -316,8 +330,11 @@ def test_one_forward_per_batch_and_no_classifier(alexnet):
     model = copy.deepcopy(alexnet)
     calls: dict[str, int] = {}
     handles = [
-        module.register_forward_hook(lambda m, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
-        for name, module in model.named_modules() if name
+        module.register_forward_hook(
+            lambda m, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+        )
+        for name, module in model.named_modules()
+        if name
     ]
     try:
         scan_topk(model, random_batches([(2, 64), (3, 64), (1, 64)], seed=14), k=2, progress=False)
@@ -354,12 +371,21 @@ def test_bad_stage_message_names_range(alexnet):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (torch.zeros(3, 64, 64, dtype=torch.float64), r"batch 1: expected a 4-D \[B, 3, H, W\] tensor, got shape \(3, 64, 64\)"),
-        (torch.zeros(1, 1, 64, 64, dtype=torch.float64), r"batch 1: expected a 4-D .* got shape \(1, 1, 64, 64\)"),
+        (
+            torch.zeros(3, 64, 64, dtype=torch.float64),
+            r"batch 1: expected a 4-D \[B, 3, H, W\] tensor, got shape \(3, 64, 64\)",
+        ),
+        (
+            torch.zeros(1, 1, 64, 64, dtype=torch.float64),
+            r"batch 1: expected a 4-D .* got shape \(1, 1, 64, 64\)",
+        ),
         (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"batch 1: expected a float tensor .* torch\.uint8"),
         (torch.full((1, 3, 64, 64), float("nan"), dtype=torch.float64), r"batch 1: contains NaN or infinite"),
         (torch.full((1, 3, 64, 64), float("inf"), dtype=torch.float64), r"batch 1: contains NaN or infinite"),
-        (torch.zeros(1, 3, 62, 70, dtype=torch.float64), r"batch 1: images of 62x70 pixels are too small .* 63x63"),
+        (
+            torch.zeros(1, 3, 62, 70, dtype=torch.float64),
+            r"batch 1: images of 62x70 pixels are too small .* 63x63",
+        ),
         (np.zeros((1, 3, 64, 64)), r"batch 1: expected a \[B, 3, H, W\] float tensor, got ndarray"),
         ((torch.zeros(1, 3, 64, 64), ["id"]), r"batch 1: .*got tuple.*datasets\.batches"),
     ],
@@ -461,7 +487,7 @@ def test_save_is_atomic_when_writing_fails(small_result, tmp_path, monkeypatch):
         file.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr("deconvnet.scan.torch.save", broken_save)
+    monkeypatch.setattr("deconvnet.analysis.scan.torch.save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_topk(small_result, path, {"run": 2})
     assert path.read_bytes() == original
@@ -470,8 +496,12 @@ def test_save_is_atomic_when_writing_fails(small_result, tmp_path, monkeypatch):
 
 
 def test_load_refuses_incomplete_or_foreign_files(small_result, tmp_path):
-    payload = {"format": "deconvnet.topk", "version": 1, "meta": {"images_scanned": 3},
-               "stages": {n: dict(t.items()) for n, t in small_result.items()}}
+    payload = {
+        "format": "deconvnet.topk",
+        "version": 1,
+        "meta": {"images_scanned": 3},
+        "stages": {n: dict(t.items()) for n, t in small_result.items()},
+    }
     torch.save(payload, tmp_path / "no_flag.pt")
     with pytest.raises(ValueError, match="not marked complete"):
         load_topk(tmp_path / "no_flag.pt")
@@ -508,13 +538,22 @@ def test_topk_mapping_access(small_result):
 
 def test_border_ring_share_by_brute_force():
     values = torch.tensor([[5.0, 4.0, 0.0], [3.0, 2.0, 1.0]])
-    y = torch.tensor([[0, 2, 0], [3, 1, 1]])   # map 4 x 5: rows 0 and 3 are the ring
-    x = torch.tensor([[2, 4, 0], [1, 1, 3]])   # columns 0 and 4 are the ring
+    y = torch.tensor([[0, 2, 0], [3, 1, 1]])  # map 4 x 5: rows 0 and 3 are the ring
+    x = torch.tensor([[2, 4, 0], [1, 1, 3]])  # columns 0 and 4 are the ring
     topk = TopK(values, torch.zeros_like(y), y, x, images_scanned=3)
     # live: (0,2) ring, (2,4) ring, [dead (0,0) ignored], (3,1) ring, (1,1) inner, (1,3) inner
     share = border_ring_share(topk, 4, 5)
-    assert share == {"entries": 5, "on_ring": 3, "share": 0.6,
-                     "ring_share_of_map": round(1 - (2 * 3) / 20, 4)}
-    dead = TopK(torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.int64),
-                torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64), 1)
+    assert share == {
+        "entries": 5,
+        "on_ring": 3,
+        "share": 0.6,
+        "ring_share_of_map": round(1 - (2 * 3) / 20, 4),
+    }
+    dead = TopK(
+        torch.zeros(1, 1),
+        torch.zeros(1, 1, dtype=torch.int64),
+        torch.zeros(1, 1, dtype=torch.int64),
+        torch.zeros(1, 1, dtype=torch.int64),
+        1,
+    )
     assert border_ring_share(dead, 4, 5)["share"] is None

@@ -18,19 +18,21 @@ import pytest
 import torch
 
 import deconvnet
-from deconvnet.architecture import stage as stage_of
-from deconvnet.data_config import check_data, shard_range
-from deconvnet.fig2 import run_fig2
-from deconvnet.jobfiles import JobLock, job_status, lock_held
-from deconvnet.scan import NumberedBatch, TopK, load_topk, merge_scans, scan_topk
-from deconvnet.scan_job import load_scan, merge_scan_jobs, run_scan
-from deconvnet.scan_loader import ScanLoader
+from deconvnet.analysis.scan import TopK, load_topk, merge_scans, scan_topk
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.data.datasets import NumberedBatch
+from deconvnet.data.loader import ScanLoader
+from deconvnet.jobs.data_config import check_data, shard_range
+from deconvnet.jobs.fig2 import run_fig2
+from deconvnet.jobs.files import JobLock, job_status, lock_held
+from deconvnet.jobs.scan import load_scan, merge_scan_jobs, run_scan
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = ("values", "image", "y", "x")
 SAMPLES = {"kind": "samples", "photos": ["chelsea", "coffee", "astronaut"], "size": 72, "limit": 14}
-TINY_SCAN = dict(model="alexnet", weights="random", seed=0, data=SAMPLES, stages=[1, 5], k=3,
-                 batch_size=2, progress=False)
+TINY_SCAN = dict(
+    model="alexnet", weights="random", seed=0, data=SAMPLES, stages=[1, 5], k=3, batch_size=2, progress=False
+)
 
 
 def _images(count: int, seed: int = 0, size: int = 67) -> torch.Tensor:
@@ -38,9 +40,11 @@ def _images(count: int, seed: int = 0, size: int = 67) -> torch.Tensor:
 
 
 def _equal(a: dict[int, TopK], b: dict[int, TopK]) -> bool:
-    return sorted(a) == sorted(b) and all(
-        torch.equal(a[s][f], b[s][f]) for s in a for f in FIELDS) and all(
-        a[s].images_scanned == b[s].images_scanned for s in a)
+    return (
+        sorted(a) == sorted(b)
+        and all(torch.equal(a[s][f], b[s][f]) for s in a for f in FIELDS)
+        and all(a[s].images_scanned == b[s].images_scanned for s in a)
+    )
 
 
 def _brute_force(model, images: torch.Tensor, stage: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,8 +52,9 @@ def _brute_force(model, images: torch.Tensor, stage: int, k: int) -> tuple[torch
     by value (descending), ties to the lower image number."""
     index = stage_of(model, stage).index
     with torch.no_grad():
-        maxima = torch.stack([model.features[: index + 1](image[None])[0].flatten(1).max(1).values
-                              for image in images])  # [N, C]
+        maxima = torch.stack(
+            [model.features[: index + 1](image[None])[0].flatten(1).max(1).values for image in images]
+        )  # [N, C]
     rows_v, rows_i = [], []
     for c in range(maxima.shape[1]):
         order = sorted(range(len(images)), key=lambda n: (-float(maxima[n, c]), n))[:k]
@@ -76,8 +81,7 @@ def test_shard_range_splits_every_image_once_in_whole_batches(batch_size):
 def test_first_image_numbers_a_shard_from_its_offset(alexnet_float64):
     images = _images(5).double()
     whole = scan_topk(alexnet_float64, [images], k=2, stages=(1,), progress=False)[1]
-    shifted = scan_topk(alexnet_float64, [images], k=2, stages=(1,), first_image=100,
-                        progress=False)[1]
+    shifted = scan_topk(alexnet_float64, [images], k=2, stages=(1,), first_image=100, progress=False)[1]
     assert torch.equal(shifted.image, whole.image + 100) and torch.equal(shifted.values, whole.values)
     assert (shifted.first_image, shifted.end, shifted.requested_k) == (100, 105, 2)
 
@@ -85,12 +89,20 @@ def test_first_image_numbers_a_shard_from_its_offset(alexnet_float64):
 def test_merged_shards_equal_one_scan_and_brute_force_with_a_tie_across_shards(alexnet_float64):
     images = _images(10, seed=3).double()
     images[7] = images[2]  # the same picture in both shards: equal values, the lower number wins
-    one = scan_topk(alexnet_float64, [images[i:i + 1] for i in range(10)], k=4, stages=(1, 5),
-                    progress=False)
-    left = scan_topk(alexnet_float64, [images[i:i + 1] for i in range(5)], k=4, stages=(1, 5),
-                     progress=False)
-    right = scan_topk(alexnet_float64, [images[i:i + 1] for i in range(5, 10)], k=4,
-                      stages=(1, 5), first_image=5, progress=False)
+    one = scan_topk(
+        alexnet_float64, [images[i : i + 1] for i in range(10)], k=4, stages=(1, 5), progress=False
+    )
+    left = scan_topk(
+        alexnet_float64, [images[i : i + 1] for i in range(5)], k=4, stages=(1, 5), progress=False
+    )
+    right = scan_topk(
+        alexnet_float64,
+        [images[i : i + 1] for i in range(5, 10)],
+        k=4,
+        stages=(1, 5),
+        first_image=5,
+        progress=False,
+    )
     for merged in (merge_scans([left, right]), merge_scans([right, left])):
         assert _equal(merged, one)
         for s in (1, 5):
@@ -115,9 +127,18 @@ def test_merge_breaks_a_tie_at_the_cut_by_image_number():
 
 
 def test_merge_refuses_what_is_not_one_scan():
-    one = {1: TopK(torch.ones(2, 1), torch.zeros(2, 1, dtype=torch.int64),
-                   torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64), 3,
-                   1, 0, 3)}
+    one = {
+        1: TopK(
+            torch.ones(2, 1),
+            torch.zeros(2, 1, dtype=torch.int64),
+            torch.zeros(2, 1, dtype=torch.int64),
+            torch.zeros(2, 1, dtype=torch.int64),
+            3,
+            1,
+            0,
+            3,
+        )
+    }
     with pytest.raises(ValueError, match=r"shards overlap: images \[0, 3\) and \[0, 3\)"):
         merge_scans([one, one])
     with pytest.raises(ValueError, match="non-empty list"):
@@ -130,9 +151,11 @@ def test_merge_refuses_what_is_not_one_scan():
 def test_numbered_batches_leave_out_images_and_keep_numbers(alexnet_float64):
     images = _images(6, seed=5).double()
     keep = [0, 2, 4, 5]  # images 1 and 3 failed to decode
-    numbered = [NumberedBatch(images[[0, 2]], torch.tensor([0, 2]), 3),
-                NumberedBatch(images[:0], torch.tensor([], dtype=torch.int64), 4),
-                NumberedBatch(images[[4, 5]], torch.tensor([4, 5]), 6)]
+    numbered = [
+        NumberedBatch(images[[0, 2]], torch.tensor([0, 2]), 3),
+        NumberedBatch(images[:0], torch.tensor([], dtype=torch.int64), 4),
+        NumberedBatch(images[[4, 5]], torch.tensor([4, 5]), 6),
+    ]
     got = scan_topk(alexnet_float64, numbered, k=3, stages=(2,), progress=False)[2]
     values, order = _brute_force(alexnet_float64, images[keep], 2, 3)
     assert torch.equal(got.image, torch.tensor(keep)[order]) and torch.equal(got.values, values)
@@ -146,22 +169,24 @@ def test_numbered_batches_leave_out_images_and_keep_numbers(alexnet_float64):
 
 def test_a_scan_continued_from_its_checkpoint_equals_the_uninterrupted_one(alexnet_float64):
     images = _images(9, seed=7).double()
-    batches = [images[i:i + 3] for i in range(0, 9, 3)]
+    batches = [images[i : i + 3] for i in range(0, 9, 3)]
     whole = scan_topk(alexnet_float64, batches, k=4, stages=(1, 5), progress=False)
     part = scan_topk(alexnet_float64, batches[:2], k=4, stages=(1, 5), progress=False)
-    rest = scan_topk(alexnet_float64, batches[2:], k=4, stages=(1, 5), first_image=6,
-                     initial=part, progress=False)
+    rest = scan_topk(
+        alexnet_float64, batches[2:], k=4, stages=(1, 5), first_image=6, initial=part, progress=False
+    )
     assert _equal(rest, whole)
     with pytest.raises(ValueError, match="initial\\[1\\]: expected a TopK of k=4 covering images below"):
-        scan_topk(alexnet_float64, batches[2:], k=4, stages=(1, 5), first_image=3, initial=part,
-                  progress=False)
+        scan_topk(
+            alexnet_float64, batches[2:], k=4, stages=(1, 5), first_image=3, initial=part, progress=False
+        )
 
 
 # ------------------------------------------------------------------------------ decode failures
 
 
 def _jpeg_folder(root: Path, count: int, truncated: tuple[int, ...]) -> Path:
-    from deconvnet.datasets import SampleGallery
+    from deconvnet.data.datasets import SampleGallery
 
     gallery = SampleGallery(size=80, photos=["chelsea", "coffee"], flips=False)
     root.mkdir(parents=True)
@@ -201,9 +226,16 @@ def test_truncated_jpegs_are_skipped_counted_and_named(tmp_path, workers):
 
 def test_fig2_skips_a_truncated_first_image(tmp_path):
     root = _jpeg_folder(tmp_path / "images", 6, truncated=(0,))
-    result = run_fig2(tmp_path / "job", model="alexnet", weights="random", stages=[1],
-                      channels_per_stage=2, k=2, progress=False,
-                      data={"kind": "folder", "root": str(root)})
+    result = run_fig2(
+        tmp_path / "job",
+        model="alexnet",
+        weights="random",
+        stages=[1],
+        channels_per_stage=2,
+        k=2,
+        progress=False,
+        data={"kind": "folder", "root": str(root)},
+    )
     assert result["status"] == "complete"
     assert result["decode_failures"]["count"] == 1
     assert result["decode_failures"]["images"][0]["id"] == "000.jpg"
@@ -235,12 +267,15 @@ def test_scan_loader_batches_in_order_with_numbers():
 def test_scan_job_shards_merged_equal_one_job(tmp_path):
     one = run_scan(tmp_path / "one", **TINY_SCAN)
     for shard in range(3):
-        run_scan(tmp_path / "sweep" / str(shard),
-                 **{**TINY_SCAN, "data": {**SAMPLES, "shard": shard, "num_shards": 3}})
+        run_scan(
+            tmp_path / "sweep" / str(shard),
+            **{**TINY_SCAN, "data": {**SAMPLES, "shard": shard, "num_shards": 3}},
+        )
     merged = merge_scan_jobs([tmp_path / "sweep"], tmp_path / "merged")
     assert merged["images_scanned"] == one["images_scanned"] == 14
-    assert _equal(load_topk(tmp_path / "merged" / "topk.pt").result,
-                  load_topk(tmp_path / "one" / "topk.pt").result)
+    assert _equal(
+        load_topk(tmp_path / "merged" / "topk.pt").result, load_topk(tmp_path / "one" / "topk.pt").result
+    )
     with pytest.raises(ValueError, match=r"shard\(s\) \[2\] of 3 missing"):
         merge_scan_jobs([tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"], tmp_path / "m2")
 
@@ -249,7 +284,7 @@ def test_a_finished_scan_is_not_redone_and_other_jobs_files_are_kept(tmp_path, m
     out = tmp_path / "job"
     first = run_scan(out, **TINY_SCAN)
     before = (out / "topk.pt").read_bytes()
-    monkeypatch.setattr("deconvnet.scan.scan_topk", lambda *a, **k: pytest.fail("scanned again"))
+    monkeypatch.setattr("deconvnet.analysis.scan.scan_topk", lambda *a, **k: pytest.fail("scanned again"))
     assert run_scan(out, **TINY_SCAN) == first
     assert (out / "topk.pt").read_bytes() == before
     files = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -258,13 +293,14 @@ def test_a_finished_scan_is_not_redone_and_other_jobs_files_are_kept(tmp_path, m
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
 
 
-@pytest.mark.parametrize("error,status", [(KeyboardInterrupt(), "interrupted"),
-                                          (RuntimeError("disk full"), "failed")])
+@pytest.mark.parametrize(
+    "error,status", [(KeyboardInterrupt(), "interrupted"), (RuntimeError("disk full"), "failed")]
+)
 def test_a_scan_that_stops_says_why_in_result_json(tmp_path, monkeypatch, error, status):
     def stop(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("deconvnet.scan.scan_topk", stop)
+    monkeypatch.setattr("deconvnet.analysis.scan.scan_topk", stop)
     with pytest.raises(type(error)):
         run_scan(tmp_path / "job", **TINY_SCAN)
     result = json.loads((tmp_path / "job" / "result.json").read_text())
@@ -274,8 +310,8 @@ def test_a_scan_that_stops_says_why_in_result_json(tmp_path, monkeypatch, error,
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from deconvnet.datasets import SampleGallery
-    from deconvnet.scan_job import run_scan
+    from deconvnet.data.datasets import SampleGallery
+    from deconvnet.jobs.scan import run_scan
     original = SampleGallery.__getitem__
     def dying(self, index):
         if index == int(sys.argv[2]):
@@ -290,8 +326,9 @@ KILLER = textwrap.dedent("""
 def test_a_scan_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
     out = tmp_path / "job"
     script = KILLER.format(data=SAMPLES)
-    done = subprocess.run([sys.executable, "-c", script, str(out), "11"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out), "11"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert json.loads((out / "result.json").read_text())["status"] == "running"
     assert job_status(out) == "stale"  # nobody holds the folder any more
@@ -305,13 +342,23 @@ def test_a_scan_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path
 
 
 def test_job_lock_refuses_a_second_job_in_the_same_folder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
-        from deconvnet.jobfiles import JobLock
+        from deconvnet.jobs.files import JobLock
         with JobLock({str(tmp_path)!r}):
             print("held", flush=True)
             sys.stdin.readline()
-    """)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert lock_held(tmp_path)
@@ -326,8 +373,16 @@ def test_job_lock_refuses_a_second_job_in_the_same_folder(tmp_path):
 
 
 def test_fig2_from_a_saved_scan_equals_fig2_scanning_itself(tmp_path):
-    common = dict(model="alexnet", weights="random", data=SAMPLES, stages=[1, 5],
-                  channels_per_stage=2, k=2, progress=False, batch_size=2)
+    common = dict(
+        model="alexnet",
+        weights="random",
+        data=SAMPLES,
+        stages=[1, 5],
+        channels_per_stage=2,
+        k=2,
+        progress=False,
+        batch_size=2,
+    )
     run_scan(tmp_path / "scan", **{**TINY_SCAN, "k": 3})  # k 3 >= 2: cut to the top 2
     saved = run_fig2(tmp_path / "from_scan", scan=tmp_path / "scan", **common)
     itself = run_fig2(tmp_path / "itself", **common)
@@ -337,10 +392,14 @@ def test_fig2_from_a_saved_scan_equals_fig2_scanning_itself(tmp_path):
     with pytest.raises(ValueError, match="scan: .* kept the top 3 per feature map; this job asks for k=4"):
         run_fig2(tmp_path / "bad_k", scan=tmp_path / "scan", **{**common, "k": 4})
     with pytest.raises(ValueError, match="scan: .* over another dataset"):
-        run_fig2(tmp_path / "bad_data", scan=tmp_path / "scan",
-                 **{**common, "data": {**SAMPLES, "limit": 12}})
-    with pytest.raises(ValueError, match=r"scan: .* was made with alexnet \(random weights .*\(seed 0\)\), "
-                                         r"this job uses alexnet \(random weights .*\(seed 1\)\)"):
+        run_fig2(
+            tmp_path / "bad_data", scan=tmp_path / "scan", **{**common, "data": {**SAMPLES, "limit": 12}}
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"scan: .* was made with alexnet \(random weights .*\(seed 0\)\), "
+        r"this job uses alexnet \(random weights .*\(seed 1\)\)",
+    ):
         run_fig2(tmp_path / "bad_seed", scan=tmp_path / "scan", seed=1, **common)
     with pytest.raises(FileNotFoundError, match="scan: no topk.pt"):
         load_scan(tmp_path / "nowhere")
@@ -350,8 +409,9 @@ def test_shards_are_for_the_scan_only():
     with pytest.raises(ValueError, match=r"data.shard: expected an int in 0..1 \(data.num_shards=2\)"):
         check_data({**SAMPLES, "shard": 2, "num_shards": 2})
     with pytest.raises(ValueError, match="data.num_shards: fig2 needs the whole dataset"):
-        run_fig2("/nonexistent/never-created", model="alexnet", weights="random",
-                 data={**SAMPLES, "num_shards": 2})
+        run_fig2(
+            "/nonexistent/never-created", model="alexnet", weights="random", data={**SAMPLES, "num_shards": 2}
+        )
     assert not os.path.exists("/nonexistent/never-created")
 
 
@@ -370,20 +430,38 @@ def test_package_exports_the_scan_contract():
 
 def _python(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
-CLI_SCAN = ["model=alexnet", "model.weights=random", "data.photos=[chelsea,coffee,astronaut]",
-            "data.size=72", "data.limit=14", "stages=[1,5]", "k=3", "batch_size=2", "progress=false"]
+CLI_SCAN = [
+    "model=alexnet",
+    "model.weights=random",
+    "data.photos=[chelsea,coffee,astronaut]",
+    "data.size=72",
+    "data.limit=14",
+    "stages=[1,5]",
+    "k=3",
+    "batch_size=2",
+    "progress=false",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_launcher_sweep_of_two_shards_and_merge_equal_one_scan(tmp_path, launcher):
-    sweep = _python("-m", "experiments.scan", "-m", *CLI_SCAN, "data.shard=0,1",
-                    "data.num_shards=2", f"hydra/launcher={launcher}",
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    sweep = _python(
+        "-m",
+        "experiments.scan",
+        "-m",
+        *CLI_SCAN,
+        "data.shard=0,1",
+        "data.num_shards=2",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     _merged_equals_one(tmp_path, CLI_SCAN)
     shards = json.loads((tmp_path / "merged" / "result.json").read_text())["shards"]
@@ -397,9 +475,17 @@ def test_launcher_shards_decode_a_folder_with_dataloader_workers(tmp_path, launc
     (loky replaces the default multiprocessing context there)."""
     root = _jpeg_folder(tmp_path / "images", 10, truncated=(7,))
     cli = [*CLI_SCAN[:2], "data=folder", f"data.root={root}", "data.workers=2", *CLI_SCAN[5:]]
-    sweep = _python("-m", "experiments.scan", "-m", *cli, "data.shard=0,1", "data.num_shards=2",
-                    f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                    cwd=tmp_path)
+    sweep = _python(
+        "-m",
+        "experiments.scan",
+        "-m",
+        *cli,
+        "data.shard=0,1",
+        "data.num_shards=2",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     merged = _merged_equals_one(tmp_path, cli)
     assert [(f["image"], f["id"]) for f in merged["decode_failures"]["images"]] == [(7, "007.jpg")]
@@ -407,23 +493,36 @@ def test_launcher_shards_decode_a_folder_with_dataloader_workers(tmp_path, launc
 
 def _merged_equals_one(tmp_path: Path, cli: list[str]) -> dict:
     """Merge the sweep in tmp_path/sweep, scan the same data in one job; assert equal topk.pt."""
-    merge = _python("-m", "experiments.merge_scans", f"inputs=[{tmp_path / 'sweep'}]",
-                    f"hydra.run.dir={tmp_path / 'merged'}", cwd=tmp_path)
+    merge = _python(
+        "-m",
+        "experiments.merge_scans",
+        f"inputs=[{tmp_path / 'sweep'}]",
+        f"hydra.run.dir={tmp_path / 'merged'}",
+        cwd=tmp_path,
+    )
     assert merge.returncode == 0, merge.stderr[-3000:]
-    one = _python("-m", "experiments.scan", *cli, f"hydra.run.dir={tmp_path / 'one'}",
-                  cwd=tmp_path)
+    one = _python("-m", "experiments.scan", *cli, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert _equal(load_topk(tmp_path / "merged" / "topk.pt").result,
-                  load_topk(tmp_path / "one" / "topk.pt").result)
+    assert _equal(
+        load_topk(tmp_path / "merged" / "topk.pt").result, load_topk(tmp_path / "one" / "topk.pt").result
+    )
     return json.loads((tmp_path / "merged" / "result.json").read_text())
 
 
 @pytest.mark.slow
 def test_two_jobs_started_together_keep_separate_folders(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
-    jobs = [subprocess.Popen([sys.executable, "-m", "experiments.scan", *CLI_SCAN], cwd=tmp_path,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.scan", *CLI_SCAN],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for job in jobs:
         _, err = job.communicate(timeout=600)
         assert job.returncode == 0, err[-3000:]
@@ -433,8 +532,7 @@ def test_two_jobs_started_together_keep_separate_folders(tmp_path):
         result = json.loads((folder / "result.json").read_text())
         assert result["status"] == "complete" and result["provenance"]["command"]
         assert (folder / "topk.pt").is_file() and (folder / "config.yaml").is_file()
-    assert {json.loads((f / "result.json").read_text())["pid"] for f in folders} == {
-        job.pid for job in jobs}
+    assert {json.loads((f / "result.json").read_text())["pid"] for f in folders} == {job.pid for job in jobs}
 
 
 def test_every_experiment_config_gives_each_job_its_own_folder():

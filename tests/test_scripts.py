@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.common import PROVENANCE_ENV, code_state, provenance
+from deconvnet.jobs.files import PROVENANCE_ENV, code_state, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,9 +37,23 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def _git(*args: str, cwd: Path = REPO) -> str:
-    done = subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
-                           "-c", "commit.gpgsign=false", *args], cwd=cwd, check=True,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return done.stdout.strip()
 
 
@@ -50,9 +64,14 @@ def _files(out: Path) -> list[str]:
 def _tracked(out: Path) -> list[str]:
     """The files of a regeneration into `out` that git would track in results/ (.gitignore)."""
     files = _files(out)
-    done = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, text=True,
-                          input="".join(f"results/{f}\n" for f in files), capture_output=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=REPO,
+        text=True,
+        input="".join(f"results/{f}\n" for f in files),
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode in (0, 1), done.stderr  # 1: nothing ignored
     ignored = {line.removeprefix("results/") for line in done.stdout.splitlines()}
     return [f for f in files if f not in ignored]
@@ -76,8 +95,14 @@ def two_runs(tmp_path_factory, code_commits) -> list[Path]:
     for name in ("a", "b"):
         out = tmp_path_factory.mktemp(f"regenerate_{name}") / "results"
         code_commits.append(_code_commit())
-        subprocess.run([sys.executable, "scripts/regenerate.py", "--quick", "--out", str(out)],
-                       cwd=REPO, check=True, capture_output=True, text=True, timeout=900)
+        subprocess.run(
+            [sys.executable, "scripts/regenerate.py", "--quick", "--out", str(out)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         outs.append(out)
     return outs
 
@@ -98,24 +123,43 @@ def test_regenerate_writes_every_figure_and_render_redraws_them(two_runs, tmp_pa
     assert not (out / ".staging").exists()
 
     # the figures (not the reconstruction PNGs that the overview is drawn from)
-    figures = [p for p in out.glob("*/*.png")
-               if p.name.startswith("fig") or p.name in ("overview.png", "grid.png")]
+    figures = [
+        p for p in out.glob("*/*.png") if p.name.startswith("fig") or p.name in ("overview.png", "grid.png")
+    ]
     before = {p: _pixels(p) for p in figures}
     assert len(before) >= 7
     for p in before:
         p.unlink()
     jobs = [str(out / n) for n in names]
-    subprocess.run([sys.executable, "scripts/render.py", *jobs], cwd=REPO, check=True,
-                   capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "scripts/render.py", *jobs],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     for p, pixels in before.items():
         assert np.array_equal(_pixels(p), pixels), p
 
     # the README's sheet command on a sweep folder's glob, which passes multirun.yaml along
     (out / "multirun.yaml").write_text("hydra: {}\n")
     fig2_jobs = [str(out / n) for n in names if n.startswith("fig2")]
-    done = subprocess.run([sys.executable, "scripts/render.py", "--sheet", str(tmp_path / "s.png"),
-                           *fig2_jobs, str(out / "multirun.yaml")], cwd=REPO, check=True,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/render.py",
+            "--sheet",
+            str(tmp_path / "s.png"),
+            *fig2_jobs,
+            str(out / "multirun.yaml"),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert f"ignored {out / 'multirun.yaml'}: a file" in done.stderr
     assert Image.open(tmp_path / "s.png").size[0] > 0
 
@@ -125,8 +169,15 @@ def test_regenerate_twice_gives_the_same_bytes_in_every_tracked_file(two_runs):
     a, b = two_runs
     tracked = _tracked(a)
     assert tracked == _tracked(b)
-    assert {"MANIFEST.json", "MANIFEST.md", "fig1/fig1.png", "fig1/fig1_data.npz",
-            "fig2/tiles.json", "reconstruct/result.json", "fig1/.hydra/hydra.yaml"} <= set(tracked)
+    assert {
+        "MANIFEST.json",
+        "MANIFEST.md",
+        "fig1/fig1.png",
+        "fig1/fig1_data.npz",
+        "fig2/tiles.json",
+        "reconstruct/result.json",
+        "fig1/.hydra/hydra.yaml",
+    } <= set(tracked)
     different = [f for f in tracked if (a / f).read_bytes() != (b / f).read_bytes()]
     assert different == []
     # what only one run has is kept, in files git ignores
@@ -177,8 +228,7 @@ def test_code_state_leaves_results_out(tmp_path):
 
 
 def test_provenance_taken_at_the_start_is_handed_to_jobs(monkeypatch):
-    record = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False,
-              "timestamp": "then"}
+    record = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False, "timestamp": "then"}
     monkeypatch.setenv(PROVENANCE_ENV, json.dumps(record))
     assert provenance() == {**record, "command": sys.argv}
     monkeypatch.delenv(PROVENANCE_ENV)
@@ -187,24 +237,42 @@ def test_provenance_taken_at_the_start_is_handed_to_jobs(monkeypatch):
 
 
 def test_volatile_values_leave_the_tracked_files(tmp_path):
-    result = {"seconds": 1.5, "timings_s": {"scan_s": 2.0}, "config": {"seconds": 3},
-              "reconstructions": [{"stage": 1, "seconds": 0.1}], "k": 9}
+    result = {
+        "seconds": 1.5,
+        "timings_s": {"scan_s": 2.0},
+        "config": {"seconds": 3},
+        "reconstructions": [{"stage": 1, "seconds": 0.1}],
+        "k": 9,
+    }
     removed = regenerate.pop_volatile(result)
     assert result == {"config": {}, "reconstructions": [{"stage": 1}], "k": 9}
-    assert removed == {"seconds": 1.5, "timings_s": {"scan_s": 2.0}, "config/seconds": 3,
-                       "reconstructions/0/seconds": 0.1}
+    assert removed == {
+        "seconds": 1.5,
+        "timings_s": {"scan_s": 2.0},
+        "config/seconds": 3,
+        "reconstructions/0/seconds": 0.1,
+    }
     stable, volatile = regenerate.split_provenance(
-        {"versions": {}, "code_commit": "c", "code_dirty": False, "git_commit": "h",
-         "platform": "p", "command": ["x"], "timestamp": "t"})
+        {
+            "versions": {},
+            "code_commit": "c",
+            "code_dirty": False,
+            "git_commit": "h",
+            "platform": "p",
+            "command": ["x"],
+            "timestamp": "t",
+        }
+    )
     assert set(stable) == {"versions", "code_commit", "code_dirty"}
     assert set(volatile) == {"git_commit", "platform", "command", "timestamp"}
 
     staging = tmp_path / ".staging" / "fig1"
-    text = (f"dir: {staging}\n- hydra.run.dir={staging}\ncwd: {REPO}\n- path: {REPO}/conf\n"
-            f"other: {REPO}other\n")
+    text = (
+        f"dir: {staging}\n- hydra.run.dir={staging}\ncwd: {REPO}\n- path: {REPO}/conf\nother: {REPO}other\n"
+    )
     assert regenerate.relocate(text, staging, "<out>/fig1") == (
-        "dir: <out>/fig1\n- hydra.run.dir=<out>/fig1\ncwd: .\n- path: ./conf\n"
-        f"other: {REPO}other\n")
+        f"dir: <out>/fig1\n- hydra.run.dir=<out>/fig1\ncwd: .\n- path: ./conf\nother: {REPO}other\n"
+    )
     assert regenerate.folder_label(REPO / "results" / "fig1", REPO / "results") == "results/fig1"
     assert regenerate.folder_label(tmp_path / "fig1", tmp_path) == "<out>/fig1"
 
@@ -212,7 +280,8 @@ def test_volatile_values_leave_the_tracked_files(tmp_path):
 def test_manifest_names_the_weights_exactly():
     cell = regenerate.weights_cell
     assert cell({"weights": "imagenet", "pretrained": True}) == (
-        "ImageNet-pretrained weights (torchvision IMAGENET1K_V1)")
+        "ImageNet-pretrained weights (torchvision IMAGENET1K_V1)"
+    )
     assert cell({"weights": "hed", "pretrained": True}).startswith("VGG16 convolutions from HED")
     random = cell({"weights": "random", "source": "seed 0", "pretrained": False})
     assert "NOT pretrained (seed 0)" in random and "were not available" in random
@@ -221,38 +290,70 @@ def test_manifest_names_the_weights_exactly():
 def test_quick_runs_every_figure_on_alexnet_with_its_own_overrides():
     for name, fig in regenerate.FIGURES.items():
         assert regenerate.job_overrides(name, quick=True) == [
-            *regenerate.MODEL_OVERRIDES["alexnet"], *fig.overrides, *fig.quick]
+            *regenerate.MODEL_OVERRIDES["alexnet"],
+            *fig.overrides,
+            *fig.quick,
+        ]
         assert regenerate.job_overrides(name, quick=False) == [
-            *regenerate.MODEL_OVERRIDES[fig.model], *fig.overrides]
+            *regenerate.MODEL_OVERRIDES[fig.model],
+            *fig.overrides,
+        ]
     assert regenerate.job_overrides("fig2_alexnet", quick=False)[0] == "model=alexnet"
 
 
 def test_render_takes_a_sweep_glob_skips_files_and_names_unfinished_jobs(tmp_path):
     sweep = tmp_path / "multirun" / "10-00-00"
-    for name, result in (("0", {"experiment": "occlusion"}),
-                         ("1", {"experiment": "fig2", "status": "running", "pid": 1}),
-                         ("2", {"experiment": "fig2", "status": "failed"})):
+    for name, result in (
+        ("0", {"experiment": "occlusion"}),
+        ("1", {"experiment": "fig2", "status": "running", "pid": 1}),
+        ("2", {"experiment": "fig2", "status": "failed"}),
+    ):
         (sweep / name).mkdir(parents=True)
         (sweep / name / "result.json").write_text(json.dumps(result))
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     for args in (sorted(str(p) for p in sweep.iterdir()), [str(sweep)]):
-        done = subprocess.run([sys.executable, "scripts/render.py", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "scripts/render.py", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert "occlusion figures are drawn by the job itself" in done.stderr  # job 0 was read
         # job 1 says "running" but no process holds its lock: killed, so stale
         assert f"skipped {sweep / '1'}: the job's status is 'stale'" in done.stderr
         assert f"skipped {sweep / '2'}: the job's status is 'failed'" in done.stderr
         assert ("ignored" in done.stderr) == (len(args) > 1)
-    done = subprocess.run([sys.executable, "scripts/render.py", "--sheet", str(tmp_path / "s.png"),
-                           str(sweep / "1"), str(sweep / "2"), str(sweep / "multirun.yaml")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "none of the given job folders holds a finished job" in \
-        done.stderr and not (tmp_path / "s.png").exists()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/render.py",
+            "--sheet",
+            str(tmp_path / "s.png"),
+            str(sweep / "1"),
+            str(sweep / "2"),
+            str(sweep / "multirun.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        done.returncode != 0
+        and "none of the given job folders holds a finished job" in done.stderr
+        and not (tmp_path / "s.png").exists()
+    )
 
 
 def test_render_refuses_a_folder_without_results(tmp_path):
-    done = subprocess.run([sys.executable, "scripts/render.py", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "scripts/render.py", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert f"error: no result.json in {tmp_path}" in done.stderr

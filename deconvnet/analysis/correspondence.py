@@ -29,7 +29,7 @@ the paper leaves open, made here:
   overlap the part (the paper's "random locations" say nothing more). Draw d of part p uses
   numpy's PCG64 seeded with (seed, crc32(p), d): reproducible, and independent of the other
   parts and of their order.
-- Features: `deconvnet.optim.probe` (a stage 1..5 output, "fc6" / "fc7" after their ReLU,
+- Features: `deconvnet.core.probe` (a stage 1..5 output, "fc6" / "fc7" after their ReLU,
   flattened), under no_grad, Dropout as the identity; no hooks, the caller's model untouched.
   `batch_size` images per forward pass; 1 (default) makes each feature vector depend on its
   image alone: on CPU the classifier's matrix products round differently for different batch
@@ -41,21 +41,28 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from deconvnet.jobfiles import check_device
+from deconvnet.core.probe import HIDDEN, point_key, probe
+from deconvnet.core.validation import (
+    as_list,
+    check_count,
+    check_device,
+    check_images,
+    check_seed,
+    check_stages,
+    is_int,
+)
+from deconvnet.data.paths import REPO_ROOT
 from deconvnet.optim.checks import model_device
-from deconvnet.optim.probe import HIDDEN, probe
-from deconvnet.synthesis.invert import point_key
-from deconvnet.synthesis.job import as_list, check_seed, check_stages
-from deconvnet.validation import check_count, check_images, is_int
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in the input's pixels
 Layer = int | str
@@ -71,7 +78,7 @@ def check_layers(value: object) -> tuple[Layer, ...]:
     try:
         return tuple(check_stages(value, HIDDEN))
     except ValueError as error:  # the same rule as the optimisation family's `stages`
-        raise ValueError("layers" + str(error)[len("stages"):]) from None
+        raise ValueError("layers" + str(error)[len("stages") :]) from None
 
 
 def _image_name(index: int, labels: Sequence[str] | None) -> str:
@@ -86,22 +93,26 @@ def check_box(box: object, where: str, height: int, width: int) -> Box:
         raise ValueError(f"{where}: expected {BOX_FORMAT}, got {box!r}")
     top, left, h, w = (int(v) for v in items)
     if h < 1 or w < 1:
-        raise ValueError(f"{where}: the box {[top, left, h, w]} is empty; height and width must "
-                         "be >= 1")
+        raise ValueError(f"{where}: the box {[top, left, h, w]} is empty; height and width must be >= 1")
     if top < 0 or left < 0 or top + h > height or left + w > width:
-        raise ValueError(f"{where}: the box {[top, left, h, w]} (rows {top}..{top + h - 1}, "
-                         f"columns {left}..{left + w - 1}) is not inside the {height}x{width} "
-                         f"image (rows 0..{height - 1}, columns 0..{width - 1})")
+        raise ValueError(
+            f"{where}: the box {[top, left, h, w]} (rows {top}..{top + h - 1}, "
+            f"columns {left}..{left + w - 1}) is not inside the {height}x{width} "
+            f"image (rows 0..{height - 1}, columns 0..{width - 1})"
+        )
     return top, left, h, w
 
 
-def check_boxes(boxes: object, count: int, height: int, width: int,
-                labels: Sequence[str] | None = None) -> dict[str, tuple[Box, ...]]:
+def check_boxes(
+    boxes: object, count: int, height: int, width: int, labels: Sequence[str] | None = None
+) -> dict[str, tuple[Box, ...]]:
     """A non-empty mapping part -> `count` boxes (one per image, in the images' order), each
     wholly inside the image; ValueError naming the part and the image otherwise."""
     if not isinstance(boxes, Mapping) or not boxes:
-        raise ValueError(f"boxes: expected a non-empty mapping part name -> list of {count} "
-                         f"boxes {BOX_FORMAT}, one per image, got {boxes!r:.80}")
+        raise ValueError(
+            f"boxes: expected a non-empty mapping part name -> list of {count} "
+            f"boxes {BOX_FORMAT}, one per image, got {boxes!r:.80}"
+        )
     checked = {}
     for part, per_image in boxes.items():
         if not isinstance(part, str) or not part.strip():
@@ -109,10 +120,11 @@ def check_boxes(boxes: object, count: int, height: int, width: int,
         items = as_list(per_image)
         if items is None or len(items) != count:
             got = f"{len(items)}" if items is not None else repr(per_image)
-            raise ValueError(f"boxes[{part!r}]: expected {count} boxes (one per image), "
-                             f"got {got}")
-        checked[part] = tuple(check_box(b, f"boxes[{part!r}], {_image_name(k, labels)}",
-                                        height, width) for k, b in enumerate(items))
+            raise ValueError(f"boxes[{part!r}]: expected {count} boxes (one per image), got {got}")
+        checked[part] = tuple(
+            check_box(b, f"boxes[{part!r}], {_image_name(k, labels)}", height, width)
+            for k, b in enumerate(items)
+        )
     return checked
 
 
@@ -120,8 +132,10 @@ def check_fill(value: object) -> float:
     """The occluder's value: any finite number (normalised input space)."""
     if is_int(value) or (isinstance(value, float) and math.isfinite(value)):
         return float(value)
-    raise ValueError(f"fill: expected a finite number (the occluder's value in the normalised "
-                     f"input space; 0.0 = the mean colour), got {value!r}")
+    raise ValueError(
+        f"fill: expected a finite number (the occluder's value in the normalised "
+        f"input space; 0.0 = the mean colour), got {value!r}"
+    )
 
 
 def check_work_device(model: nn.Module, device: object) -> torch.device:
@@ -131,12 +145,15 @@ def check_work_device(model: nn.Module, device: object) -> torch.device:
     if device is None:
         return weights_at
     target = check_device(str(device) if isinstance(device, torch.device) else device)
-    same = target.type == weights_at.type and (target.index is None
-                                               or target.index == (weights_at.index or 0))
+    same = target.type == weights_at.type and (
+        target.index is None or target.index == (weights_at.index or 0)
+    )
     if not same:
-        raise ValueError(f"device: the model's weights are on {weights_at}, got {device!r}; the "
-                         "caller's model is never moved: move it first (model.to(device)) or "
-                         "pass device=None")
+        raise ValueError(
+            f"device: the model's weights are on {weights_at}, got {device!r}; the "
+            "caller's model is never moved: move it first (model.to(device)) or "
+            "pass device=None"
+        )
     return weights_at
 
 
@@ -148,29 +165,36 @@ def occlude(images: Tensor, boxes: Sequence[Box], fill: float = 0.0) -> Tensor:
     channel (normalised input space: 0.0 = the mean colour)."""
     out = images.clone()
     for k, (top, left, height, width) in enumerate(boxes):
-        out[k, :, top:top + height, left:left + width] = fill
+        out[k, :, top : top + height, left : left + width] = fill
     return out
 
 
-def random_boxes(boxes: Sequence[Box], height: int, width: int, seed: int, part: str,
-                 draw: int) -> tuple[Box, ...]:
+def random_boxes(
+    boxes: Sequence[Box], height: int, width: int, seed: int, part: str, draw: int
+) -> tuple[Box, ...]:
     """One random box per image, each the size of that image's `boxes[k]`, top-left uniform
     over the positions inside the height x width image; numpy PCG64 seeded with
     (seed, crc32(part), draw)."""
     rng = np.random.default_rng([seed, zlib.crc32(part.encode("utf-8")), draw])
-    return tuple((int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
-                 for _, _, h, w in boxes)
+    return tuple(
+        (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+        for _, _, h, w in boxes
+    )
 
 
-def draw_random_boxes(boxes: Mapping[str, Sequence[Box]], height: int, width: int, draws: int,
-                      seed: int) -> dict[str, tuple[tuple[Box, ...], ...]]:
+def draw_random_boxes(
+    boxes: Mapping[str, Sequence[Box]], height: int, width: int, draws: int, seed: int
+) -> dict[str, tuple[tuple[Box, ...], ...]]:
     """part -> `draws` tuples of random boxes (one per image), see `random_boxes`."""
-    return {part: tuple(random_boxes(per_image, height, width, seed, part, d)
-                        for d in range(draws)) for part, per_image in boxes.items()}
+    return {
+        part: tuple(random_boxes(per_image, height, width, seed, part, d) for d in range(draws))
+        for part, per_image in boxes.items()
+    }
 
 
-def features(model: nn.Module, images: Tensor, layers: Sequence[Layer], batch_size: int = 1,
-             bar: tqdm | None = None) -> dict[Layer, Tensor]:
+def features(
+    model: nn.Module, images: Tensor, layers: Sequence[Layer], batch_size: int = 1, bar: tqdm | None = None
+) -> dict[Layer, Tensor]:
     """[N, 3, H, W] -> {layer: [N, D]}: each layer's activation (`probe`) flattened, computed
     `batch_size` images per forward pass under no_grad."""
     parts: dict[Layer, list[Tensor]] = {layer: [] for layer in layers}
@@ -194,18 +218,23 @@ def hamming_matrix(signs: Tensor) -> Tensor:
     n = signs.shape[0]
     out = torch.zeros(n, n, dtype=torch.int64, device=signs.device)
     for i in range(n):
-        out[i] = (signs[i:i + 1] != signs).sum(dim=1)
+        out[i] = (signs[i : i + 1] != signs).sum(dim=1)
     return out
 
 
-def part_distances(model: nn.Module, images: Tensor, base: Mapping[Layer, Tensor],
-                   boxes: Sequence[Box], fill: float = 0.0, batch_size: int = 1,
-                   bar: tqdm | None = None) -> dict[Layer, np.ndarray]:
+def part_distances(
+    model: nn.Module,
+    images: Tensor,
+    base: Mapping[Layer, Tensor],
+    boxes: Sequence[Box],
+    fill: float = 0.0,
+    batch_size: int = 1,
+    bar: tqdm | None = None,
+) -> dict[Layer, np.ndarray]:
     """Occlude image k's `boxes[k]` in images [N, 3, H, W]; -> {layer: [N, N] int64 Hamming
     distances between the sign(eps) vectors}, eps = base[layer] ([N, D]) - occluded features."""
     occluded = features(model, occlude(images, boxes, fill), list(base), batch_size, bar)
-    return {layer: hamming_matrix(sign_changes(base[layer], occluded[layer])).cpu().numpy()
-            for layer in base}
+    return {layer: hamming_matrix(sign_changes(base[layer], occluded[layer])).cpu().numpy() for layer in base}
 
 
 # ------------------------------------------------------------------------------- the result
@@ -255,18 +284,29 @@ class Correspondence:
         normalised = per_draw / (n * (n - 1) * d)
         r_mean, r_std = _mean_std(per_draw)
         n_mean, n_std = _mean_std(normalised)
-        return {"delta": self.delta(part, layer), "delta_i_lt_j": int(_pairs(h).sum()),
-                "pairs": n * (n - 1) // 2, "feature_length": d,
-                "normalized_mean": mean, "normalized_std": std,
-                "random": {"draws": len(per_draw), "delta_per_draw": per_draw.tolist(),
-                           "delta_mean": r_mean, "delta_std": r_std,
-                           "normalized_per_draw": normalised.tolist(),
-                           "normalized_mean": n_mean, "normalized_std": n_std}}
+        return {
+            "delta": self.delta(part, layer),
+            "delta_i_lt_j": int(_pairs(h).sum()),
+            "pairs": n * (n - 1) // 2,
+            "feature_length": d,
+            "normalized_mean": mean,
+            "normalized_std": std,
+            "random": {
+                "draws": len(per_draw),
+                "delta_per_draw": per_draw.tolist(),
+                "delta_mean": r_mean,
+                "delta_std": r_std,
+                "normalized_per_draw": normalised.tolist(),
+                "normalized_mean": n_mean,
+                "normalized_std": n_std,
+            },
+        }
 
     def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
         """part -> layer key -> `row`."""
-        return {part: {layer_key(layer): self.row(part, layer) for layer in self.layers}
-                for part in self.parts}
+        return {
+            part: {layer_key(layer): self.row(part, layer) for layer in self.layers} for part in self.parts
+        }
 
 
 def layer_key(layer: Layer) -> str:
@@ -282,11 +322,18 @@ def _deepest_stage(layers: Sequence[Layer]) -> int | None:
     return None if any(isinstance(layer, str) for layer in layers) else max(layers)
 
 
-def correspondence(model: nn.Module, images: Tensor, boxes: Mapping[str, Sequence[Box]],
-                   layers: Layer | Sequence[Layer] = DEFAULT_LAYERS, random_draws: int = 10,
-                   seed: int = 0, fill: float = 0.0, batch_size: int = 1,
-                   device: str | torch.device | None = None,
-                   progress: bool = True) -> Correspondence:
+def correspondence(
+    model: nn.Module,
+    images: Tensor,
+    boxes: Mapping[str, Sequence[Box]],
+    layers: Layer | Sequence[Layer] = DEFAULT_LAYERS,
+    random_draws: int = 10,
+    seed: int = 0,
+    fill: float = 0.0,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Correspondence:
     """Zeiler & Fergus's Table 1 on `images` [N, 3, H, W] (normalised input, N >= 2): for each
     part in `boxes` (part -> N boxes (top, left, height, width), one per image) and each layer
     (1..5, "fc6", "fc7"), the [N, N] Hamming distances of sign(x_i - x~_i) and the same for
@@ -313,16 +360,28 @@ def correspondence(model: nn.Module, images: Tensor, boxes: Mapping[str, Sequenc
     with tqdm(total=total, desc="correspondence", unit="image", disable=not progress) as bar:
         base = features(model, x, layers, batch_size, bar)
         found = {p: part_distances(model, x, base, parts[p], fill, batch_size, bar) for p in parts}
-        shuffled = {p: [part_distances(model, x, base, r, fill, batch_size, bar)
-                        for r in randoms[p]] for p in parts}
+        shuffled = {
+            p: [part_distances(model, x, base, r, fill, batch_size, bar) for r in randoms[p]] for p in parts
+        }
     return Correspondence(
-        parts=tuple(parts), layers=layers, boxes=parts, random_boxes=randoms,
+        parts=tuple(parts),
+        layers=layers,
+        boxes=parts,
+        random_boxes=randoms,
         feature_length={layer_key(layer): int(base[layer].shape[1]) for layer in layers},
         distances={p: {layer_key(layer): found[p][layer] for layer in layers} for p in parts},
-        random_distances={p: {layer_key(layer): np.stack([d[layer] for d in shuffled[p]])
-                              for layer in layers} for p in parts},
-        settings={"random_draws": draws, "seed": seed, "fill": fill, "batch_size": batch_size,
-                  "image_size": [height, width]})
+        random_distances={
+            p: {layer_key(layer): np.stack([d[layer] for d in shuffled[p]]) for layer in layers}
+            for p in parts
+        },
+        settings={
+            "random_draws": draws,
+            "seed": seed,
+            "fill": fill,
+            "batch_size": batch_size,
+            "image_size": [height, width],
+        },
+    )
 
 
 # ------------------------------------------------------------------------------ a box file
@@ -364,44 +423,43 @@ def load_box_file(path: str | Path) -> BoxFile:
     image, a box outside the frame -> ValueError naming the file, part and image)."""
     path = Path(path).expanduser()
     if path.suffix not in (".yaml", ".yml", ".json") or not path.is_file():
-        raise FileNotFoundError(f"boxes: expected a YAML or JSON box file, {path} does not exist"
-                                " or has another suffix")
+        raise FileNotFoundError(
+            f"boxes: expected a YAML or JSON box file, {path} does not exist or has another suffix"
+        )
     data = _read_mapping(path)
     where = f"boxes: {path}"
     if not isinstance(data, dict) or not {"image_size", "images", "parts"} <= set(data):
-        raise ValueError(f"{where}: expected a mapping with keys image_size, images, parts "
-                         "(and description)")
+        raise ValueError(f"{where}: expected a mapping with keys image_size, images, parts (and description)")
     size, images, parts = data["image_size"], as_list(data["images"]), data["parts"]
     if not is_int(size) or size < 1:
         raise ValueError(f"{where}: image_size: expected an int >= 1, got {size!r}")
-    if not images or not all(isinstance(i, str) and i for i in images) \
-            or len(set(images)) != len(images):
-        raise ValueError(f"{where}: images: expected a list of distinct sample names or paths, "
-                         f"got {data['images']!r}")
+    if not images or not all(isinstance(i, str) and i for i in images) or len(set(images)) != len(images):
+        raise ValueError(
+            f"{where}: images: expected a list of distinct sample names or paths, got {data['images']!r}"
+        )
     if not isinstance(parts, dict) or not parts:
-        raise ValueError(f"{where}: parts: expected a non-empty mapping part -> image -> box "
-                         f"{BOX_FORMAT}, got {parts!r}")
+        raise ValueError(
+            f"{where}: parts: expected a non-empty mapping part -> image -> box {BOX_FORMAT}, got {parts!r}"
+        )
     checked = {}
     for part, per_image in parts.items():
         if not isinstance(part, str) or not part or not all(c.isalnum() or c in "_-" for c in part):
             raise ValueError(f"{where}: part names must be {PART_NAME}, got {part!r}")
         if not isinstance(per_image, dict) or set(per_image) != set(images):
             got = sorted(per_image) if isinstance(per_image, dict) else per_image
-            raise ValueError(f"{where}: parts.{part}: expected one box for each image "
-                             f"({', '.join(images)}), got {got!r}")
+            raise ValueError(
+                f"{where}: parts.{part}: expected one box for each image ({', '.join(images)}), got {got!r}"
+            )
         ordered = [per_image[name] for name in images]
         try:
             checked.update(check_boxes({part: ordered}, len(images), size, size, images))
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
-    return BoxFile(tuple(images), checked, int(size), str(data.get("description", "")),
-                   _shown_path(path))
+    return BoxFile(tuple(images), checked, int(size), str(data.get("description", "")), _shown_path(path))
 
 
 def _shown_path(path: Path) -> str:
     """`path` relative to the repository when inside it (no absolute paths in results)."""
-    from deconvnet.jobfiles import REPO_ROOT
-
     try:
         return path.resolve().relative_to(REPO_ROOT).as_posix()
     except ValueError:

@@ -3,7 +3,7 @@
 An occluder changes a layer's input only inside a window; the layer's output then changes only
 inside that window's projective field: along one axis, a module with kernel extent e, stride s and
 padding p maps changed inputs [a, b) onto changed outputs [ceil((a + p - e + 1) / s),
-floor((b - 1 + p) / s) + 1), clipped to the map (the dual of `deconvnet.geometry`'s rule). So the
+floor((b - 1 + p) / s) + 1), clipped to the map (the dual of `deconvnet.core.geometry`'s rule). So the
 unoccluded image's activations are computed once and, for every occluder position, each layer is
 recomputed only in a window holding that field; everything outside is read from the cache.
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvnet.geometry import Span, check_supported, spans
+from deconvnet.core.geometry import Span, check_supported, spans
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ class Windows:
     """Per occluder position, along one axis: the changed interval [lo, hi) of a map and the
     computed window [start, start + length) that holds it (`length` is shared by all positions)."""
 
-    lo: Tensor      # [N] long
-    hi: Tensor      # [N] long
-    start: Tensor   # [N] long
+    lo: Tensor  # [N] long
+    hi: Tensor  # [N] long
+    start: Tensor  # [N] long
     length: int
 
 
@@ -54,8 +54,15 @@ def _pad_value(module: nn.Module) -> float:
     return -math.inf if isinstance(module, nn.MaxPool2d) else 0.0
 
 
-def _read_windows(padded: Tensor, rows: Windows, cols: Windows, span_y: Span, span_x: Span,
-                  prev: tuple[Windows, Windows], values: Tensor) -> Tensor:
+def _read_windows(
+    padded: Tensor,
+    rows: Windows,
+    cols: Windows,
+    span_y: Span,
+    span_x: Span,
+    prev: tuple[Windows, Windows],
+    values: Tensor,
+) -> Tensor:
     """[N, C, ry, rx]: per position, the padded input a module's output window reads, from the
     cached map `padded` [1, C, H + 2p, W + 2p] with the position's recomputed window `values`
     [N, C, ly, lx] (at `prev`, unpadded coordinates) written over it."""
@@ -63,7 +70,7 @@ def _read_windows(padded: Tensor, rows: Windows, cols: Windows, span_y: Span, sp
     rx = (cols.length - 1) * span_x.stride + span_x.extent
     ys = (rows.start * span_y.stride).tolist()
     xs = (cols.start * span_x.stride).tolist()
-    out = torch.stack([padded[0, :, y:y + ry, x:x + rx] for y, x in zip(ys, xs)])
+    out = torch.stack([padded[0, :, y : y + ry, x : x + rx] for y, x in zip(ys, xs)])
     py = (prev[0].start + span_y.padding).tolist()
     px = (prev[1].start + span_x.padding).tolist()
     ly, lx = values.shape[-2:]
@@ -71,16 +78,16 @@ def _read_windows(padded: Tensor, rows: Windows, cols: Windows, span_y: Span, sp
         top, left = max(y0, y1), max(x0, x1)
         bottom, right = min(y0 + ry, y1 + ly), min(x0 + rx, x1 + lx)
         if top < bottom and left < right:
-            out[n, :, top - y0:bottom - y0, left - x0:right - x0] = \
-                values[n, :, top - y1:bottom - y1, left - x1:right - x1]
+            out[n, :, top - y0 : bottom - y0, left - x0 : right - x0] = values[
+                n, :, top - y1 : bottom - y1, left - x1 : right - x1
+            ]
     return out
 
 
 def _run_unpadded(module: nn.Module, x: Tensor) -> Tensor:
     """`module` on an input that already carries its padding."""
     if isinstance(module, nn.Conv2d):
-        return F.conv2d(x, module.weight, module.bias, module.stride, 0, module.dilation,
-                        module.groups)
+        return F.conv2d(x, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
     return F.max_pool2d(x, module.kernel_size, module.stride, 0, module.dilation)
 
 
@@ -89,14 +96,16 @@ def check_incremental(features: nn.Sequential) -> None:
     for index, module in enumerate(features):
         check_supported(module, index)
         if isinstance(module, nn.MaxPool2d) and module.ceil_mode:
-            raise ValueError(f"model.features[{index}]: MaxPool2d with ceil_mode=True is not "
-                             "supported by incremental occlusion (use method='brute')")
+            raise ValueError(
+                f"model.features[{index}]: MaxPool2d with ceil_mode=True is not "
+                "supported by incremental occlusion (use method='brute')"
+            )
 
 
 def cached_forward(features: nn.Sequential, x: Tensor, last: int) -> list[Tensor]:
     """[1, 3, H, W] -> the input of every module 0..last and the output of `last` (out of place)."""
     maps = [x]
-    for module in list(features)[:last + 1]:
+    for module in list(features)[: last + 1]:
         maps.append(torch.relu(maps[-1]) if isinstance(module, nn.ReLU) else module(maps[-1]))
     return maps
 
@@ -111,12 +120,14 @@ class IncrementalForward:
 
     def __init__(self, features: nn.Sequential, maps: list[Tensor]) -> None:
         check_incremental(features)
-        self.modules = list(features)[:len(maps) - 1]
+        self.modules = list(features)[: len(maps) - 1]
         self.maps = maps
-        self.padded = [None if isinstance(m, nn.ReLU) else
-                       F.pad(maps[i], (spans(m)[1].padding,) * 2 + (spans(m)[0].padding,) * 2,
-                             value=_pad_value(m))
-                       for i, m in enumerate(self.modules)]
+        self.padded = [
+            None
+            if isinstance(m, nn.ReLU)
+            else F.pad(maps[i], (spans(m)[1].padding,) * 2 + (spans(m)[0].padding,) * 2, value=_pad_value(m))
+            for i, m in enumerate(self.modules)
+        ]
 
     def run(self, patches: Tensor, top: Tensor, left: Tensor) -> Tensor:
         """[N, 3, P, P] occluded pixels at ([N], [N]) -> [N, C, h, w] output of the last module."""
@@ -131,8 +142,7 @@ class IncrementalForward:
             span_y, span_x = spans(module)
             new_rows, _ = output_windows(rows, span_y, self.maps[i].shape[-2])
             new_cols, _ = output_windows(cols, span_x, self.maps[i].shape[-1])
-            read = _read_windows(self.padded[i], new_rows, new_cols, span_y, span_x,
-                                 (rows, cols), values)
+            read = _read_windows(self.padded[i], new_rows, new_cols, span_y, span_x, (rows, cols), values)
             values = _run_unpadded(module, read)
             rows, cols = new_rows, new_cols
         return self._paste(values, rows, cols)
@@ -142,5 +152,5 @@ class IncrementalForward:
         full = self.maps[-1].expand(values.shape[0], -1, -1, -1).clone()
         ly, lx = values.shape[-2:]
         for n, (y, x) in enumerate(zip(rows.start.tolist(), cols.start.tolist())):
-            full[n, :, y:y + ly, x:x + lx] = values[n]
+            full[n, :, y : y + ly, x : x + lx] = values[n]
         return full

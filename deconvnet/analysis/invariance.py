@@ -44,19 +44,19 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from deconvnet.gradient.targets import class_count
-from deconvnet.jobfiles import check_device
-from deconvnet.optim.probe import probe
-from deconvnet.precision import full_float32
-from deconvnet.validation import check_count, check_images, is_int
+from deconvnet.core.precision import full_float32
+from deconvnet.core.probe import probe
+from deconvnet.core.targets import class_count
+from deconvnet.core.validation import check_count, check_device, check_images, is_int
 
 TRANSFORMS = ("translate", "scale", "rotate")
 PAPER_VALUES: dict[str, tuple[float, ...]] = {
@@ -64,9 +64,11 @@ PAPER_VALUES: dict[str, tuple[float, ...]] = {
     "scale": tuple(round(1.0 + 0.1 * k, 10) for k in range(9)),
     "rotate": tuple(range(0, 361, 15)),
 }
-UNITS = {"translate": "pixels (vertical; > 0 moves the content down)",
-         "scale": "ratio (> 1 enlarges the content about the centre)",
-         "rotate": "degrees (counter-clockwise about the centre)"}
+UNITS = {
+    "translate": "pixels (vertical; > 0 moves the content down)",
+    "scale": "ratio (> 1 enlarges the content about the centre)",
+    "rotate": "degrees (counter-clockwise about the centre)",
+}
 LAYERS_DOC = "a stage 1..5, 'fc6' or 'fc7'"
 DEFAULT_LAYERS = (1, "fc7")
 HEAD_LAYERS = ("fc6", "fc7")
@@ -101,8 +103,11 @@ class Invariance:
 def check_transforms(transform: object) -> list[str]:
     """One of TRANSFORMS or a non-empty list of them, each once -> list."""
     accepted = f"one of {', '.join(map(repr, TRANSFORMS))} or a non-empty list of them"
-    items = [transform] if isinstance(transform, str) else (
-        list(transform) if isinstance(transform, (list, tuple)) else None)
+    items = (
+        [transform]
+        if isinstance(transform, str)
+        else (list(transform) if isinstance(transform, (list, tuple)) else None)
+    )
     if not items:
         raise ValueError(f"transform: expected {accepted}, got {transform!r}")
     for item in items:
@@ -115,8 +120,7 @@ def check_transforms(transform: object) -> list[str]:
 
 def _number(value: object) -> bool:
     """A finite real that is not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
-        float(value))
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 def check_values(transform: str, values: object, key: str = "values") -> tuple[float, ...]:
@@ -127,14 +131,18 @@ def check_values(transform: str, values: object, key: str = "values") -> tuple[f
     if isinstance(values, Tensor):
         values = values.tolist()
     items = list(values) if isinstance(values, (list, tuple, range)) else None
-    accepted = {"translate": "whole pixels (ints)", "scale": "finite ratios > 0",
-                "rotate": "finite angles in degrees"}[transform]
+    accepted = {
+        "translate": "whole pixels (ints)",
+        "scale": "finite ratios > 0",
+        "rotate": "finite angles in degrees",
+    }[transform]
     if not items:
-        raise ValueError(f"{key}: expected None (the paper's {transform} values) or a non-empty "
-                         f"list of {accepted}, got {values!r}")
+        raise ValueError(
+            f"{key}: expected None (the paper's {transform} values) or a non-empty "
+            f"list of {accepted}, got {values!r}"
+        )
     for v in items:
-        ok = is_int(v) if transform == "translate" else _number(v) and (
-            transform != "scale" or v > 0)
+        ok = is_int(v) if transform == "translate" else _number(v) and (transform != "scale" or v > 0)
         if not ok:
             raise ValueError(f"{key}: {transform} values must be {accepted}, got {v!r}")
     return tuple(int(v) if transform == "translate" else float(v) for v in items)
@@ -145,8 +153,7 @@ def check_layers(layers: object) -> tuple[int | str, ...]:
     single = is_int(layers) or isinstance(layers, str)
     items = [layers] if single else list(layers) if isinstance(layers, (list, tuple)) else None
     if not items:
-        raise ValueError(f"layers: expected {LAYERS_DOC} or a non-empty list of them, "
-                         f"got {layers!r}")
+        raise ValueError(f"layers: expected {LAYERS_DOC} or a non-empty list of them, got {layers!r}")
     for item in items:
         if not ((is_int(item) and 1 <= item <= 5) or item in HEAD_LAYERS):
             raise ValueError(f"layers: expected {LAYERS_DOC} (or a list of them), got {item!r}")
@@ -161,12 +168,13 @@ def check_labels(model: nn.Module, labels: object, count: int) -> Tensor | None:
     if labels is None:
         return None
     classes = class_count(model)
-    accepted = (f"None (each original image's predicted class) or {count} class ints in "
-                f"0..{classes - 1}, one per image")
+    accepted = (
+        f"None (each original image's predicted class) or {count} class ints in "
+        f"0..{classes - 1}, one per image"
+    )
     if isinstance(labels, Tensor):
         if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"labels: expected {accepted}, got a tensor {labels.dtype} "
-                             f"{list(labels.shape)}")
+            raise ValueError(f"labels: expected {accepted}, got a tensor {labels.dtype} {list(labels.shape)}")
         labels = labels.tolist()
     if not isinstance(labels, (list, tuple)) or len(labels) != count:
         raise ValueError(f"labels: expected {accepted}, got {labels!r}")
@@ -187,16 +195,18 @@ def _target(model: nn.Module, device: object) -> tuple[torch.device, torch.dtype
     """The model's device and dtype; `device` (None: the model's) must be the model's device."""
     weight = next(model.parameters())
     if weight.device.type == "meta":
-        raise ValueError("model: its weights are on the meta device (no values); load real "
-                         "weights")
+        raise ValueError("model: its weights are on the meta device (no values); load real weights")
     if device is not None:
         wanted = check_device(str(device) if isinstance(device, torch.device) else device)
         same = wanted.type == weight.device.type and (
-            wanted.index is None or wanted.index == weight.device.index)
+            wanted.index is None or wanted.index == weight.device.index
+        )
         if not same:
-            raise ValueError(f"device: the model's weights are on {weight.device}, got "
-                             f"{str(device)!r}; move the model there first (invariance never "
-                             "moves or copies the caller's model), or leave device=None")
+            raise ValueError(
+                f"device: the model's weights are on {weight.device}, got "
+                f"{str(device)!r}; move the model there first (invariance never "
+                "moves or copies the caller's model), or leave device=None"
+            )
     return weight.device, weight.dtype
 
 
@@ -217,9 +227,9 @@ def _translate(images: Tensor, shifts: Sequence[int], fill: float) -> Tensor:
     h = images.shape[-2]
     for k, t in enumerate(shifts):
         if 0 <= t < h:
-            out[k, :, t:] = images[k, :, :h - t]
+            out[k, :, t:] = images[k, :, : h - t]
         elif -h < t < 0:
-            out[k, :, :h + t] = images[k, :, -t:]
+            out[k, :, : h + t] = images[k, :, -t:]
     return out
 
 
@@ -227,8 +237,9 @@ def _grid(transform: str, values: Sequence[float], h: int, w: int, images: Tenso
     """The sampling grid [N, H, W, 2] (x, y in grid_sample's units, align_corners=False): where
     each output pixel centre comes from under the inverse scale / rotation about the centre."""
     kw = {"dtype": torch.float64, "device": images.device}
-    y, x = torch.meshgrid(torch.arange(h, **kw) - (h - 1) / 2,
-                          torch.arange(w, **kw) - (w - 1) / 2, indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(h, **kw) - (h - 1) / 2, torch.arange(w, **kw) - (w - 1) / 2, indexing="ij"
+    )
     if transform == "scale":
         inverse = torch.tensor([1.0 / v for v in values], **kw).view(-1, 1, 1)
         sx, sy = x * inverse, y * inverse
@@ -240,8 +251,9 @@ def _grid(transform: str, values: Sequence[float], h: int, w: int, images: Tenso
     return torch.stack([sx * (2.0 / w), sy * (2.0 / h)], dim=-1).to(images.dtype)
 
 
-def transform_images(images: Tensor, transform: str, values: float | Sequence[float],
-                     fill: float = 0.0) -> Tensor:
+def transform_images(
+    images: Tensor, transform: str, values: float | Sequence[float], fill: float = 0.0
+) -> Tensor:
     """[N, 3, H, W] -> [N, 3, H, W]: image k under `transform` by values[k] (one value: all),
     the uncovered area `fill` (module doc: directions, interpolation, the identity)."""
     (transform,) = check_transforms(transform)
@@ -253,8 +265,9 @@ def transform_images(images: Tensor, transform: str, values: float | Sequence[fl
     if not many:
         amounts = amounts * images.shape[0]
     if len(amounts) != images.shape[0]:
-        raise ValueError(f"values: expected one value or {images.shape[0]} (one per image), got "
-                         f"{len(amounts)}")
+        raise ValueError(
+            f"values: expected one value or {images.shape[0]} (one per image), got {len(amounts)}"
+        )
     if transform == "translate":
         return _translate(images, amounts, fill)
     out = images.clone()
@@ -262,8 +275,7 @@ def transform_images(images: Tensor, transform: str, values: float | Sequence[fl
     if todo:
         part = images[todo] - fill if fill else images[todo]
         grid = _grid(transform, [amounts[k] for k in todo], *images.shape[-2:], images)
-        warped = F.grid_sample(part, grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
+        warped = F.grid_sample(part, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out[todo] = warped + fill if fill else warped
     return out
 
@@ -287,11 +299,12 @@ def _forward(model: nn.Module, x: Tensor, layers: Sequence[int | str]) -> dict[i
 def _batches(pairs: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
     """Consecutive runs of at most `size` (image, amount) pairs."""
     for start in range(0, len(pairs), size):
-        yield pairs[start:start + size]
+        yield pairs[start : start + size]
 
 
-def _reference(model: nn.Module, x: Tensor, layers: Sequence[int | str], batch_size: int
-               ) -> dict[int | str, Tensor]:
+def _reference(
+    model: nn.Module, x: Tensor, layers: Sequence[int | str], batch_size: int
+) -> dict[int | str, Tensor]:
     """The originals' activations {layer: [B, ...], "logits": [B, classes]}, in batches."""
     parts = [_forward(model, chunk, layers) for chunk in x.split(batch_size)]
     return {p: torch.cat([part[p] for part in parts]) for p in _points(layers)}
@@ -299,20 +312,36 @@ def _reference(model: nn.Module, x: Tensor, layers: Sequence[int | str], batch_s
 
 def _settings(transform: str, fill: float, labels_from: str) -> dict[str, Any]:
     """Every choice behind one transformation's curves, in words (module doc)."""
-    return {"transform": transform, "units": UNITS[transform], "fill": fill, "fill_means": FILL,
-            "interpolation": "none (whole pixels)" if transform == "translate" else
-            "bilinear at the exact inverse map, align_corners=False, no antialiasing",
-            "transformed": "the preprocessed tensor, output the input's size",
-            "distance": DISTANCE, "probability": PROBABILITY,
-            "labels": "given" if labels_from == "given" else
-            "each original image's predicted class (argmax of its logits)",
-            "identity": "not recomputed: distance 0, the original's probability"}
+    return {
+        "transform": transform,
+        "units": UNITS[transform],
+        "fill": fill,
+        "fill_means": FILL,
+        "interpolation": "none (whole pixels)"
+        if transform == "translate"
+        else "bilinear at the exact inverse map, align_corners=False, no antialiasing",
+        "transformed": "the preprocessed tensor, output the input's size",
+        "distance": DISTANCE,
+        "probability": PROBABILITY,
+        "labels": "given"
+        if labels_from == "given"
+        else "each original image's predicted class (argmax of its logits)",
+        "identity": "not recomputed: distance 0, the original's probability",
+    }
 
 
-def _curves(model: nn.Module, x: Tensor, reference: Mapping[int | str, Tensor],
-            labels: Tensor, transform: str, values: Sequence[float], fill: float,
-            layers: Sequence[int | str], batch_size: int, progress: bool
-            ) -> tuple[dict[int | str, Tensor], Tensor, Tensor]:
+def _curves(
+    model: nn.Module,
+    x: Tensor,
+    reference: Mapping[int | str, Tensor],
+    labels: Tensor,
+    transform: str,
+    values: Sequence[float],
+    fill: float,
+    layers: Sequence[int | str],
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[int | str, Tensor], Tensor, Tensor]:
     """Distances {layer: [B, T]}, probabilities [B, T], top classes [B, T] of one transform."""
     count = x.shape[0]
     distance = {layer: torch.zeros(count, len(values), dtype=torch.float64) for layer in layers}
@@ -320,10 +349,10 @@ def _curves(model: nn.Module, x: Tensor, reference: Mapping[int | str, Tensor],
     rows = torch.arange(count)
     probability = base[rows, labels].unsqueeze(1).repeat(1, len(values))
     predicted = base.argmax(dim=1).unsqueeze(1).repeat(1, len(values))
-    pairs = [(b, t) for t, v in enumerate(values) if not is_identity(transform, v)
-             for b in range(count)]
-    bar = tqdm(total=len(pairs), desc=f"invariance: {transform}", unit="image",
-               disable=not progress, leave=False)
+    pairs = [(b, t) for t, v in enumerate(values) if not is_identity(transform, v) for b in range(count)]
+    bar = tqdm(
+        total=len(pairs), desc=f"invariance: {transform}", unit="image", disable=not progress, leave=False
+    )
     for chunk in _batches(pairs, batch_size):
         b, t = (torch.tensor(i) for i in zip(*chunk))
         moved = transform_images(x[b.to(x.device)], transform, [values[i] for i in t], fill)
@@ -340,11 +369,18 @@ def _curves(model: nn.Module, x: Tensor, reference: Mapping[int | str, Tensor],
 
 
 @full_float32()
-def invariance(model: nn.Module, images: Tensor, transform: str | Sequence[str] = "translate",
-               values: Sequence[float] | Mapping[str, Sequence[float] | None] | None = None,
-               layers: int | str | Sequence[int | str] = DEFAULT_LAYERS, labels: object = None,
-               fill: float = 0.0, batch_size: int = 8, device: str | torch.device | None = None,
-               progress: bool = False) -> Invariance | dict[str, Invariance]:
+def invariance(
+    model: nn.Module,
+    images: Tensor,
+    transform: str | Sequence[str] = "translate",
+    values: Sequence[float] | Mapping[str, Sequence[float] | None] | None = None,
+    layers: int | str | Sequence[int | str] = DEFAULT_LAYERS,
+    labels: object = None,
+    fill: float = 0.0,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Invariance | dict[str, Invariance]:
     """Zeiler & Fergus's Fig. 5 curves: images [B, 3, H, W] (normalised input) -> `Invariance`
     (values [T], distance {layer: [B, T]}, probability [B, T], labels [B]).
 
@@ -374,17 +410,24 @@ def invariance(model: nn.Module, images: Tensor, transform: str | Sequence[str] 
         target = reference["logits"].argmax(dim=1).cpu()
     results = {}
     for name in names:
-        distance, probability, predicted = _curves(model, x, reference, target, name,
-                                                   amounts[name], fill, chosen, batch_size,
-                                                   progress)
-        results[name] = Invariance(name, torch.tensor(amounts[name], dtype=torch.float64),
-                                   chosen, distance, probability, predicted, target.clone(),
-                                   from_labels, _settings(name, fill, from_labels))
+        distance, probability, predicted = _curves(
+            model, x, reference, target, name, amounts[name], fill, chosen, batch_size, progress
+        )
+        results[name] = Invariance(
+            name,
+            torch.tensor(amounts[name], dtype=torch.float64),
+            chosen,
+            distance,
+            probability,
+            predicted,
+            target.clone(),
+            from_labels,
+            _settings(name, fill, from_labels),
+        )
     return results if not isinstance(transform, str) else results[names[0]]
 
 
-def _check_value_map(names: Sequence[str], values: object, several: bool
-                     ) -> dict[str, tuple[float, ...]]:
+def _check_value_map(names: Sequence[str], values: object, several: bool) -> dict[str, tuple[float, ...]]:
     """One transform: values a list or None. Several: a mapping {transform: list or None}
     (missing ones: the paper's) or None."""
     if not several:
@@ -392,10 +435,13 @@ def _check_value_map(names: Sequence[str], values: object, several: bool
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise ValueError(f"values: with several transformations expected None or a mapping "
-                         f"{{transformation: values}}, got {values!r}")
+        raise ValueError(
+            f"values: with several transformations expected None or a mapping "
+            f"{{transformation: values}}, got {values!r}"
+        )
     unknown = [k for k in values if k not in names]
     if unknown:
-        raise ValueError(f"values: {unknown[0]!r} is not one of the transformations asked for "
-                         f"({', '.join(names)})")
+        raise ValueError(
+            f"values: {unknown[0]!r} is not one of the transformations asked for ({', '.join(names)})"
+        )
     return {n: check_values(n, values.get(n), f"values[{n!r}]") for n in names}

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deconvnet.analysis.incremental import IncrementalForward, cached_forward, check_incremental
-from deconvnet.architecture import stage as stage_of
-from deconvnet.gradient.targets import resolve_target
-from deconvnet.optim.probe import head_logits
-from deconvnet.precision import full_float32
-from deconvnet.validation import check_count, check_images, check_real, is_int
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.precision import full_float32
+from deconvnet.core.probe import head_logits
+from deconvnet.core.targets import resolve_target
+from deconvnet.core.validation import check_count, check_images, check_real, is_int
 
 METHODS = ("incremental", "brute")
 
@@ -65,11 +65,11 @@ def check_occluder(images: Tensor, patch: object, stride: object, fill: object) 
     """(patch, stride, fill) checked against the images' size; ValueError naming the argument."""
     h, w = images.shape[-2:]
     if not is_int(patch) or not 1 <= int(patch) <= min(h, w):
-        raise ValueError(f"patch: expected an int side length in 1..{min(h, w)} (the images are "
-                         f"{h}x{w}), got {patch!r}")
+        raise ValueError(
+            f"patch: expected an int side length in 1..{min(h, w)} (the images are {h}x{w}), got {patch!r}"
+        )
     if not is_int(stride) or int(stride) < 1:
-        raise ValueError(f"stride: expected an int >= 1 (pixels between occluder positions), "
-                         f"got {stride!r}")
+        raise ValueError(f"stride: expected an int >= 1 (pixels between occluder positions), got {stride!r}")
     return int(patch), int(stride), check_real("fill", fill, low=-float("inf"))
 
 
@@ -81,10 +81,13 @@ def check_method(method: object) -> str:
 
 def resolve_classes(model: nn.Module, target: object, batch: int) -> Tensor | None:
     """None (the predicted class), an int or a [B] integer tensor -> [B] classes or None."""
-    if isinstance(target, (list, tuple)) or not (target is None or is_int(target)
-                                                 or isinstance(target, Tensor)):
-        raise ValueError("target: expected None (each image's predicted class), a class int or a "
-                         f"[B] integer tensor of classes, got {type(target).__name__}")
+    if isinstance(target, (list, tuple)) or not (
+        target is None or is_int(target) or isinstance(target, Tensor)
+    ):
+        raise ValueError(
+            "target: expected None (each image's predicted class), a class int or a "
+            f"[B] integer tensor of classes, got {type(target).__name__}"
+        )
     rows = resolve_target(model, target, batch, {})
     return None if rows.classes is None else rows.classes
 
@@ -98,7 +101,7 @@ def _occluded(x: Tensor, top: Tensor, left: Tensor, patch: int, fill: float) -> 
     """[1, 3, H, W] -> [N, 3, H, W]: the image with a fill square at each (top, left)."""
     out = x.expand(len(top), -1, -1, -1).clone()
     for n, (y, x0) in enumerate(zip(top.tolist(), left.tolist())):
-        out[n, :, y:y + patch, x0:x0 + patch] = fill
+        out[n, :, y : y + patch, x0 : x0 + patch] = fill
     return out
 
 
@@ -112,13 +115,14 @@ class _Grid:
 
     def batches(self, size: int):
         for start in range(0, len(self.ys), size):
-            yield slice(start, start + size), self.ys[start:start + size], self.xs[start:start + size]
+            yield (slice(start, start + size), self.ys[start : start + size], self.xs[start : start + size])
 
 
-def _features_to_stage(model: nn.Module, stage_index: int, method: str, x: Tensor,
-                       maps: list[Tensor], patch: int, fill: float):
+def _features_to_stage(
+    model: nn.Module, stage_index: int, method: str, x: Tensor, maps: list[Tensor], patch: int, fill: float
+):
     """A function (top [N], left [N]) -> stage-5 maps [N, C, h, w] of the occluded images."""
-    features = list(model.features)[:stage_index + 1]
+    features = list(model.features)[: stage_index + 1]
     if method == "incremental":
         engine = IncrementalForward(model.features, maps)
         patch_of = torch.full((1, 3, patch, patch), fill, dtype=x.dtype, device=x.device)
@@ -129,13 +133,23 @@ def _features_to_stage(model: nn.Module, stage_index: int, method: str, x: Tenso
         for module in features:
             h = torch.relu(h) if isinstance(module, nn.ReLU) else module(h)
         return h
+
     return brute
 
 
 @full_float32()
-def occlusion(model: nn.Module, images: Tensor, target: object = None, patch: int = 48,
-              stride: int = 16, fill: float = 0.0, *, method: str = "incremental",
-              batch_size: int = 16, progress: bool = False) -> Occlusion:
+def occlusion(
+    model: nn.Module,
+    images: Tensor,
+    target: object = None,
+    patch: int = 48,
+    stride: int = 16,
+    fill: float = 0.0,
+    *,
+    method: str = "incremental",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> Occlusion:
     """Fig. 7's occlusion maps: images [B, 3, H, W] (normalised) -> `Occlusion` ([B, ny, nx] maps).
 
     target: None (each image's predicted class), a class int or a [B] tensor of classes.
@@ -154,28 +168,61 @@ def occlusion(model: nn.Module, images: Tensor, target: object = None, patch: in
     x_all = images.to(device=weight.device, dtype=weight.dtype)
     s5 = stage_of(model, 5).index
     grid = _Grid(*images.shape[-2:], patch, stride)
-    per_image = [_occlude_one(model, x_all[b:b + 1], None if classes is None else classes[b],
-                              s5, grid, patch, fill, method, batch_size, progress)
-                 for b in range(images.shape[0])]
+    per_image = [
+        _occlude_one(
+            model,
+            x_all[b : b + 1],
+            None if classes is None else classes[b],
+            s5,
+            grid,
+            patch,
+            fill,
+            method,
+            batch_size,
+            progress,
+        )
+        for b in range(images.shape[0])
+    ]
     stacked = {k: torch.stack([p[k] for p in per_image]).cpu() for k in per_image[0]}
     shape = (images.shape[0], len(grid.top), len(grid.left))
     return Occlusion(
-        probability=stacked["probability"].view(shape), feature=stacked["feature"].view(shape),
-        label=stacked["label"].view(shape), target=stacked["target"], channel=stacked["channel"],
-        unoccluded_probability=stacked["p0"], unoccluded_feature=stacked["f0"],
-        unoccluded_label=stacked["l0"], top=grid.top, left=grid.left,
-        settings={"patch": patch, "stride": stride, "fill": fill, "method": method,
-                  "batch_size": batch_size,
-                  "strongest_channel": "the stage-5 channel holding the largest activation"})
+        probability=stacked["probability"].view(shape),
+        feature=stacked["feature"].view(shape),
+        label=stacked["label"].view(shape),
+        target=stacked["target"],
+        channel=stacked["channel"],
+        unoccluded_probability=stacked["p0"],
+        unoccluded_feature=stacked["f0"],
+        unoccluded_label=stacked["l0"],
+        top=grid.top,
+        left=grid.left,
+        settings={
+            "patch": patch,
+            "stride": stride,
+            "fill": fill,
+            "method": method,
+            "batch_size": batch_size,
+            "strongest_channel": "the stage-5 channel holding the largest activation",
+        },
+    )
 
 
-def _occlude_one(model: nn.Module, x: Tensor, target: Tensor | None, s5: int, grid: _Grid,
-                 patch: int, fill: float, method: str, batch_size: int, progress: bool
-                 ) -> dict[str, Tensor]:
+def _occlude_one(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None,
+    s5: int,
+    grid: _Grid,
+    patch: int,
+    fill: float,
+    method: str,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Tensor]:
     """One image [1, 3, H, W] -> its flat maps over the grid and its unoccluded values."""
     with torch.no_grad():
         maps = cached_forward(model.features, x, s5)
-        tail = list(model.features)[s5 + 1:]
+        tail = list(model.features)[s5 + 1 :]
         logits0 = head_logits(model, _run(tail, maps[-1]))
         p0 = logits0.softmax(dim=1)[0]
         cls = int(p0.argmax()) if target is None else int(target)
@@ -191,9 +238,16 @@ def _occlude_one(model: nn.Module, x: Tensor, target: Tensor | None, s5: int, gr
             label.append(p.argmax(dim=1))
             bar.update(len(top))
         bar.close()
-    return {"probability": torch.cat(prob), "feature": torch.cat(feat), "label": torch.cat(label),
-            "target": torch.tensor(cls), "channel": torch.tensor(channel), "p0": p0[cls],
-            "f0": maps[-1][0, channel].sum(), "l0": p0.argmax()}
+    return {
+        "probability": torch.cat(prob),
+        "feature": torch.cat(feat),
+        "label": torch.cat(label),
+        "target": torch.tensor(cls),
+        "channel": torch.tensor(channel),
+        "p0": p0[cls],
+        "f0": maps[-1][0, channel].sum(),
+        "l0": p0.argmax(),
+    }
 
 
 def _run(modules: list[nn.Module], h: Tensor) -> Tensor:

@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deconvnet.architecture import architecture_name
-from deconvnet.architecture import stage as stage_of
-from deconvnet.validation import is_int
+from deconvnet.core.architecture import architecture_name
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.validation import is_int
 
 MODES = ("cascading", "independent")
 MAX_SEED = 2**63 - 1
@@ -67,8 +67,10 @@ def learnable_layers(model: nn.Module) -> list[Layer]:
             found.append(("features", i, "conv", name))
     linears = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
     found += [("classifier", i, "linear", f"fc{6 + j}") for j, i in enumerate(linears)]
-    return [Layer(name, part, index, kind, position)
-            for position, (part, index, kind, name) in reversed(list(enumerate(found)))]
+    return [
+        Layer(name, part, index, kind, position)
+        for position, (part, index, kind, name) in reversed(list(enumerate(found)))
+    ]
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -107,8 +109,9 @@ def check_modes(modes: object) -> tuple[str, ...]:
     """A mode or a non-empty list of modes, each once (order kept)."""
     items = [modes] if isinstance(modes, str) else _as_list(modes)
     if not items:
-        raise ValueError(f"modes: expected one of {', '.join(MODES)} or a non-empty list of them, "
-                         f"got {modes!r}")
+        raise ValueError(
+            f"modes: expected one of {', '.join(MODES)} or a non-empty list of them, got {modes!r}"
+        )
     try:
         checked = [check_mode(m) for m in items]
     except ValueError as error:
@@ -121,14 +124,13 @@ def check_modes(modes: object) -> tuple[str, ...]:
 def check_seed(seed: object) -> int:
     """An int in 0..2**63-1 (the re-initialisation's seed)."""
     if not is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed: expected an int in 0..2**63-1 (the re-initialisation), got "
-                         f"{seed!r}")
+        raise ValueError(f"seed: expected an int in 0..2**63-1 (the re-initialisation), got {seed!r}")
     return int(seed)
 
 
 def _as_list(value: object) -> list | None:
     """A list / tuple / Hydra ListConfig as a list, else None (`synthesis.job.as_list`)."""
-    from deconvnet.synthesis.job import as_list
+    from deconvnet.core.validation import as_list
 
     return as_list(value)
 
@@ -181,8 +183,7 @@ def fresh_parameters(model: nn.Module, layer: Layer, seed: int) -> tuple[Tensor,
     has_bias = module.bias is not None
     if architecture_name(model) == "vgg":
         if layer.kind == "conv":
-            nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu",
-                                    generator=generator)
+            nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu", generator=generator)
         else:
             nn.init.normal_(weight, 0.0, 0.01, generator=generator)
         bias = torch.zeros(weight.shape[0]) if has_bias else None
@@ -228,9 +229,11 @@ class Randomized:
         wanted = set(names)
         for name in sorted(self.changed - wanted):
             source = module_of(self.source, self.layers[name])
-            _write(module_of(self.copy, self.layers[name]), source.weight.detach(),
-                   None if source.bias is None else source.bias.detach())
-        randomize_layers(self.copy, [self.layers[n] for n in sorted(wanted - self.changed)],
-                         self.seed)
+            _write(
+                module_of(self.copy, self.layers[name]),
+                source.weight.detach(),
+                None if source.bias is None else source.bias.detach(),
+            )
+        randomize_layers(self.copy, [self.layers[n] for n in sorted(wanted - self.changed)], self.seed)
         self.changed = wanted
         return self.copy

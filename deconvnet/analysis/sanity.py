@@ -43,8 +43,9 @@ The caller's model is only read: all work happens on one deep copy (on `device`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,18 +53,31 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deconvnet.analysis.randomize import (
-    MODES, Layer, Randomized, check_layers, check_modes, check_seed, layers_used, randomized_at,
+    MODES,
+    Layer,
+    Randomized,
+    check_layers,
+    check_modes,
+    check_seed,
+    layers_used,
+    randomized_at,
 )
 from deconvnet.analysis.similarity import METRIC_TITLES, METRICS, similarities
-from deconvnet.architecture import stage as stage_of
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.geometry import stage_sizes
+from deconvnet.core.targets import Channel, Unit, resolve_target
+from deconvnet.core.validation import check_count, check_device, check_images, check_real, is_int
+from deconvnet.gradient.explained import resolve_explained
 from deconvnet.gradient.methods import METHODS, explain
-from deconvnet.gradient.passes import stage_sizes
-from deconvnet.gradient.targets import Channel, Unit, resolve_target
-from deconvnet.jobfiles import check_device
-from deconvnet.validation import check_count, check_images, check_real, is_int
 
-DEFAULT_METHODS = ("gradient", "guided", "deconvnet", "smoothgrad_gradient", "gradcam",
-                   "integrated_gradients")
+DEFAULT_METHODS = (
+    "gradient",
+    "guided",
+    "deconvnet",
+    "smoothgrad_gradient",
+    "gradcam",
+    "integrated_gradients",
+)
 CAM_METHODS = ("gradcam", "guided_gradcam")
 TARGETS = "None (each image's predicted class), a class int, a deconvnet Unit or Channel"
 PASS_METRIC, PASS_BELOW = "spearman_abs", 0.5
@@ -83,13 +97,18 @@ class MapSettings:
 
     def options(self) -> dict[str, Any]:
         """The keyword options `explain` hands to each method."""
-        return {"samples": self.samples, "noise": self.noise, "seed": self.noise_seed,
-                "steps": self.steps, "stage": self.cam_stage}
+        return {
+            "samples": self.samples,
+            "noise": self.noise,
+            "seed": self.noise_seed,
+            "steps": self.steps,
+            "stage": self.cam_stage,
+        }
 
 
 def check_methods(methods: object) -> tuple[str, ...]:
     """A method name or a non-empty list of names of METHODS, each once."""
-    from deconvnet.synthesis.job import as_list
+    from deconvnet.core.validation import as_list
 
     items = [methods] if isinstance(methods, str) else as_list(methods)
     accepted = f"one of {', '.join(METHODS)}, or a non-empty list of them"
@@ -108,21 +127,34 @@ def target_stage(target: object) -> int | None:
     return target.stage if isinstance(target, (Unit, Channel)) else None
 
 
-def check_settings(methods: object, samples: object, noise: object, steps: object,
-                   cam_stage: object, noise_seed: object, stage: int | None) -> MapSettings:
+def check_settings(
+    methods: object,
+    samples: object,
+    noise: object,
+    steps: object,
+    cam_stage: object,
+    noise_seed: object,
+    stage: int | None,
+) -> MapSettings:
     """Every map option checked (ValueError naming the argument); `stage`: the target's."""
     names = check_methods(methods)
     if not is_int(cam_stage) or not 1 <= cam_stage <= 5:
-        raise ValueError(f"cam_stage: expected an int in 1..5 (Grad-CAM's stage), got "
-                         f"{cam_stage!r}")
+        raise ValueError(f"cam_stage: expected an int in 1..5 (Grad-CAM's stage), got {cam_stage!r}")
     if stage is not None and cam_stage > stage and set(names) & set(CAM_METHODS):
-        raise ValueError(f"cam_stage: Grad-CAM at stage {cam_stage} lies above the target's "
-                         f"stage {stage}; choose cam_stage in 1..{stage}")
+        raise ValueError(
+            f"cam_stage: Grad-CAM at stage {cam_stage} lies above the target's "
+            f"stage {stage}; choose cam_stage in 1..{stage}"
+        )
     if not is_int(noise_seed) or noise_seed < 0:
-        raise ValueError(f"noise_seed: expected an int >= 0 (SmoothGrad's noise), got "
-                         f"{noise_seed!r}")
-    return MapSettings(names, check_count("samples", samples), check_real("noise", noise),
-                       check_count("steps", steps), int(cam_stage), int(noise_seed))
+        raise ValueError(f"noise_seed: expected an int >= 0 (SmoothGrad's noise), got {noise_seed!r}")
+    return MapSettings(
+        names,
+        check_count("samples", samples),
+        check_real("noise", noise),
+        check_count("steps", steps),
+        int(cam_stage),
+        int(noise_seed),
+    )
 
 
 def check_target(model: nn.Module, target: object, images: Tensor) -> None:
@@ -135,12 +167,12 @@ def check_target(model: nn.Module, target: object, images: Tensor) -> None:
 # ----------------------------------------------------------------------------------- the maps
 
 
-def fix_targets(model: nn.Module, images: Tensor, target: object
-                ) -> tuple[list[int | Unit | Channel], list[dict[str, Any]]]:
+def fix_targets(
+    model: nn.Module, images: Tensor, target: object
+) -> tuple[list[int | Unit | Channel], list[dict[str, Any]]]:
     """Each image's target resolved on `model` (the ORIGINAL weights): images [B, 3, H, W] ->
     (B explicit targets: a class int, Unit(stage, channel, y, x) or the Channel, kept for every
     step; B records of what was resolved, with the class score / unit activation)."""
-    from deconvnet.saliency import resolve_explained
 
     fixed, records = [], []
     for b in range(images.shape[0]):
@@ -151,26 +183,38 @@ def fix_targets(model: nn.Module, images: Tensor, target: object
         explained, _, _ = resolve_explained(model, images[b : b + 1], target, None)
         explained.pop("class_name", None)
         records.append(explained)
-        fixed.append(explained["class"] if explained["kind"] == "class" else
-                     Unit(explained["stage"], explained["channel"], explained["y"],
-                          explained["x"]))
+        fixed.append(
+            explained["class"]
+            if explained["kind"] == "class"
+            else Unit(explained["stage"], explained["channel"], explained["y"], explained["x"])
+        )
     return fixed, records
 
 
-def explain_images(model: nn.Module, images: Tensor, targets: Sequence[object],
-                   settings: MapSettings) -> dict[str, Tensor]:
+def explain_images(
+    model: nn.Module, images: Tensor, targets: Sequence[object], settings: MapSettings
+) -> dict[str, Tensor]:
     """Every method's maps of images [B, 3, H, W], image b explaining targets[b] ->
     {method: [B, 3, H, W] or [B, H, W] (Grad-CAM)}, float32 on the CPU."""
     options = settings.options()
-    return {method: torch.cat([explain(model, images[b : b + 1], method, targets[b], **options)
-                               for b in range(images.shape[0])]).float().cpu()
-            for method in settings.methods}
+    return {
+        method: torch.cat(
+            [explain(model, images[b : b + 1], method, targets[b], **options) for b in range(images.shape[0])]
+        )
+        .float()
+        .cpu()
+        for method in settings.methods
+    }
 
 
 def compare(original: dict[str, Tensor], randomized: dict[str, Tensor]) -> np.ndarray:
     """Similarities of each method's map pairs, image by image -> [M, B, 4] float64 (METRICS)."""
-    return np.stack([np.stack([similarities(original[m][b], randomized[m][b])
-                               for b in range(original[m].shape[0])]) for m in original])
+    return np.stack(
+        [
+            np.stack([similarities(original[m][b], randomized[m][b]) for b in range(original[m].shape[0])])
+            for m in original
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------- the steps
@@ -198,8 +242,9 @@ class Step:
         return f"{self.mode}__{self.layer}"
 
 
-def plan_steps(every: Sequence[Layer], evaluated: Sequence[Layer], modes: Sequence[str],
-               used: set[str]) -> list[Step]:
+def plan_steps(
+    every: Sequence[Layer], evaluated: Sequence[Layer], modes: Sequence[str], used: set[str]
+) -> list[Step]:
     """The steps of each mode over the `evaluated` layers (top first); `every`: all learnable
     layers top first; `used`: the layers the maps depend on (`layers_used`)."""
     steps = []
@@ -210,9 +255,14 @@ def plan_steps(every: Sequence[Layer], evaluated: Sequence[Layer], modes: Sequen
     return steps
 
 
-def run_step(randomized: Randomized, step: Step, images: Tensor, targets: Sequence[object],
-             settings: MapSettings, original: dict[str, Tensor]
-             ) -> tuple[np.ndarray, dict[str, Tensor] | None]:
+def run_step(
+    randomized: Randomized,
+    step: Step,
+    images: Tensor,
+    targets: Sequence[object],
+    settings: MapSettings,
+    original: dict[str, Tensor],
+) -> tuple[np.ndarray, dict[str, Tensor] | None]:
     """One step -> (similarities [M, B, 4], its maps or None when the step leaves them as they
     are: similarity exactly 1.0, module doc)."""
     if not step.affects_map:
@@ -252,8 +302,9 @@ class SanityResult:
         values = self.similarity[mode][..., METRICS.index(metric)]
         return _nanmean(values, axis=2)
 
-    def verdicts(self, pass_layer: str, below: float = PASS_BELOW,
-                 metric: str = PASS_METRIC) -> dict[str, dict[str, Any]]:
+    def verdicts(
+        self, pass_layer: str, below: float = PASS_BELOW, metric: str = PASS_METRIC
+    ) -> dict[str, dict[str, Any]]:
         """Per method: the mean `metric` after cascading randomisation down to `pass_layer`,
         and whether it is below `below` (module doc)."""
         return verdicts(self.similarity, self.steps, self.methods, pass_layer, below, metric)
@@ -267,23 +318,32 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def verdicts(similarity: dict[str, np.ndarray], steps: dict[str, list[Step]],
-             methods: Sequence[str], pass_layer: str, below: float = PASS_BELOW,
-             metric: str = PASS_METRIC) -> dict[str, dict[str, Any]]:
+def verdicts(
+    similarity: dict[str, np.ndarray],
+    steps: dict[str, list[Step]],
+    methods: Sequence[str],
+    pass_layer: str,
+    below: float = PASS_BELOW,
+    metric: str = PASS_METRIC,
+) -> dict[str, dict[str, Any]]:
     """{method: {"value", "images_defined", "passes"}} from the cascading similarities [S, M,
     B, 4]; ValueError naming pass_layer when the cascade has no such step."""
     check_pass_metric(metric)
     names = [s.layer for s in steps.get("cascading", [])]
     if pass_layer not in names:
-        raise ValueError(f"pass_layer: expected a layer of the cascading steps ({', '.join(names)}"
-                         f"), got {pass_layer!r}")
+        raise ValueError(
+            f"pass_layer: expected a layer of the cascading steps ({', '.join(names)}), got {pass_layer!r}"
+        )
     values = similarity["cascading"][names.index(pass_layer), :, :, METRICS.index(metric)]
     out = {}
     for m, method in enumerate(methods):
         defined = values[m][~np.isnan(values[m])]
         mean = float(defined.mean()) if defined.size else None
-        out[method] = {"value": mean, "images_defined": int(defined.size),
-                       "passes": None if mean is None else bool(mean < below)}
+        out[method] = {
+            "value": mean,
+            "images_defined": int(defined.size),
+            "passes": None if mean is None else bool(mean < below),
+        }
     return out
 
 
@@ -296,19 +356,34 @@ def check_pass_metric(metric: object) -> str:
 
 def pass_rule(pass_layer: str, below: float = PASS_BELOW, metric: str = PASS_METRIC) -> str:
     """The pass criterion in words."""
-    return (f"passes = the mean over images of {METRIC_TITLES[metric]} between the original map "
-            f"and the map after cascading randomisation from the top layer down to {pass_layer} "
-            f"(inclusive) is below {below:g} (NaN values of constant maps left out)")
+    return (
+        f"passes = the mean over images of {METRIC_TITLES[metric]} between the original map "
+        f"and the map after cascading randomisation from the top layer down to {pass_layer} "
+        f"(inclusive) is below {below:g} (NaN values of constant maps left out)"
+    )
 
 
 # ---------------------------------------------------------------------------------- the check
 
 
-def sanity_check(model: nn.Module, images: Tensor, methods: object = DEFAULT_METHODS,
-                 target: object = Unit(5), modes: object = MODES, layers: object = None,
-                 seed: int = 0, *, samples: int = 25, noise: float = 0.15, steps: int = 50,
-                 cam_stage: int = 4, noise_seed: int = 0, device: str = "cpu",
-                 keep_maps: bool = False, progress: bool = True) -> SanityResult:
+def sanity_check(
+    model: nn.Module,
+    images: Tensor,
+    methods: object = DEFAULT_METHODS,
+    target: object = Unit(5),
+    modes: object = MODES,
+    layers: object = None,
+    seed: int = 0,
+    *,
+    samples: int = 25,
+    noise: float = 0.15,
+    steps: int = 50,
+    cam_stage: int = 4,
+    noise_seed: int = 0,
+    device: str = "cpu",
+    keep_maps: bool = False,
+    progress: bool = True,
+) -> SanityResult:
     """Adebayo et al.'s model parameter randomisation test (module doc) of images [B, 3, H, W].
 
     methods: names of `deconvnet.gradient.METHODS`; target: TARGETS (default each image's
@@ -322,12 +397,10 @@ def sanity_check(model: nn.Module, images: Tensor, methods: object = DEFAULT_MET
     target_device = check_device(device)
     images = check_images(images, model)
     check_target(model, target, images)
-    settings = check_settings(methods, samples, noise, steps, cam_stage, noise_seed,
-                              target_stage(target))
+    settings = check_settings(methods, samples, noise, steps, cam_stage, noise_seed, target_stage(target))
     chosen, evaluated = check_modes(modes), check_layers(model, layers)
     if not isinstance(keep_maps, bool) or not isinstance(progress, bool):
-        raise ValueError(f"keep_maps / progress: expected True or False, got {keep_maps!r} / "
-                         f"{progress!r}")
+        raise ValueError(f"keep_maps / progress: expected True or False, got {keep_maps!r} / {progress!r}")
     randomized = Randomized(model, check_seed(seed), target_device)
     x = images.to(target_device, next(randomized.copy.parameters()).dtype)
     targets, records = fix_targets(randomized.copy, x, target)
@@ -341,7 +414,13 @@ def sanity_check(model: nn.Module, images: Tensor, methods: object = DEFAULT_MET
         values[step.mode].append(similarity)
         if kept is not None:
             kept[step.key] = maps
-    return SanityResult(settings.methods, tuple(l.name for l in every),
-                        {mode: [s for s in plan if s.mode == mode] for mode in chosen},
-                        {mode: np.stack(v) for mode, v in values.items()}, records, settings,
-                        randomized.seed, kept)
+    return SanityResult(
+        settings.methods,
+        tuple(l.name for l in every),
+        {mode: [s for s in plan if s.mode == mode] for mode in chosen},
+        {mode: np.stack(v) for mode, v in values.items()},
+        records,
+        settings,
+        randomized.seed,
+        kept,
+    )

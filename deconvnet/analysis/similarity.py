@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deconvnet.display import to_grayscale
+from deconvnet.core.display import to_grayscale
 
 METRICS = ("spearman_abs", "spearman_signed", "ssim", "hog")
 METRIC_TITLES = {
@@ -98,8 +98,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two [H, W] maps in [0, 1] (module doc)."""
     from skimage.metrics import structural_similarity
 
-    return float(structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                                       data_range=1.0))
+    return float(structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64), data_range=1.0))
 
 
 def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,9 +112,16 @@ def similarities(original: Tensor, randomized: Tensor) -> np.ndarray:
     """The four similarities (METRICS order) of two maps of one image, each [3, H, W] or [H, W]
     -> [4] float64 (NaN where a correlation is undefined)."""
     if original.shape != randomized.shape:
-        raise ValueError(f"maps: shapes {list(original.shape)} and {list(randomized.shape)} "
-                         "differ; expected two maps of one image by one method")
+        raise ValueError(
+            f"maps: shapes {list(original.shape)} and {list(randomized.shape)} "
+            "differ; expected two maps of one image by one method"
+        )
     a, b = normalized(original), normalized(randomized)
-    return np.array([spearman(magnitude(original), magnitude(randomized)),
-                     spearman(signed(original), signed(randomized)), ssim(a, b),
-                     hog_similarity(a, b)])
+    return np.array(
+        [
+            spearman(magnitude(original), magnitude(randomized)),
+            spearman(signed(original), signed(randomized)),
+            ssim(a, b),
+            hog_similarity(a, b),
+        ]
+    )

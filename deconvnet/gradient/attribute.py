@@ -11,15 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from deconvnet.gradient.passes import CHUNK_SIZE, Forward, GradientPass, stage_sizes
-from deconvnet.gradient.targets import Rows, resolve_target
-from deconvnet.mirror import check_rule
-from deconvnet.precision import full_float32
-from deconvnet.validation import check_count, check_images
+from deconvnet.core.geometry import stage_sizes
+from deconvnet.core.mirror import check_rule
+from deconvnet.core.precision import full_float32
+from deconvnet.core.targets import Rows, resolve_target
+from deconvnet.core.validation import check_count, check_images
+from deconvnet.gradient.passes import CHUNK_SIZE, Forward, GradientPass
 
 
-def prepare(model: nn.Module, images: Tensor, target: object, rule: str,
-            chunk_size: int) -> tuple[Tensor, Rows, GradientPass]:
+def prepare(
+    model: nn.Module, images: Tensor, target: object, rule: str, chunk_size: int
+) -> tuple[Tensor, Rows, GradientPass]:
     """Validate the common arguments before heavy work -> (images on the model's device and
     dtype, unresolved rows, the pass)."""
     check_count("chunk_size", chunk_size)
@@ -27,7 +29,7 @@ def prepare(model: nn.Module, images: Tensor, target: object, rule: str,
     check_images(images, model)
     rows = resolve_target(model, target, images.shape[0], stage_sizes(model, *images.shape[-2:]))
     weight = next(model.parameters())
-    return images.to(device=weight.device, dtype=weight.dtype), rows, GradientPass(model, rule, rows)
+    return (images.to(device=weight.device, dtype=weight.dtype), rows, GradientPass(model, rule, rows))
 
 
 def forward_resolved(gradient_pass: GradientPass, x: Tensor, rows: Rows) -> tuple[Forward, Rows]:
@@ -37,12 +39,18 @@ def forward_resolved(gradient_pass: GradientPass, x: Tensor, rows: Rows) -> tupl
 
 
 @full_float32()
-def attribute(model: nn.Module, images: Tensor, target: object = None, rule: str = "backprop",
-              *, chunk_size: int = CHUNK_SIZE) -> Tensor:
+def attribute(
+    model: nn.Module,
+    images: Tensor,
+    target: object = None,
+    rule: str = "backprop",
+    *,
+    chunk_size: int = CHUNK_SIZE,
+) -> Tensor:
     """The map of each target's score in input pixels, from ONE forward pass.
 
     images [B, 3, H, W] (the model's normalised input) -> [B, 3, H, W], or [K, 3, H, W] for a list
-    of K targets of one image. target: see `deconvnet.gradient.targets` (None: the predicted
+    of K targets of one image. target: see `deconvnet.core.targets` (None: the predicted
     class; class scores are the unnormalised logits). The mirror runs through features, the exact
     adjoint of adaptive average pooling, and the classifier (Linear -> tied transpose, Dropout ->
     identity: the eval-mode function whatever the training flag, ReLU -> the rule). Under

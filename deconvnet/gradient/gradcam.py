@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvnet.architecture import stage as stage_of
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.precision import full_float32
+from deconvnet.core.targets import Rows
 from deconvnet.gradient.attribute import forward_resolved, prepare
 from deconvnet.gradient.passes import CHUNK_SIZE, Forward, GradientPass
-from deconvnet.gradient.targets import Rows
-from deconvnet.precision import full_float32
 
 
 def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> int:
@@ -24,16 +24,26 @@ def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> int:
     try:
         info = stage_of(model, stage)
     except ValueError:
-        raise ValueError(f"stage: Grad-CAM needs the conv maps of one of the paper's stages, an int "
-                         f"in 1..5, got {stage!r}") from None
+        raise ValueError(
+            f"stage: Grad-CAM needs the conv maps of one of the paper's stages, an int in 1..5, got {stage!r}"
+        ) from None
     if rows.kind != "class" and rows.stage < info.number:
-        raise ValueError(f"stage: the target lies at stage {rows.stage}, below the Grad-CAM stage "
-                         f"{info.number}; choose a stage in 1..{rows.stage}")
+        raise ValueError(
+            f"stage: the target lies at stage {rows.stage}, below the Grad-CAM stage "
+            f"{info.number}; choose a stage in 1..{rows.stage}"
+        )
     return info.index
 
 
-def cam_maps(gradient_pass: GradientPass, forward: Forward, rows: Rows, stage: int, index: int,
-             size: tuple[int, int], chunk_size: int) -> Tensor:
+def cam_maps(
+    gradient_pass: GradientPass,
+    forward: Forward,
+    rows: Rows,
+    stage: int,
+    index: int,
+    size: tuple[int, int],
+    chunk_size: int,
+) -> Tensor:
     """Resolved rows -> [M, H, W] Grad-CAM maps at the input size."""
     grads = gradient_pass.backward(forward, rows, until=index, chunk_size=chunk_size)
     acts = forward.record.outputs[stage][rows.image.to(grads.device)]
@@ -43,28 +53,36 @@ def cam_maps(gradient_pass: GradientPass, forward: Forward, rows: Rows, stage: i
 
 
 @full_float32()
-def gradcam(model: nn.Module, images: Tensor, target: object = None, stage: int = 5,
-            *, chunk_size: int = CHUNK_SIZE) -> Tensor:
+def gradcam(
+    model: nn.Module, images: Tensor, target: object = None, stage: int = 5, *, chunk_size: int = CHUNK_SIZE
+) -> Tensor:
     """Grad-CAM of each target at `stage`: images [B, 3, H, W] -> [B, H, W] ([K, H, W] for K
     targets of one image), non-negative, at the input size."""
     x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
     index = check_cam_stage(model, stage, rows)
     with torch.no_grad():
         forward, rows = forward_resolved(gradient_pass, x, rows)
-        out = cam_maps(gradient_pass, forward, rows, int(stage), index, tuple(x.shape[-2:]),
-                       chunk_size)
+        out = cam_maps(gradient_pass, forward, rows, int(stage), index, tuple(x.shape[-2:]), chunk_size)
     return out.to(images.device)
 
 
 @full_float32()
-def guided_gradcam(model: nn.Module, images: Tensor, target: object = None, stage: int = 5,
-                   *, chunk_size: int = CHUNK_SIZE) -> Tensor:
+def guided_gradcam(
+    model: nn.Module, images: Tensor, target: object = None, stage: int = 5, *, chunk_size: int = CHUNK_SIZE
+) -> Tensor:
     """Guided backprop x Grad-CAM, from one forward pass: [B, 3, H, W] -> [B, 3, H, W]."""
     x, rows, guided = prepare(model, images, target, "guided", chunk_size)
     index = check_cam_stage(model, stage, rows)
     with torch.no_grad():
         forward, rows = forward_resolved(guided, x, rows)  # guided's record has every mask
-        cam = cam_maps(GradientPass(model, "backprop", rows), forward, rows, int(stage), index,
-                       tuple(x.shape[-2:]), chunk_size)
+        cam = cam_maps(
+            GradientPass(model, "backprop", rows),
+            forward,
+            rows,
+            int(stage),
+            index,
+            tuple(x.shape[-2:]),
+            chunk_size,
+        )
         out = guided.backward(forward, rows, chunk_size=chunk_size) * cam[:, None]
     return out.to(images.device)

@@ -18,15 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvnet.architecture import architecture_name
-from deconvnet.gradient.targets import class_count
-from deconvnet.mirror import check_rule
+from deconvnet.core.architecture import architecture_name
+from deconvnet.core.mirror import check_rule
+from deconvnet.core.targets import class_count
 
 HEAD_MODULES = (nn.Linear, nn.ReLU, nn.Dropout)
 
 
-def pooling_matrix(out_len: int, in_len: int, dtype: torch.dtype,
-                   device: torch.device) -> Tensor:
+def pooling_matrix(out_len: int, in_len: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """[out_len, in_len]: row i averages input positions [floor(i n / m), ceil((i + 1) n / m)),
     PyTorch's adaptive average pooling windows along one axis (n = in_len, m = out_len)."""
     rows = []
@@ -78,19 +77,23 @@ class HeadMirror:
         self.rule = check_rule(rule)
         pool = model.avgpool
         if not isinstance(pool, nn.AdaptiveAvgPool2d):
-            raise ValueError(f"model.avgpool: {type(pool).__name__} has no mirror "
-                             "(supported: AdaptiveAvgPool2d)")
+            raise ValueError(
+                f"model.avgpool: {type(pool).__name__} has no mirror (supported: AdaptiveAvgPool2d)"
+            )
         size = pool.output_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         if None in size:
-            raise ValueError(f"model.avgpool: output_size {pool.output_size} with None is not "
-                             "supported; give both sides")
+            raise ValueError(
+                f"model.avgpool: output_size {pool.output_size} with None is not supported; give both sides"
+            )
         self.pool_size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.layers = list(model.classifier)
         for i, m in enumerate(self.layers):
             if not isinstance(m, HEAD_MODULES):
-                raise ValueError(f"model.classifier[{i}]: {type(m).__name__} has no mirror "
-                                 "(supported: Linear, ReLU, Dropout)")
+                raise ValueError(
+                    f"model.classifier[{i}]: {type(m).__name__} has no mirror "
+                    "(supported: Linear, ReLU, Dropout)"
+                )
         self.classes = class_count(model)
 
     def record(self, features_out: Tensor) -> HeadRecord:

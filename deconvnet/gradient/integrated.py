@@ -14,10 +14,10 @@ import numbers
 import torch
 from torch import Tensor, nn
 
+from deconvnet.core.precision import full_float32
+from deconvnet.core.validation import check_count
 from deconvnet.gradient.attribute import forward_resolved, prepare
 from deconvnet.gradient.passes import CHUNK_SIZE, mean_of_maps
-from deconvnet.precision import full_float32
-from deconvnet.validation import check_count
 
 
 def check_baseline(baseline: object, images: Tensor) -> Tensor:
@@ -28,22 +28,32 @@ def check_baseline(baseline: object, images: Tensor) -> Tensor:
     if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
         baseline = torch.tensor(float(baseline))
     if not isinstance(baseline, Tensor) or not baseline.is_floating_point():
-        raise ValueError(f"baseline: expected None, a number, or a float tensor broadcastable to "
-                         f"{list(images.shape)}, got {baseline!r}")
+        raise ValueError(
+            f"baseline: expected None, a number, or a float tensor broadcastable to "
+            f"{list(images.shape)}, got {baseline!r}"
+        )
     try:
         out = torch.broadcast_to(baseline.to(images.device, images.dtype), images.shape)
     except RuntimeError:
-        raise ValueError(f"baseline: shape {list(baseline.shape)} does not broadcast to the "
-                         f"images' {list(images.shape)}") from None
+        raise ValueError(
+            f"baseline: shape {list(baseline.shape)} does not broadcast to the images' {list(images.shape)}"
+        ) from None
     if not bool(torch.isfinite(out).all()):
         raise ValueError("baseline: contains NaN or infinite values")
     return out
 
 
 @full_float32()
-def integrated_gradients(model: nn.Module, images: Tensor, target: object = None,
-                         baseline: object = None, steps: int = 50, *, batch_size: int = 10,
-                         chunk_size: int = CHUNK_SIZE) -> Tensor:
+def integrated_gradients(
+    model: nn.Module,
+    images: Tensor,
+    target: object = None,
+    baseline: object = None,
+    steps: int = 50,
+    *,
+    batch_size: int = 10,
+    chunk_size: int = CHUNK_SIZE,
+) -> Tensor:
     """Integrated gradients of each target's score.
 
     images [B, 3, H, W] -> [B, 3, H, W] ([K, 3, H, W] for K targets of one image). baseline: None
@@ -63,9 +73,9 @@ def integrated_gradients(model: nn.Module, images: Tensor, target: object = None
             rows = forward_resolved(gradient_pass, x, rows)[1]
         for b in range(x.shape[0]):
             start, diff = base[b : b + 1], x[b : b + 1] - base[b : b + 1]
-            path = (start + a.to(x.device, x.dtype)[:, None, None, None] * diff
-                    for a in alphas.split(batch_size))
-            mean_grad = mean_of_maps(gradient_pass, rows.of_image(b), path, steps, False,
-                                     chunk_size)
+            path = (
+                start + a.to(x.device, x.dtype)[:, None, None, None] * diff for a in alphas.split(batch_size)
+            )
+            mean_grad = mean_of_maps(gradient_pass, rows.of_image(b), path, steps, False, chunk_size)
             out.append(diff * mean_grad)
     return torch.cat(out).to(images.device)

@@ -7,8 +7,9 @@ integrated gradients, stage for Grad-CAM).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -33,8 +34,11 @@ METHODS: dict[str, Method] = {
 }
 # which options each method takes
 OPTIONS: dict[str, tuple[str, ...]] = {
-    **{name: ("samples", "noise", "squared", "seed", "batch_size")
-       for name in METHODS if name.startswith("smoothgrad")},
+    **{
+        name: ("samples", "noise", "squared", "seed", "batch_size")
+        for name in METHODS
+        if name.startswith("smoothgrad")
+    },
     "gradcam": ("stage",),
     "guided_gradcam": ("stage",),
     "integrated_gradients": ("baseline", "steps", "batch_size"),
@@ -48,8 +52,7 @@ def check_method(method: object) -> str:
     return method
 
 
-def explain(model: nn.Module, images: Tensor, method: str, target: object = None,
-            **options: Any) -> Tensor:
+def explain(model: nn.Module, images: Tensor, method: str, target: object = None, **options: Any) -> Tensor:
     """The `method`'s map of `target` for images [B, 3, H, W]. Options the method does not take
     are ignored (so one option set serves a sweep over methods)."""
     takes = OPTIONS.get(check_method(method), ())

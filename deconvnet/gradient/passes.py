@@ -14,20 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvnet.architecture import stage as stage_of
-from deconvnet.geometry import level_sizes, stage_layers
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.mirror import ForwardRecord, Mirror
+from deconvnet.core.targets import Rows
+from deconvnet.core.windows import Region, reframe
 from deconvnet.gradient.head import HeadMirror, HeadRecord
-from deconvnet.gradient.targets import Rows
-from deconvnet.mirror import ForwardRecord, Mirror
-from deconvnet.windows import Region, reframe
 
 CHUNK_SIZE = 16  # rows sent down together: bounds memory at [16, 64, H, W] per level
-
-
-def stage_sizes(model: nn.Module, height: int, width: int) -> dict[int, tuple[int, int]]:
-    """Map size (h, w) of every stage's output for an input of height x width."""
-    sizes = level_sizes(stage_layers(model, 5), height, width)
-    return {s: sizes[stage_of(model, s).index + 1] for s in range(1, 6)}
 
 
 @dataclass
@@ -81,8 +74,7 @@ class GradientPass:
         signal[torch.arange(m, device=output.device), channel] = 1.0
         return Region(signal, rows.image, rows.y.clone(), rows.x.clone())
 
-    def backward(self, forward: Forward, rows: Rows, until: int = -1,
-                 chunk_size: int = CHUNK_SIZE) -> Tensor:
+    def backward(self, forward: Forward, rows: Rows, until: int = -1, chunk_size: int = CHUNK_SIZE) -> Tensor:
         """Resolved rows -> [M, C, H_l, W_l]: each row's map at the output level of
         `model.features[until]` (until = -1: the input pixels, [M, 3, H, W])."""
         size = forward.record.sizes[until + 1]
@@ -95,8 +87,9 @@ class GradientPass:
         return torch.cat(pieces)
 
 
-def mean_of_maps(gradient_pass: GradientPass, rows: Rows, inputs, count: int, squared: bool,
-                 chunk_size: int) -> Tensor:
+def mean_of_maps(
+    gradient_pass: GradientPass, rows: Rows, inputs, count: int, squared: bool, chunk_size: int
+) -> Tensor:
     """Mean over batches of inputs (each [n, 3, H, W], copies of one image: noisy copies, path
     points) of the rows' maps (squared first if asked), accumulated in float64 -> [K, 3, H, W]."""
     total = None

@@ -13,14 +13,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from deconvnet.core.precision import full_float32
+from deconvnet.core.validation import check_count, check_real
 from deconvnet.gradient.attribute import forward_resolved, prepare
 from deconvnet.gradient.passes import CHUNK_SIZE, mean_of_maps
-from deconvnet.precision import full_float32
-from deconvnet.validation import check_count, check_real
 
 
-def noise_batches(generator: torch.Generator, samples: int, batch_size: int,
-                  shape: tuple[int, ...], dtype: torch.dtype):
+def noise_batches(
+    generator: torch.Generator, samples: int, batch_size: int, shape: tuple[int, ...], dtype: torch.dtype
+):
     """Yield [n, *shape] standard normal batches (n <= batch_size, samples in all) in `dtype`, one
     float32 randn call per copy so the stream depends on neither batch_size nor dtype."""
     for start in range(0, samples, batch_size):
@@ -29,9 +30,19 @@ def noise_batches(generator: torch.Generator, samples: int, batch_size: int,
 
 
 @full_float32()
-def smoothgrad(model: nn.Module, images: Tensor, target: object = None, rule: str = "backprop",
-               samples: int = 50, noise: float = 0.15, squared: bool = False, seed: int = 0,
-               *, batch_size: int = 10, chunk_size: int = CHUNK_SIZE) -> Tensor:
+def smoothgrad(
+    model: nn.Module,
+    images: Tensor,
+    target: object = None,
+    rule: str = "backprop",
+    samples: int = 50,
+    noise: float = 0.15,
+    squared: bool = False,
+    seed: int = 0,
+    *,
+    batch_size: int = 10,
+    chunk_size: int = CHUNK_SIZE,
+) -> Tensor:
     """SmoothGrad of `attribute`: mean over `samples` copies x + N(0, sigma^2) of the map.
 
     images [B, 3, H, W] -> [B, 3, H, W] ([K, 3, H, W] for K targets of one image). Works with every
@@ -56,8 +67,9 @@ def smoothgrad(model: nn.Module, images: Tensor, target: object = None, rule: st
         for b in range(x.shape[0]):
             image = x[b : b + 1]
             sigma = noise * float(image.max() - image.min())
-            noisy = (image + sigma * eps.to(image.device) for eps in
-                     noise_batches(generator, samples, batch_size, tuple(image.shape[1:]), x.dtype))
-            out.append(mean_of_maps(gradient_pass, rows.of_image(b), noisy, samples, squared,
-                                    chunk_size))
+            noisy = (
+                image + sigma * eps.to(image.device)
+                for eps in noise_batches(generator, samples, batch_size, tuple(image.shape[1:]), x.dtype)
+            )
+            out.append(mean_of_maps(gradient_pass, rows.of_image(b), noisy, samples, squared, chunk_size))
     return torch.cat(out).to(images.device)

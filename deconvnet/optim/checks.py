@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from deconvnet.architecture import stage as stage_of
-from deconvnet.geometry import min_input_size
-from deconvnet.gradient.targets import class_count
-from deconvnet.models import Preprocessing, preprocessing
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.geometry import min_input_size
+from deconvnet.core.targets import class_count
+from deconvnet.core.validation import check_count, is_int
+from deconvnet.data.models import Preprocessing, preprocessing
 from deconvnet.optim.regularizers import Blur, Decay
-from deconvnet.validation import check_count, is_int
 
 PARAMS = ("pixels", "fourier")
 
@@ -29,19 +29,28 @@ def _check_indices(value: object, count: int, name: str, expected: str, outside:
     return [int(c) for c in values]
 
 
-def check_channels(model: nn.Module, stage: int, channels: object,
-                   name: str = "channels") -> list[int]:
+def check_channels(model: nn.Module, stage: int, channels: object, name: str = "channels") -> list[int]:
     """One int or a non-empty list of ints within the stage's channels -> list of ints."""
     count = stage_of(model, stage).channels
-    return _check_indices(channels, count, name, f"an int or a non-empty list of ints in "
-                          f"0..{count - 1} (stage {stage}'s channels)", f"stage {stage}'s channels")
+    return _check_indices(
+        channels,
+        count,
+        name,
+        f"an int or a non-empty list of ints in 0..{count - 1} (stage {stage}'s channels)",
+        f"stage {stage}'s channels",
+    )
 
 
 def check_classes(model: nn.Module, classes: object, name: str = "classes") -> list[int]:
     """One class int or a non-empty list of them -> list of ints."""
     count = class_count(model)
-    return _check_indices(classes, count, name, f"a class int or a non-empty list of them in "
-                          f"0..{count - 1}", "the model's classes")
+    return _check_indices(
+        classes,
+        count,
+        name,
+        f"a class int or a non-empty list of them in 0..{count - 1}",
+        "the model's classes",
+    )
 
 
 def check_size(model: nn.Module, size: object, stage: int | None = None, name: str = "size") -> int:
@@ -49,8 +58,10 @@ def check_size(model: nn.Module, size: object, stage: int | None = None, name: s
     smallest = min_input_size(model, stage)
     if not is_int(size) or size < smallest:
         part = f"stage {stage}" if stage is not None else "the whole model"
-        raise ValueError(f"{name}: expected an int >= {smallest} (the smallest input "
-                         f"{type(model).__name__} accepts up to {part}), got {size!r}")
+        raise ValueError(
+            f"{name}: expected an int >= {smallest} (the smallest input "
+            f"{type(model).__name__} accepts up to {part}), got {size!r}"
+        )
     return int(size)
 
 
@@ -72,8 +83,10 @@ def regularizer_preset(regularizers: object) -> list:
         return [Decay(1e-4), Blur(1.0, every=4)]
     if isinstance(regularizers, (list, tuple)) and all(callable(r) for r in regularizers):
         return list(regularizers)
-    raise ValueError(f"regularizers: expected {' or '.join(map(repr, REGULARIZER_PRESETS))} or a "
-                     f"list of regularisers (deconvnet.optim Decay, Blur, ...), got {regularizers!r}")
+    raise ValueError(
+        f"regularizers: expected {' or '.join(map(repr, REGULARIZER_PRESETS))} or a "
+        f"list of regularisers (deconvnet.optim Decay, Blur, ...), got {regularizers!r}"
+    )
 
 
 def model_device(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -90,4 +103,4 @@ def model_preprocessing(model: nn.Module) -> Preprocessing:
 
 def batches(items: Sequence, size: int) -> list[Sequence]:
     size = check_count("batch_size", size)
-    return [items[i: i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -5,20 +5,18 @@ R = ||I||_2^2 ("l2"), ||I||_1 ("l1") or nothing ("none"); pytorch-cnn-visualizat
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from deconvnet.core.validation import check_count, check_real
 from deconvnet.optim import objectives as obj
-from deconvnet.optim.checks import (
-    batches, check_classes, check_param, check_size, model_device,
-)
+from deconvnet.optim.checks import batches, check_classes, check_param, check_size, model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.filters import make_param, merge, start_images
-from deconvnet.optim.starts import SPREADS, live_starts, warn_dead
 from deconvnet.optim.regularizers import Blur, Decay, Shrink
-from deconvnet.validation import check_count, check_real
+from deconvnet.optim.starts import SPREADS, live_starts, warn_dead
 
 CLASS_REGULARIZERS = ("l2", "l1", "none")
 
@@ -29,8 +27,7 @@ def penalty_steps(regularizer: str, weight: float, lr: float) -> list:
     weight * lr, none -> nothing. Steps are normalised, so the weight is in those units and does
     not depend on how large the model's scores are."""
     if regularizer not in CLASS_REGULARIZERS:
-        raise ValueError(f"regularizer: expected one of {', '.join(CLASS_REGULARIZERS)}, "
-                         f"got {regularizer!r}")
+        raise ValueError(f"regularizer: expected one of {', '.join(CLASS_REGULARIZERS)}, got {regularizer!r}")
     weight = check_real("weight", weight)
     if regularizer == "l2":
         return [Decay(weight)]
@@ -40,31 +37,49 @@ def penalty_steps(regularizer: str, weight: float, lr: float) -> list:
 
 
 START_NOISE = 0.01  # fallback noise relative to the Keras example's spread
-START_NAMES = {"pixels": ["zeros"] + [f"grey noise, spread {0.25 * START_NOISE * f:g}" for f in SPREADS],
-               "fourier": [f"random spectrum, sd {0.01 * f:g}" for f in SPREADS]}
+START_NAMES = {
+    "pixels": ["zeros"] + [f"grey noise, spread {0.25 * START_NOISE * f:g}" for f in SPREADS],
+    "fourier": [f"random spectrum, sd {0.01 * f:g}" for f in SPREADS],
+}
 
 
-def class_starts(model: nn.Module, objective: obj.Objective, classes: Sequence[int], size: int,
-                 seed: int, param: str) -> tuple[Tensor, list[int]]:
+def class_starts(
+    model: nn.Module, objective: obj.Objective, classes: Sequence[int], size: int, seed: int, param: str
+) -> tuple[Tensor, list[int]]:
     """Simonyan's zero start; where the score has no gradient there (random VGG16 has zero
     biases: a zero image switches every ReLU off), faint seeded grey noise of growing spread.
     Fourier: lucid's random spectrum, growing likewise. Class c's start depends on (seed, c)."""
     if param == "pixels":
-        noise = [start_images(model, classes, size, size, seed, param, START_NOISE * f)
-                 for f in SPREADS]
+        noise = [start_images(model, classes, size, size, seed, param, START_NOISE * f) for f in SPREADS]
         candidates = [torch.zeros_like(noise[0]), *noise]
     else:
         candidates = [start_images(model, classes, size, size, seed, param, f) for f in SPREADS]
-    return live_starts(model, objective, candidates,
-                       lambda start: make_param(model, start, size, size, param).image().detach())
+    return live_starts(
+        model,
+        objective,
+        candidates,
+        lambda start: make_param(model, start, size, size, param).image().detach(),
+    )
 
 
-def class_model(model: nn.Module, classes: int | Sequence[int], size: int = 224,
-                regularizer: str = "l2", weight: float = 0.02, steps: int = 100,
-                lr: float = 0.05, blur_sigma: float = 0.0, blur_every: int = 4,
-                transforms: Sequence = (), param: str = "pixels", negate: bool = False,
-                seed: int = 0, batch_size: int = 16, progress: bool = False,
-                details: bool = False) -> Tensor | Optimized:
+def class_model(
+    model: nn.Module,
+    classes: int | Sequence[int],
+    size: int = 224,
+    regularizer: str = "l2",
+    weight: float = 0.02,
+    steps: int = 100,
+    lr: float = 0.05,
+    blur_sigma: float = 0.0,
+    blur_every: int = 4,
+    transforms: Sequence = (),
+    param: str = "pixels",
+    negate: bool = False,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+    details: bool = False,
+) -> Tensor | Optimized:
     """Class models -> [K, 3, size, size] in the model's normalised input space, one per class.
 
     Maximises (with `negate`, minimises) the logit S_c by L2-normalised ascent from zero (or,
@@ -88,14 +103,30 @@ def class_model(model: nn.Module, classes: int | Sequence[int], size: int = 224,
         start, chosen = class_starts(model, objective, group, size, seed, param)
         warn_dead(chosen, group, "classes", woke=False)
         starts += chosen
-        parts.append(optimize(model, -objective if negate else objective,
-                              make_param(model, start, size, size, param), steps=steps, lr=lr,
-                              transforms=transforms, regularizers=regs, seed=seed,
-                              progress=progress, description="class models"))
+        parts.append(
+            optimize(
+                model,
+                -objective if negate else objective,
+                make_param(model, start, size, size, param),
+                steps=steps,
+                lr=lr,
+                transforms=transforms,
+                regularizers=regs,
+                seed=seed,
+                progress=progress,
+                description="class models",
+            )
+        )
     result = merge(parts)
-    result.settings.update(method="class_model", classes=classes, size=size,
-                           regularizer=regularizer, weight=weight, blur_sigma=blur_sigma,
-                           blur_every=blur_every, negate=negate,
-                           start=[START_NAMES[param][k] if k >= 0 else "no gradient at any start"
-                                  for k in starts])
+    result.settings.update(
+        method="class_model",
+        classes=classes,
+        size=size,
+        regularizer=regularizer,
+        weight=weight,
+        blur_sigma=blur_sigma,
+        blur_every=blur_every,
+        negate=negate,
+        start=[START_NAMES[param][k] if k >= 0 else "no gradient at any start" for k in starts],
+    )
     return result if details else result.images

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvnet.architecture import stage as stage_of
-from deconvnet.models import preprocessing
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.geometry import min_input_size
+from deconvnet.core.validation import check_count, check_images, check_real
+from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.checks import check_channels, model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.params import PixelImage, valid_range
 from deconvnet.optim.regularizers import Clamp
 from deconvnet.optim.transforms import Jitter
-from deconvnet.geometry import min_input_size
-from deconvnet.validation import check_count, check_images, check_real
 
 
 def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tuple[int, int]]:
@@ -35,10 +35,21 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def deep_dream(model: nn.Module, image: Tensor, stage: int, channel: int | None = None,
-               octaves: int = 4, scale: float = 1.4, jitter: int = 32, steps: int = 10,
-               step_size: float = 1.5, seed: int = 0, negate: bool = False,
-               progress: bool = False, details: bool = False) -> Tensor | Optimized:
+def deep_dream(
+    model: nn.Module,
+    image: Tensor,
+    stage: int,
+    channel: int | None = None,
+    octaves: int = 4,
+    scale: float = 1.4,
+    jitter: int = 32,
+    steps: int = 10,
+    step_size: float = 1.5,
+    seed: int = 0,
+    negate: bool = False,
+    progress: bool = False,
+    details: bool = False,
+) -> Tensor | Optimized:
     """Dream `image` [1, 3, H, W] (normalised) at `stage` (all channels' energy, or one
     `channel`'s) -> [1, 3, H, W], pixels kept to valid colours.
 
@@ -60,9 +71,11 @@ def deep_dream(model: nn.Module, image: Tensor, stage: int, channel: int | None 
     sizes = octave_sizes(image.shape[2], image.shape[3], octaves, scale)
     smallest = min_input_size(model, info.number)
     if min(sizes[0]) < smallest:
-        raise ValueError(f"octaves: {octaves} octaves of scale {scale} shrink the "
-                         f"{image.shape[2]}x{image.shape[3]} image to {sizes[0][0]}x{sizes[0][1]}, "
-                         f"below the {smallest} px stage {stage} needs; use fewer octaves")
+        raise ValueError(
+            f"octaves: {octaves} octaves of scale {scale} shrink the "
+            f"{image.shape[2]}x{image.shape[3]} image to {sizes[0][0]}x{sizes[0][1]}, "
+            f"below the {smallest} px stage {stage} needs; use fewer octaves"
+        )
     prep = preprocessing(model)
     device, dtype = model_device(model)
     base = image.detach().to(device=device, dtype=dtype)
@@ -76,16 +89,38 @@ def deep_dream(model: nn.Module, image: Tensor, stage: int, channel: int | None 
         octave_base = _resize(base, size) if size != tuple(base.shape[2:]) else base
         detail = _resize(detail, size) if detail.shape[2:] != octave_base.shape[2:] else detail
         param = PixelImage((octave_base + detail).clamp(low, high))
-        run = optimize(model, objective, param, steps=steps, lr=lr, step_rule="mean_abs",
-                       transforms=[Jitter(jitter)], regularizers=[Clamp(low, high)],
-                       seed=seed + k, progress=progress, description=f"dream octave {k + 1}")
+        run = optimize(
+            model,
+            objective,
+            param,
+            steps=steps,
+            lr=lr,
+            step_rule="mean_abs",
+            transforms=[Jitter(jitter)],
+            regularizers=[Clamp(low, high)],
+            seed=seed + k,
+            progress=progress,
+            description=f"dream octave {k + 1}",
+        )
         histories.append(run.history)
         detail = run.images - octave_base
     result = Optimized(run.images, torch.cat(histories), run.settings)
-    result.settings.update(seed=seed, steps=steps * octaves, steps_run=len(result.history),
-                           note="octave k's jitter draws from seed + k")
-    result.settings.update(method="deep_dream", stage=stage, channel=channel, octaves=octaves,
-                           scale=scale, jitter=jitter, steps_per_octave=steps,
-                           step_size=step_size, negate=negate,
-                           octave_sizes=[list(s) for s in sizes])
+    result.settings.update(
+        seed=seed,
+        steps=steps * octaves,
+        steps_run=len(result.history),
+        note="octave k's jitter draws from seed + k",
+    )
+    result.settings.update(
+        method="deep_dream",
+        stage=stage,
+        channel=channel,
+        octaves=octaves,
+        scale=scale,
+        jitter=jitter,
+        steps_per_octave=steps,
+        step_size=step_size,
+        negate=negate,
+        octave_sizes=[list(s) for s in sizes],
+    )
     return result if details else result.images

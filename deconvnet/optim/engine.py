@@ -12,17 +12,18 @@ transforms are shared, so K objectives optimised together give what K separate r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deconvnet.core.probe import check_point, probe
+from deconvnet.core.validation import check_count, check_real
 from deconvnet.optim.objectives import Objective
-from deconvnet.optim.probe import check_point, probe
 from deconvnet.optim.transforms import Transform, compose
-from deconvnet.validation import check_count, check_real
 
 STEP_RULES = ("normalized", "sgd", "adam", "mean_abs")
 SCHEDULES = ("constant", "cosine")
@@ -31,7 +32,7 @@ Stop = Callable[[Tensor], bool]
 # On the CPU, layers whose output is bigger than this run on pieces of the batch (probe's budget):
 # glibc serves big blocks by mmap, and their page faults on every step made a batch of 16 at
 # 128 px 3.5x slower per image than one image alone.
-CPU_CHUNK_BYTES = 4 * 2 ** 20
+CPU_CHUNK_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -109,12 +110,24 @@ def _describe(items: Sequence[object]) -> list[str]:
     return [repr(item) for item in items]
 
 
-def optimize(model: nn.Module, objective: Objective, param: Any, *, steps: int, lr: float,
-             step_rule: str = "normalized", momentum: float = 0.9, step_values: int | None = None,
-             schedule: str = "constant",
-             transforms: Sequence[Transform] = (), regularizers: Sequence[Regularizer] = (),
-             seed: int = 0, stop: Stop | None = None, progress: bool = False,
-             description: str = "optimise") -> Optimized:
+def optimize(
+    model: nn.Module,
+    objective: Objective,
+    param: Any,
+    *,
+    steps: int,
+    lr: float,
+    step_rule: str = "normalized",
+    momentum: float = 0.9,
+    step_values: int | None = None,
+    schedule: str = "constant",
+    transforms: Sequence[Transform] = (),
+    regularizers: Sequence[Regularizer] = (),
+    seed: int = 0,
+    stop: Stop | None = None,
+    progress: bool = False,
+    description: str = "optimise",
+) -> Optimized:
     """Maximise `objective` (one value per image) over `param` (`params.PixelImage` /
     `FourierImage`) for `steps` steps -> Optimized with images [B, 3, H, W].
 
@@ -158,11 +171,19 @@ def optimize(model: nn.Module, objective: Objective, param: Any, *, steps: int, 
             for regularizer in regularizers:
                 regularizer(tensor, grad, step)
         bar.set_postfix(objective=f"{float(values.mean().detach()):.4g}")
-    settings = {"objective": objective.name, "param": getattr(param, "kind", type(param).__name__),
-                "steps": steps, "steps_run": len(history), "lr": lr, "step_rule": step_rule,
-                "momentum": momentum if step_rule == "sgd" else None, "schedule": schedule,
-                "transforms": _describe(transforms), "regularizers": _describe(regularizers),
-                "seed": seed}
+    settings = {
+        "objective": objective.name,
+        "param": getattr(param, "kind", type(param).__name__),
+        "steps": steps,
+        "steps_run": len(history),
+        "lr": lr,
+        "step_rule": step_rule,
+        "momentum": momentum if step_rule == "sgd" else None,
+        "schedule": schedule,
+        "transforms": _describe(transforms),
+        "regularizers": _describe(regularizers),
+        "seed": seed,
+    }
     with torch.no_grad():
         images = param.image().detach().clone()
     return Optimized(images, torch.stack(history), settings, stopped)

@@ -5,66 +5,96 @@ and a single unit optimised only within its receptive field.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from deconvnet.architecture import stage as stage_of
-from deconvnet.geometry import receptive_field
-from deconvnet.gradient.passes import stage_sizes
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.geometry import receptive_field, stage_sizes
+from deconvnet.core.validation import check_count, check_images, is_int
+from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.checks import (
-    batches, check_channels, check_param, check_size, model_device, regularizer_preset,
+    batches,
+    check_channels,
+    check_param,
+    check_size,
+    model_device,
+    regularizer_preset,
 )
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.params import FourierImage, PixelImage, fourier_noise, grey_noise
 from deconvnet.optim.starts import SPREADS, live_starts, wake, warn_dead
-from deconvnet.models import preprocessing
-from deconvnet.validation import check_count, check_images, is_int
 
 
 def channel_generator(seed: int, channel: int) -> torch.Generator:
     """The start of channel c's image depends on (seed, c) only, not on the other channels asked."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(channel)) % (2 ** 63))
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(channel)) % (2**63))
 
 
-def start_images(model: nn.Module, channels: Sequence[int], height: int, width: int, seed: int,
-                 param: str, spread: float = 1.0) -> Tensor:
+def start_images(
+    model: nn.Module,
+    channels: Sequence[int],
+    height: int,
+    width: int,
+    seed: int,
+    param: str,
+    spread: float = 1.0,
+) -> Tensor:
     """Per-channel seeded starts: grey noise [K, 3, H, W] (pixels; the Keras example's spread
     0.25 times `spread`) or spectra (fourier; lucid's sd 0.01 times `spread`)."""
     prep = preprocessing(model)
     if param == "pixels":
-        return torch.cat([grey_noise((1, 3, height, width), prep, channel_generator(seed, c),
-                                     spread=0.25 * spread) for c in channels])
-    return torch.cat([fourier_noise(1, height, width, channel_generator(seed, c), sd=0.01 * spread)
-                      for c in channels])
+        return torch.cat(
+            [
+                grey_noise((1, 3, height, width), prep, channel_generator(seed, c), spread=0.25 * spread)
+                for c in channels
+            ]
+        )
+    return torch.cat(
+        [fourier_noise(1, height, width, channel_generator(seed, c), sd=0.01 * spread) for c in channels]
+    )
 
 
-def noise_starts(model: nn.Module, objective: obj.Objective, channels: Sequence[int], size: int,
-                 seed: int, param: str, lr: float, crop: tuple[int, int, int, int] | None = None,
-                 unit: tuple[int, int, int] | None = None) -> tuple[Tensor, list[float], list[int]]:
+def noise_starts(
+    model: nn.Module,
+    objective: obj.Objective,
+    channels: Sequence[int],
+    size: int,
+    seed: int,
+    param: str,
+    lr: float,
+    crop: tuple[int, int, int, int] | None = None,
+    unit: tuple[int, int, int] | None = None,
+) -> tuple[Tensor, list[float], list[int]]:
     """Each channel's seeded noise at the first spread of `starts.SPREADS` where its objective
     has a gradient (`starts.live_starts`), cropped to (top, left, bottom, right) if given; where
     none has, woken on the stage's pre-ReLU map (`starts.wake`; of unit = (stage, y, x) only the
     positions that reach the unit). -> (starts, spread per channel, wake steps per channel, -1
     where still without a gradient)."""
-    candidates = [start_images(model, channels, size, size, seed, param, spread)
-                  for spread in SPREADS]
+    candidates = [start_images(model, channels, size, size, seed, param, spread) for spread in SPREADS]
     h = w = size
     if crop is not None:
         top, left, bottom, right = crop
         candidates = [c[:, :, top:bottom, left:right] for c in candidates]
         h, w = bottom - top, right - left
-    start, chosen = live_starts(model, objective, candidates,
-                                lambda s: make_param(model, s, h, w, param).image().detach())
+    start, chosen = live_starts(
+        model, objective, candidates, lambda s: make_param(model, s, h, w, param).image().detach()
+    )
     stage = unit[0] if unit else next(p for p in objective.points if isinstance(p, int))
     window = pool_window(model, *unit) if unit else None
-    start, woken = wake(model, chosen, start,
-                        lambda b: obj.preactivation(stage, channels[b], window),
-                        lambda s: make_param(model, s, h, w, param), lr, seed,
-                        step_values=3 * size * size if crop is not None else None)
+    start, woken = wake(
+        model,
+        chosen,
+        start,
+        lambda b: obj.preactivation(stage, channels[b], window),
+        lambda s: make_param(model, s, h, w, param),
+        lr,
+        seed,
+        step_values=3 * size * size if crop is not None else None,
+    )
     return start, [SPREADS[max(k, 0)] for k in chosen], woken
 
 
@@ -84,12 +114,16 @@ def check_start(start: object, model: nn.Module, count: int, size: int, param: s
     if start is None:
         return None
     if param != "pixels":
-        raise ValueError("start: a start image needs param='pixels' (the Fourier "
-                         "parameterisation starts from a random spectrum)")
+        raise ValueError(
+            "start: a start image needs param='pixels' (the Fourier "
+            "parameterisation starts from a random spectrum)"
+        )
     start = check_images(start, model, "start")
     if start.shape[0] not in (1, count) or tuple(start.shape[2:]) != (size, size):
-        raise ValueError(f"start: expected [1 or {count}, 3, {size}, {size}] (one image for all, "
-                         f"or one per channel), got {list(start.shape)}")
+        raise ValueError(
+            f"start: expected [1 or {count}, 3, {size}, {size}] (one image for all, "
+            f"or one per channel), got {list(start.shape)}"
+        )
     return start.detach().cpu().expand(count, -1, -1, -1)
 
 
@@ -104,26 +138,46 @@ def make_param(model: nn.Module, start: Tensor, height: int, width: int, param: 
 def _check_border(border: object, map_size: tuple[int, int], stage: int) -> int:
     border = check_count("border", border, low=0)
     if 2 * border >= min(map_size):
-        raise ValueError(f"border: {border} leaves nothing of stage {stage}'s "
-                         f"{map_size[0]}x{map_size[1]} map at this size; expected 0.."
-                         f"{(min(map_size) - 1) // 2}")
+        raise ValueError(
+            f"border: {border} leaves nothing of stage {stage}'s "
+            f"{map_size[0]}x{map_size[1]} map at this size; expected 0.."
+            f"{(min(map_size) - 1) // 2}"
+        )
     return border
 
 
 def merge(parts: list[Optimized]) -> Optimized:
     """Batches run one after another -> one Optimized over all images."""
     first = parts[0]
-    return Optimized(torch.cat([p.images for p in parts]), torch.cat([p.history for p in parts], 1),
-                     first.settings, first.stopped, first.report)
+    return Optimized(
+        torch.cat([p.images for p in parts]),
+        torch.cat([p.history for p in parts], 1),
+        first.settings,
+        first.stopped,
+        first.report,
+    )
 
 
-def visualize_filters(model: nn.Module, stage: int, channels: int | Sequence[int], size: int = 128,
-                      steps: int = 64, seed: int = 0, *, lr: float = 0.05,
-                      step_rule: str = "normalized", border: int = 0,
-                      regularizers: str | Sequence = "none", transforms: Sequence = (),
-                      param: str = "pixels", start: Tensor | None = None, negate: bool = False,
-                      batch_size: int = 16, progress: bool = False,
-                      details: bool = False) -> Tensor | Optimized:
+def visualize_filters(
+    model: nn.Module,
+    stage: int,
+    channels: int | Sequence[int],
+    size: int = 128,
+    steps: int = 64,
+    seed: int = 0,
+    *,
+    lr: float = 0.05,
+    step_rule: str = "normalized",
+    border: int = 0,
+    regularizers: str | Sequence = "none",
+    transforms: Sequence = (),
+    param: str = "pixels",
+    start: Tensor | None = None,
+    negate: bool = False,
+    batch_size: int = 16,
+    progress: bool = False,
+    details: bool = False,
+) -> Tensor | Optimized:
     """Images that maximise (or, with `negate`, minimise) the mean of each channel's map at
     `stage` -> [K, 3, size, size] in the model's normalised input space.
 
@@ -152,16 +206,35 @@ def visualize_filters(model: nn.Module, stage: int, channels: int | Sequence[int
             spreads += spread
             wakes += woken
         else:
-            first = given[offset: offset + len(group)]
-        parts.append(optimize(model, -objective if negate else objective,
-                              make_param(model, first, size, size, param), steps=steps, lr=lr,
-                              step_rule=step_rule, transforms=transforms, regularizers=regs,
-                              seed=seed, progress=progress, description=f"stage {stage} filters"))
+            first = given[offset : offset + len(group)]
+        parts.append(
+            optimize(
+                model,
+                -objective if negate else objective,
+                make_param(model, first, size, size, param),
+                steps=steps,
+                lr=lr,
+                step_rule=step_rule,
+                transforms=transforms,
+                regularizers=regs,
+                seed=seed,
+                progress=progress,
+                description=f"stage {stage} filters",
+            )
+        )
     result = merge(parts)
-    result.settings.update(method="visualize_filters", stage=stage, channels=channels, size=size,
-                           border=border, negate=negate, objective=f"channel mean (stage {stage})",
-                           start="given image" if given is not None else f"{param} noise, seed {seed}",
-                           start_spread=spreads or None, wake_steps=wakes or None)
+    result.settings.update(
+        method="visualize_filters",
+        stage=stage,
+        channels=channels,
+        size=size,
+        border=border,
+        negate=negate,
+        objective=f"channel mean (stage {stage})",
+        start="given image" if given is not None else f"{param} noise, seed {seed}",
+        start_spread=spreads or None,
+        wake_steps=wakes or None,
+    )
     return result if details else result.images
 
 
@@ -191,20 +264,38 @@ def _check_position(position: object, map_size: tuple[int, int], stage: int) -> 
     h, w = map_size
     if position is None:
         return h // 2, w // 2
-    if (not isinstance(position, (list, tuple)) or len(position) != 2
-            or not all(is_int(v) for v in position)
-            or not (0 <= position[0] < h and 0 <= position[1] < w)):
-        raise ValueError(f"position: expected (y, x) with y in 0..{h - 1} and x in 0..{w - 1} "
-                         f"(stage {stage}'s {h}x{w} map), got {position!r}")
+    if (
+        not isinstance(position, (list, tuple))
+        or len(position) != 2
+        or not all(is_int(v) for v in position)
+        or not (0 <= position[0] < h and 0 <= position[1] < w)
+    ):
+        raise ValueError(
+            f"position: expected (y, x) with y in 0..{h - 1} and x in 0..{w - 1} "
+            f"(stage {stage}'s {h}x{w} map), got {position!r}"
+        )
     return int(position[0]), int(position[1])
 
 
-def visualize_units(model: nn.Module, stage: int, channels: int | Sequence[int], size: int = 224,
-                    steps: int = 64, seed: int = 0, *, position: tuple[int, int] | None = None,
-                    crop: bool = True, lr: float = 0.05, step_rule: str = "normalized",
-                    regularizers: str | Sequence = "none", transforms: Sequence = (),
-                    negate: bool = False, batch_size: int = 16, progress: bool = False,
-                    details: bool = False) -> Tensor | Optimized:
+def visualize_units(
+    model: nn.Module,
+    stage: int,
+    channels: int | Sequence[int],
+    size: int = 224,
+    steps: int = 64,
+    seed: int = 0,
+    *,
+    position: tuple[int, int] | None = None,
+    crop: bool = True,
+    lr: float = 0.05,
+    step_rule: str = "normalized",
+    regularizers: str | Sequence = "none",
+    transforms: Sequence = (),
+    negate: bool = False,
+    batch_size: int = 16,
+    progress: bool = False,
+    details: bool = False,
+) -> Tensor | Optimized:
     """Images that maximise one unit (default: the centre of the map) of each channel at `stage`
     on a size x size input -> [K, 3, h, w], the unit's receptive field clipped to the image.
 
@@ -226,21 +317,51 @@ def visualize_units(model: nn.Module, stage: int, channels: int | Sequence[int],
     parts, spreads, wakes = [], [], []
     for group in batches(channels, batch_size):
         objective = obj.unit(info.number, list(group), uy, ux)
-        start, spread, woken = noise_starts(model, objective, group, size, seed, "pixels", lr,
-                                            (top, left, bottom, right), (info.number, uy, ux))
+        start, spread, woken = noise_starts(
+            model,
+            objective,
+            group,
+            size,
+            seed,
+            "pixels",
+            lr,
+            (top, left, bottom, right),
+            (info.number, uy, ux),
+        )
         # (crop=False passes the whole image as its crop: the same step length either way)
         warn_dead(woken, group, f"stage {stage} units ({y}, {x}) of channels")
         spreads += spread
         wakes += woken
-        parts.append(optimize(model, -objective if negate else objective,
-                              make_param(model, start, bottom - top, right - left, "pixels"),
-                              steps=steps, lr=lr, step_rule=step_rule, step_values=3 * size * size,
-                              transforms=transforms, regularizers=regs, seed=seed,
-                              progress=progress, description=f"stage {stage} units"))
+        parts.append(
+            optimize(
+                model,
+                -objective if negate else objective,
+                make_param(model, start, bottom - top, right - left, "pixels"),
+                steps=steps,
+                lr=lr,
+                step_rule=step_rule,
+                step_values=3 * size * size,
+                transforms=transforms,
+                regularizers=regs,
+                seed=seed,
+                progress=progress,
+                description=f"stage {stage} units",
+            )
+        )
     result = merge(parts)
     b = where.box
-    result.images = result.images[:, :, b[0] - top: b[2] - top, b[1] - left: b[3] - left].contiguous()
-    result.settings.update(method="visualize_units", stage=stage, channels=channels, size=size,
-                           position=[y, x], crop=crop, box=list(b), crop_box=[top, left, bottom, right],
-                           negate=negate, start_spread=spreads, wake_steps=wakes)
+    result.images = result.images[:, :, b[0] - top : b[2] - top, b[1] - left : b[3] - left].contiguous()
+    result.settings.update(
+        method="visualize_units",
+        stage=stage,
+        channels=channels,
+        size=size,
+        position=[y, x],
+        crop=crop,
+        box=list(b),
+        crop_box=[top, left, bottom, right],
+        negate=negate,
+        start_spread=spreads,
+        wake_steps=wakes,
+    )
     return result if details else result.images

@@ -9,14 +9,14 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from deconvnet.models import preprocessing
+from deconvnet.core.probe import probe
+from deconvnet.core.validation import check_count, check_images, check_real
+from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.checks import check_classes, model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.params import PixelImage, valid_range
-from deconvnet.optim.probe import probe
 from deconvnet.optim.regularizers import Clamp
-from deconvnet.validation import check_count, check_images, check_real
 
 
 def _probabilities(model: nn.Module, x: Tensor) -> Tensor:
@@ -24,9 +24,17 @@ def _probabilities(model: nn.Module, x: Tensor) -> Tensor:
         return torch.softmax(probe(model, x, ["logits"])["logits"], dim=1)[0]
 
 
-def fooling_image(model: nn.Module, image: Tensor, target: int, confidence: float = 0.99,
-                  steps: int = 200, lr: float = 0.01, seed: int = 0, progress: bool = False,
-                  details: bool = False) -> Tensor | Optimized:
+def fooling_image(
+    model: nn.Module,
+    image: Tensor,
+    target: int,
+    confidence: float = 0.99,
+    steps: int = 200,
+    lr: float = 0.01,
+    seed: int = 0,
+    progress: bool = False,
+    details: bool = False,
+) -> Tensor | Optimized:
     """Push `image` [1, 3, H, W] (normalised) until softmax(target) >= `confidence` or `steps`
     steps -> [1, 3, H, W], colours kept valid. The image is checked before every step, so the
     result is the first image that reaches the confidence (at most `steps` steps).
@@ -49,25 +57,42 @@ def fooling_image(model: nn.Module, image: Tensor, target: int, confidence: floa
     image = image.detach().to(device=device, dtype=dtype)
     low, high = valid_range(prep, dtype, device)
     threshold = float(torch.log(torch.tensor(confidence, dtype=torch.float64)))
-    result = optimize(model, obj.class_log_probability(target), PixelImage(image.clamp(low, high)),
-                      steps=steps, lr=lr, regularizers=[Clamp(low, high)], seed=seed,
-                      stop=lambda values: bool(values[0] >= threshold), progress=progress,
-                      description=f"fooling -> class {target}")
+    result = optimize(
+        model,
+        obj.class_log_probability(target),
+        PixelImage(image.clamp(low, high)),
+        steps=steps,
+        lr=lr,
+        regularizers=[Clamp(low, high)],
+        seed=seed,
+        stop=lambda values: bool(values[0] >= threshold),
+        progress=progress,
+        description=f"fooling -> class {target}",
+    )
     before, after = _probabilities(model, image), _probabilities(model, result.images)
     delta = result.images - image
     std = torch.tensor(prep.std, dtype=dtype, device=device).view(1, 3, 1, 1)
     reached = float(after[target]) >= confidence  # of the returned image itself
     taken = len(result.history) - 1 if result.stopped == "stop" else len(result.history)
     result.report.update(
-        target=target, confidence=confidence, reached=reached, steps_taken=taken,
-        probability_before=float(before[target]), probability_after=float(after[target]),
-        predicted_before=int(before.argmax()), predicted_after=int(after.argmax()),
-        linf=float(delta.abs().max()), l2=float(delta.norm()),
-        linf_colour=float((delta * std).abs().max()), l2_colour=float((delta * std).norm()))
-    result.settings.update(method="fooling_image", target=target, confidence=confidence,
-                           steps=steps)
+        target=target,
+        confidence=confidence,
+        reached=reached,
+        steps_taken=taken,
+        probability_before=float(before[target]),
+        probability_after=float(after[target]),
+        predicted_before=int(before.argmax()),
+        predicted_after=int(after.argmax()),
+        linf=float(delta.abs().max()),
+        l2=float(delta.norm()),
+        linf_colour=float((delta * std).abs().max()),
+        l2_colour=float((delta * std).norm()),
+    )
+    result.settings.update(method="fooling_image", target=target, confidence=confidence, steps=steps)
     if not reached:
-        warnings.warn(f"fooling_image: after {steps} steps class {target} has probability "
-                      f"{float(after[target]):.4g} < confidence {confidence}; raise steps or lr",
-                      stacklevel=2)
+        warnings.warn(
+            f"fooling_image: after {steps} steps class {target} has probability "
+            f"{float(after[target]):.4g} < confidence {confidence}; raise steps or lr",
+            stacklevel=2,
+        )
     return result if details else result.images

@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from deconvnet.models import preprocessing
+from deconvnet.core.probe import check_point, probe
+from deconvnet.core.validation import check_images, check_real
+from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.checks import model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.params import PixelImage, grey_noise
-from deconvnet.optim.probe import check_point, probe
 from deconvnet.optim.transforms import Jitter
-from deconvnet.validation import check_images, check_real
 
 PIXEL_NORM_GREY_LEVELS = 80.0  # Mahendran & Vedaldi's B
 # chosen by eye on HED VGG16 at 128 px, 80 steps: 1.0 at stage 5 gave a flat grey image (feature
@@ -30,10 +30,21 @@ PIXEL_NORM_GREY_LEVELS = 80.0  # Mahendran & Vedaldi's B
 TV_WEIGHTS = {1: 0.05, 2: 0.05, 3: 0.05, 4: 0.1, 5: 0.05, "fc6": 0.05, "fc7": 0.05, "logits": 0.05}
 
 
-def invert(model: nn.Module, image: Tensor, stage: int | str, steps: int = 200,
-           lr: float = 0.05, alpha: float = 6.0, beta: float = 2.0, alpha_weight: float = 1e-4,
-           tv_weight: float | None = None, jitter: int = 0, seed: int = 0,
-           progress: bool = False, details: bool = False) -> Tensor | Optimized:
+def invert(
+    model: nn.Module,
+    image: Tensor,
+    stage: int | str,
+    steps: int = 200,
+    lr: float = 0.05,
+    alpha: float = 6.0,
+    beta: float = 2.0,
+    alpha_weight: float = 1e-4,
+    tv_weight: float | None = None,
+    jitter: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+    details: bool = False,
+) -> Tensor | Optimized:
     """Invert `image` [1, 3, H, W] (normalised) from its representation at `stage` (1..5,
     "pre1".."pre5" before the stage's ReLU, "fc6", "fc7" or "logits") -> [1, 3, H, W] in the
     normalised space.
@@ -44,8 +55,9 @@ def invert(model: nn.Module, image: Tensor, stage: int | str, steps: int = 200,
     """
     point = check_point(model, stage)
     if point == "input":
-        raise ValueError("stage: 'input' has nothing to invert; expected a stage 1..5, 'fc6', "
-                         "'fc7' or 'logits'")
+        raise ValueError(
+            "stage: 'input' has nothing to invert; expected a stage 1..5, 'fc6', 'fc7' or 'logits'"
+        )
     depth = int(point[3:]) if str(point).startswith("pre") else point  # "pre3": stage 3's depth
     image = check_images(image, model, "image", depth if isinstance(depth, int) else None)
     if image.shape[0] != 1:
@@ -58,18 +70,38 @@ def invert(model: nn.Module, image: Tensor, stage: int | str, steps: int = 200,
     with torch.no_grad():
         phi0 = probe(model, image, [point])[point]
     bound = PIXEL_NORM_GREY_LEVELS / 255.0 / (sum(prep.std) / 3)
-    objective = (obj.feature_match(point, phi0)
-                 - alpha_weight * obj.alpha_norm(check_real("alpha", alpha), bound)
-                 - tv_weight * obj.total_variation(check_real("beta", beta), bound / 6.5))
+    objective = (
+        obj.feature_match(point, phi0)
+        - alpha_weight * obj.alpha_norm(check_real("alpha", alpha), bound)
+        - tv_weight * obj.total_variation(check_real("beta", beta), bound / 6.5)
+    )
     start = grey_noise(tuple(image.shape), prep, torch.Generator().manual_seed(seed))
     param = PixelImage(start.to(device=device, dtype=dtype))
-    result = optimize(model, objective, param, steps=steps, lr=lr, step_rule="adam",
-                      schedule="cosine", transforms=[Jitter(jitter)] if jitter else [], seed=seed,
-                      progress=progress, description=f"invert {point}")
+    result = optimize(
+        model,
+        objective,
+        param,
+        steps=steps,
+        lr=lr,
+        step_rule="adam",
+        schedule="cosine",
+        transforms=[Jitter(jitter)] if jitter else [],
+        seed=seed,
+        progress=progress,
+        description=f"invert {point}",
+    )
     with torch.no_grad():
         error = -obj.feature_match(point, phi0)(probe(model, result.images, [point]))
     result.report["feature_error"] = float(error[0])
-    result.settings.update(method="invert", stage=point, alpha=alpha, beta=beta,
-                           alpha_weight=alpha_weight, tv_weight=tv_weight, bound=bound,
-                           tv_bound=bound / 6.5, jitter=jitter)
+    result.settings.update(
+        method="invert",
+        stage=point,
+        alpha=alpha,
+        beta=beta,
+        alpha_weight=alpha_weight,
+        tv_weight=tv_weight,
+        bound=bound,
+        tv_bound=bound / 6.5,
+        jitter=jitter,
+    )
     return result if details else result.images

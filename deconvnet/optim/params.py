@@ -14,12 +14,13 @@ import math
 import torch
 from torch import Tensor
 
-from deconvnet.models import Preprocessing
+from deconvnet.data.models import Preprocessing
 
 # lucid's colour_correlation_svd_sqrt (the square root of ImageNet's RGB covariance), normalised by
 # its largest column norm as lucid does.
-_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]],
-                           dtype=torch.float64)
+_COLOR_SQRT = torch.tensor(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64
+)
 COLOR_CORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 
 
@@ -44,8 +45,9 @@ class FourierImage:
 
     kind = "fourier"
 
-    def __init__(self, spectrum: Tensor, height: int, width: int, prep: Preprocessing, *,
-                 decay: float = 1.0) -> None:
+    def __init__(
+        self, spectrum: Tensor, height: int, width: int, prep: Preprocessing, *, decay: float = 1.0
+    ) -> None:
         """spectrum: [B, 3, H, W // 2 + 1, 2] (real, imaginary), e.g. from `fourier_noise`."""
         dtype, device = spectrum.dtype, spectrum.device
         fy = torch.fft.fftfreq(height, dtype=torch.float64)[:, None]
@@ -70,14 +72,16 @@ class FourierImage:
         return (torch.sigmoid(x) - self.mean) / self.std
 
 
-def fourier_noise(batch: int, height: int, width: int, generator: torch.Generator,
-                  sd: float = 0.01) -> Tensor:
+def fourier_noise(
+    batch: int, height: int, width: int, generator: torch.Generator, sd: float = 0.01
+) -> Tensor:
     """lucid's start: a random spectrum [B, 3, H, W // 2 + 1, 2] of standard deviation `sd`."""
     return torch.randn((batch, 3, height, width // 2 + 1, 2), generator=generator) * sd
 
 
-def grey_noise(shape: tuple[int, ...], prep: Preprocessing, generator: torch.Generator,
-               spread: float = 0.25) -> Tensor:
+def grey_noise(
+    shape: tuple[int, ...], prep: Preprocessing, generator: torch.Generator, spread: float = 0.25
+) -> Tensor:
     """The Keras example's start, (U - 0.5) * spread around mid grey, in the normalised space
     (mid grey taken as the dataset mean colour). float32, CPU."""
     noise = (torch.rand(shape, generator=generator, dtype=torch.float32) - 0.5) * spread

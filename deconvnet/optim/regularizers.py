@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deconvnet.validation import check_count, check_real
+from deconvnet.core.validation import check_count, check_real
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Every choice depends on that image alone.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +27,9 @@ def has_gradient(model: nn.Module, objective: Objective, images: Tensor) -> Tens
     return grad.flatten(1).abs().amax(dim=1) > 0
 
 
-def live_starts(model: nn.Module, objective: Objective, candidates: Sequence[Tensor],
-                image_of: Callable[[Tensor], Tensor]) -> tuple[Tensor, list[int]]:
+def live_starts(
+    model: nn.Module, objective: Objective, candidates: Sequence[Tensor], image_of: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, list[int]]:
     """Per image, the first candidate start (each [B, ...], e.g. noise of growing spread) at
     which the objective has a gradient -> (starts [B, ...], index of the candidate taken, -1 where
     none had one: the first candidate is kept). `image_of(start)` -> [B, 3, H, W] normalised."""
@@ -48,9 +49,16 @@ def live_starts(model: nn.Module, objective: Objective, candidates: Sequence[Ten
     return start, chosen
 
 
-def wake(model: nn.Module, chosen: list[int], start: Tensor, preactivation: Callable[[int], Objective],
-         build_param: Callable[[Tensor], object], lr: float, seed: int,
-         step_values: int | None = None) -> tuple[Tensor, list[int]]:
+def wake(
+    model: nn.Module,
+    chosen: list[int],
+    start: Tensor,
+    preactivation: Callable[[int], Objective],
+    build_param: Callable[[Tensor], object],
+    lr: float,
+    seed: int,
+    step_values: int | None = None,
+) -> tuple[Tensor, list[int]]:
     """For each image b that no candidate woke (chosen[b] == -1): normalised ascent on
     `preactivation(b)` (the largest input of the ReLUs its objective reads) from its start until
     that is > 0, at most WAKE_STEPS steps of the method's own length (`step_values`, see
@@ -58,9 +66,17 @@ def wake(model: nn.Module, chosen: list[int], start: Tensor, preactivation: Call
     start = start.clone()
     taken = [0] * start.shape[0]
     for b in [b for b, k in enumerate(chosen) if k < 0]:
-        param = build_param(start[b: b + 1])
-        run = optimize(model, preactivation(b), param, steps=WAKE_STEPS, lr=lr, seed=seed,
-                       step_values=step_values, stop=lambda values: bool(values[0] > 0))
+        param = build_param(start[b : b + 1])
+        run = optimize(
+            model,
+            preactivation(b),
+            param,
+            steps=WAKE_STEPS,
+            lr=lr,
+            seed=seed,
+            step_values=step_values,
+            stop=lambda values: bool(values[0] > 0),
+        )
         taken[b] = len(run.history) - 1 if run.stopped == "stop" else -1
         start[b] = param.parameters()[0].detach()[0].to(start.dtype).cpu()
     return start, taken
@@ -72,6 +88,8 @@ def warn_dead(status: Sequence[int], names: Sequence[object], what: str, woke: b
     dead = [names[b] for b, k in enumerate(status) if k < 0]
     if dead:
         tried = f", and {WAKE_STEPS} steps on the ReLUs' inputs did not switch one on" if woke else ""
-        warnings.warn(f"{what} {dead}: no gradient at any start{tried}; their images are the "
-                      f"unchanged start. Try another seed, a `start` image, or another size",
-                      stacklevel=3)
+        warnings.warn(
+            f"{what} {dead}: no gradient at any start{tried}; their images are the "
+            f"unchanged start. Try another seed, a `start` image, or another size",
+            stacklevel=3,
+        )

@@ -8,14 +8,14 @@ gives each image exactly the transforms it would get alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deconvnet.validation import check_count, check_real
+from deconvnet.core.validation import check_count, check_real
 
 Transform = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -98,9 +98,15 @@ def compose(transforms: Sequence[Transform]) -> Transform:
         for t in transforms:
             x = t(x, generator)
         return x
+
     return apply
 
 
 def standard_transforms(jitter: int = 8) -> list[Transform]:
     """lucid's default robustness set, in input pixels: pad, jitter, small random scale."""
-    return [Pad(jitter * 2), Jitter(jitter), RandomScale((0.95, 0.975, 1.0, 1.025, 1.05)), Jitter(jitter // 2)]
+    return [
+        Pad(jitter * 2),
+        Jitter(jitter),
+        RandomScale((0.95, 0.975, 1.0, 1.025, 1.05)),
+        Jitter(jitter // 2),
+    ]

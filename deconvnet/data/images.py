@@ -1,0 +1,117 @@
+"""Images in and out: reading, RGB conversion, the weights' eval preprocessing, and its inverse.
+
+Sources are a path, a PIL image, or the name of a sample image bundled with scikit-image
+(`SAMPLES`, available offline). A string is a path if such a file exists, else a sample name, else
+FileNotFoundError. Every image is made RGB the same way (`to_rgb`):
+
+- EXIF orientation is applied first (`PIL.ImageOps.exif_transpose`);
+- transparency (RGBA, LA, PA, or a palette/ L / RGB image with a transparent colour) is composited
+  over WHITE, so transparent areas look like a blank page, not like black;
+- 16-bit / 32-bit integer greyscale ('I;16*', 'I') is read as 0..65535 and scaled to 0..255;
+  float greyscale ('F') is read as 0..1; values outside are clipped;
+- everything else (L, 1, P, CMYK, YCbCr, ...) goes through `PIL.Image.convert("RGB")`.
+
+Preprocessing is the weights' own eval transform (torchvision's ImageClassification): resize the
+shorter side to `resize_size` (bilinear, antialiased), center crop `crop_size`, scale to [0, 1],
+normalise by mean/std.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torchvision.models import WeightsEnum
+from torchvision.transforms import InterpolationMode
+
+from deconvnet.core.validation import check_image_tensor
+from deconvnet.data.models import Preprocessing, preprocessing
+from deconvnet.data.samples import SAMPLES, pil_from_sample, sample_names, to_rgb
+
+ImageSource = Union[str, os.PathLike, Image.Image]
+PreprocessingSource = Union[nn.Module, str, WeightsEnum, Preprocessing]
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """An RGB PIL image from a path, a sample name, or a PIL image (EXIF orientation applied)."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(
+            "image: expected a file path, a PIL image, or a sample name "
+            f"({', '.join(sample_names())}), got {type(source).__name__}"
+        )
+    path = Path(source).expanduser()
+    if isinstance(source, str) and not path.exists() and source in SAMPLES:
+        return pil_from_sample(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"image: {path} does not exist and is not a bundled sample name "
+            f"(samples: {', '.join(sample_names())})"
+        )
+    if path.is_dir():
+        raise ValueError(f"image: {path} is a directory; expected an image file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"image: {path} is not a readable image file ({error})") from error
+
+
+def describe_image(image: object) -> dict[str, Any]:
+    """Where the image comes from: {'source', 'kind': 'file'|'sample', 'path'}."""
+    if isinstance(image, (str, Path)) and Path(image).expanduser().is_file():
+        return {"source": str(image), "kind": "file", "path": str(Path(image).expanduser().resolve())}
+    return {"source": image, "kind": "sample", "path": None}
+
+
+def resolve_preprocessing(model_or_weights: PreprocessingSource) -> Preprocessing:
+    """A `Preprocessing` from itself, a torchvision weights enum (e.g.
+    `VGG16_Weights.IMAGENET1K_V1`), a model instance, or a model name ('vgg16', 'alexnet')."""
+    if isinstance(model_or_weights, Preprocessing):
+        return model_or_weights
+    if isinstance(model_or_weights, (nn.Module, str, WeightsEnum)):
+        return preprocessing(model_or_weights)
+    raise ValueError(
+        "model_or_weights: expected a model, a model name, a torchvision weights enum or a "
+        "Preprocessing, "
+        f"got {type(model_or_weights).__name__}"
+    )
+
+
+def preprocess(image: Image.Image, model_or_weights: PreprocessingSource) -> torch.Tensor:
+    """Eval preprocessing of one PIL image -> float32 `[3, crop, crop]` (normalised)."""
+    prep = resolve_preprocessing(model_or_weights)
+    rgb = to_rgb(image)
+    resized = TF.resize(
+        rgb, [prep.resize_size], interpolation=InterpolationMode(prep.interpolation), antialias=prep.antialias
+    )
+    cropped = TF.center_crop(resized, [prep.crop_size])
+    scaled = TF.convert_image_dtype(TF.pil_to_tensor(cropped), torch.float32)
+    return TF.normalize(scaled, mean=list(prep.mean), std=list(prep.std))
+
+
+def load_image(
+    source: ImageSource, model_or_weights: PreprocessingSource, device: str | torch.device | None = None
+) -> torch.Tensor:
+    """Read `source` and preprocess it for the model -> float32 `[1, 3, crop, crop]` on `device`."""
+    batch = preprocess(open_image(source), model_or_weights).unsqueeze(0)
+    return batch if device is None else batch.to(device)
+
+
+def denormalize(x: torch.Tensor, model_or_weights: PreprocessingSource) -> torch.Tensor:
+    """Undo normalisation: `x * std + mean`, clamped to [0, 1].
+
+    x: `[B, 3, H, W]` or `[3, H, W]`; the result has the same shape.
+    """
+    check_image_tensor(x, "x")
+    prep = resolve_preprocessing(model_or_weights)
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x * std + mean).clamp(0.0, 1.0)

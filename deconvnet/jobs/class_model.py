@@ -1,0 +1,276 @@
+"""Class models (Simonyan, Vedaldi & Zisserman 2014) for a list of classes (`run_class_model`, the
+work behind `python -m experiments.class_model`).
+
+Each class c gets the image that maximises its raw score S_c(I) - lambda R(I) from zero (the mean
+colour), R = L2 (default), L1 or none, with an optional Gaussian blur every 4 steps
+(`deconvnet.optim.class_model`). Each tile is titled with the class name and the probability the
+model gives its own class model (softmax of the logits). A classifier with random weights (weights
+random, or hed: learned convolutions, random classifier) makes class scores meaningless: the
+title and result.json say "class scores of a RANDOM classifier: not meaningful".
+
+Files: `class<c>.png` (Keras deprocess, like the filter images: optimised from nothing, their
+raw colours are faint), `grid.png`, images.npz, result.json, config.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deconvnet.core.targets import class_count
+from deconvnet.core.validation import as_list, check_count, check_positive, check_real, check_seed, is_int
+from deconvnet.data.models import class_names
+from deconvnet.jobs.job import (
+    GRID_FILE,
+    KERAS_DEPROCESS,
+    Job,
+    ModelRequest,
+    check_model,
+    classifier_note,
+    keras_deprocess,
+    model_header,
+    save_tile,
+    title_lines,
+)
+from deconvnet.optim import class_model, probe
+from deconvnet.optim.checks import check_size
+from deconvnet.optim.class_model import CLASS_REGULARIZERS
+
+log = logging.getLogger(__name__)
+
+# Simonyan et al. 2014, Fig. 1's first row: dumbbell, cup, dalmatian, bell pepper
+DEFAULT_CLASSES = (543, 968, 251, 945)
+BLUR_EVERY = 4  # steps between blurs when blur > 0 (Yosinski's every 4)
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """A checked request."""
+
+    request: ModelRequest
+    classes: tuple[int, ...]
+    regularizer: str
+    weight: float
+    steps: int
+    lr: float
+    size: int
+    blur: float
+    seed: int
+
+
+def check_class_list(
+    value: object, names: Sequence[str], key: str = "classes", single: bool = False
+) -> list[int]:
+    """A class int or class name (any case), or (unless `single`) a non-empty list of them,
+    each once."""
+    accepted = f"a class int in 0..{len(names) - 1} or a class name"
+    items = [value] if is_int(value) or isinstance(value, str) else None if single else as_list(value)
+    if not items:
+        more = "" if single else ", or a non-empty list of them"
+        raise ValueError(f"{key}: expected {accepted}{more}, got {value!r}")
+    lower = {n.lower(): i for i, n in enumerate(names)}
+    chosen = []
+    for item in items:
+        if is_int(item) and 0 <= item < len(names):
+            chosen.append(int(item))
+        elif isinstance(item, str) and item.strip().lower() in lower:
+            chosen.append(lower[item.strip().lower()])
+        else:
+            raise ValueError(f"{key}: expected {accepted}, got {item!r}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"{key}: each class once, got {items!r}")
+    return chosen
+
+
+def validate_class_model(
+    model: object,
+    weights: object,
+    seed: object,
+    classes: object,
+    regularizer: object,
+    weight: object,
+    steps: object,
+    lr: object,
+    size: object,
+    blur: object,
+    opt_seed: object,
+    device: object,
+) -> ClassPlan:
+    """Every value checked before anything is built or written (ValueError naming the key)."""
+    request = check_model(model, weights, seed, device)
+    names = class_names(request.name)[: class_count(request.skeleton)]
+    if regularizer not in CLASS_REGULARIZERS:
+        raise ValueError(f"regularizer: expected one of {', '.join(CLASS_REGULARIZERS)}, got {regularizer!r}")
+    return ClassPlan(
+        request,
+        tuple(check_class_list(classes, names)),
+        str(regularizer),
+        check_real("weight", weight),
+        check_count("steps", steps),
+        check_positive("lr", lr),
+        check_size(request.skeleton, size),
+        check_real("blur", blur),
+        check_seed(opt_seed),
+    )
+
+
+def class_cell(
+    net: nn.Module, plan: ClassPlan, c: int, names: Sequence[str], progress: bool
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Class c's model: arrays (images [1, 3, S, S], history [steps, 1]) and its record, with
+    the probability the model gives it (softmax of its logits)."""
+    made = class_model(
+        net,
+        [c],
+        size=plan.size,
+        regularizer=plan.regularizer,
+        weight=plan.weight,
+        steps=plan.steps,
+        lr=plan.lr,
+        blur_sigma=plan.blur,
+        blur_every=BLUR_EVERY,
+        seed=plan.seed,
+        progress=progress,
+        details=True,
+    )
+    with torch.no_grad():
+        logits = probe(net, made.images, ["logits"])["logits"][0].double().cpu()
+    p = torch.softmax(logits, dim=0)
+    top = int(p.argmax())
+    record = {
+        "class": c,
+        "class_name": names[c],
+        "file": f"class{c}.png",
+        "probability": float(p[c]),
+        "logit": float(logits[c]),
+        "top_class": top,
+        "top_class_name": names[top],
+        "top_probability": float(p[top]),
+        "final_objective": made.history[-1].tolist(),
+        "settings": made.settings,
+    }
+    images = made.images.detach().float().cpu().numpy()
+    return {"images": images, "history": made.history.numpy()}, record
+
+
+def run_class_model(
+    out_dir: str | Path,
+    model: str = "vgg16",
+    weights: str = "auto",
+    seed: int = 0,
+    classes: int | str | Sequence[int | str] = DEFAULT_CLASSES,
+    regularizer: str = "l2",
+    weight: float = 0.02,
+    steps: int = 100,
+    lr: float = 0.05,
+    size: int = 224,
+    blur: float = 0.0,
+    opt_seed: int = 0,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Class models of `classes`; files written into `out_dir` (module doc); the result dict.
+
+    weight: the regulariser's weight (`deconvnet.optim.class_model.penalty_steps`); blur: Gaussian
+    sigma in pixels every 4 steps (0: none); seed: the model's; opt_seed: config key `seed`.
+    Every value is checked before the model is built (ValueError naming the key; nothing written).
+    """
+    plan = validate_class_model(
+        model, weights, seed, classes, regularizer, weight, steps, lr, size, blur, opt_seed, device
+    )
+    config = config if config is not None else class_config(plan, weights)
+    job = Job(out_dir, "class_model", plan.request, config, len(plan.classes), progress)
+    names = class_names(plan.request.name)
+    note = classifier_note(job.weights)
+    if note:
+        log.warning("classes: %s (weights: %s)", note, job.weights.get("description"))
+    with job.progress():
+        cells = [
+            job.cell(f"class{c}", lambda: class_cell(job.net, plan, c, names, progress)) for c in plan.classes
+        ]
+    for cell in cells:
+        save_tile(
+            keras_deprocess(job.images(cell["key"]), plan.request.preprocessing)[0], job.out / cell["file"]
+        )
+    result = {
+        **model_header("class_model", plan.request, job.weights, note),
+        **class_settings(plan),
+        "cells": cells,
+    }
+    return job.finish(result, [class_sheet(plan, job.weights, note, cells)])
+
+
+def class_settings(plan: ClassPlan) -> dict[str, Any]:
+    """result.json's settings, display and data."""
+    return {
+        "settings": {
+            "classes": list(plan.classes),
+            "regularizer": plan.regularizer,
+            "weight": plan.weight,
+            "steps": plan.steps,
+            "lr": plan.lr,
+            "size": plan.size,
+            "blur": plan.blur,
+            "blur_every": BLUR_EVERY,
+            "seed": plan.seed,
+            "start": "zeros (the dataset's mean colour)",
+        },
+        "display": {
+            "images": KERAS_DEPROCESS,
+            "probability": "softmax of the model's logits on the class model, for its own class",
+        },
+        "data": {"label": "no input image (class models start from the mean colour)"},
+    }
+
+
+def class_config(plan: ClassPlan, weights: object) -> dict[str, Any]:
+    """The resolved config of a direct call (what config.yaml records)."""
+    r = plan.request
+    return {
+        "model": {"name": r.name, "weights": str(weights), "seed": r.seed},
+        "classes": list(plan.classes),
+        "regularizer": plan.regularizer,
+        "weight": plan.weight,
+        "steps": plan.steps,
+        "lr": plan.lr,
+        "size": plan.size,
+        "blur": plan.blur,
+        "seed": plan.seed,
+        "device": str(r.device),
+    }
+
+
+def class_sheet(
+    plan: ClassPlan, wdict: Mapping[str, Any], note: str | None, cells: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """grid.png: one row of class models, each titled with its class and its probability."""
+    lines = title_lines("Class models (Simonyan et al. 2014)", plan.request, wdict, note)
+    blur = f"blur {plan.blur:g} px every {BLUR_EVERY}" if plan.blur > 0 else "no blur"
+    lines.append(
+        f"{plan.size} px, {plan.steps} steps, lr {plan.lr:g}, regulariser "
+        f"{plan.regularizer} weight {plan.weight:g}, {blur}; start the mean colour; "
+        "display: Keras deprocess"
+    )
+    tiles = [
+        {
+            "file": c["file"],
+            "alarm": bool(note),
+            "title": f"{c['class']} {c['class_name']}\np(own class) = {c['probability']:.3g}"
+            + (" (random classifier)" if note else ""),
+        }
+        for c in cells
+    ]
+    return {
+        "file": GRID_FILE,
+        "title": "\n".join(lines),
+        "alarm": bool(note),
+        "rows": [{"label": "class model", "tiles": tiles}],
+    }

@@ -1,0 +1,490 @@
+"""Zeiler & Fergus's Table 1 as a job folder (`run_correspondence`, the work behind
+`python -m experiments.correspondence`): the images and part boxes of a box file
+(`deconvnet.analysis.correspondence.load_box_file`; default conf/correspondence/faces.yaml:
+2 human portraits and 1 cat, not the paper's 5 dogs), each part occluded in each image and at
+random positions, Delta per part and layer against the random control.
+
+Files: `table.md` (the table, markdown), `result.json` (model header, every setting, the box
+file, the table's numbers per part and layer, per-pair distances, the random boxes, provenance),
+`boxes.png` (a row per image: its part boxes outlined, then each part occluded and the first
+random draw of that part's box as the model sees them; titles name the weights exactly), those
+tiles as PNGs, `images.npz` (`input` [N, 3, 224, 224] normalised; `<part>__<layer>` [N, N] and
+`<part>__random_<layer>` [draws, N, N] Hamming distances, float32, exact integers), config.yaml.
+One cell per part, checkpointed in `partial/`: an interrupted job resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from deconvnet.analysis.correspondence import (
+    BoxFile,
+    Correspondence,
+    Layer,
+    check_fill,
+    check_layers,
+    draw_random_boxes,
+    features,
+    layer_key,
+    load_box_file,
+    occlude,
+    part_distances,
+)
+from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.validation import check_count, check_seed
+from deconvnet.data.paths import REPO_ROOT
+from deconvnet.jobs.job import (
+    COLOURS,
+    Job,
+    ModelRequest,
+    Picture,
+    check_model,
+    check_pictures,
+    colours,
+    model_header,
+    prepare,
+    save_tile,
+    title_lines,
+)
+
+BOXES_DIR = REPO_ROOT / "conf" / "correspondence"
+TABLE_FILE, SHEET_FILE = "table.md", "boxes.png"
+PALETTE = (
+    (230, 25, 75),
+    (0, 130, 200),
+    (60, 180, 75),
+    (255, 225, 25),
+    (145, 30, 180),
+    (70, 240, 240),
+    (245, 130, 48),
+    (240, 50, 230),
+)
+PALETTE_NAMES = ("red", "blue", "green", "yellow", "purple", "cyan", "orange", "magenta")
+HIDDEN_NOTE = (
+    "fc6 / fc7 are RANDOM layers with HED weights (HED has no classifier): their "
+    "sign changes are those of a random projection of HED's learned pool5"
+)
+DEFAULT_LAYERS = (5, "fc7")
+
+
+@dataclass(frozen=True)
+class CorrespondencePlan:
+    """A checked request."""
+
+    request: ModelRequest
+    boxes: BoxFile
+    pictures: tuple[Picture, ...]
+    layers: tuple[Layer, ...]
+    random_draws: int
+    seed: int
+    fill: float
+    batch_size: int
+
+
+def box_file_path(boxes: object) -> Path:
+    """A name of a file in conf/correspondence/ ('faces') or a path to a YAML / JSON file."""
+    if not isinstance(boxes, (str, Path)) or not str(boxes).strip():
+        raise ValueError(
+            f"boxes: expected a box file's name in {BOXES_DIR} (e.g. 'faces') or a "
+            f"path to a YAML / JSON box file, got {boxes!r}"
+        )
+    text = str(boxes)
+    if "/" not in text and "\\" not in text and not Path(text).suffix:
+        return BOXES_DIR / f"{text}.yaml"
+    return Path(text).expanduser()
+
+
+def validate_correspondence(
+    model: object,
+    weights: object,
+    seed: object,
+    boxes: object,
+    layers: object,
+    random_draws: object,
+    draw_seed: object,
+    fill: object,
+    batch_size: object,
+    device: object,
+) -> CorrespondencePlan:
+    """Every value checked before anything is built or written (ValueError / FileNotFoundError
+    naming the key)."""
+    request = check_model(model, weights, seed, device)
+    checked_layers = check_layers(layers)
+    box_file = load_box_file(box_file_path(boxes))
+    crop = request.preprocessing.crop_size
+    if box_file.image_size != crop:
+        raise ValueError(
+            f"boxes: {box_file.source} gives boxes in a {box_file.image_size}-px "
+            f"frame; {request.name}'s preprocessing makes {crop}x{crop} images"
+        )
+    pictures = check_pictures(list(box_file.images), f"boxes: {box_file.source}: images")
+    if len(pictures) < 2:
+        raise ValueError(
+            f"boxes: {box_file.source}: images: expected at least 2 images "
+            f"(Delta sums over pairs), got {len(pictures)}"
+        )
+    return CorrespondencePlan(
+        request,
+        box_file,
+        tuple(pictures),
+        checked_layers,
+        check_count("random_draws", random_draws),
+        check_seed(draw_seed, "the random boxes' draws"),
+        check_fill(fill),
+        check_count("batch_size", batch_size),
+    )
+
+
+def part_cell(
+    net: nn.Module,
+    plan: CorrespondencePlan,
+    x: Tensor,
+    base: Mapping[Layer, Tensor],
+    part: str,
+    randoms: Sequence[Sequence[tuple[int, int, int, int]]],
+    progress: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One part: its boxes and each random draw occluded in x [N, 3, S, S] -> arrays
+    (`<layer>` [N, N], `random_<layer>` [draws, N, N]) and its record."""
+    n = x.shape[0]
+    with tqdm(
+        total=n * (1 + len(randoms)), desc=part, unit="image", leave=False, disable=not progress
+    ) as bar:
+        found = part_distances(net, x, base, plan.boxes.parts[part], plan.fill, plan.batch_size, bar)
+        shuffled = [part_distances(net, x, base, r, plan.fill, plan.batch_size, bar) for r in randoms]
+    arrays = {}
+    for layer in plan.layers:
+        arrays[layer_key(layer)] = found[layer]
+        arrays[f"random_{layer_key(layer)}"] = np.stack([d[layer] for d in shuffled])
+    record = {"part": part, "boxes": plan.boxes.parts[part], "random_boxes": randoms}
+    return arrays, record
+
+
+def run_correspondence(
+    out_dir: str | Path,
+    model: str = "vgg16",
+    weights: str = "auto",
+    seed: int = 0,
+    boxes: str = "faces",
+    layers: Layer | Sequence[Layer] = DEFAULT_LAYERS,
+    random_draws: int = 10,
+    draw_seed: int = 0,
+    fill: float = 0.0,
+    batch_size: int = 1,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Table 1 for the box file `boxes` (a name in conf/correspondence/ or a path); files
+    written into `out_dir` (module doc); the result dict.
+
+    seed: the model's; draw_seed: config key `seed` (the random boxes). Every value is checked
+    before the model is built (nothing written).
+    """
+    plan = validate_correspondence(
+        model, weights, seed, boxes, layers, random_draws, draw_seed, fill, batch_size, device
+    )
+    config = config if config is not None else correspondence_config(plan, weights)
+    job = Job(out_dir, "correspondence", plan.request, config, len(plan.boxes.parts), progress)
+    size = plan.request.preprocessing.crop_size
+    x = torch.cat([prepare(p.image, job.net, size) for p in plan.pictures]).to(plan.request.device)
+    randoms = draw_random_boxes(plan.boxes.parts, size, size, plan.random_draws, plan.seed)
+    base = features(job.net, x, plan.layers, plan.batch_size)
+    with job.progress():
+        cells = [
+            job.cell(part, lambda: part_cell(job.net, plan, x, base, part, randoms[part], progress))
+            for part in plan.boxes.parts
+        ]
+    outcome = gathered(job, plan, randoms, {layer_key(k): int(v.shape[1]) for k, v in base.items()})
+    job.keep("input", x)
+    rows = tiles(job.out, plan, x.cpu(), randoms)
+    result = {
+        **model_header("correspondence", plan.request, job.weights, hidden_note(plan, job.weights)),
+        "settings": correspondence_settings(plan),
+        "display": {"images": COLOURS},
+        "images": [{"label": p.label, **p.info} for p in plan.pictures],
+        "boxes_file": {
+            "source": plan.boxes.source,
+            "description": plan.boxes.description,
+            "image_size": plan.boxes.image_size,
+        },
+        "layer_names": {layer_key(layer): layer_name(job.net, layer) for layer in plan.layers},
+        "feature_length": outcome.feature_length,
+        "table": outcome.summary(),
+        "table_file": TABLE_FILE,
+        "cells": cells,
+    }
+    (job.out / TABLE_FILE).write_text(table_markdown(plan, job.weights, job.net, outcome))
+    return job.finish(result, [boxes_sheet(plan, job.weights, rows, outcome)])
+
+
+def gathered(
+    job: Job, plan: CorrespondencePlan, randoms: Mapping[str, Any], lengths: Mapping[str, int]
+) -> Correspondence:
+    """The finished cells' arrays (float32 in the checkpoints: exact integers) as one result."""
+
+    def ints(part: str, name: str) -> np.ndarray:
+        return np.rint(job.done.arrays(part)[name]).astype(np.int64)
+
+    parts = tuple(plan.boxes.parts)
+    keys = [layer_key(layer) for layer in plan.layers]
+    return Correspondence(
+        parts=parts,
+        layers=plan.layers,
+        boxes=plan.boxes.parts,
+        random_boxes=dict(randoms),
+        feature_length=dict(lengths),
+        distances={p: {k: ints(p, k) for k in keys} for p in parts},
+        random_distances={p: {k: ints(p, f"random_{k}") for k in keys} for p in parts},
+        settings=correspondence_settings(plan),
+    )
+
+
+def correspondence_settings(plan: CorrespondencePlan) -> dict[str, Any]:
+    return {
+        "layers": list(plan.layers),
+        "random_draws": plan.random_draws,
+        "seed": plan.seed,
+        "fill": plan.fill,
+        "batch_size": plan.batch_size,
+        "parts": list(plan.boxes.parts),
+        "delta": "sum over ordered pairs i != j of the Hamming distance of sign(eps_i) and "
+        "sign(eps_j) (the paper's formula; = 2 x the sum over i < j)",
+        "eps": "x_i - x~_i: the layer's activation (after its ReLU / pool), flattened, of "
+        "the image minus that of the image with the box occluded",
+        "sign": "torch.sign: sign(0) = 0; H counts positions whose signs in {-1, 0, +1} differ",
+        "normalized": "Delta / (N (N - 1) D), D the feature length; +- the population std "
+        "over the N (N - 1) / 2 pairs of H / D (part rows) or over the draws "
+        "(random rows)",
+        "occluder": f"the box set to {plan.fill:g} in every channel of the normalised input "
+        "(0 = the mean colour, Fig. 7's grey)",
+        "random_boxes": "per image one box of that image's part-box size, top-left uniform "
+        "over the positions inside the image, may overlap the part; numpy "
+        "PCG64 seeded with (seed, crc32(part), draw)",
+        "features": "deconvnet.core.probe under no_grad, Dropout as the identity, "
+        f"{plan.batch_size} image(s) per forward pass",
+    }
+
+
+def correspondence_config(plan: CorrespondencePlan, weights: object) -> dict[str, Any]:
+    """The resolved config of a direct call (what config.yaml records)."""
+    r = plan.request
+    return {
+        "model": {"name": r.name, "weights": str(weights), "seed": r.seed},
+        "boxes": plan.boxes.source,
+        "layers": list(plan.layers),
+        "random_draws": plan.random_draws,
+        "seed": plan.seed,
+        "fill": plan.fill,
+        "batch_size": plan.batch_size,
+        "device": str(r.device),
+    }
+
+
+def layer_name(net: nn.Module, layer: Layer) -> str:
+    """'stage 5 (pool5)' or 'fc7'."""
+    return layer if isinstance(layer, str) else f"stage {layer} ({stage_of(net, layer).name})"
+
+
+# ------------------------------------------------------------------------------- the figure
+
+
+def outlined(
+    image: Tensor, boxes: Sequence[tuple[int, int, int, int]], colours_: Sequence[tuple[int, int, int]]
+) -> Image.Image:
+    """[3, S, S] in [0, 1] -> an RGB image with each box outlined (2 px, inside the box)."""
+    from deconvnet.core.display import to_pil
+
+    picture = to_pil(image)
+    draw = ImageDraw.Draw(picture)
+    for (top, left, height, width), colour in zip(boxes, colours_):
+        draw.rectangle([left, top, left + width - 1, top + height - 1], outline=colour, width=2)
+    return picture
+
+
+def _colour(k: int) -> tuple[tuple[int, int, int], str]:
+    return PALETTE[k % len(PALETTE)], PALETTE_NAMES[k % len(PALETTE)]
+
+
+def occlusion_tile(
+    out: Path, plan: CorrespondencePlan, image: Tensor, file: str, box: tuple[int, int, int, int], what: str
+) -> dict[str, Any]:
+    """Save image [1, 3, S, S] with `box` occluded (as the model sees it) -> its tile."""
+    shown = occlude(image, [box], plan.fill)
+    save_tile(colours(shown, plan.request.preprocessing)[0], out / file)
+    return {"file": file, "title": f"{what} occluded\n[top, left, h, w] = {list(box)}"}
+
+
+def tiles(out: Path, plan: CorrespondencePlan, x: Tensor, randoms: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Write each image's tiles from x [N, 3, S, S]: its part boxes outlined, then per part the
+    part occluded and the first random draw occluded -> the sheet's rows."""
+    parts = list(plan.boxes.parts)
+    rows = []
+    for k, picture in enumerate(plan.pictures):
+        name, image = f"{picture.label}__boxes.png", x[k : k + 1]
+        outlined(
+            colours(image, plan.request.preprocessing)[0],
+            [plan.boxes.parts[p][k] for p in parts],
+            [_colour(i)[0] for i in range(len(parts))],
+        ).save(out / name)
+        legend = ", ".join(f"{p.replace('_', ' ')} {_colour(i)[1]}" for i, p in enumerate(parts))
+        row = [{"file": name, "title": f"{picture.label}: {legend}"}]
+        for part in parts:
+            label = part.replace("_", " ")
+            row.append(
+                occlusion_tile(
+                    out, plan, image, f"{picture.label}__{part}__part.png", plan.boxes.parts[part][k], label
+                )
+            )
+            row.append(
+                occlusion_tile(
+                    out,
+                    plan,
+                    image,
+                    f"{picture.label}__{part}__random0.png",
+                    randoms[part][0][k],
+                    f"random box (draw 0), {label}'s size",
+                )
+            )
+        rows.append({"label": picture.label, "tiles": row})
+    return rows
+
+
+def hidden_note(plan: CorrespondencePlan, wdict: Mapping[str, Any]) -> str | None:
+    """HIDDEN_NOTE when fc6 / fc7 are read from a model with HED weights, else None."""
+    hidden = any(isinstance(layer, str) for layer in plan.layers)
+    return HIDDEN_NOTE if hidden and wdict.get("weights") == "hed" else None
+
+
+def boxes_sheet(
+    plan: CorrespondencePlan, wdict: Mapping[str, Any], rows: list[dict[str, Any]], outcome: Correspondence
+) -> dict[str, Any]:
+    """boxes.png: a row per image; the title names the weights and the images' kind."""
+    note = hidden_note(plan, wdict)
+    lines = title_lines("Correspondence (Zeiler & Fergus 2014, Table 1): occluded parts", plan.request, wdict)
+    lines.append(
+        f"{plan.boxes.description}; NOT the paper's 5 dogs. Occluder: "
+        f"{plan.fill:g} (normalised; 0 = mean colour); {plan.random_draws} random draws "
+        f"per part, seed {plan.seed}"
+    )
+    summary = outcome.summary()
+    lines.append(
+        "normalised Delta, part vs random (mean over draws): "
+        + "; ".join(
+            f"{p.replace('_', ' ')} "
+            + ", ".join(
+                f"{k} {v['normalized_mean']:.3f} vs {v['random']['normalized_mean']:.3f}"
+                for k, v in summary[p].items()
+            )
+            for p in outcome.parts
+        )
+    )
+    if note:
+        lines.append(note.upper())
+    return {
+        "file": SHEET_FILE,
+        "title": "\n".join(lines),
+        "alarm": wdict.get("weights") == "random",
+        "rows": rows,
+    }
+
+
+# -------------------------------------------------------------------------------- the table
+
+
+def _pm(mean: float, std: float, digits: int = 4) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table_markdown(
+    plan: CorrespondencePlan, wdict: Mapping[str, Any], net: nn.Module, outcome: Correspondence
+) -> str:
+    """table.md: what the images are, the model and weights, the normalised table (the paper's
+    form) and the raw Delta table, with every choice stated."""
+    from deconvnet.data.models import weights_label
+
+    summary, keys = outcome.summary(), [layer_key(layer) for layer in plan.layers]
+    names = [layer_name(net, layer) for layer in plan.layers]
+    n, note = len(plan.pictures), hidden_note(plan, wdict)
+    lines = [
+        "# Correspondence analysis (Zeiler & Fergus 2014, Sec. 5, Table 1)",
+        "",
+        f"**Images: {plan.boxes.description} ({', '.join(p.label for p in plan.pictures)})"
+        f" — {n} images, NOT the paper's 5 dog images.** Boxes: `{plan.boxes.source}`, in "
+        f"pixels of the {plan.boxes.image_size}x{plan.boxes.image_size} view the model sees.",
+        "",
+        f"Model: {plan.request.name}, {weights_label(wdict)}.",
+    ]
+    if note:
+        lines += ["", f"**Note: {note}.**"]
+    lines += [
+        "",
+        "eps_i = x_i - x~_i (features of image i minus those with the part occluded, "
+        f"occluder = {plan.fill:g} in the normalised input, the mean colour); "
+        "Delta_l = sum over ordered pairs i != j of the Hamming distance between "
+        "sign(eps_i) and sign(eps_j), sign(0) = 0. Lower = the occlusion changes the "
+        "features more consistently across images. Random: each image's box moved to a "
+        f"uniformly random position inside the image (same size; may overlap the part), "
+        f"{plan.random_draws} draws, seed {plan.seed}.",
+        "",
+        "## Normalised Delta = Delta / (N (N - 1) D) (the paper's form)",
+        "",
+        "Part rows: mean ± population std over the "
+        f"{n * (n - 1) // 2} image pairs of H / D; random rows: mean ± population std over "
+        "the draws of the draw's normalised Delta.",
+        "",
+        "| occlusion | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for part in outcome.parts:
+        row = summary[part]
+        label = part.replace("_", " ")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(_pm(row[k]["normalized_mean"], row[k]["normalized_std"]) for k in keys)
+            + " |"
+        )
+        lines.append(
+            f"| random, {label}'s box sizes | "
+            + " | ".join(
+                _pm(row[k]["random"]["normalized_mean"], row[k]["random"]["normalized_std"]) for k in keys
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## Delta (sum over i != j; = 2 x the sum over i < j)",
+        "",
+        "| occlusion | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for part in outcome.parts:
+        row = summary[part]
+        label = part.replace("_", " ")
+        lines.append(f"| {label} | " + " | ".join(str(row[k]["delta"]) for k in keys) + " |")
+        lines.append(
+            f"| random, {label}'s box sizes | "
+            + " | ".join(_pm(row[k]["random"]["delta_mean"], row[k]["random"]["delta_std"], 1) for k in keys)
+            + " |"
+        )
+    lines += [
+        "",
+        "Feature length D: "
+        + ", ".join(f"{name} {outcome.feature_length[k]}" for name, k in zip(names, keys))
+        + ".",
+        "",
+        "The paper (5 dogs, its own ImageNet-trained model) finds the parts lower than random "
+        "occlusion at layer 5 and the two close at layer 7; compare the pattern, not the "
+        "numbers (other images, other model and weights).",
+        "",
+    ]
+    return "\n".join(lines)

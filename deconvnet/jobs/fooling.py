@@ -1,0 +1,302 @@
+"""Fooling images (Nguyen, Yosinski & Clune 2015; the cs231n exercise) of one or more images
+(`run_fooling`, the work behind `python -m experiments.fooling`).
+
+Each image is pushed, within valid colours, until the model gives the target class at least
+`confidence` (`deconvnet.optim.fooling_image`: L2-normalised ascent on log softmax). Panels: image
+| fooling image | difference, shown as 0.5 + amplify * (fooling - image) in [0, 1] colour units
+(mid-grey = no change; clipped), titled with the target's probability before and after and the
+perturbation's L-inf / L2 (colour units, from the method's report). When the confidence is not
+reached within `steps`, the panel and result.json say so. A random classifier (weights random or
+hed) is labelled as such: its class scores mean nothing.
+
+Files: `<image>__input.png`, `<image>__fooling.png`, `<image>__difference.png`, `grid.png`,
+images.npz (`<image>` the fooling image, `<image>__input`, `<image>__history`), result.json,
+config.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from deconvnet.core.targets import class_count
+from deconvnet.core.validation import check_count, check_positive, check_real, check_seed
+from deconvnet.data.models import Preprocessing, class_names
+from deconvnet.jobs.class_model import check_class_list
+from deconvnet.jobs.job import (
+    COLOURS,
+    GRID_FILE,
+    Job,
+    ModelRequest,
+    Picture,
+    check_image_size,
+    check_model,
+    check_pictures,
+    classifier_note,
+    colours,
+    model_header,
+    prepare,
+    save_tile,
+    title_lines,
+)
+from deconvnet.optim import fooling_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGES = ("cat",)
+DEFAULT_TARGET = 368  # gibbon: Goodfellow et al.'s panda that became a gibbon
+
+
+@dataclass(frozen=True)
+class FoolingPlan:
+    """A checked request."""
+
+    request: ModelRequest
+    pictures: tuple[Picture, ...]
+    target: int
+    confidence: float
+    steps: int
+    lr: float
+    size: int
+    amplify: float
+    seed: int
+
+
+def validate_fooling(
+    model: object,
+    weights: object,
+    seed: object,
+    images: object,
+    target: object,
+    confidence: object,
+    steps: object,
+    lr: object,
+    size: object,
+    amplify: object,
+    opt_seed: object,
+    device: object,
+) -> FoolingPlan:
+    """Every value checked before anything is built or written (ValueError naming the key)."""
+    request = check_model(model, weights, seed, device)
+    names = class_names(request.name)[: class_count(request.skeleton)]
+    (chosen,) = check_class_list(target, names, "target", single=True)
+    confidence_value = check_real("confidence", confidence)
+    if not 0 < confidence_value < 1:
+        raise ValueError(f"confidence: expected a probability in (0, 1), got {confidence!r}")
+    return FoolingPlan(
+        request,
+        tuple(check_pictures(images)),
+        chosen,
+        confidence_value,
+        check_count("steps", steps),
+        check_positive("lr", lr),
+        check_image_size(request, size),
+        check_positive("amplify", amplify),
+        check_seed(opt_seed),
+    )
+
+
+def fooling_cell(
+    net: nn.Module, plan: FoolingPlan, picture: Picture, progress: bool
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One image's fooling image: arrays (images [1, 3, S, S], input, history) and its record
+    (the method's report: probabilities, predictions, L-inf / L2, reached)."""
+    x = prepare(picture.image, net, plan.size).to(plan.request.device)
+    with warnings.catch_warnings():  # "not reached" is logged here and written in result.json
+        warnings.simplefilter("ignore")
+        made = fooling_image(
+            net,
+            x,
+            plan.target,
+            confidence=plan.confidence,
+            steps=plan.steps,
+            lr=plan.lr,
+            seed=plan.seed,
+            progress=progress,
+            details=True,
+        )
+    report = made.report
+    if not report["reached"]:
+        log.warning(
+            "%s: class %d has probability %.4g < confidence %g after %d steps",
+            picture.label,
+            plan.target,
+            report["probability_after"],
+            plan.confidence,
+            plan.steps,
+        )
+    record = {
+        "image": picture.label,
+        **picture.info,
+        "input_file": f"{picture.label}__input.png",
+        "file": f"{picture.label}__fooling.png",
+        "difference_file": f"{picture.label}__difference.png",
+        "report": report,
+        "reached": report["reached"],
+        "stopped": made.stopped,
+        "settings": made.settings,
+    }
+    arrays = {
+        "images": made.images.detach().float().cpu().numpy(),
+        "input": x.float().cpu().numpy(),
+        "history": made.history.numpy(),
+    }
+    return arrays, record
+
+
+def difference(fooled: Tensor, image: Tensor, prep: Preprocessing, amplify: float) -> Tensor:
+    """[1, 3, H, W] pair (normalised) -> 0.5 + amplify * their difference in [0, 1] colour
+    units, clipped: [3, H, W]."""
+    std = torch.tensor(prep.std, dtype=fooled.dtype).view(1, 3, 1, 1)
+    return (0.5 + amplify * (fooled - image) * std).clamp(0, 1)[0]
+
+
+def run_fooling(
+    out_dir: str | Path,
+    model: str = "vgg16",
+    weights: str = "auto",
+    seed: int = 0,
+    images: str | Sequence[str] = DEFAULT_IMAGES,
+    target: int | str = DEFAULT_TARGET,
+    confidence: float = 0.99,
+    steps: int = 200,
+    lr: float = 0.01,
+    size: int | None = None,
+    amplify: float = 10.0,
+    opt_seed: int = 0,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fool the model into `target` with every image; files written into `out_dir` (module doc);
+    the result dict.
+
+    size None: the weights' crop size; seed: the model's; opt_seed: config key `seed`. Every value
+    is checked before the model is built (ValueError / FileNotFoundError naming the key; nothing
+    written).
+    """
+    plan = validate_fooling(
+        model, weights, seed, images, target, confidence, steps, lr, size, amplify, opt_seed, device
+    )
+    config = config if config is not None else fooling_config(plan, weights)
+    job = Job(out_dir, "fooling", plan.request, config, len(plan.pictures), progress)
+    note = classifier_note(job.weights)
+    if note:
+        log.warning("target: %s (weights: %s)", note, job.weights.get("description"))
+    with job.progress():
+        cells = [job.cell(p.label, lambda: fooling_cell(job.net, plan, p, progress)) for p in plan.pictures]
+    write_tiles(job, plan, cells)
+    names = class_names(plan.request.name)
+    result = {
+        **model_header("fooling", plan.request, job.weights, note),
+        "settings": fooling_settings(plan, names),
+        "display": {
+            "images": COLOURS,
+            "difference": f"0.5 + {plan.amplify:g} * (fooling - image) in [0, 1] "
+            "colour units, clipped (mid-grey = unchanged)",
+        },
+        "data": {"label": "images: " + ", ".join(str(p.info["source"]) for p in plan.pictures)},
+        "all_reached": all(c["reached"] for c in cells),
+        "cells": cells,
+    }
+    return job.finish(result, [fooling_sheet(plan, job.weights, note, names, cells)])
+
+
+def write_tiles(job: Job, plan: FoolingPlan, cells: Sequence[Mapping[str, Any]]) -> None:
+    """Each cell's three PNGs, from its saved arrays: image, fooling image, difference."""
+    prep = plan.request.preprocessing
+    for cell in cells:
+        image, fooled = job.images(cell["key"], "input"), job.images(cell["key"])
+        save_tile(colours(image, prep)[0], job.out / cell["input_file"])
+        save_tile(colours(fooled, prep)[0], job.out / cell["file"])
+        save_tile(difference(fooled, image, prep, plan.amplify), job.out / cell["difference_file"])
+
+
+def fooling_settings(plan: FoolingPlan, names: Sequence[str]) -> dict[str, Any]:
+    return {
+        "target": plan.target,
+        "target_name": names[plan.target],
+        "confidence": plan.confidence,
+        "steps": plan.steps,
+        "lr": plan.lr,
+        "size": plan.size,
+        "amplify": plan.amplify,
+        "seed": plan.seed,
+    }
+
+
+def fooling_config(plan: FoolingPlan, weights: object) -> dict[str, Any]:
+    """The resolved config of a direct call (what config.yaml records)."""
+    r = plan.request
+    return {
+        "model": {"name": r.name, "weights": str(weights), "seed": r.seed},
+        "images": [p.info["source"] for p in plan.pictures],
+        "target": plan.target,
+        "confidence": plan.confidence,
+        "steps": plan.steps,
+        "lr": plan.lr,
+        "size": plan.size,
+        "amplify": plan.amplify,
+        "seed": plan.seed,
+        "device": str(r.device),
+    }
+
+
+def _row(plan: FoolingPlan, names: Sequence[str], cell: Mapping[str, Any]) -> dict[str, Any]:
+    r, target = cell["report"], names[plan.target]
+    outcome = (
+        f"p({target}) = {r['probability_after']:.3g} after {r['steps_taken']} steps"
+        if cell["reached"]
+        else f"NOT REACHED {plan.confidence:g}: p({target}) = {r['probability_after']:.3g} "
+        f"after {plan.steps} steps"
+    )
+    return {
+        "label": cell["image"],
+        "tiles": [
+            {
+                "file": cell["input_file"],
+                "title": f"image: p({target}) = {r['probability_before']:.3g}\n"
+                f"predicted {names[r['predicted_before']]}",
+            },
+            {
+                "file": cell["file"],
+                "alarm": not cell["reached"],
+                "title": f"fooling image: {outcome}\npredicted {names[r['predicted_after']]}",
+            },
+            {
+                "file": cell["difference_file"],
+                "title": f"difference x{plan.amplify:g} (grey = 0)\nL-inf {r['linf_colour']:.3g}, "
+                f"L2 {r['l2_colour']:.3g} (colour 0..1)",
+            },
+        ],
+    }
+
+
+def fooling_sheet(
+    plan: FoolingPlan,
+    wdict: Mapping[str, Any],
+    note: str | None,
+    names: Sequence[str],
+    cells: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """grid.png: a row per image, image | fooling image | difference."""
+    target = f"class {plan.target} ({names[plan.target]})"
+    lines = title_lines(f"Fooling images towards {target}", plan.request, wdict, note)
+    lines.append(
+        f"confidence {plan.confidence:g}, at most {plan.steps} steps of lr {plan.lr:g} "
+        f"(L2-normalised ascent on log p), colours kept valid; {plan.size} px"
+    )
+    return {
+        "file": GRID_FILE,
+        "title": "\n".join(lines),
+        "alarm": bool(note) or not all(c["reached"] for c in cells),
+        "rows": [_row(plan, names, c) for c in cells],
+    }

@@ -1,0 +1,68 @@
+"""A job's model request, checked before the model is built: the name, the weights, the seed and
+the device, with the architecture on the meta device (no weights) to check channels, classes and
+sizes against; and loading it with its weights logged. Used by every experiment that writes a job
+folder (saliency, the optimisation family).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from deconvnet.core.validation import check_device
+from deconvnet.data.models import (
+    Preprocessing,
+    _check_seed,
+    _parse_weights,
+    load_model,
+    model_spec,
+    preprocessing,
+    weights_info,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """A checked model request; `skeleton` is the architecture on the meta device (no weights),
+    enough to check channels, classes and sizes before the model is built."""
+
+    name: str
+    weights: str
+    seed: int
+    device: torch.device
+    skeleton: nn.Module
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return preprocessing(self.name)
+
+
+def check_model(model: object, weights: object, seed: object, device: object) -> ModelRequest:
+    """ValueError / FileNotFoundError naming the key for a bad model, weights, seed or device."""
+    spec = model_spec(model)  # unknown model -> ValueError listing the supported ones
+    kind, _ = _parse_weights(weights)  # bad name -> ValueError; missing checkpoint -> FileNotFound
+    if kind == "hed" and spec.name != "vgg16":
+        raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}")
+    _check_seed(seed)
+    target = check_device(device)
+    with torch.device("meta"):
+        skeleton = spec.constructor(weights=None)
+    return ModelRequest(spec.name, str(weights), int(seed), target, skeleton)
+
+
+def load_logged(request: ModelRequest, shown: str = "Images") -> tuple[nn.Module, dict[str, Any]]:
+    """The model on its device, and its weights record (logged: a warning for random weights,
+    saying that the `shown` things will not show learned features)."""
+    net = load_model(request.name, weights=request.weights, seed=request.seed, device=request.device)
+    info = weights_info(net)
+    if info.weights in ("random", "unknown"):
+        log.warning("weights: %s. %s will not show learned features.", info.description, shown)
+    else:
+        log.info("weights: %s", info.description)
+    return net, info.as_dict()

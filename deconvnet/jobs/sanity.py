@@ -1,0 +1,582 @@
+"""The sanity-check job (`run_sanity`, the work behind `python -m experiments.sanity`): Adebayo et
+al.'s (NeurIPS 2018) model parameter randomisation test of the gradient-family methods on a few
+photos, with the choices of `deconvnet.analysis.sanity` (unit target fixed on the original model,
+torchvision's re-initialisation, the four similarities, the pass criterion).
+
+Files in the job folder:
+- `curves.png`: one panel per similarity metric (columns) and mode (rows: cascading,
+  independent); x = the layer randomised, top -> bottom (x = 0: none); y = the similarity, the
+  mean over the images; one curve per method. Steps that cannot change the map (layers above
+  the target's stage) are shaded and sit at exactly 1.0. The title names the weights exactly
+  (`weights_label`) and the target.
+- `cascade_<image>.png`: Adebayo's Fig. 2 for one image: rows = methods, columns = input,
+  original map, then the map after each cascading step that changes it; every map shown as
+  `deconvnet.analysis.similarity.normalized` (sum |.| over colour / 99th percentile).
+- `images.npz` (float32): `inputs` [B, 3, S, S] (normalised input space); `original__<method>` the
+  raw original maps [B, 3, S, S] (Grad-CAM [B, S, S]); `similarity__<mode>` [steps, methods,
+  images, 4] (METRICS order; NaN where undefined); per step `<mode>__<layer>__similarity`
+  [methods, images, 4] and, for cascading steps that change the map, `<mode>__<layer>__maps` the
+  normalised maps [methods, images, S, S]. The randomised maps' raw values are not kept.
+- `result.json` (model header, every setting, targets, per-step records, the curves, the
+  verdicts with the pass rule, provenance), `config.yaml`; `partial/` while running (a rerun
+  with the same config resumes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from deconvnet.analysis.randomize import MODES, Randomized, check_layers, check_modes, check_seed, layers_used
+from deconvnet.analysis.sanity import (
+    DEFAULT_METHODS,
+    PASS_BELOW,
+    PASS_METRIC,
+    MapSettings,
+    Step,
+    check_pass_metric,
+    check_settings,
+    default_pass_layer,
+    explain_images,
+    fix_targets,
+    pass_rule,
+    plan_steps,
+    run_step,
+    verdicts,
+)
+from deconvnet.analysis.similarity import METRIC_TITLES, METRICS, normalized
+from deconvnet.core.targets import Unit
+from deconvnet.core.validation import check_real
+from deconvnet.figures.sheet import wrap
+from deconvnet.jobs.job import (
+    COLOURS,
+    Job,
+    ModelRequest,
+    Picture,
+    check_image_size,
+    check_model,
+    check_pictures,
+    classifier_note,
+    colours,
+    model_header,
+    prepare,
+    title_lines,
+)
+
+DEFAULT_IMAGES = ("cat", "coffee")
+CURVES_FILE = "curves.png"
+INIT = {
+    "vgg": "torchvision VGG init: Conv2d kaiming_normal_(fan_out, relu), Linear normal(0, 0.01), biases 0",
+    "alexnet": "torchvision AlexNet = PyTorch defaults: kaiming_uniform_(a=sqrt(5)), bias "
+    "uniform(+-1/sqrt(fan_in))",
+}
+
+
+@dataclass(frozen=True)
+class SanityPlan:
+    """A checked request."""
+
+    request: ModelRequest
+    pictures: tuple[Picture, ...]
+    unit: tuple[int, ...] | None
+    settings: MapSettings
+    modes: tuple[str, ...]
+    layers: tuple[str, ...] | None
+    size: int
+    seed: int
+    pass_layer: str | None
+    pass_below: float
+    pass_metric: str
+
+    @property
+    def target(self) -> Unit | None:
+        """What the maps explain before it is fixed on the original model."""
+        return None if self.unit is None else Unit(*self.unit)
+
+
+def validate_sanity(
+    model: object,
+    weights: object,
+    seed: object,
+    images: object,
+    methods: object,
+    unit: object,
+    modes: object,
+    layers: object,
+    size: object,
+    samples: object,
+    noise: object,
+    steps: object,
+    cam_stage: object,
+    rand_seed: object,
+    noise_seed: object,
+    pass_layer: object,
+    pass_below: object,
+    pass_metric: object,
+    device: object,
+) -> SanityPlan:
+    """Every value checked before anything is built or written (ValueError naming the key)."""
+    from deconvnet.jobs.saliency import parse_unit
+
+    request = check_model(model, weights, seed, device)
+    skeleton = request.skeleton
+    size = check_image_size(request, size)
+    chosen = parse_unit(unit, skeleton, (size, size))
+    settings = check_settings(
+        methods, samples, noise, steps, cam_stage, noise_seed, None if chosen is None else chosen[0]
+    )
+    chosen_modes = check_modes(modes)
+    evaluated = [layer.name for layer in check_layers(skeleton, layers)]
+    metric = check_pass_metric(pass_metric)
+    below = check_real("pass_below", pass_below, low=-1.0)
+    if below > 1:
+        raise ValueError(f"pass_below: expected a number in -1..1 (a similarity), got {pass_below!r}")
+    chosen_pass = None
+    if pass_layer is not None and pass_layer not in evaluated:
+        raise ValueError(
+            f"pass_layer: expected null or one of the evaluated layers "
+            f"({', '.join(evaluated)}), got {pass_layer!r}"
+        )
+    if pass_layer is not None and "cascading" not in chosen_modes:
+        raise ValueError(
+            f"pass_layer: the pass criterion reads the cascading steps; modes "
+            f"{list(chosen_modes)} has none (give pass_layer=null)"
+        )
+    if "cascading" in chosen_modes:  # null: the default layer if it is evaluated, else no verdict
+        default = default_pass_layer(skeleton)
+        chosen_pass = pass_layer or (default if default in evaluated else None)
+    pictures = check_pictures(images, "images")
+    return SanityPlan(
+        request,
+        tuple(pictures),
+        chosen,
+        settings,
+        chosen_modes,
+        None if layers is None else tuple(evaluated),
+        size,
+        check_seed(rand_seed),
+        chosen_pass,
+        below,
+        metric,
+    )
+
+
+def sanity_config(plan: SanityPlan, weights: object) -> dict[str, Any]:
+    """The resolved config of a direct call (what config.yaml records)."""
+    r, s = plan.request, plan.settings
+    return {
+        "model": {"name": r.name, "weights": str(weights), "seed": r.seed},
+        "images": [p.info["source"] for p in plan.pictures],
+        "methods": list(s.methods),
+        "unit": None if plan.unit is None else list(plan.unit),
+        "modes": list(plan.modes),
+        "layers": None if plan.layers is None else list(plan.layers),
+        "size": plan.size,
+        "samples": s.samples,
+        "noise": s.noise,
+        "steps": s.steps,
+        "cam_stage": s.cam_stage,
+        "seed": plan.seed,
+        "noise_seed": s.noise_seed,
+        "pass_layer": plan.pass_layer,
+        "pass_below": plan.pass_below,
+        "pass_metric": plan.pass_metric,
+        "device": str(r.device),
+    }
+
+
+# ------------------------------------------------------------------------------------- cells
+
+
+def original_cell(
+    randomized: Randomized, plan: SanityPlan, x: Tensor
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The targets fixed on the original model and its maps -> ({method: maps}, record)."""
+    targets, records = fix_targets(randomized.copy, x, plan.target)
+    maps = explain_images(randomized.copy, x, targets, plan.settings)
+    return {m: r.numpy() for m, r in maps.items()}, {"targets": records}
+
+
+def fixed_target(record: Mapping[str, Any]) -> int | Unit:
+    """A resolved target record -> what every step explains."""
+    if record["kind"] == "class":
+        return int(record["class"])
+    return Unit(record["stage"], record["channel"], record["y"], record["x"])
+
+
+def step_cell(
+    randomized: Randomized,
+    plan: SanityPlan,
+    step: Step,
+    x: Tensor,
+    targets: Sequence[int | Unit],
+    original: dict[str, Tensor],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One randomisation step -> (arrays: similarity [M, B, 4], and for a cascading step that
+    changes the maps their normalised versions [M, B, S, S]; its record)."""
+    similarity, maps = run_step(randomized, step, x, targets, plan.settings, original)
+    arrays = {"similarity": similarity}
+    if maps is not None and step.mode == "cascading":
+        arrays["maps"] = np.stack([np.stack([normalized(r) for r in maps[m]]) for m in plan.settings.methods])
+    record = {
+        "mode": step.mode,
+        "layer": step.layer,
+        "randomized": list(step.randomized),
+        "reinitialized": list(step.reinitialized),
+        "affects_map": step.affects_map,
+        "mean": {
+            m: dict(zip(METRICS, _mean_over_images(similarity[i])))
+            for i, m in enumerate(plan.settings.methods)
+        },
+    }
+    return arrays, record
+
+
+def _mean_over_images(values: np.ndarray) -> list[float | None]:
+    """[B, 4] -> 4 means over images, NaN left out (None where all are NaN)."""
+    out = []
+    for column in values.T:
+        defined = column[~np.isnan(column)]
+        out.append(float(defined.mean()) if defined.size else None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def run_sanity(
+    out_dir: str | Path,
+    model: str = "vgg16",
+    weights: str = "auto",
+    seed: int = 0,
+    images: str | Sequence[str] = DEFAULT_IMAGES,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    unit: int | Sequence[int] | None = (5,),
+    modes: str | Sequence[str] = MODES,
+    layers: str | Sequence[str] | None = None,
+    size: int | None = None,
+    samples: int = 8,
+    noise: float = 0.15,
+    steps: int = 8,
+    cam_stage: int = 4,
+    rand_seed: int = 0,
+    noise_seed: int = 0,
+    pass_layer: str | None = None,
+    pass_below: float = PASS_BELOW,
+    pass_metric: str = PASS_METRIC,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The randomisation test of `images` (files: module doc); the result dict.
+
+    seed: the model's; rand_seed: config key `seed` (the re-initialisation); noise_seed:
+    SmoothGrad's noise; unit: [stage] (each image's strongest unit of that stage in the original
+    model), [stage, channel], [stage, channel, y, x], or None (each image's predicted class of
+    the original model); size None: the weights' crop size; layers None: every learnable layer;
+    pass_layer None: the first convolution of stage 3. Every value is checked before the model
+    is built (nothing written).
+    """
+    plan = validate_sanity(
+        model,
+        weights,
+        seed,
+        images,
+        methods,
+        unit,
+        modes,
+        layers,
+        size,
+        samples,
+        noise,
+        steps,
+        cam_stage,
+        rand_seed,
+        noise_seed,
+        pass_layer,
+        pass_below,
+        pass_metric,
+        device,
+    )
+    config = config if config is not None else sanity_config(plan, weights)
+    skeleton = plan.request.skeleton
+    every = check_layers(skeleton, None)
+    stage = None if plan.unit is None else plan.unit[0]
+    steps_ = plan_steps(every, check_layers(skeleton, plan.layers), plan.modes, layers_used(skeleton, stage))
+    job = Job(out_dir, "sanity", plan.request, config, 1 + len(steps_), progress)
+    randomized = Randomized(job.net, plan.seed, plan.request.device)
+    x = torch.cat([prepare(p.image, job.net, plan.size) for p in plan.pictures])
+    x = x.to(plan.request.device)
+    with job.progress():
+        first = job.cell("original", lambda: original_cell(randomized, plan, x))
+        original = {m: job.images("original", m) for m in plan.settings.methods}
+        targets = [fixed_target(t) for t in first["targets"]]
+        cells = [
+            job.cell(s.key, lambda s=s: step_cell(randomized, plan, s, x, targets, original)) for s in steps_
+        ]
+    similarity = {
+        mode: np.stack([job.images(s.key, "similarity").double().numpy() for s in steps_ if s.mode == mode])
+        for mode in plan.modes
+    }
+    job.keep("inputs", x)
+    for mode, values in similarity.items():
+        job.keep(f"similarity__{mode}", torch.from_numpy(values))
+    result = sanity_result(plan, job, first, cells, similarity, steps_)
+    draw_curves(job.out / CURVES_FILE, plan.request, result)
+    for b, picture in enumerate(plan.pictures):
+        draw_cascade(
+            job.out / f"cascade_{picture.label}.png",
+            plan.request,
+            result,
+            b,
+            colours(x[b : b + 1].cpu(), plan.request.preprocessing)[0],
+            {m: original[m][b] for m in plan.settings.methods},
+            {
+                s.layer: job.images(s.key, "maps")[:, b]
+                for s in steps_
+                if s.mode == "cascading" and s.affects_map
+            },
+        )
+    return job.finish(result, [])
+
+
+# ------------------------------------------------------------------------------------ result
+
+
+def sanity_result(
+    plan: SanityPlan,
+    job: Job,
+    first: Mapping[str, Any],
+    cells: Sequence[Mapping[str, Any]],
+    similarity: Mapping[str, np.ndarray],
+    steps_: Sequence[Step],
+) -> dict[str, Any]:
+    """result.json's content (before `Job.finish` adds sheets, files, config, provenance)."""
+    methods = list(plan.settings.methods)
+    note = classifier_note(job.weights) if plan.unit is None else None
+    by_mode = {mode: [s for s in steps_ if s.mode == mode] for mode in plan.modes}
+    curves = {
+        mode: {
+            metric: {m: _curve(similarity[mode], i, k) for i, m in enumerate(methods)}
+            for k, metric in enumerate(METRICS)
+        }
+        for mode in plan.modes
+    }
+    verdict = None
+    if plan.pass_layer is not None:
+        verdict = verdicts(similarity, by_mode, methods, plan.pass_layer, plan.pass_below, plan.pass_metric)
+    skeleton = plan.request.skeleton
+    arch = "vgg" if plan.request.name.startswith("vgg") else "alexnet"
+    figures = [CURVES_FILE] + [f"cascade_{p.label}.png" for p in plan.pictures]
+    return {
+        **model_header("sanity", plan.request, job.weights, note),
+        "settings": sanity_settings(plan, arch),
+        "target": describe_target(plan),
+        "images": [
+            {"label": p.label, **p.info, "target": t} for p, t in zip(plan.pictures, first["targets"])
+        ],
+        "layers": {
+            "all_top_first": [l.name for l in check_layers(skeleton, None)],
+            "used_by_the_maps": sorted(layers_used(skeleton, None if plan.unit is None else plan.unit[0])),
+        },
+        "steps": {mode: [s.layer for s in by_mode[mode]] for mode in plan.modes},
+        "metrics": {m: METRIC_TITLES[m] for m in METRICS},
+        "display": {
+            "inputs": COLOURS,
+            "maps": "normalized: sum |.| over colour / 99th percentile, clipped to [0, 1]",
+        },
+        "curves": curves,
+        "pass_rule": None
+        if verdict is None
+        else pass_rule(plan.pass_layer, plan.pass_below, plan.pass_metric),
+        "at_pass_layer": _at_pass_layer(plan, curves, by_mode),
+        "verdicts": verdict,
+        "passing": _names(verdict, True),
+        "failing": _names(verdict, False),
+        "cells": [first, *cells],
+        "figures": figures,
+    }
+
+
+def _curve(values: np.ndarray, method: int, metric: int) -> list[float | None]:
+    """[S, M, B, 4] -> the mean over images per step (None where undefined)."""
+    return [_mean_over_images(values[s, method])[metric] for s in range(values.shape[0])]
+
+
+def _at_pass_layer(
+    plan: SanityPlan, curves: Mapping[str, Any], by_mode: Mapping[str, Sequence[Step]]
+) -> dict[str, Any] | None:
+    """Every metric's mean at the pass layer of the cascade, per method (the verdict reads one)."""
+    if plan.pass_layer is None:
+        return None
+    s = [step.layer for step in by_mode["cascading"]].index(plan.pass_layer)
+    return {
+        m: {metric: curves["cascading"][metric][m][s] for metric in METRICS} for m in plan.settings.methods
+    }
+
+
+def _names(verdict: Mapping[str, Mapping[str, Any]] | None, passes: bool) -> list[str] | None:
+    if verdict is None:
+        return None
+    return [m for m, v in verdict.items() if v["passes"] is passes]
+
+
+def describe_target(plan: SanityPlan) -> str:
+    """The target in words, as the figures say it."""
+    if plan.unit is None:
+        return "each image's predicted class of the ORIGINAL model (its logit), fixed for all steps"
+    unit = plan.unit
+    if len(unit) == 1:
+        what = f"each image's strongest stage-{unit[0]} unit"
+    elif len(unit) == 2:
+        what = f"each image's strongest unit of stage {unit[0]} channel {unit[1]}"
+    else:
+        what = f"unit: stage {unit[0]} channel {unit[1]} at (y, x) = ({unit[2]}, {unit[3]})"
+    return (
+        what + " of the ORIGINAL model, fixed for all steps (a unit, not a "
+        "class: every method, Grad-CAM and integrated gradients included, explains it)"
+    )
+
+
+def sanity_settings(plan: SanityPlan, arch: str) -> dict[str, Any]:
+    """Every setting, in words where it is a choice."""
+    s = plan.settings
+    return {
+        "methods": list(s.methods),
+        "unit": None if plan.unit is None else list(plan.unit),
+        "modes": list(plan.modes),
+        "layers": None if plan.layers is None else list(plan.layers),
+        "size": plan.size,
+        "seed": plan.seed,
+        "smoothgrad": {
+            "samples": s.samples,
+            "noise": s.noise,
+            "seed": s.noise_seed,
+            "squared": False,
+            "the same noise for every model": True,
+        },
+        "integrated_gradients": {"steps": s.steps, "baseline": "zeros (the mean colour)"},
+        "gradcam": {"stage": s.cam_stage},
+        "reinitialization": INIT[arch] + "; one torch.Generator per layer seeded with "
+        "layer_seed(seed, position), float32 on the CPU, then cast",
+        "cascading": "step k re-initialises the top k learnable layers",
+        "independent": "step k re-initialises layer k alone",
+        "layers_above_the_target": "not used by the map: similarity exactly 1.0, nothing "
+        "computed (affects_map false)",
+        "similarity": "per image, original vs randomised map; Spearman on sum |.| / sum "
+        "over colour (average ranks for ties); SSIM and HOG on the maps "
+        "normalised to [0, 1]; NaN when a map is constant",
+        "pass_layer": plan.pass_layer,
+        "pass_below": plan.pass_below,
+        "pass_metric": plan.pass_metric,
+    }
+
+
+# ---------------------------------------------------------------------------------- figures
+
+
+def _title(request: ModelRequest, result: Mapping[str, Any], what: str) -> str:
+    """The figure's title: what, the model and its weights exactly, the target, the settings."""
+    lines = title_lines(what, request, result["weights"], result["classifier_note"])
+    lines.append(f"target: {result['target']}")
+    s = result["settings"]
+    lines.append(
+        f"{len(result['images'])} image(s) at {s['size']} px; SmoothGrad "
+        f"{s['smoothgrad']['samples']} samples, IG {s['integrated_gradients']['steps']} "
+        f"steps, Grad-CAM at stage {s['gradcam']['stage']}; re-initialisation seed "
+        f"{s['seed']}"
+    )
+    return "\n".join(lines)
+
+
+def draw_curves(path: Path, request: ModelRequest, result: Mapping[str, Any]) -> Path:
+    """curves.png (module doc) from the result dict."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    modes = list(result["curves"])
+    methods = result["settings"]["methods"]
+    fig = Figure(figsize=(4.2 * len(METRICS), 3.4 * len(modes) + 1.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(modes), len(METRICS), squeeze=False)
+    for r, mode in enumerate(modes):
+        records = [c for c in result["cells"][1:] if c["mode"] == mode]
+        labels = ["none"] + [c["layer"] for c in records]
+        for k, metric in enumerate(METRICS):
+            ax = axes[r][k]
+            for j, c in enumerate(records):
+                if not c["affects_map"]:
+                    ax.axvspan(j + 0.5, j + 1.5, color="0.9", lw=0)
+            for m in methods:
+                values = [1.0] + [np.nan if v is None else v for v in result["curves"][mode][metric][m]]
+                ax.plot(range(len(labels)), values, marker="o", ms=3, label=m)
+            _pass_marks(ax, result, mode, metric, labels)
+            ax.set_title(f"{mode}: {METRIC_TITLES[metric]}", fontsize=9)
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+            ax.set_ylim(-1.05 if metric.startswith("spearman") or metric == "hog" else -0.05, 1.05)
+            ax.axhline(0, color="0.6", lw=0.5)
+            ax.set_xlabel("layers randomised, top -> bottom (grey: not used by the target)", fontsize=7)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        _title(request, result, "Sanity checks (Adebayo et al. 2018), model parameter randomisation"),
+        fontsize=9,
+    )
+    fig.savefig(path)
+    return path
+
+
+def _pass_marks(ax: Any, result: Mapping[str, Any], mode: str, metric: str, labels: list[str]) -> None:
+    """The pass threshold and layer on the cascading Spearman(|.|) panel."""
+    layer = result["settings"]["pass_layer"]
+    if mode != "cascading" or metric != result["settings"]["pass_metric"] or layer not in labels:
+        return
+    ax.axhline(result["settings"]["pass_below"], color="k", ls="--", lw=0.8)
+    ax.axvline(labels.index(layer), color="k", ls=":", lw=0.8)
+
+
+def draw_cascade(
+    path: Path,
+    request: ModelRequest,
+    result: Mapping[str, Any],
+    b: int,
+    shown: Tensor,
+    original: Mapping[str, Tensor],
+    maps: Mapping[str, Tensor],
+) -> Path:
+    """cascade_<image>.png: rows = methods; input, original map, the map after each cascading
+    step that changes it (maps[layer]: [M, S, S] normalised)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    methods = result["settings"]["methods"]
+    columns = ["input", "original", *maps]
+    fig = Figure(figsize=(1.1 * len(columns) + 0.6, 1.15 * len(methods) + 1.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(methods), len(columns), squeeze=False)
+    for i, method in enumerate(methods):
+        tiles = [shown.permute(1, 2, 0).numpy() if i == 0 else None, normalized(original[method])]
+        tiles += [maps[layer][i].numpy() for layer in maps]
+        for j, tile in enumerate(tiles):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if tile is None:
+                ax.set_axis_off()
+                continue
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if i == 0:
+                ax.set_title(columns[j], fontsize=7)
+        axes[i][1].set_ylabel(method, fontsize=7)
+    label = result["images"][b]["label"]
+    skipped = [c["layer"] for c in result["cells"][1:] if c["mode"] == "cascading" and not c["affects_map"]]
+    extra = f"\n{', '.join(skipped)}: not used by the target, map unchanged (not shown)" if skipped else ""
+    title = _title(request, result, f"Cascading randomisation of {label}") + extra
+    fig.suptitle(wrap(title, 1.1 * len(columns) + 0.6), fontsize=7)
+    fig.savefig(path)
+    return path
