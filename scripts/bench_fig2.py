@@ -3,9 +3,10 @@
 Both project the SAME tile list (one scan: random-init model, the offline sample gallery,
 `--channels-per-stage` feature maps x top `--k` x stages 1-5) and their outputs are compared.
 
-- ours: `deconvnet.jobs.fig2.project_tiles`: one forward pass per image (batched, the record of the
-  deepest stage serves all stages), per image batch and stage all tiles projected together, each
-  computed only inside its receptive field; includes the value check and the image-patch crops.
+- ours: `deconvnet.analysis.top_projections.project_tiles`: one forward pass per image (batched,
+  the record of the deepest stage serves all stages), per image batch and stage all tiles
+  projected together, each computed only inside its receptive field; includes the value check
+  and the image-patch crops.
 - loop: per tile, a forward pass through features[: stage] with autograd on the full image and a
   backward pass whose ReLU backward hooks apply relu(grad_out) (the deconvnet rule; the hook
   set-up of scripts/bench_reconstruct.py), then the receptive-field crop of the input gradient.
@@ -31,7 +32,8 @@ from torch import nn
 
 import deconvnet
 from deconvnet.analysis.scan import scan_topk
-from deconvnet.jobs.fig2 import crop_with_fill, make_dataset, project_tiles, select_channels
+from deconvnet.analysis.top_projections import crop_with_fill, project_tiles, select_channels
+from deconvnet.jobs.data_config import make_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reconstruct import hooked_features  # noqa: E402  (the same hook-based loop)

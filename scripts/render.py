@@ -31,8 +31,8 @@ def render_job(job: Path) -> list[Path]:
     from deconvnet.jobs.fig1 import render_fig1
     from deconvnet.jobs.fig2 import render_fig2
     from deconvnet.jobs.job import SYNTHESIS_EXPERIMENTS, render_synthesis
+    from deconvnet.jobs.reconstruct import render_reconstruct
     from deconvnet.jobs.saliency import render_saliency
-    from experiments.reconstruct import render_reconstruct
 
     result = json.loads((job / "result.json").read_text())
     kind = result.get("experiment")

@@ -32,6 +32,7 @@ import deconvnet
 import deconvnet.jobs.request
 from deconvnet.analysis import correspondence as corr
 from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.figures import correspondence as corr_fig
 from deconvnet.jobs import correspondence as corr_job
 from deconvnet.jobs.files import PROVENANCE_ENV
 
@@ -571,8 +572,8 @@ def test_the_tiles_show_the_boxes_and_the_grey_occluder(job):
     assert np.abs(shown[100:124, 100:124] - mean).max() <= 1  # the box is the mean colour
     assert np.abs(shown[:100] - mean).max() > 20  # the photo elsewhere
     outlined = np.asarray(Image.open(out / "cat__boxes.png")).astype(int)
-    assert (outlined[10, 20:60] == corr_job.PALETTE[0]).all()  # p1's top edge, first colour
-    assert (outlined[150:200, 60] == corr_job.PALETTE[1]).all()  # p2's left edge
+    assert (outlined[10, 20:60] == corr_fig.PALETTE[0]).all()  # p1's top edge, first colour
+    assert (outlined[150:200, 60] == corr_fig.PALETTE[1]).all()  # p2's left edge
     random_box = result["cells"][0]["random_boxes"][0][0]
     top, left, h, w = random_box
     shuffled = np.asarray(Image.open(out / "cat__p1__random0.png")).astype(int)
@@ -694,13 +695,16 @@ def test_the_fc_note_names_hed_weights_only(job):
         random_distances={p: {"stage5": h[None], "fc7": h[None]} for p in ("p1", "p2")},
     )
     hed = {"weights": "hed"}
-    text = corr_job.table_markdown(plan, hed, plan.request.skeleton, outcome)
+    text = corr_fig.table_markdown(
+        corr_job.correspondence_result(plan, hed, plan.request.skeleton, outcome, [])
+    )
     assert corr_job.HIDDEN_NOTE in text and deconvnet.HED_DESCRIPTION in text
     sheet = corr_job.boxes_sheet(plan, hed, [], outcome)
     assert corr_job.HIDDEN_NOTE.upper() in sheet["title"] and sheet["alarm"] is False
-    assert corr_job.HIDDEN_NOTE not in corr_job.table_markdown(
-        plan, {"weights": "imagenet"}, plan.request.skeleton, outcome
+    imagenet = corr_job.correspondence_result(
+        plan, {"weights": "imagenet"}, plan.request.skeleton, outcome, []
     )
+    assert corr_job.HIDDEN_NOTE not in corr_fig.table_markdown(imagenet)
 
 
 # -------------------------------------------------------------------------------------- the CLI

@@ -15,6 +15,7 @@ import torch
 
 import deconvnet
 from deconvnet.analysis.scan import scan_topk
+from deconvnet.gradient.methods import options_for
 from deconvnet.jobs.fig2 import load_fig2, run_fig2
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -85,7 +86,7 @@ def test_fig2_on_cuda_equals_cpu(tmp_path):
 def test_gradient_family_on_cuda_equals_cpu(models, method):
     cpu, gpu = models
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(7)).double()
-    options = {"samples": 3, "steps": 4, "batch_size": 2, "stage": 4}
+    options = options_for(method, {"samples": 3, "steps": 4, "batch_size": 2, "stage": 4})
     for target in (None, torch.tensor([3, 11]), deconvnet.Unit(4, 5)):
         want = deconvnet.explain(cpu, x, method, target, **options)
         got = deconvnet.explain(gpu, x.cuda(), method, target, **options)

@@ -1,4 +1,5 @@
-"""`python -m experiments.reconstruct`: config composition, the plain run function, bad values, CLI.
+"""`python -m experiments.reconstruct`: config composition, the plain run function
+(`deconvnet.jobs.reconstruct.run_reconstruct`), bad values, CLI.
 
 Offline and fast: AlexNet with random weights on the bundled sample image (224x224 after the
 weights' preprocessing). The two subprocess tests are marked slow (a few seconds each).
@@ -22,8 +23,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import deconvnet
+import deconvnet.jobs.reconstruct as job_module
 from deconvnet.data.paths import CONF_DIR, REPO_ROOT
-from experiments import reconstruct as exp
 
 SMALL = {"model": "alexnet", "weights": "random", "seed": 0, "image": "cat", "progress": False}
 
@@ -47,7 +48,7 @@ def _levels(shown: torch.Tensor) -> np.ndarray:
 def default_run(tmp_path_factory):
     """The default job (all 5 stages x keep all/max, deconvnet) on AlexNet with random weights."""
     out = tmp_path_factory.mktemp("default_run")
-    result = exp.run_reconstruct(out, **SMALL)
+    result = job_module.run_reconstruct(out, **SMALL)
     return out, result
 
 
@@ -147,7 +148,7 @@ def test_written_pngs_match_an_independent_reconstruction(default_run, alexnet_r
 
 
 def test_single_channel_guided_run(tmp_path, alexnet_random):
-    result = exp.run_reconstruct(tmp_path, **SMALL, stage=3, keep="5", rule="guided")
+    result = job_module.run_reconstruct(tmp_path, **SMALL, stage=3, keep="5", rule="guided")
     (entry,) = result["reconstructions"]
     assert entry["keep"] == 5 and entry["kept"]["channel"] == 5 and entry["kept"]["mode"] == "channel"
     assert result["rule"] == "guided"
@@ -163,7 +164,9 @@ def test_image_from_a_file(tmp_path):
     picture = tmp_path / "in" / "picture.png"
     picture.parent.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(picture)
-    result = exp.run_reconstruct(tmp_path / "out", **(SMALL | {"image": str(picture)}), stage=1, keep="max")
+    result = job_module.run_reconstruct(
+        tmp_path / "out", **(SMALL | {"image": str(picture)}), stage=1, keep="max"
+    )
     assert result["image"]["kind"] == "file" and result["image"]["path"] == str(picture.resolve())
     assert result["image"]["original_size_wh"] == [120, 90]
 
@@ -199,29 +202,33 @@ def test_bad_values_fail_early_with_a_clear_message(tmp_path, monkeypatch, overr
     def no_heavy_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the values were checked")
 
-    monkeypatch.setattr(deconvnet, "load_model", no_heavy_work)
+    monkeypatch.setattr(job_module, "load_model", no_heavy_work)
     with pytest.raises(error, match=message):
-        exp.run_reconstruct(tmp_path / "out", **(SMALL | override))
+        job_module.run_reconstruct(tmp_path / "out", **(SMALL | override))
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_requested_but_unavailable(tmp_path):
     with pytest.raises(ValueError, match=r"device: 'cuda' requested but CUDA is not available"):
-        exp.run_reconstruct(tmp_path, **SMALL, device="cuda")
+        job_module.run_reconstruct(tmp_path, **SMALL, device="cuda")
 
 
 def test_bad_weights_are_reported(tmp_path):
     with pytest.raises(ValueError, match=r"weights: expected one of"):
-        exp.run_reconstruct(tmp_path, **(SMALL | {"weights": "pretrained"}), stage=1, keep="max")
+        job_module.run_reconstruct(tmp_path, **(SMALL | {"weights": "pretrained"}), stage=1, keep="max")
     with pytest.raises(FileNotFoundError, match=r"weights: checkpoint file .* does not exist"):
-        exp.run_reconstruct(tmp_path, **(SMALL | {"weights": "/no/such/ckpt.pth"}), stage=1)
+        job_module.run_reconstruct(tmp_path, **(SMALL | {"weights": "/no/such/ckpt.pth"}), stage=1)
 
 
 def test_keep_and_stage_parsing():
-    assert exp.parse_keep(None) == ["all", "max"]
-    assert exp.parse_keep("5") == [5] and exp.parse_keep(5) == [5] and exp.parse_keep("max") == ["max"]
-    assert exp.parse_stages(None) == [1, 2, 3, 4, 5] and exp.parse_stages("3") == [3]
+    assert job_module.parse_keep(None) == ["all", "max"]
+    assert (
+        job_module.parse_keep("5") == [5]
+        and job_module.parse_keep(5) == [5]
+        and job_module.parse_keep("max") == ["max"]
+    )
+    assert job_module.parse_stages(None) == [1, 2, 3, 4, 5] and job_module.parse_stages("3") == [3]
 
 
 # -------------------------------------------------------------------------------------- the CLI
@@ -273,10 +280,8 @@ def test_cli_multirun_gives_each_job_its_own_folder(tmp_path):
 def test_render_reconstruct_redraws_the_overview_from_saved_files(tmp_path):
     from PIL import Image
 
-    from experiments.reconstruct import render_reconstruct, run_reconstruct
-
-    run_reconstruct(tmp_path, model="alexnet", weights="random", stage=2, progress=False)
+    job_module.run_reconstruct(tmp_path, model="alexnet", weights="random", stage=2, progress=False)
     before = np.asarray(Image.open(tmp_path / "overview.png"))
     (tmp_path / "overview.png").unlink()
-    render_reconstruct(tmp_path)
+    job_module.render_reconstruct(tmp_path)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "overview.png")), before)

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import deconvnet
+from deconvnet.analysis.layer_maps import fig1_data
+from deconvnet.figures.fig1 import draw_fig1
 from deconvnet.jobs import fig1 as fig1_module
-from deconvnet.jobs.fig1 import draw_fig1, fig1_data, load_fig1_data, render_fig1, run_fig1
+from deconvnet.jobs.fig1 import load_fig1_data, render_fig1, run_fig1
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,21 +17,17 @@ import torch
 from PIL import Image
 
 import deconvnet
+from deconvnet.analysis import top_projections
 from deconvnet.analysis.scan import load_topk, scan_topk
+from deconvnet.analysis.top_projections import crop_with_fill, project_tiles, select_channels
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import receptive_field
+from deconvnet.core.mirror import Mirror
+from deconvnet.figures.fig2 import stage_panel
+from deconvnet.figures.fig2_layout import PanelData, display_size, display_tiles
 from deconvnet.jobs import fig2
-from deconvnet.jobs.fig2 import (
-    crop_with_fill,
-    display_size,
-    display_tiles,
-    load_fig2,
-    make_dataset,
-    project_tiles,
-    render_fig2,
-    run_fig2,
-    select_channels,
-)
+from deconvnet.jobs.data_config import make_dataset
+from deconvnet.jobs.fig2 import load_fig2, render_fig2, run_fig2
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = {"kind": "samples", "photos": ["chelsea", "coffee", "astronaut"], "limit": 10}
@@ -120,7 +116,7 @@ def test_tiles_have_the_layers_receptive_field_size_and_border_fill(alexnet, sma
                 )
                 if outside.any():
                     crossed += 1
-                assert (t.patch[m, r][:, outside] == fig2.GREY).all()
+                assert (t.patch[m, r][:, outside] == top_projections.GREY).all()
                 assert (recon[m, r][:, outside] == 0).all()
                 # the inside of the patch is the denormalised image, 8-bit
                 shown = deconvnet.denormalize(data[int(t.image[m, r])][0], alexnet)
@@ -230,7 +226,7 @@ def test_mismatched_recorded_value_is_an_error_naming_the_tile(alexnet, small_ti
         for s, t in topk.items()
     }
     broken[2].values[3, 1] += 1.0
-    with pytest.raises(fig2.TileMismatchError, match=r"stage 2 \(pool2\) channel 3 rank 2"):
+    with pytest.raises(top_projections.TileMismatchError, match=r"stage 2 \(pool2\) channel 3 rank 2"):
         project_tiles(alexnet, data, broken, {2: [3]}, progress=False)
 
 
@@ -255,7 +251,7 @@ def test_run_fig2_writes_consistent_files(tiny_job):
     assert saved["weights"]["pretrained"] is False and saved["dataset"]["images"] == 10
     assert saved["dataset"]["skipped_count"] == 0
     assert set(saved["timings_s"]) >= {"scan_s", "project_s", "render_s", "total_s"}
-    assert saved["max_relative_value_difference"] <= fig2.VALUE_RTOL
+    assert saved["max_relative_value_difference"] <= top_projections.VALUE_RTOL
 
     tiles = json.loads((out / "tiles.json").read_text())["tiles"]
     assert len(tiles) == 2 * 2 * 3 == saved["tiles"]
@@ -479,13 +475,13 @@ def test_guided_and_backprop_tiles_equal_hooked_autograd(alexnet, small_tiles, r
 def test_all_rules_share_one_forward_record_per_batch(alexnet, small_tiles, monkeypatch):
     data, topk, chosen, _ = small_tiles
     calls = []
-    original = fig2.Mirror.record
+    original = Mirror.record
 
     def counting(self, images):
         calls.append((self.stage, self.rule, int(images.shape[0])))
         return original(self, images)
 
-    monkeypatch.setattr(fig2.Mirror, "record", counting)
+    monkeypatch.setattr(Mirror, "record", counting)
     tiles = project_tiles(alexnet, data, topk, chosen, batch_size=3, progress=False, rules=RULES3)
     images = {int(i) for t in tiles.values() for i in t.image.ravel()}
     assert len(calls) == -(-len(images) // 3) and sum(n for _, _, n in calls) == len(images)
@@ -509,12 +505,12 @@ def test_all_rules_share_one_forward_record_per_batch(alexnet, small_tiles, monk
 )
 def test_bad_rules_are_a_clear_error(rules, message):
     with pytest.raises(ValueError, match=message):
-        fig2.check_rules(rules)
+        top_projections.check_rules(rules)
 
 
 def test_check_rules_keeps_order_and_drops_duplicates():
-    assert fig2.check_rules(["guided", "deconvnet", "guided"]) == ["guided", "deconvnet"]
-    assert fig2.check_rules("backprop") == ["backprop"]
+    assert top_projections.check_rules(["guided", "deconvnet", "guided"]) == ["guided", "deconvnet"]
+    assert top_projections.check_rules("backprop") == ["backprop"]
 
 
 @pytest.fixture(scope="module")
@@ -587,7 +583,7 @@ def test_map_activity_counts_the_images_each_map_fires_on(alexnet):
         with torch.no_grad():
             maps = alexnet.features[: stage_of(alexnet, s).index + 1](images.clone())
         fires = (maps.amax(dim=(2, 3)) > 0).sum(dim=0)  # [C] images on which each map fires
-        activity = fig2.map_activity(topk[s])
+        activity = top_projections.map_activity(topk[s])
         assert activity.dead == torch.nonzero(fires == 0).flatten().tolist()
         assert activity.sparse == torch.nonzero((fires > 0) & (fires < 3)).flatten().tolist()
         assert activity.eligible == torch.nonzero(fires >= 3).flatten().tolist()
@@ -614,7 +610,7 @@ def test_live_only_draw_is_seeded_among_eligible_maps(alexnet, caplog):
         == select_channels(alexnet, [3], None, 4, 0)[3]
     )  # a stage not listed: drawn among all
     assert select_channels(alexnet, [1], {1: [2, 0]}, 4, 0, {1: [1]})[1] == [2, 0]  # as given
-    with caplog.at_level("WARNING", logger="deconvnet.jobs.fig2"):
+    with caplog.at_level("WARNING", logger="deconvnet.analysis.top_projections"):
         assert select_channels(alexnet, [1], None, 4, 0, {1: [5, 3]}) == {1: [3, 5]}
     assert "only 2 feature maps that fire on k images" in caplog.text
     with pytest.raises(ValueError, match="live_only: no feature map of layer 1 fires"):
@@ -628,7 +624,7 @@ def test_run_reports_dead_maps_and_shows_only_live_ones(tiny_job):
     assert result["live_only"] is True
     for sm in meta["stages"]:
         s = sm["stage"]
-        activity = fig2.map_activity(topk[s])
+        activity = top_projections.map_activity(topk[s])
         assert result["map_activity"][str(s)] == activity.as_dict() == sm["map_activity"]
         assert set(result["channels"][str(s)]) <= set(activity.eligible)
         assert (arrays[s]["value"] > 0).all()  # every tile of every block shows a firing map
@@ -692,11 +688,11 @@ def test_exclude_border_scan_matches_interior_brute_force(alexnet):
 # ----------------------------------------------------------------- (d) readable sheet
 
 
-def _wide_panel(rules=("deconvnet", "guided"), maps: int = 16) -> fig2.PanelData:
+def _wide_panel(rules=("deconvnet", "guided"), maps: int = 16) -> PanelData:
     rng = np.random.default_rng(0)
     recon = {r: rng.standard_normal((maps, 9, 3, 8, 8)).astype(np.float32) for r in rules}
     patch = rng.integers(0, 256, (maps, 9, 3, 8, 8), dtype=np.uint8)
-    return fig2.PanelData(recon, patch, list(range(100, 100 + maps)), (64, 64))
+    return PanelData(recon, patch, list(range(100, 100 + maps)), (64, 64))
 
 
 def test_sheet_text_is_wrapped_to_the_sheet_width():
@@ -758,9 +754,9 @@ def test_committed_width_sheet_keeps_fixed_size_text(tiny_job, tmp_path):
 
     out, _ = tiny_job
     meta, arrays = load_fig2(out)
-    panels = [fig2._panel(arrays[sm["stage"]], sm) for sm in meta["stages"]]
+    panels = [stage_panel(arrays[sm["stage"]], sm) for sm in meta["stages"]]
     for width in (1400, 400):
-        layout = lay.sheet_layout(lay._sheet_title(meta), lay._sheet_labels(meta), panels, width)
+        layout = lay.sheet_layout(lay.sheet_title_lines(meta), lay.sheet_label_lines(meta), panels, width)
         assert layout.size[1] <= width
         specs = {spec for _, spec in layout.title_lines}
         specs |= {spec for p in layout.placements for _, spec in p.label_lines}
@@ -862,7 +858,7 @@ def test_cli_stage_sweep_and_assembled_sheet(tmp_path):
     model = deconvnet.load_model("alexnet", "random")
     expected = []
     for job, s in zip(jobs, (1, 5)):  # live_only: drawn among the maps that fire on k images
-        eligible = fig2.map_activity(load_topk(job / "topk.pt").result[s]).eligible
+        eligible = top_projections.map_activity(load_topk(job / "topk.pt").result[s]).eligible
         expected.append({str(s): select_channels(model, [s], None, 1, 0, {s: eligible})[s]})
     assert [json.loads((j / "result.json").read_text())["channels"] for j in jobs] == expected
     sheet = fig2.assemble_sheet(jobs, tmp_path / "sweep.png")

@@ -13,7 +13,7 @@ import deconvnet
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import level_sizes, stage_layers
 
-# DESIGN.md section 1: receptive field / jump at 224x224, stages 1..5
+# docs/stages.md#receptive-fields-derived: receptive field / jump at 224x224, stages 1..5
 TABLE = {
     "vgg": [(6, 2), (16, 4), (44, 8), (100, 16), (212, 32)],
     "alexnet": [(19, 8), (67, 16), (99, 16), (131, 16), (195, 32)],

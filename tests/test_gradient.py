@@ -9,6 +9,7 @@ noise for SmoothGrad, and hand-computed pooling matrices. Bad input: tests/test_
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 
 import pytest
@@ -28,6 +29,7 @@ from torchvision.models import AlexNet
 import deconvnet
 from deconvnet import Channel, Unit
 from deconvnet.gradient.head import avg_pool_adjoint, pooling_matrix
+from deconvnet.gradient.methods import OPTIONS, options_for
 
 F64_RTOL = 1e-10  # mirror vs autograd in float64 (observed ~1e-15)
 
@@ -281,7 +283,7 @@ def test_methods_leave_the_model_untouched(alexnet_float64):
         "gradcam",
         "guided_gradcam",
     ):
-        out = deconvnet.explain(model, x, method, 3, samples=1, steps=1, stage=3)
+        out = deconvnet.explain(model, x, method, 3, **options_for(method, dict(samples=1, steps=1, stage=3)))
         assert torch.isfinite(out).all(), method
         assert_same_model(before, model)
     for target in ([Unit(3, 0), Unit(3, 1)], [Channel(4, 2), Channel(4, 0)]):
@@ -581,16 +583,57 @@ def test_guided_gradcam_and_gradient_x_image_equal_captum(model64):
 
 
 def test_explain_dispatches_with_options(alexnet_float64):
-    """explain passes the options a method takes and ignores the others."""
+    """explain passes each method the options it takes; options_for picks them out of one set."""
     model = alexnet_float64
     x = images((1, 3, 63, 63), seed=86)
     opts = dict(samples=2, steps=2, stage=3, noise=0.1, baseline=0.0)
-    assert_rel_close(deconvnet.explain(model, x, "gradient", 9, **opts), autograd_classes(model, x, [9]))
-    assert_rel_close(deconvnet.explain(model, x, "gradcam", 9, **opts), gradcam_reference(model, x, 9, 3))
+    assert options_for("gradient", opts) == {}
+    assert options_for("gradcam", opts) == {"stage": 3}
+    assert options_for("integrated_gradients", opts) == {"steps": 2, "baseline": 0.0}
+    assert_rel_close(deconvnet.explain(model, x, "gradient", 9), autograd_classes(model, x, [9]))
+    assert_rel_close(deconvnet.explain(model, x, "gradcam", 9, stage=3), gradcam_reference(model, x, 9, 3))
     want = captum(
         IntegratedGradients, model, x, 9, baselines=torch.zeros_like(x), n_steps=2, method="riemann_middle"
     )
-    assert_rel_close(deconvnet.explain(model, x, "integrated_gradients", 9, **opts), want, rtol=1e-6)
+    got = deconvnet.explain(model, x, "integrated_gradients", 9, **options_for("integrated_gradients", opts))
+    assert_rel_close(got, want, rtol=1e-6)
+
+
+def test_explain_refuses_an_option_the_method_does_not_take(alexnet_float64, monkeypatch):
+    """The error names the option, the method and the options it accepts, before any computation."""
+    x = images((1, 3, 63, 63), seed=87)
+
+    def no_computation(*args, **kwargs):
+        raise AssertionError("the method ran before its options were checked")
+
+    monkeypatch.setitem(deconvnet.METHODS, "gradcam", no_computation)
+    monkeypatch.setitem(deconvnet.METHODS, "gradient_x_image", no_computation)
+    with pytest.raises(
+        ValueError, match=r"options: method 'gradcam' does not take samples; it accepts stage, chunk_size"
+    ):
+        deconvnet.explain(alexnet_float64, x, "gradcam", 9, stage=3, samples=2)
+    with pytest.raises(
+        ValueError, match=r"method 'gradient_x_image' does not take steps, stage; it accepts none"
+    ):
+        deconvnet.explain(alexnet_float64, x, "gradient_x_image", 9, steps=2, stage=3)
+    with pytest.raises(ValueError, match=r"method: expected one of gradient, "):
+        options_for("no_such_method", {})
+
+
+def test_each_method_accepts_its_signatures_keyword_parameters():
+    """OPTIONS is read from each method's function: every parameter after (model, images, target)
+    that the METHODS entry does not fix (the rule of a partial)."""
+    assert set(OPTIONS) == set(deconvnet.METHODS)
+    for name, method in deconvnet.METHODS.items():
+        function = getattr(method, "func", method)
+        fixed = getattr(method, "keywords", {})
+        parameters = list(inspect.signature(function).parameters)
+        assert parameters[:3] == ["model", "images", "target"], name
+        assert OPTIONS[name] == tuple(p for p in parameters[3:] if p not in fixed), name
+    assert OPTIONS["smoothgrad_guided"] == ("samples", "noise", "squared", "seed", "batch_size", "chunk_size")
+    assert OPTIONS["gradcam"] == OPTIONS["guided_gradcam"] == ("stage", "chunk_size")
+    assert OPTIONS["integrated_gradients"] == ("baseline", "steps", "batch_size", "chunk_size")
+    assert OPTIONS["gradient"] == ("chunk_size",) and OPTIONS["gradient_x_image"] == ()
 
 
 # ----------------------------------------------------------------------------- 9. pooling adjoint by hand

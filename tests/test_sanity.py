@@ -34,6 +34,7 @@ from deconvnet.analysis import randomize, sanity, similarity
 from deconvnet.analysis.randomize import Randomized, layer_seed, learnable_layers
 from deconvnet.analysis.sanity import sanity_check
 from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.gradient.methods import options_for
 from deconvnet.jobs.files import PROVENANCE_ENV
 from deconvnet.jobs.sanity import run_sanity
 
@@ -66,7 +67,7 @@ def _by_hand(model: nn.Module, names: list[str], seed: int, inplace: bool = Fals
 
 
 def _maps(model: nn.Module, x: torch.Tensor, targets, method: str) -> torch.Tensor:
-    opts = {"samples": 1, "steps": 1, "stage": 4, "seed": 3}
+    opts = options_for(method, {"samples": 1, "steps": 1, "stage": 4, "seed": 3})  # what it takes
     return torch.cat(
         [deconvnet.explain(model, x[b : b + 1], method, targets[b], **opts) for b in range(x.shape[0])]
     )

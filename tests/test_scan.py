@@ -32,6 +32,7 @@ from deconvnet.analysis.scan import (
     scan_topk,
 )
 from deconvnet.core.architecture import stages as stage_table
+from deconvnet.data.files import atomic_write
 
 ALL_STAGES = (1, 2, 3, 4, 5)
 
@@ -493,6 +494,23 @@ def test_save_is_atomic_when_writing_fails(small_result, tmp_path, monkeypatch):
     assert path.read_bytes() == original
     assert sorted(os.listdir(tmp_path)) == ["topk.pt"]
     assert load_topk(path).meta["run"] == 1
+
+
+def test_atomic_write_replaces_the_whole_file_or_nothing(tmp_path):
+    path = tmp_path / "new" / "file.txt"
+    assert atomic_write(path, lambda temp: temp.write_text("first")) == path  # parents created
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.read_text() == "first" and path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def broken(temp: Path) -> None:
+        temp.write_text("half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, broken)
+    assert path.read_text() == "first"
+    assert os.listdir(path.parent) == ["file.txt"]  # no temp file left
 
 
 def test_load_refuses_incomplete_or_foreign_files(small_result, tmp_path):

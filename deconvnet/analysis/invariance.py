@@ -48,6 +48,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -278,6 +279,11 @@ def transform_images(
         warped = F.grid_sample(part, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out[todo] = warped + fill if fill else warped
     return out
+
+
+def shown_indices(count: int, shown: int) -> list[int]:
+    """`shown` indices spread evenly over 0..count-1, both ends included (fewer if count is)."""
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, min(shown, count))})
 
 
 # ------------------------------------------------------------------------------- the curves

@@ -183,8 +183,22 @@ def occlusion(
         )
         for b in range(images.shape[0])
     ]
+    settings = {
+        "patch": patch,
+        "stride": stride,
+        "fill": fill,
+        "method": method,
+        "batch_size": batch_size,
+        "strongest_channel": "the stage-5 channel holding the largest activation",
+    }
+    return _gathered(per_image, grid, settings)
+
+
+def _gathered(per_image: list[dict[str, Tensor]], grid: _Grid, settings: dict) -> Occlusion:
+    """Each image's flat maps [ny * nx] and values (`_occlude_one`) -> one `Occlusion` of B
+    images ([B, ny, nx] maps, on the CPU)."""
     stacked = {k: torch.stack([p[k] for p in per_image]).cpu() for k in per_image[0]}
-    shape = (images.shape[0], len(grid.top), len(grid.left))
+    shape = (len(per_image), len(grid.top), len(grid.left))
     return Occlusion(
         probability=stacked["probability"].view(shape),
         feature=stacked["feature"].view(shape),
@@ -196,14 +210,7 @@ def occlusion(
         unoccluded_label=stacked["l0"],
         top=grid.top,
         left=grid.left,
-        settings={
-            "patch": patch,
-            "stride": stride,
-            "fill": fill,
-            "method": method,
-            "batch_size": batch_size,
-            "strongest_channel": "the stage-5 channel holding the largest activation",
-        },
+        settings=settings,
     )
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from deconvnet.core.architecture import architecture_name
 from deconvnet.core.architecture import stage as stage_of
-from deconvnet.core.validation import is_int
+from deconvnet.core.validation import as_list, is_int
 
 MODES = ("cascading", "independent")
 MAX_SEED = 2**63 - 1
@@ -84,7 +84,7 @@ def check_layers(model: nn.Module, layers: object, key: str = "layers") -> list[
     every = learnable_layers(model)
     if layers is None:
         return every
-    names = [layers] if isinstance(layers, str) else _as_list(layers)
+    names = [layers] if isinstance(layers, str) else as_list(layers)
     accepted = f"null (all), a layer name or a list of them: {', '.join(l.name for l in every)}"
     if not names:
         raise ValueError(f"{key}: expected {accepted}; got {layers!r}")
@@ -107,7 +107,7 @@ def check_mode(mode: object) -> str:
 
 def check_modes(modes: object) -> tuple[str, ...]:
     """A mode or a non-empty list of modes, each once (order kept)."""
-    items = [modes] if isinstance(modes, str) else _as_list(modes)
+    items = [modes] if isinstance(modes, str) else as_list(modes)
     if not items:
         raise ValueError(
             f"modes: expected one of {', '.join(MODES)} or a non-empty list of them, got {modes!r}"
@@ -126,13 +126,6 @@ def check_seed(seed: object) -> int:
     if not is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed: expected an int in 0..2**63-1 (the re-initialisation), got {seed!r}")
     return int(seed)
-
-
-def _as_list(value: object) -> list | None:
-    """A list / tuple / Hydra ListConfig as a list, else None (`synthesis.job.as_list`)."""
-    from deconvnet.core.validation import as_list
-
-    return as_list(value)
 
 
 # ------------------------------------------------------------------------- which layers when

@@ -43,7 +43,7 @@ The caller's model is only read: all work happens on one deep copy (on `device`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +66,9 @@ from deconvnet.analysis.similarity import METRIC_TITLES, METRICS, similarities
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import stage_sizes
 from deconvnet.core.targets import Channel, Unit, resolve_target
-from deconvnet.core.validation import check_count, check_device, check_images, check_real, is_int
+from deconvnet.core.validation import as_list, check_count, check_device, check_images, check_real, is_int
 from deconvnet.gradient.explained import resolve_explained
-from deconvnet.gradient.methods import METHODS, explain
+from deconvnet.gradient.methods import METHODS, explain, options_for
 
 DEFAULT_METHODS = (
     "gradient",
@@ -95,21 +95,21 @@ class MapSettings:
     cam_stage: int = 4
     noise_seed: int = 0
 
-    def options(self) -> dict[str, Any]:
-        """The keyword options `explain` hands to each method."""
-        return {
+    def options(self, method: str) -> dict[str, Any]:
+        """The keyword options of these settings that `method` takes (`options_for`): SmoothGrad's
+        samples / noise / seed, integrated gradients' steps, Grad-CAM's stage; none for the others."""
+        every = {
             "samples": self.samples,
             "noise": self.noise,
             "seed": self.noise_seed,
             "steps": self.steps,
             "stage": self.cam_stage,
         }
+        return options_for(method, every)
 
 
 def check_methods(methods: object) -> tuple[str, ...]:
     """A method name or a non-empty list of names of METHODS, each once."""
-    from deconvnet.core.validation import as_list
-
     items = [methods] if isinstance(methods, str) else as_list(methods)
     accepted = f"one of {', '.join(METHODS)}, or a non-empty list of them"
     if not items:
@@ -196,10 +196,12 @@ def explain_images(
 ) -> dict[str, Tensor]:
     """Every method's maps of images [B, 3, H, W], image b explaining targets[b] ->
     {method: [B, 3, H, W] or [B, H, W] (Grad-CAM)}, float32 on the CPU."""
-    options = settings.options()
     return {
         method: torch.cat(
-            [explain(model, images[b : b + 1], method, targets[b], **options) for b in range(images.shape[0])]
+            [
+                explain(model, images[b : b + 1], method, targets[b], **settings.options(method))
+                for b in range(images.shape[0])
+            ]
         )
         .float()
         .cpu()
@@ -316,6 +318,33 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
     total = np.nansum(values, axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def mean_over_images(values: np.ndarray) -> list[float | None]:
+    """[B, 4] -> 4 means over images, NaN left out (None where all are NaN)."""
+    out = []
+    for column in values.T:
+        defined = column[~np.isnan(column)]
+        out.append(float(defined.mean()) if defined.size else None)
+    return out
+
+
+def mean_curve(values: np.ndarray, method: int, metric: int) -> list[float | None]:
+    """[S, M, B, 4] -> the mean over images per step (None where undefined)."""
+    return [mean_over_images(values[s, method])[metric] for s in range(values.shape[0])]
+
+
+def similarity_curves(
+    similarity: Mapping[str, np.ndarray], methods: Sequence[str]
+) -> dict[str, dict[str, dict[str, list[float | None]]]]:
+    """{mode: [S, M, B, 4]} -> {mode: {metric: {method: the mean over images per step}}}."""
+    return {
+        mode: {
+            metric: {m: mean_curve(similarity[mode], i, k) for i, m in enumerate(methods)}
+            for k, metric in enumerate(METRICS)
+        }
+        for mode in similarity
+    }
 
 
 def verdicts(

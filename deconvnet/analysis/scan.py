@@ -5,7 +5,7 @@ maximum of channel c (ties inside the map: the first position in row-major order
 `torch.argmax`). With `exclude_border=n` only positions at least n away from every edge of the
 stage's map are candidates (n = 0, the default, is the paper's procedure: the whole map).
 Over the whole dataset the k highest candidates are kept, so the k entries of a
-channel are k distinct images (DESIGN.md section 4, step 3). Ties between images go to the lower
+channel are k distinct images (docs/fig2.md, step 2). Ties between images go to the lower
 image number, so the result does not depend on how the images were split into batches.
 
 Memory does not grow with the dataset: a running [C, k] top-k per stage is merged with each batch's
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,20 +42,22 @@ from deconvnet.core.geometry import level_sizes, min_input_size, min_side
 from deconvnet.core.precision import full_float32
 from deconvnet.core.validation import check_model_values
 from deconvnet.data.datasets import NumberedBatch
+from deconvnet.data.files import atomic_write
 
 __all__ = [
     "TopK",
     "LoadedTopK",
-    "NumberedBatch",
     "scan_topk",
     "merge_scans",
     "border_ring_share",
+    "border_ring_shares",
     "Candidates",
     "merge_topk",
     "save_topk",
     "load_topk",
     "minimum_input_size",
     "check_exclude_border",
+    "check_stages",
 ]
 
 TOPK_FIELDS = ("values", "image", "y", "x")
@@ -153,7 +155,9 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _check_stages(model: nn.Module, stages: Iterable[int]) -> list[Stage]:
+def check_stages(model: nn.Module, stages: Iterable[int]) -> list[Stage]:
+    """The model's stages numbered `stages` (an int or ints in 1..5), sorted, each once;
+    ValueError naming `stages` otherwise."""
     if isinstance(stages, (int, numbers.Integral)) and not isinstance(stages, bool):
         stages = (stages,)
     try:
@@ -179,7 +183,7 @@ def _numbers_of(batch: Any, where: str, next_image: int) -> tuple[Any, Tensor | 
     if not isinstance(batch, NumberedBatch):
         if isinstance(batch, (tuple, list)):
             raise ValueError(
-                f"{where}: expected a [B, 3, H, W] float tensor or a deconvnet.analysis.scan.NumberedBatch, "
+                f"{where}: expected a [B, 3, H, W] float tensor or a deconvnet.NumberedBatch, "
                 f"got {type(batch).__name__} (datasets.batches(dataset, n) yields image tensors only)"
             )
         size = int(batch.shape[0]) if torch.is_tensor(batch) and batch.dim() else 0
@@ -361,7 +365,7 @@ def check_exclude_border(
     """`exclude_border` as an int, or ValueError (naming it) if it is not an int >= 0 or leaves
     no candidate position in the map of a stage for H x W images. Checks nothing else."""
     border = _check_border(exclude_border)
-    chosen = _check_stages(model, stages)
+    chosen = check_stages(model, stages)
     layers = list(features_of(model))[: chosen[-1].index + 1]
     _check_interior(border, layers, chosen, height, width, None)
     return border
@@ -384,6 +388,17 @@ def border_ring_share(topk: TopK, height: int, width: int) -> dict[str, Any]:
         "on_ring": on_ring,
         "share": round(on_ring / entries, 4) if entries else None,
         "ring_share_of_map": round(1 - inner / (height * width), 4),
+    }
+
+
+def border_ring_shares(
+    model: nn.Module, scan: Mapping[int, TopK], image_size: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """Per stage (str keys), the share of live top-k entries on the map's border ring
+    (`border_ring_share`), for images of `image_size` (H, W)."""
+    sizes = level_sizes(list(model.features), *image_size)
+    return {
+        str(s): border_ring_share(t, *sizes[stage_of(model, s).index + 1]) for s, t in sorted(scan.items())
     }
 
 
@@ -424,6 +439,129 @@ def _initial_counts(initial: dict[int, TopK] | None, first_image: int) -> tuple[
         return 0, first_image
     some = next(iter(initial.values()))
     return some.images_scanned, some.first_image
+
+
+def _check_batches(batches: Any, total: int | None) -> int | None:
+    """The number of batches for the progress bar (`total`, else len(batches) when it has one);
+    ValueError if `batches` is a single tensor."""
+    if torch.is_tensor(batches):
+        raise ValueError(
+            "batches: expected an iterable of [B, 3, H, W] tensors, got a single tensor; "
+            "pass [tensor] to scan it as one batch"
+        )
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)  # type: ignore[arg-type]
+    return total
+
+
+@contextmanager
+def _switched_to_eval(layers: list[nn.Module]) -> Iterator[None]:
+    """Modules of `layers` in training mode switched to eval inside, and back afterwards."""
+    was_training = [layer for layer in layers if layer.training]
+    for layer in was_training:
+        layer.train(False)
+    try:
+        yield
+    finally:
+        for layer in was_training:
+            layer.train(True)
+
+
+@dataclass
+class _RunningScan:
+    """One `scan_topk` call under way: the layers run, the chosen stages, the running top-k per
+    stage and the image counters (images scanned, first image covered, next image number)."""
+
+    layers: list[nn.Module]
+    chosen: list[Stage]
+    k: int
+    border: int
+    device: torch.device
+    dtype: torch.dtype
+    running: dict[int, Candidates | None]
+    images_scanned: int
+    covered_from: int
+    next_image: int
+    stage_at_index: dict[int, int] = field(default_factory=dict)  # features index -> stage number
+    size_ok: dict[tuple[int, int], int | None] = field(default_factory=dict)
+
+    @classmethod
+    def begin(
+        cls,
+        model: nn.Module,
+        layers: list[nn.Module],
+        chosen: list[Stage],
+        k: int,
+        border: int,
+        next_image: int,
+        initial: dict[int, TopK] | None,
+    ) -> _RunningScan:
+        """A scan from image `next_image` on the model's device, continuing `initial` if given."""
+        device, dtype = _model_device_dtype(model)
+        running = _check_initial(initial, chosen, k, next_image, device)
+        images_scanned, covered_from = _initial_counts(initial, next_image)
+        return cls(
+            layers,
+            chosen,
+            k,
+            border,
+            device,
+            dtype,
+            running,
+            images_scanned,
+            covered_from,
+            next_image,
+            {s.index: s.number for s in chosen},
+        )
+
+    def result(self) -> dict[int, TopK]:
+        """The result so far: {stage number: TopK} with [C, k] tensors on the CPU."""
+        return {
+            n: _as_topk(r, self.images_scanned, self.k, self.covered_from, self.next_image)
+            for n, r in self.running.items()
+        }
+
+    def add(self, number: int, batch: Any) -> int | None:
+        """Check batch `number` (a [B, 3, H, W] tensor or a NumberedBatch) and merge its candidates:
+        its number of images, or None when every image of it failed to decode."""
+        batch, image_numbers, end = _numbers_of(batch, f"batch {number}", self.next_image)
+        if image_numbers is not None and len(image_numbers) == 0:
+            self.next_image = end  # every image of this batch failed to decode
+            return None
+        batch = _check_batch(batch, number, self.layers, self.chosen[-1], self.size_ok)
+        _check_interior(self.border, self.layers, self.chosen, batch.shape[2], batch.shape[3], number)
+        size = int(batch.shape[0])
+        if image_numbers is None:
+            image_numbers = torch.arange(self.next_image, end)
+        if size:
+            x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
+            image = image_numbers.to(self.device, non_blocking=True)
+            _scan_batch(self.layers, x, batch, self.stage_at_index, self.running, image, self.k, self.border)
+        self.images_scanned += size
+        self.next_image = end
+        return size
+
+
+def _scan_batches(
+    state: _RunningScan,
+    batches: Iterable[Tensor | NumberedBatch],
+    total: int | None,
+    progress: bool,
+    on_batch: Callable[[dict[int, TopK], int], None] | None,
+) -> None:
+    """Every batch of `batches` into `state`, under inference mode, with a progress bar; calls
+    `on_batch(result so far, images scanned)` after each batch that held images."""
+    with (
+        torch.inference_mode(),
+        tqdm(batches, total=total, disable=not progress, unit="batch", desc="scan top-k") as bar,
+    ):
+        for number, batch in enumerate(bar):
+            size = state.add(number, batch)
+            if size is None:
+                continue
+            bar.set_postfix(images=state.images_scanned, refresh=False)
+            if on_batch is not None and size:
+                on_batch(state.result(), state.images_scanned)
 
 
 @full_float32()
@@ -469,60 +607,17 @@ def scan_topk(
     check_model_values(model)
     k = _check_k(k)
     border = _check_border(exclude_border)
-    chosen = _check_stages(model, stages)
+    chosen = check_stages(model, stages)
     next_image = _check_first_image(first_image)
-    if torch.is_tensor(batches):
-        raise ValueError(
-            "batches: expected an iterable of [B, 3, H, W] tensors, got a single tensor; "
-            "pass [tensor] to scan it as one batch"
-        )
-    if total is None and hasattr(batches, "__len__"):
-        total = len(batches)  # type: ignore[arg-type]
-    deepest = chosen[-1]
-    layers = layers_all[: deepest.index + 1]
-    stage_at_index = {s.index: s.number for s in chosen}
-    device, dtype = _model_device_dtype(model)
-    running = _check_initial(initial, chosen, k, next_image, device)
-    images_scanned, covered_from = _initial_counts(initial, next_image)
-    size_ok: dict[tuple[int, int], int | None] = {}
-
-    def result() -> dict[int, TopK]:
-        return {n: _as_topk(r, images_scanned, k, covered_from, next_image) for n, r in running.items()}
-
-    was_training = [layer for layer in layers if layer.training]
-    for layer in was_training:
-        layer.train(False)
-    try:
-        with (
-            torch.inference_mode(),
-            tqdm(batches, total=total, disable=not progress, unit="batch", desc="scan top-k") as bar,
-        ):
-            for number, batch in enumerate(bar):
-                batch, image_numbers, end = _numbers_of(batch, f"batch {number}", next_image)
-                if image_numbers is not None and len(image_numbers) == 0:
-                    next_image = end  # every image of this batch failed to decode
-                    continue
-                batch = _check_batch(batch, number, layers, deepest, size_ok)
-                _check_interior(border, layers, chosen, batch.shape[2], batch.shape[3], number)
-                size = int(batch.shape[0])
-                if image_numbers is None:
-                    image_numbers = torch.arange(next_image, end)
-                if size:
-                    x = batch.to(device=device, dtype=dtype, non_blocking=True)
-                    image = image_numbers.to(device, non_blocking=True)
-                    _scan_batch(layers, x, batch, stage_at_index, running, image, k, border)
-                images_scanned += size
-                next_image = end
-                bar.set_postfix(images=images_scanned, refresh=False)
-                if on_batch is not None and size:
-                    on_batch(result(), images_scanned)
-    finally:
-        for layer in was_training:
-            layer.train(True)
-
-    if images_scanned == 0:
+    total = _check_batches(batches, total)
+    state = _RunningScan.begin(
+        model, layers_all[: chosen[-1].index + 1], chosen, k, border, next_image, initial
+    )
+    with _switched_to_eval(state.layers):
+        _scan_batches(state, batches, total, progress, on_batch)
+    if state.images_scanned == 0:
         raise ValueError("batches: no images (the iterable was empty or every batch had B = 0)")
-    return result()
+    return state.result()
 
 
 def merge_scans(results: Sequence[Mapping[int, TopK]]) -> dict[int, TopK]:
@@ -656,22 +751,13 @@ def save_topk(
             for number, topk in result.items()
         },
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda temp: _save_payload(payload, temp))
+
+
+def _save_payload(payload: dict[str, Any], temp: Path) -> None:
+    """`torch.save` of a top-k file's payload into the file `temp` (through a file object)."""
+    with open(temp, "wb") as file:
+        torch.save(payload, file)
 
 
 def load_topk(path: str | os.PathLike, allow_incomplete: bool = False) -> LoadedTopK:

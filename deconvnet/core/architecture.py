@@ -2,7 +2,7 @@
 
 The paper's layer is conv -> relu -> [max pool]; the thing a deconvnet projects is that layer's
 output. On VGG16 the five stages are the five pooling layers; on AlexNet they are pool1, pool2,
-relu3, relu4 and pool5 (DESIGN.md section 1). Both are derived from the modules, not hard-coded.
+relu3, relu4 and pool5 (docs/stages.md). Both are derived from the modules, not hard-coded.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Turning signed reconstructions into pictures, saving them, laying them out in grids.
 
-Display scaling follows DESIGN.md 4.6: each image on its own, jointly over its channels and space,
+Display scaling follows docs/methods.md#displaying-maps: each image on its own, jointly over its channels and space,
 zero at mid-grey, symmetric in sign: `0.5 + 0.5 * r / max|r|`. Never a global min-max, which would
 shift zero and make tiles incomparable in sign.
 

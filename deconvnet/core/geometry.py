@@ -3,7 +3,7 @@
 Everything here follows from one rule: a module with kernel k, stride s, padding p, dilation d maps
 output positions [a, b) (one axis) onto input positions [a*s - p, (b-1)*s - p + d*(k-1) + 1).
 Applied from a stage back to the pixels it gives the receptive field of a stage unit; applied per
-level it gives the window the deconvnet has to compute in (DESIGN.md sections 2 and 7).
+level it gives the window the deconvnet has to compute in (docs/stages.md#receptive-fields-derived, docs/mirror.md#restriction-to-the-receptive-field).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One differentiable forward pass that keeps the activations an objective reads.
 
 Points are named: "input" (the image the model saw, after transforms), a stage number 1..5 (the
-paper's layer output, DESIGN.md section 1), "pre1".."pre5" (the output of that stage's last
+paper's layer output, docs/stages.md), "pre1".."pre5" (the output of that stage's last
 convolution, before its ReLU), "fc6" / "fc7" (the classifier's hidden layers after
 their ReLU) and "logits". The pass runs `model.features` module by module only as far as the
 deepest point asked for; the classifier runs with Dropout as the identity (its eval-mode function,

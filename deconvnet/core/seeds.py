@@ -1,4 +1,4 @@
-"""Which activations of a stage are kept before projecting (DESIGN.md section 3).
+"""Which activations of a stage are kept before projecting (docs/mirror.md#what-is-kept-before-projecting).
 
 keep="all": the whole stage output. keep="max": per image, the single strongest activation of the
 whole layer. keep=c: per image, channel c's strongest activation. keep=[c1, c2, ...] (one image):

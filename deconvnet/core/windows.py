@@ -1,6 +1,6 @@
 """Batches of signals that each live in a window of a feature map.
 
-A seed's reconstruction is zero outside its receptive field (DESIGN.md section 7), so the mirror
+A seed's reconstruction is zero outside its receptive field (docs/mirror.md#restriction-to-the-receptive-field), so the mirror
 carries, per seed, only a window of every level: `Region.signal[k]` holds map positions
 `[origin_y[k], origin_y[k] + Ly) x [origin_x[k], origin_x[k] + Lx)` of image `image[k]`'s map.
 Positions of a window that fall outside the map are padding and always hold zero.

@@ -85,18 +85,22 @@ def eval_transform(
     crop_size: int = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+    antialias: bool = True,
 ) -> Transform:
     """The torchvision weights' eval preprocessing: PIL RGB -> [3, crop, crop] normalised tensor.
 
-    Shorter side resized to `resize_size` (bilinear, antialiased), center crop `crop_size`, scaled to
-    [0, 1], normalised with mean/std; same steps as `VGG16_Weights.IMAGENET1K_V1.transforms()`.
+    Shorter side resized to `resize_size` (`interpolation`, default bilinear, antialiased unless
+    `antialias` is False), center crop `crop_size`, scaled to [0, 1], normalised with mean/std;
+    same steps as `VGG16_Weights.IMAGENET1K_V1.transforms()`. `deconvnet.data.images.preprocess`
+    applies it with the weights' own `Preprocessing`.
     """
     _check_positive_int(resize_size, "resize_size")
     _check_positive_int(crop_size, "crop_size")
     return transforms.Compose(
         [
             transforms.Resize(
-                resize_size, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True
+                resize_size, interpolation=transforms.InterpolationMode(interpolation), antialias=antialias
             ),
             transforms.CenterCrop(crop_size),
             normalize_transform(mean, std),
@@ -262,7 +266,7 @@ class SkippedFile:
 
 def _open_rgb(path: Path) -> Image.Image:
     """Decode `path` fully as an RGB PIL image: EXIF orientation applied, made RGB by
-    `deconvnet.data.images.to_rgb` (alpha over white, 16-bit scaled), like every other image here."""
+    `deconvnet.data.samples.to_rgb` (alpha over white, 16-bit scaled), like every other image here."""
     from deconvnet.data.samples import to_rgb
 
     with Image.open(path) as image:

@@ -1,4 +1,4 @@
-"""Learned VGG16 convolutions offline: the HED edge detector's backbone (DESIGN.md section 8).
+"""Learned VGG16 convolutions offline: the HED edge detector's backbone (docs/hed.md).
 
 HED (Xie & Tu, ICCV 2015, "Holistically-Nested Edge Detection") fine-tunes ImageNet VGG16
 (Simonyan & Zisserman, ICLR 2015) for edge detection on BSDS500 with a learning rate of 1e-6. The
@@ -35,12 +35,13 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from deconvnet.data.files import atomic_write
 
 __all__ = [
     "HED_FEATURES_CONVS",
@@ -237,7 +238,7 @@ def _read_cache(path: Path, mean: Sequence[float], std: Sequence[float]) -> dict
 def _write_cache(
     path: Path, state: Mapping[str, torch.Tensor], mean: Sequence[float], std: Sequence[float]
 ) -> None:
-    """Atomic write (temp file + os.replace); a cache that cannot be written is only logged."""
+    """Written atomically (`atomic_write`); a cache that cannot be written is only logged."""
     payload = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
@@ -247,12 +248,7 @@ def _write_cache(
         "state_dict": dict(state),
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        torch.save(payload, temp)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
+        atomic_write(path, lambda temp: torch.save(payload, temp))
     except OSError as error:
         log.warning("could not cache the converted HED features at %s (%s)", path, error)
 

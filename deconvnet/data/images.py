@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.models import WeightsEnum
-from torchvision.transforms import InterpolationMode
 
 from deconvnet.core.validation import check_image_tensor
+from deconvnet.data.datasets import eval_transform
 from deconvnet.data.models import Preprocessing, preprocessing
 from deconvnet.data.samples import SAMPLES, pil_from_sample, sample_names, to_rgb
 
@@ -86,15 +85,13 @@ def resolve_preprocessing(model_or_weights: PreprocessingSource) -> Preprocessin
 
 
 def preprocess(image: Image.Image, model_or_weights: PreprocessingSource) -> torch.Tensor:
-    """Eval preprocessing of one PIL image -> float32 `[3, crop, crop]` (normalised)."""
+    """Eval preprocessing of one PIL image -> float32 `[3, crop, crop]` (normalised): `to_rgb`, then
+    `deconvnet.data.datasets.eval_transform` with the weights' `Preprocessing`."""
     prep = resolve_preprocessing(model_or_weights)
-    rgb = to_rgb(image)
-    resized = TF.resize(
-        rgb, [prep.resize_size], interpolation=InterpolationMode(prep.interpolation), antialias=prep.antialias
+    transform = eval_transform(
+        prep.resize_size, prep.crop_size, prep.mean, prep.std, prep.interpolation, prep.antialias
     )
-    cropped = TF.center_crop(resized, [prep.crop_size])
-    scaled = TF.convert_image_dtype(TF.pil_to_tensor(cropped), torch.float32)
-    return TF.normalize(scaled, mean=list(prep.mean), std=list(prep.std))
+    return transform(to_rgb(image))
 
 
 def load_image(

@@ -1,6 +1,6 @@
 """Batches for a dataset scan: decoding in DataLoader workers, failures skipped, counted and named.
 
-`ScanLoader(dataset, batch_size, start, stop, workers)` yields `deconvnet.analysis.scan.NumberedBatch`es
+`ScanLoader(dataset, batch_size, start, stop, workers)` yields `deconvnet.data.datasets.NumberedBatch`es
 over the image numbers [start, stop) of a dataset (`SampleGallery`, `ImageFolderDataset`, ...):
 images [B, 3, H, W] with their numbers. Decoding runs in `workers` processes of a torch
 `DataLoader` while the model computes (0 = in this process); on CUDA the batches come in pinned

@@ -233,9 +233,9 @@ def load_model(
     `deconvnet.data.hed.HedWeightsError` (a FileNotFoundError: 'hed' file missing or not the expected one).
     """
     spec = model_spec(name)
-    _check_seed(seed)
+    check_model_seed(seed)
     target = _parse_device(device)
-    kind, checkpoint = _parse_weights(weights)
+    kind, checkpoint = parse_weights(weights)
     if kind == "hed" and spec.name != "vgg16":
         raise ValueError(
             f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}; use "
@@ -243,27 +243,43 @@ def load_model(
         )
 
     if kind == "auto":
-        cached = imagenet_cache_path(spec.name)
-        if cached.is_file():
-            kind = "imagenet"
-        else:
-            message = (
-                f"deconvnet: no pretrained ImageNet weights for {spec.name} in the torch hub cache "
-                f"({cached}); using RANDOM, UNTRAINED weights (seed {seed}). Visualisations will not "
-                f"show learned features. To use the pretrained weights, put {cached.name} "
-                f"(from {spec.weights.url}) at {cached}, or pass weights='imagenet' with network "
-                "access, or weights=<path to a checkpoint>."
-                + (
-                    " Offline learned alternative: weights='hed' (VGG16 convolutions from HED, "
-                    f"`{HED_FETCH_COMMAND}`)."
-                    if spec.name == "vgg16"
-                    else ""
-                )
-            )
-            warnings.warn(message, UserWarning, stacklevel=2)
-            logger.warning(message)
-            kind = "random"
+        kind = auto_weights(spec, seed)
+    model, info = build_model(spec, kind, checkpoint, seed)
+    model = model.to(target).eval()
+    model.weights_info = info
+    logger.info("loaded %s: %s", spec.name, info.description)
+    return model
 
+
+def auto_weights(spec: ModelSpec, seed: int) -> str:
+    """What weights='auto' means for `spec`: 'imagenet' when its file is in the torch hub cache,
+    else 'random' (with a warning and a log line saying so, and what to do instead)."""
+    cached = imagenet_cache_path(spec.name)
+    if cached.is_file():
+        return "imagenet"
+    message = (
+        f"deconvnet: no pretrained ImageNet weights for {spec.name} in the torch hub cache "
+        f"({cached}); using RANDOM, UNTRAINED weights (seed {seed}). Visualisations will not "
+        f"show learned features. To use the pretrained weights, put {cached.name} "
+        f"(from {spec.weights.url}) at {cached}, or pass weights='imagenet' with network "
+        "access, or weights=<path to a checkpoint>."
+        + (
+            " Offline learned alternative: weights='hed' (VGG16 convolutions from HED, "
+            f"`{HED_FETCH_COMMAND}`)."
+            if spec.name == "vgg16"
+            else ""
+        )
+    )
+    warnings.warn(message, UserWarning, stacklevel=3)  # at load_model's caller
+    logger.warning(message)
+    return "random"
+
+
+def build_model(
+    spec: ModelSpec, kind: str, checkpoint: Path | None, seed: int
+) -> tuple[nn.Module, WeightsInfo]:
+    """The model (before it moves to its device) with weights of `kind` ('random', 'hed', 'imagenet' or 'checkpoint'
+    at `checkpoint`) and the `WeightsInfo` describing them."""
     if kind == "random":
         model = _random_model(spec, seed)
         info = WeightsInfo(
@@ -292,11 +308,7 @@ def load_model(
             None,
             f"weights from checkpoint {checkpoint} (whether pretrained is unknown)",
         )
-
-    model = model.to(target).eval()
-    model.weights_info = info
-    logger.info("loaded %s: %s", spec.name, info.description)
-    return model
+    return model, info
 
 
 HED_DESCRIPTION = (
@@ -341,7 +353,8 @@ def weights_info(model: nn.Module) -> WeightsInfo:
     )
 
 
-def _check_seed(seed: int) -> None:
+def check_model_seed(seed: object) -> None:
+    """ValueError unless `seed` is an int in [0, 2**64) (a model's random initialisation)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
 
@@ -356,8 +369,9 @@ def _parse_device(device: str | torch.device) -> torch.device:
     return target
 
 
-def _parse_weights(weights: str | os.PathLike) -> tuple[str, Path | None]:
-    """('auto'|'imagenet'|'random', None) or ('checkpoint', path)."""
+def parse_weights(weights: object) -> tuple[str, Path | None]:
+    """('auto'|'imagenet'|'hed'|'random', None) or ('checkpoint', path); ValueError for a bad
+    name, FileNotFoundError for a checkpoint path that does not exist."""
     accepted = f"one of {list(WEIGHTS_CHOICES)} or a path to a .pth/.pt checkpoint"
     if isinstance(weights, str) and weights in WEIGHTS_CHOICES:
         return weights, None

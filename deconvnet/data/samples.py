@@ -44,7 +44,7 @@ def _skimage_data():
 
 
 def _gallery_photo(name: str) -> np.ndarray:
-    """A photo of the sample gallery's registry (`deconvnet.data.datasets.PHOTO_SOURCES`), as an array."""
+    """A photo of the sample gallery's registry (`PHOTO_SOURCES` below), as an array."""
     return np.asarray(PHOTO_SOURCES[name].load())
 
 

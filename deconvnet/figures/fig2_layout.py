@@ -22,13 +22,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from deconvnet.analysis.top_projections import to_uint8
 from deconvnet.core.display import to_display
 from deconvnet.core.validation import check_int
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-
 
 # Fonts: (size px, bold). DejaVu Sans at 16 px has a 12 px cap height.
 TITLE_FONT = (20, True)
@@ -48,7 +44,6 @@ HEADER_GAP = 6  # between a page's header text and its body
 MIN_TEXT_WIDTH = 900  # a stage page is at least this wide for its header text
 MIN_SHEET_TILE = 8  # the sheet never shrinks tiles below this (then it grows wider instead)
 MIN_FIT_TILE = 32  # below this the sheet rather uses fewer block columns
-GREY = 128  # 0.5 in 8 bits: zero of a reconstruction, and the fill outside the image
 BACKGROUND = (255, 255, 255)
 PATCH_NAME = "image"
 WIDEST_LABEL = "feature map 000"  # blocks are at least this label wide (channels < 1000)
@@ -298,7 +293,7 @@ def display_tiles(
 
 def _display_recon(recon: np.ndarray, tile: tuple[int, int]) -> np.ndarray:
     """Raw reconstructions [N, 3, h, w] -> uint8 [N, th, tw, 3], each normalised on its own."""
-    shown = _to_uint8(to_display(torch.from_numpy(np.ascontiguousarray(recon))))
+    shown = to_uint8(to_display(torch.from_numpy(np.ascontiguousarray(recon))))
     return _resize_tiles(shown, tile)
 
 
@@ -400,7 +395,9 @@ def _draw_block_labels(
 # the per-layer figure
 
 
-def _stage_header(meta: Mapping[str, Any], stage_meta: Mapping[str, Any]) -> list:
+def stage_header_lines(meta: Mapping[str, Any], stage_meta: Mapping[str, Any]) -> list:
+    """A layer page's header lines [(text, font spec)]: title, the layer's detail line, the dataset
+    line and the legend, from a fig2 job's meta and the layer's entry of it."""
     return [
         (
             f"Layer {stage_meta['stage']} ({stage_meta['name']}) — {meta['model_label']}, "
@@ -433,7 +430,7 @@ def render_stage(
     if body is None:
         body = render_body(panel)
     lines, (height, width), (top, left) = stage_page_layout(
-        _stage_header(meta, stage_meta), (body.height, body.width)
+        stage_header_lines(meta, stage_meta), (body.height, body.width)
     )
     page = Image.new("RGB", (width, height), BACKGROUND)
     _draw_lines(ImageDraw.Draw(page), lines, MARGIN, MARGIN)
@@ -512,8 +509,8 @@ def render_sheet(
     return sheet
 
 
-def _sheet_labels(meta: Mapping[str, Any], with_model: bool = False) -> list[list]:
-    """Per layer: its bold label line, then its feature-map selection line."""
+def sheet_label_lines(meta: Mapping[str, Any], with_model: bool = False) -> list[list]:
+    """Per layer of a fig2 job's meta: its bold label line, then its feature-map selection line."""
     labels = []
     for sm in meta["stages"]:
         label = f"Layer {sm['stage']}  ({sm['name']}, receptive field {sm['rf_size'][0]} px)"
@@ -523,7 +520,8 @@ def _sheet_labels(meta: Mapping[str, Any], with_model: bool = False) -> list[lis
     return labels
 
 
-def _sheet_title(meta: Mapping[str, Any]) -> list:
+def sheet_title_lines(meta: Mapping[str, Any]) -> list:
+    """A job's sheet title lines [(text, font spec)]: title, dataset line and legend."""
     return [
         (f"Fig. 2 reproduction — {meta['model_label']}, {meta['weights_label']}", SHEET_TITLE_FONT),
         (meta["dataset_label"], TEXT_FONT),

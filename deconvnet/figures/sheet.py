@@ -6,6 +6,10 @@ so the sheet can be redrawn from the job folder without a model).
 
 Rows may have different numbers of tiles; missing places stay empty. `alarm` draws the title (or a
 tile's title) in dark red: random weights, a random classifier, a target not reached.
+
+The tiles themselves: an image in the model's normalised input space shown as its colours
+(`colours`) or with the Keras example's deprocess (`keras_deprocess`), saved as an 8-bit PNG
+(`save_tile`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,53 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
+
+from deconvnet.core.display import save_png
+from deconvnet.data.models import Preprocessing
 
 DPI = 100
 TITLE_LINE_IN = 0.15  # inches per line of 7-pt text
 CHARS_PER_INCH = 17  # 7-pt characters per inch of a tile's width
+
+
+def _colour_tensors(prep: Preprocessing, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The weights' mean and std as [1, 3, 1, 1] tensors of x's dtype."""
+    mean = torch.tensor(prep.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype).view(1, 3, 1, 1)
+    return mean, std
+
+
+COLOURS = "colours: x * std + mean, clipped to [0, 1]"  # how `colours` shows an image
+
+
+def colours(x: Tensor, prep: Preprocessing) -> Tensor:
+    """[K, 3, H, W] normalised -> the colours x * std + mean, clipped to [0, 1]."""
+    mean, std = _colour_tensors(prep, x)
+    return (x * std + mean).clamp(0, 1)
+
+
+KERAS_DEPROCESS = (
+    "the Keras example's deprocess_image on each image's colours (x * std + mean, "
+    "not clipped): subtract the image's mean, divide by its std (+1e-5; over "
+    "colour and space), * 0.15, + 0.5, clip to [0, 1] (no border crop)"
+)
+
+
+def keras_deprocess(x: Tensor, prep: Preprocessing) -> Tensor:
+    """[K, 3, H, W] normalised -> [K, 3, H, W] in [0, 1] (`KERAS_DEPROCESS`)."""
+    mean, std = _colour_tensors(prep, x)
+    c = x.double() * std + mean
+    centred = c - c.mean(dim=(1, 2, 3), keepdim=True)
+    spread = c.std(dim=(1, 2, 3), correction=0, keepdim=True)
+    return (centred / (spread + 1e-5) * 0.15 + 0.5).clamp(0, 1).float()
+
+
+def save_tile(image: Tensor, path: Path) -> None:
+    """[3, H, W] in [0, 1] as an 8-bit PNG."""
+    save_png(image, path)
 
 
 def _tile(job: Path, name: str) -> np.ndarray:

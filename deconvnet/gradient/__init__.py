@@ -1,4 +1,4 @@
-"""The gradient family: class-score and unit maps through the whole network (DESIGN.md section 5).
+"""The gradient family: class-score and unit maps through the whole network (docs/methods.md#gradient-family).
 
 attribute (gradient / guided backprop / deconvnet), gradient_x_image, smoothgrad,
 integrated_gradients, gradcam, guided_gradcam: one contract, many targets from one forward pass.

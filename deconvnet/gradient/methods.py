@@ -1,13 +1,16 @@
 """Every gradient-family method under one name, for experiments and sweeps.
 
 explain(model, images, method, target) -> the method's map: [B, 3, H, W] for pixel maps, [B, H, W]
-for Grad-CAM. Options reach the method they belong to (samples / noise for SmoothGrad, steps for
-integrated gradients, stage for Grad-CAM).
+for Grad-CAM. Each method is registered once, in `METHODS`; the options it takes (samples / noise
+for SmoothGrad, steps for integrated gradients, stage for Grad-CAM, ...) are read from its
+function's signature (`OPTIONS`). `explain` refuses an option the method does not take;
+`options_for` picks a method's options out of one option set shared by a sweep over methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -32,17 +35,23 @@ METHODS: dict[str, Method] = {
     "integrated_gradients": integrated_gradients,
     "gradient_x_image": gradient_x_image,
 }
+# the parameters every method shares, given by `explain` itself
+EXPLAIN_PARAMETERS = ("model", "images", "target")
+
+
+def accepted_options(function: Method) -> tuple[str, ...]:
+    """The keyword options a registered method takes: its signature's parameters other than
+    model, images and target, less those its `METHODS` entry fixes (a partial's `rule`)."""
+    fixed = function.keywords if isinstance(function, partial) else {}
+    return tuple(
+        name
+        for name in inspect.signature(function).parameters
+        if name not in EXPLAIN_PARAMETERS and name not in fixed
+    )
+
+
 # which options each method takes
-OPTIONS: dict[str, tuple[str, ...]] = {
-    **{
-        name: ("samples", "noise", "squared", "seed", "batch_size")
-        for name in METHODS
-        if name.startswith("smoothgrad")
-    },
-    "gradcam": ("stage",),
-    "guided_gradcam": ("stage",),
-    "integrated_gradients": ("baseline", "steps", "batch_size"),
-}
+OPTIONS: dict[str, tuple[str, ...]] = {name: accepted_options(function) for name, function in METHODS.items()}
 
 
 def check_method(method: object) -> str:
@@ -52,8 +61,25 @@ def check_method(method: object) -> str:
     return method
 
 
+def check_options(method: str, options: Mapping[str, Any]) -> None:
+    """ValueError naming the options `method` does not take, the method, and the ones it does."""
+    unknown = [name for name in options if name not in OPTIONS[method]]
+    if unknown:
+        accepted = ", ".join(OPTIONS[method]) or "none"
+        raise ValueError(
+            f"options: method {method!r} does not take {', '.join(unknown)}; it accepts {accepted}"
+        )
+
+
+def options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of `options` that `method` takes (one option set serves a sweep over methods)."""
+    takes = OPTIONS[check_method(method)]
+    return {name: value for name, value in options.items() if name in takes}
+
+
 def explain(model: nn.Module, images: Tensor, method: str, target: object = None, **options: Any) -> Tensor:
-    """The `method`'s map of `target` for images [B, 3, H, W]. Options the method does not take
-    are ignored (so one option set serves a sweep over methods)."""
-    takes = OPTIONS.get(check_method(method), ())
-    return METHODS[method](model, images, target, **{k: v for k, v in options.items() if k in takes})
+    """The `method`'s map of `target` for images [B, 3, H, W]: [B, 3, H, W] (Grad-CAM [B, H, W]).
+    An option the method does not take is a ValueError, raised before any computation (a sweep
+    over methods passes `options_for(method, options)`)."""
+    check_options(check_method(method), options)
+    return METHODS[method](model, images, target, **options)

@@ -27,18 +27,9 @@ from torch import nn
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import as_list, check_count, check_positive, check_real, check_seed, is_int
 from deconvnet.data.models import class_names
-from deconvnet.jobs.job import (
-    GRID_FILE,
-    KERAS_DEPROCESS,
-    Job,
-    ModelRequest,
-    check_model,
-    classifier_note,
-    keras_deprocess,
-    model_header,
-    save_tile,
-    title_lines,
-)
+from deconvnet.figures.sheet import KERAS_DEPROCESS, keras_deprocess, save_tile
+from deconvnet.figures.synthesis import class_sheet
+from deconvnet.jobs.job import Job, ModelRequest, check_model, classifier_note, model_header, title_lines
 from deconvnet.optim import class_model, probe
 from deconvnet.optim.checks import check_size
 from deconvnet.optim.class_model import CLASS_REGULARIZERS
@@ -205,7 +196,8 @@ def run_class_model(
         **class_settings(plan),
         "cells": cells,
     }
-    return job.finish(result, [class_sheet(plan, job.weights, note, cells)])
+    header = title_lines("Class models (Simonyan et al. 2014)", plan.request, job.weights, note)
+    return job.finish(result, [class_sheet(header, result)])
 
 
 def class_settings(plan: ClassPlan) -> dict[str, Any]:
@@ -245,32 +237,4 @@ def class_config(plan: ClassPlan, weights: object) -> dict[str, Any]:
         "blur": plan.blur,
         "seed": plan.seed,
         "device": str(r.device),
-    }
-
-
-def class_sheet(
-    plan: ClassPlan, wdict: Mapping[str, Any], note: str | None, cells: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """grid.png: one row of class models, each titled with its class and its probability."""
-    lines = title_lines("Class models (Simonyan et al. 2014)", plan.request, wdict, note)
-    blur = f"blur {plan.blur:g} px every {BLUR_EVERY}" if plan.blur > 0 else "no blur"
-    lines.append(
-        f"{plan.size} px, {plan.steps} steps, lr {plan.lr:g}, regulariser "
-        f"{plan.regularizer} weight {plan.weight:g}, {blur}; start the mean colour; "
-        "display: Keras deprocess"
-    )
-    tiles = [
-        {
-            "file": c["file"],
-            "alarm": bool(note),
-            "title": f"{c['class']} {c['class_name']}\np(own class) = {c['probability']:.3g}"
-            + (" (random classifier)" if note else ""),
-        }
-        for c in cells
-    ]
-    return {
-        "file": GRID_FILE,
-        "title": "\n".join(lines),
-        "alarm": bool(note),
-        "rows": [{"label": "class model", "tiles": tiles}],
     }

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -42,33 +41,21 @@ from deconvnet.analysis.correspondence import (
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.validation import check_count, check_seed
 from deconvnet.data.paths import REPO_ROOT
+from deconvnet.figures.correspondence import table_markdown, write_tiles
+from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.job import (
-    COLOURS,
     Job,
     ModelRequest,
     Picture,
     check_model,
     check_pictures,
-    colours,
     model_header,
     prepare,
-    save_tile,
     title_lines,
 )
 
 BOXES_DIR = REPO_ROOT / "conf" / "correspondence"
 TABLE_FILE, SHEET_FILE = "table.md", "boxes.png"
-PALETTE = (
-    (230, 25, 75),
-    (0, 130, 200),
-    (60, 180, 75),
-    (255, 225, 25),
-    (145, 30, 180),
-    (70, 240, 240),
-    (245, 130, 48),
-    (240, 50, 230),
-)
-PALETTE_NAMES = ("red", "blue", "green", "yellow", "purple", "cyan", "orange", "magenta")
 HIDDEN_NOTE = (
     "fc6 / fc7 are RANDOM layers with HED weights (HED has no classifier): their "
     "sign changes are those of a random projection of HED's learned pool5"
@@ -206,9 +193,23 @@ def run_correspondence(
         ]
     outcome = gathered(job, plan, randoms, {layer_key(k): int(v.shape[1]) for k, v in base.items()})
     job.keep("input", x)
-    rows = tiles(job.out, plan, x.cpu(), randoms)
-    result = {
-        **model_header("correspondence", plan.request, job.weights, hidden_note(plan, job.weights)),
+    labels = [p.label for p in plan.pictures]
+    rows = write_tiles(job.out, labels, plan.boxes.parts, randoms, tile_colours(plan, x.cpu(), randoms))
+    result = correspondence_result(plan, job.weights, job.net, outcome, cells)
+    (job.out / TABLE_FILE).write_text(table_markdown(result))
+    return job.finish(result, [boxes_sheet(plan, job.weights, rows, outcome)])
+
+
+def correspondence_result(
+    plan: CorrespondencePlan,
+    wdict: Mapping[str, Any],
+    net: nn.Module,
+    outcome: Correspondence,
+    cells: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """result.json's content (before `Job.finish` adds sheets, files, config, provenance)."""
+    return {
+        **model_header("correspondence", plan.request, wdict, hidden_note(plan, wdict)),
         "settings": correspondence_settings(plan),
         "display": {"images": COLOURS},
         "images": [{"label": p.label, **p.info} for p in plan.pictures],
@@ -217,14 +218,12 @@ def run_correspondence(
             "description": plan.boxes.description,
             "image_size": plan.boxes.image_size,
         },
-        "layer_names": {layer_key(layer): layer_name(job.net, layer) for layer in plan.layers},
+        "layer_names": {layer_key(layer): layer_name(net, layer) for layer in plan.layers},
         "feature_length": outcome.feature_length,
         "table": outcome.summary(),
         "table_file": TABLE_FILE,
-        "cells": cells,
+        "cells": list(cells),
     }
-    (job.out / TABLE_FILE).write_text(table_markdown(plan, job.weights, job.net, outcome))
-    return job.finish(result, [boxes_sheet(plan, job.weights, rows, outcome)])
 
 
 def gathered(
@@ -250,6 +249,7 @@ def gathered(
 
 
 def correspondence_settings(plan: CorrespondencePlan) -> dict[str, Any]:
+    """result.json's "settings": every value used and every choice, in words."""
     return {
         "layers": list(plan.layers),
         "random_draws": plan.random_draws,
@@ -270,7 +270,7 @@ def correspondence_settings(plan: CorrespondencePlan) -> dict[str, Any]:
         "random_boxes": "per image one box of that image's part-box size, top-left uniform "
         "over the positions inside the image, may overlap the part; numpy "
         "PCG64 seeded with (seed, crc32(part), draw)",
-        "features": "deconvnet.core.probe under no_grad, Dropout as the identity, "
+        "features": "deconvnet.optim.probe under no_grad, Dropout as the identity, "
         f"{plan.batch_size} image(s) per forward pass",
     }
 
@@ -298,65 +298,20 @@ def layer_name(net: nn.Module, layer: Layer) -> str:
 # ------------------------------------------------------------------------------- the figure
 
 
-def outlined(
-    image: Tensor, boxes: Sequence[tuple[int, int, int, int]], colours_: Sequence[tuple[int, int, int]]
-) -> Image.Image:
-    """[3, S, S] in [0, 1] -> an RGB image with each box outlined (2 px, inside the box)."""
-    from deconvnet.core.display import to_pil
-
-    picture = to_pil(image)
-    draw = ImageDraw.Draw(picture)
-    for (top, left, height, width), colour in zip(boxes, colours_):
-        draw.rectangle([left, top, left + width - 1, top + height - 1], outline=colour, width=2)
-    return picture
-
-
-def _colour(k: int) -> tuple[tuple[int, int, int], str]:
-    return PALETTE[k % len(PALETTE)], PALETTE_NAMES[k % len(PALETTE)]
-
-
-def occlusion_tile(
-    out: Path, plan: CorrespondencePlan, image: Tensor, file: str, box: tuple[int, int, int, int], what: str
-) -> dict[str, Any]:
-    """Save image [1, 3, S, S] with `box` occluded (as the model sees it) -> its tile."""
-    shown = occlude(image, [box], plan.fill)
-    save_tile(colours(shown, plan.request.preprocessing)[0], out / file)
-    return {"file": file, "title": f"{what} occluded\n[top, left, h, w] = {list(box)}"}
-
-
-def tiles(out: Path, plan: CorrespondencePlan, x: Tensor, randoms: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Write each image's tiles from x [N, 3, S, S]: its part boxes outlined, then per part the
-    part occluded and the first random draw occluded -> the sheet's rows."""
-    parts = list(plan.boxes.parts)
-    rows = []
-    for k, picture in enumerate(plan.pictures):
-        name, image = f"{picture.label}__boxes.png", x[k : k + 1]
-        outlined(
-            colours(image, plan.request.preprocessing)[0],
-            [plan.boxes.parts[p][k] for p in parts],
-            [_colour(i)[0] for i in range(len(parts))],
-        ).save(out / name)
-        legend = ", ".join(f"{p.replace('_', ' ')} {_colour(i)[1]}" for i, p in enumerate(parts))
-        row = [{"file": name, "title": f"{picture.label}: {legend}"}]
-        for part in parts:
-            label = part.replace("_", " ")
-            row.append(
-                occlusion_tile(
-                    out, plan, image, f"{picture.label}__{part}__part.png", plan.boxes.parts[part][k], label
-                )
-            )
-            row.append(
-                occlusion_tile(
-                    out,
-                    plan,
-                    image,
-                    f"{picture.label}__{part}__random0.png",
-                    randoms[part][0][k],
-                    f"random box (draw 0), {label}'s size",
-                )
-            )
-        rows.append({"label": picture.label, "tiles": row})
-    return rows
+def tile_colours(plan: CorrespondencePlan, x: Tensor, randoms: Mapping[str, Any]) -> list[dict[str, Tensor]]:
+    """Each image of x [N, 3, S, S] as the tiles show it, colours [3, S, S]: "boxes" the image,
+    "<part>__part" / "<part>__random0" with the part's box / the first random draw's box occluded
+    (as the model sees it)."""
+    prep = plan.request.preprocessing
+    views = []
+    for k in range(x.shape[0]):
+        image = x[k : k + 1]
+        view = {"boxes": colours(image, prep)[0]}
+        for part, boxes in plan.boxes.parts.items():
+            view[f"{part}__part"] = colours(occlude(image, [boxes[k]], plan.fill), prep)[0]
+            view[f"{part}__random0"] = colours(occlude(image, [randoms[part][0][k]], plan.fill), prep)[0]
+        views.append(view)
+    return views
 
 
 def hidden_note(plan: CorrespondencePlan, wdict: Mapping[str, Any]) -> str | None:
@@ -396,95 +351,3 @@ def boxes_sheet(
         "alarm": wdict.get("weights") == "random",
         "rows": rows,
     }
-
-
-# -------------------------------------------------------------------------------- the table
-
-
-def _pm(mean: float, std: float, digits: int = 4) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def table_markdown(
-    plan: CorrespondencePlan, wdict: Mapping[str, Any], net: nn.Module, outcome: Correspondence
-) -> str:
-    """table.md: what the images are, the model and weights, the normalised table (the paper's
-    form) and the raw Delta table, with every choice stated."""
-    from deconvnet.data.models import weights_label
-
-    summary, keys = outcome.summary(), [layer_key(layer) for layer in plan.layers]
-    names = [layer_name(net, layer) for layer in plan.layers]
-    n, note = len(plan.pictures), hidden_note(plan, wdict)
-    lines = [
-        "# Correspondence analysis (Zeiler & Fergus 2014, Sec. 5, Table 1)",
-        "",
-        f"**Images: {plan.boxes.description} ({', '.join(p.label for p in plan.pictures)})"
-        f" — {n} images, NOT the paper's 5 dog images.** Boxes: `{plan.boxes.source}`, in "
-        f"pixels of the {plan.boxes.image_size}x{plan.boxes.image_size} view the model sees.",
-        "",
-        f"Model: {plan.request.name}, {weights_label(wdict)}.",
-    ]
-    if note:
-        lines += ["", f"**Note: {note}.**"]
-    lines += [
-        "",
-        "eps_i = x_i - x~_i (features of image i minus those with the part occluded, "
-        f"occluder = {plan.fill:g} in the normalised input, the mean colour); "
-        "Delta_l = sum over ordered pairs i != j of the Hamming distance between "
-        "sign(eps_i) and sign(eps_j), sign(0) = 0. Lower = the occlusion changes the "
-        "features more consistently across images. Random: each image's box moved to a "
-        f"uniformly random position inside the image (same size; may overlap the part), "
-        f"{plan.random_draws} draws, seed {plan.seed}.",
-        "",
-        "## Normalised Delta = Delta / (N (N - 1) D) (the paper's form)",
-        "",
-        "Part rows: mean ± population std over the "
-        f"{n * (n - 1) // 2} image pairs of H / D; random rows: mean ± population std over "
-        "the draws of the draw's normalised Delta.",
-        "",
-        "| occlusion | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for part in outcome.parts:
-        row = summary[part]
-        label = part.replace("_", " ")
-        lines.append(
-            f"| {label} | "
-            + " | ".join(_pm(row[k]["normalized_mean"], row[k]["normalized_std"]) for k in keys)
-            + " |"
-        )
-        lines.append(
-            f"| random, {label}'s box sizes | "
-            + " | ".join(
-                _pm(row[k]["random"]["normalized_mean"], row[k]["random"]["normalized_std"]) for k in keys
-            )
-            + " |"
-        )
-    lines += [
-        "",
-        "## Delta (sum over i != j; = 2 x the sum over i < j)",
-        "",
-        "| occlusion | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for part in outcome.parts:
-        row = summary[part]
-        label = part.replace("_", " ")
-        lines.append(f"| {label} | " + " | ".join(str(row[k]["delta"]) for k in keys) + " |")
-        lines.append(
-            f"| random, {label}'s box sizes | "
-            + " | ".join(_pm(row[k]["random"]["delta_mean"], row[k]["random"]["delta_std"], 1) for k in keys)
-            + " |"
-        )
-    lines += [
-        "",
-        "Feature length D: "
-        + ", ".join(f"{name} {outcome.feature_length[k]}" for name, k in zip(names, keys))
-        + ".",
-        "",
-        "The paper (5 dogs, its own ImageNet-trained model) finds the parts lower than random "
-        "occlusion at layer 5 and the two close at layer 7; compare the pattern, not the "
-        "numbers (other images, other model and weights).",
-        "",
-    ]
-    return "\n".join(lines)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from deconvnet.core.validation import check_int
+
+if TYPE_CHECKING:
+    from deconvnet.data.models import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +97,11 @@ def make_dataset(data: Mapping[str, Any] | None, model: nn.Module, progress: boo
     all bundled photos); folder: `ImageFolderDataset(root)` (unreadable files skipped and named).
     `limit`: keep only the first N images. Raises ValueError / FileNotFoundError.
     """
-    from deconvnet.data import datasets
     from deconvnet.data.models import preprocessing
 
     data = check_data(data)
     prep = preprocessing(model)
-    if data["kind"] == "samples":
-        kwargs: dict[str, Any] = {
-            "size": data.get("size") or prep.crop_size,
-            "transform": datasets.normalize_transform(prep.mean, prep.std),
-            "flips": bool(data.get("flips", True)),
-        }
-        if data.get("photos") is not None:
-            kwargs["photos"] = [str(p) for p in data["photos"]]
-        dataset = datasets.SampleGallery(**kwargs)
-        label = "sample gallery (photos bundled with scikit-image and matplotlib)"
-        root = None
-    else:
-        root = Path(str(data["root"])).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"data.root: {root} is not an existing folder")
-        dataset = datasets.ImageFolderDataset(
-            root, preprocessing=prep, full_decode=bool(data.get("full_decode", False)), progress=progress
-        )
-        label = f"image folder {root.name or root}"
+    dataset, label, root = _open_dataset(data, prep, progress)
     available = len(dataset)
     if data.get("limit") is not None:
         dataset = FirstImages(dataset, int(data["limit"]))
@@ -135,23 +119,55 @@ def make_dataset(data: Mapping[str, Any] | None, model: nn.Module, progress: boo
         "limit": data.get("limit"),
         "skipped_count": len(skipped),
         "skipped": skipped,
-        "preprocessing": {
+        "preprocessing": _preprocessing_summary(data, prep),
+        "config": {k: v for k, v in data.items()},
+    }
+    return dataset, summary
+
+
+def _open_dataset(
+    data: Mapping[str, Any], prep: Preprocessing, progress: bool
+) -> tuple[Any, str, Path | None]:
+    """(dataset, label, root or None) of a checked data config, read with `prep` (the weights'
+    `Preprocessing`): the sample gallery, or the image folder at data.root."""
+    from deconvnet.data import datasets
+
+    if data["kind"] == "samples":
+        kwargs: dict[str, Any] = {
+            "size": data.get("size") or prep.crop_size,
+            "transform": datasets.normalize_transform(prep.mean, prep.std),
+            "flips": bool(data.get("flips", True)),
+        }
+        if data.get("photos") is not None:
+            kwargs["photos"] = [str(p) for p in data["photos"]]
+        dataset = datasets.SampleGallery(**kwargs)
+        return dataset, "sample gallery (photos bundled with scikit-image and matplotlib)", None
+    root = Path(str(data["root"])).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: {root} is not an existing folder")
+    dataset = datasets.ImageFolderDataset(
+        root, preprocessing=prep, full_decode=bool(data.get("full_decode", False)), progress=progress
+    )
+    return dataset, f"image folder {root.name or root}", root
+
+
+def _preprocessing_summary(data: Mapping[str, Any], prep: Preprocessing) -> dict[str, Any]:
+    """How the images were read, for result.json: the weights' eval preprocessing (folder), or
+    the gallery's resize to size x size and normalisation (samples)."""
+    if data["kind"] == "folder":
+        return {
             "resize_size": prep.resize_size,
             "crop_size": prep.crop_size,
             "mean": list(prep.mean),
             "std": list(prep.std),
         }
-        if data["kind"] == "folder"
-        else {
-            "note": "gallery views cut square and resized to size x size (no resize/center-crop), "
-            "normalised with the weights' mean/std",
-            "size": kwargs["size"],
-            "mean": list(prep.mean),
-            "std": list(prep.std),
-        },
-        "config": {k: v for k, v in data.items()},
+    return {
+        "note": "gallery views cut square and resized to size x size (no resize/center-crop), "
+        "normalised with the weights' mean/std",
+        "size": data.get("size") or prep.crop_size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
     }
-    return dataset, summary
 
 
 def shard_range(images: int, shard: int, num_shards: int, batch_size: int = 1) -> tuple[int, int]:

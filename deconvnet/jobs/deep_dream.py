@@ -25,19 +25,17 @@ from torch import Tensor, nn
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import min_input_size
 from deconvnet.core.validation import check_count, check_positive, check_seed, is_int
+from deconvnet.figures.sheet import COLOURS, colours, save_tile
+from deconvnet.figures.synthesis import dream_sheet
 from deconvnet.jobs.job import (
-    COLOURS,
-    GRID_FILE,
     Job,
     ModelRequest,
     Picture,
     check_image_size,
     check_model,
     check_pictures,
-    colours,
     model_header,
     prepare,
-    save_tile,
     title_lines,
 )
 from deconvnet.optim import deep_dream, probe
@@ -223,7 +221,7 @@ def run_deep_dream(
         "data": {"label": "images: " + ", ".join(str(p.info["source"]) for p in plan.pictures)},
         "cells": cells,
     }
-    return job.finish(result, [dream_sheet(plan, job.weights, cells)])
+    return job.finish(result, [dream_sheet(dream_title(plan, job.weights), result)])
 
 
 def dream_settings(plan: DreamPlan) -> dict[str, Any]:
@@ -261,33 +259,8 @@ def dream_config(plan: DreamPlan, weights: object) -> dict[str, Any]:
     }
 
 
-def dream_sheet(
-    plan: DreamPlan, wdict: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """grid.png: a row per image, input | dream, titled with the energies."""
+def dream_title(plan: DreamPlan, wdict: Mapping[str, Any]) -> list[str]:
+    """The sheet title's first lines: Deep Dream at the stage (or one channel), the model, its weights."""
     name = stage_of(plan.request.skeleton, plan.stage).name
     what = f"stage {plan.stage} ({name})" + ("" if plan.channel is None else f" channel {plan.channel}")
-    lines = title_lines(f"Deep Dream at {what}", plan.request, wdict)
-    lines.append(
-        f"{plan.octaves} octaves of scale {plan.scale:g}, {plan.steps} steps each, "
-        f"step {plan.step_size:g}/mean|g|, jitter {plan.jitter} px, seed {plan.seed}; "
-        f"{plan.size} px"
-    )
-    rows = []
-    for c in cells:
-        ratio = "" if c["energy_ratio"] is None else f" (x{c['energy_ratio']:.3g})"
-        rows.append(
-            {
-                "label": c["image"],
-                "tiles": [
-                    {"file": c["input_file"], "title": f"input\nenergy {c['energy_before']:.4g}"},
-                    {"file": c["file"], "title": f"dream\nenergy {c['energy_after']:.4g}{ratio}"},
-                ],
-            }
-        )
-    return {
-        "file": GRID_FILE,
-        "title": "\n".join(lines),
-        "alarm": wdict.get("weights") == "random",
-        "rows": rows,
-    }
+    return title_lines(f"Deep Dream at {what}", plan.request, wdict)

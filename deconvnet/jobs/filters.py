@@ -13,9 +13,9 @@ L2-normalised ascent), twice:
                  prior and only the transforms are added (pixel regularisers need pixels).
 
 Each variant's images are laid out as in the Keras example: n x n tiles (n = ceil(sqrt(K))),
-small black gaps, each image shown with the example's deprocess (`job.KERAS_DEPROCESS`). Files:
-`stage<s>__<variant>.png` (the mosaic), `grid.png` (rows = stages, plain | regularized),
-images.npz, result.json, config.yaml.
+small black gaps, each image shown with the example's deprocess (`figures.sheet.KERAS_DEPROCESS`;
+drawn by `figures.synthesis`). Files: `stage<s>__<variant>.png` (the mosaic), `grid.png` (rows =
+stages, plain | regularized), images.npz, result.json, config.yaml.
 
 result.json also says how strongly each image excites its own channel compared with natural
 photos: the channel's spatial mean on the image (the objective, border 0) against that channel's
@@ -26,7 +26,6 @@ to `size`), both read with `deconvnet.core.probe`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +36,12 @@ import torch
 from torch import Tensor, nn
 
 from deconvnet.core.architecture import stage as stage_of
-from deconvnet.core.display import tile_grid
 from deconvnet.core.validation import as_list, check_count, check_positive, check_seed, check_stages, is_int
 from deconvnet.data.images import open_image
 from deconvnet.data.samples import sample_names
-from deconvnet.jobs.job import (
-    GRID_FILE,
-    KERAS_DEPROCESS,
-    Job,
-    ModelRequest,
-    check_model,
-    keras_deprocess,
-    model_header,
-    prepare,
-    save_tile,
-    title_lines,
-)
+from deconvnet.figures.sheet import KERAS_DEPROCESS, save_tile
+from deconvnet.figures.synthesis import filters_mosaic, filters_sheet
+from deconvnet.jobs.job import Job, ModelRequest, check_model, model_header, prepare, title_lines
 from deconvnet.optim import Jitter, Pad, probe, visualize_filters
 from deconvnet.optim.checks import check_channels, check_param, check_size
 
@@ -224,14 +213,6 @@ def filters_cell(
     return {"images": images.numpy(), "history": made.history.numpy()}, record
 
 
-def mosaic(images: Tensor, plan: FiltersPlan) -> Tensor:
-    """[K, 3, S, S] -> the Keras example's n x n layout [3, H, W] with black gaps."""
-    n = math.ceil(math.sqrt(images.shape[0]))
-    rows = math.ceil(images.shape[0] / n)
-    gap = max(2, plan.size // 32)
-    return tile_grid(keras_deprocess(images, plan.request.preprocessing), rows, n, pad=gap, fill=0.0)
-
-
 def run_filters(
     out_dir: str | Path,
     model: str = "vgg16",
@@ -270,7 +251,10 @@ def run_filters(
                     )
                 )
     for cell in cells:
-        save_tile(mosaic(job.images(cell["key"]), plan), job.out / cell["file"])
+        save_tile(
+            filters_mosaic(job.images(cell["key"]), plan.request.preprocessing, plan.size),
+            job.out / cell["file"],
+        )
     result = {
         **model_header("filters", plan.request, job.weights),
         **filters_settings(plan),
@@ -281,7 +265,9 @@ def run_filters(
         },
         "cells": cells,
     }
-    return job.finish(result, [filters_sheet(plan, job.weights, cells)])
+    header = title_lines("Filter visualisations (activation maximisation)", plan.request, job.weights)
+    titles = {v: describe_variant(v, plan.size, plan.param, short=True) for v in VARIANTS}
+    return job.finish(result, [filters_sheet(header, result, plan.request.skeleton, titles)])
 
 
 def filters_config(plan: FiltersPlan, weights: object) -> dict[str, Any]:
@@ -322,48 +308,4 @@ def filters_settings(plan: FiltersPlan) -> dict[str, Any]:
         "excitation_measure": "channel's spatial mean on the image / its mean over the sample "
         "photos (ratio, per image); counts above the photos' mean and "
         "max",
-    }
-
-
-def _channel_text(channels: Sequence[int]) -> str:
-    if list(channels) == list(range(channels[0], channels[0] + len(channels))):
-        return f"channels {channels[0]}-{channels[-1]}"
-    return "channels " + ", ".join(map(str, channels))
-
-
-def _tile_title(cell: Mapping[str, Any], plan: FiltersPlan) -> str:
-    e = cell["excitation"]
-    median = "n/a" if e["median_ratio"] is None else f"{e['median_ratio']:.3g}x"
-    k = len(cell["channels"])
-    return (
-        f"{describe_variant(cell['variant'], plan.size, plan.param, short=True)}\n"
-        f"own channel: median {median} the photos' mean; "
-        f"{e['above_photos_max']}/{k} above the photos' max"
-    )
-
-
-def filters_sheet(
-    plan: FiltersPlan, wdict: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """grid.png: rows = stages, plain | regularized mosaics."""
-    lines = title_lines("Filter visualisations (activation maximisation)", plan.request, wdict)
-    lines.append(
-        f"{plan.size} px, {plan.steps} steps, lr {plan.lr:g}, param {plan.param}, "
-        f"seed {plan.seed}; start grey noise; display: Keras deprocess per image"
-    )
-    rows = []
-    for stage in plan.stages:
-        own = [c for c in cells if c["stage"] == stage]
-        name = stage_of(plan.request.skeleton, stage).name
-        rows.append(
-            {
-                "label": f"stage {stage} ({name})\n{_channel_text(own[0]['channels'])}",
-                "tiles": [{"file": c["file"], "title": _tile_title(c, plan)} for c in own],
-            }
-        )
-    return {
-        "file": GRID_FILE,
-        "title": "\n".join(lines),
-        "alarm": wdict.get("weights") == "random",
-        "rows": rows,
     }

@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import check_count, check_positive, check_real, check_seed
-from deconvnet.data.models import Preprocessing, class_names
+from deconvnet.data.models import class_names
+from deconvnet.figures.sheet import COLOURS, colours, save_tile
+from deconvnet.figures.synthesis import fooling_difference, fooling_sheet
 from deconvnet.jobs.class_model import check_class_list
 from deconvnet.jobs.job import (
-    COLOURS,
-    GRID_FILE,
     Job,
     ModelRequest,
     Picture,
@@ -41,10 +40,8 @@ from deconvnet.jobs.job import (
     check_model,
     check_pictures,
     classifier_note,
-    colours,
     model_header,
     prepare,
-    save_tile,
     title_lines,
 )
 from deconvnet.optim import fooling_image
@@ -152,13 +149,6 @@ def fooling_cell(
     return arrays, record
 
 
-def difference(fooled: Tensor, image: Tensor, prep: Preprocessing, amplify: float) -> Tensor:
-    """[1, 3, H, W] pair (normalised) -> 0.5 + amplify * their difference in [0, 1] colour
-    units, clipped: [3, H, W]."""
-    std = torch.tensor(prep.std, dtype=fooled.dtype).view(1, 3, 1, 1)
-    return (0.5 + amplify * (fooled - image) * std).clamp(0, 1)[0]
-
-
 def run_fooling(
     out_dir: str | Path,
     model: str = "vgg16",
@@ -207,7 +197,10 @@ def run_fooling(
         "all_reached": all(c["reached"] for c in cells),
         "cells": cells,
     }
-    return job.finish(result, [fooling_sheet(plan, job.weights, note, names, cells)])
+    header = title_lines(
+        f"Fooling images towards class {plan.target} ({names[plan.target]})", plan.request, job.weights, note
+    )
+    return job.finish(result, [fooling_sheet(header, result, names)])
 
 
 def write_tiles(job: Job, plan: FoolingPlan, cells: Sequence[Mapping[str, Any]]) -> None:
@@ -217,7 +210,7 @@ def write_tiles(job: Job, plan: FoolingPlan, cells: Sequence[Mapping[str, Any]])
         image, fooled = job.images(cell["key"], "input"), job.images(cell["key"])
         save_tile(colours(image, prep)[0], job.out / cell["input_file"])
         save_tile(colours(fooled, prep)[0], job.out / cell["file"])
-        save_tile(difference(fooled, image, prep, plan.amplify), job.out / cell["difference_file"])
+        save_tile(fooling_difference(fooled, image, prep, plan.amplify), job.out / cell["difference_file"])
 
 
 def fooling_settings(plan: FoolingPlan, names: Sequence[str]) -> dict[str, Any]:
@@ -247,56 +240,4 @@ def fooling_config(plan: FoolingPlan, weights: object) -> dict[str, Any]:
         "amplify": plan.amplify,
         "seed": plan.seed,
         "device": str(r.device),
-    }
-
-
-def _row(plan: FoolingPlan, names: Sequence[str], cell: Mapping[str, Any]) -> dict[str, Any]:
-    r, target = cell["report"], names[plan.target]
-    outcome = (
-        f"p({target}) = {r['probability_after']:.3g} after {r['steps_taken']} steps"
-        if cell["reached"]
-        else f"NOT REACHED {plan.confidence:g}: p({target}) = {r['probability_after']:.3g} "
-        f"after {plan.steps} steps"
-    )
-    return {
-        "label": cell["image"],
-        "tiles": [
-            {
-                "file": cell["input_file"],
-                "title": f"image: p({target}) = {r['probability_before']:.3g}\n"
-                f"predicted {names[r['predicted_before']]}",
-            },
-            {
-                "file": cell["file"],
-                "alarm": not cell["reached"],
-                "title": f"fooling image: {outcome}\npredicted {names[r['predicted_after']]}",
-            },
-            {
-                "file": cell["difference_file"],
-                "title": f"difference x{plan.amplify:g} (grey = 0)\nL-inf {r['linf_colour']:.3g}, "
-                f"L2 {r['l2_colour']:.3g} (colour 0..1)",
-            },
-        ],
-    }
-
-
-def fooling_sheet(
-    plan: FoolingPlan,
-    wdict: Mapping[str, Any],
-    note: str | None,
-    names: Sequence[str],
-    cells: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    """grid.png: a row per image, image | fooling image | difference."""
-    target = f"class {plan.target} ({names[plan.target]})"
-    lines = title_lines(f"Fooling images towards {target}", plan.request, wdict, note)
-    lines.append(
-        f"confidence {plan.confidence:g}, at most {plan.steps} steps of lr {plan.lr:g} "
-        f"(L2-normalised ascent on log p), colours kept valid; {plan.size} px"
-    )
-    return {
-        "file": GRID_FILE,
-        "title": "\n".join(lines),
-        "alarm": bool(note) or not all(c["reached"] for c in cells),
-        "rows": [_row(plan, names, c) for c in cells],
     }

@@ -33,21 +33,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvnet.analysis import invariance as inv
 from deconvnet.core.architecture import stage as stage_of
-from deconvnet.core.display import save_png, tile_grid
 from deconvnet.core.probe import point_key
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import as_list, check_count
 from deconvnet.data.models import class_names
+from deconvnet.figures.invariance import draw_examples, draw_invariance, examples_file
+from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.checkpoints import CONFIG_FILE
 from deconvnet.jobs.class_model import check_class_list
 from deconvnet.jobs.files import provenance, write_json
 from deconvnet.jobs.job import (
-    COLOURS,
     RESULT_FILE,
     Job,
     ModelRequest,
@@ -56,7 +55,6 @@ from deconvnet.jobs.job import (
     check_model,
     check_pictures,
     classifier_note,
-    colours,
     jsonable,
     model_header,
     prepare,
@@ -68,16 +66,8 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "invariance"
 FIGURE_FILE, ARRAYS_FILE = "invariance.png", "invariance.npz"
 DEFAULT_IMAGES = ("cat", "coffee", "motorcycle", "astronaut", "horse")
-ROW_NAMES = {"translate": "vertical translation", "scale": "scale", "rotate": "rotation"}
-AXIS = {
-    "translate": "vertical translation (pixels, > 0: down)",
-    "scale": "scale (ratio)",
-    "rotate": "rotation (degrees, counter-clockwise)",
-}
 # fc6 / fc7 of a model whose classifier is random (HED): learned pool5 maps, randomly projected
 RANDOM_HIDDEN_NOTE = "a RANDOM layer (the classifier's weights are random)"
-THUMB = 64  # column (a)'s tiles at most this many pixels a side
-DPI = 100
 
 
 @dataclass(frozen=True)
@@ -258,8 +248,8 @@ def run_invariance(
         "cells": cells,
         "figure": figure_spec(plan, job.weights, note),
     }
-    for cell in cells:
-        save_png(examples(x.cpu(), plan, cell["transform"]), job.out / examples_file(cell["transform"]))
+    for t in plan.transforms:
+        draw_examples(job.out / examples_file(t), example_tiles(x.cpu(), plan, t))
     return finish(job, result, x)
 
 
@@ -358,30 +348,14 @@ def invariance_config(plan: InvariancePlan, weights: object) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ figure
 
 
-def examples_file(transform: str) -> str:
-    """Column (a)'s PNG of one transformation."""
-    return f"{transform}_examples.png"
-
-
-def shown_indices(count: int, shown: int) -> list[int]:
-    """`shown` indices spread evenly over 0..count-1, both ends included (fewer if count is)."""
-    return sorted({int(round(i)) for i in np.linspace(0, count - 1, min(shown, count))})
-
-
-def examples(x: Tensor, plan: InvariancePlan, transform: str) -> Tensor:
-    """x [B, 3, S, S] -> column (a): [3, H, W] in [0, 1], rows = images, columns = the amounts
-    shown, each image transformed as for the curves, shown as its colours, at most THUMB pixels
-    a side."""
+def example_tiles(x: Tensor, plan: InvariancePlan, transform: str) -> Tensor:
+    """x [B, 3, S, S] -> column (a)'s tiles [B, P, 3, S, S] in [0, 1]: each image under the P
+    amounts shown, transformed as for the curves, shown as its colours."""
     values = plan.values[transform]
-    picks = [values[i] for i in shown_indices(len(values), plan.shown)]
+    picks = [values[i] for i in inv.shown_indices(len(values), plan.shown)]
     count = x.shape[0]
     moved = inv.transform_images(x.repeat_interleave(len(picks), dim=0), transform, picks * count, plan.fill)
-    tiles = colours(moved.float(), plan.request.preprocessing)
-    side = min(THUMB, plan.size)
-    tiles = F.interpolate(
-        tiles, size=(side, side), mode="bilinear", antialias=True, align_corners=False
-    ).clamp(0, 1)
-    return tile_grid(tiles, count, len(picks), pad=2, fill=1.0)
+    return colours(moved.float(), plan.request.preprocessing).unflatten(0, (count, len(picks)))
 
 
 def layer_name(skeleton: nn.Module, layer: int | str) -> str:
@@ -426,57 +400,6 @@ def figure_spec(plan: InvariancePlan, wdict: Mapping[str, Any], note: str | None
         "column_alarms": alarms,
         "layers": [point_key(layer) for layer in plan.layers],
     }
-
-
-def draw_invariance(job_dir: str | Path, result: Mapping[str, Any]) -> Path:
-    """Draw the 3 x 4 figure (rows: transformations; columns: examples, one distance per
-    layer, probability) from result.json's content and the example PNGs in `job_dir`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
-
-    job, spec, cells = Path(job_dir), result["figure"], result["cells"]
-    labels = [image["label"] for image in result["images"]]
-    cols = len(spec["columns"])
-    fig = Figure(figsize=(3.6 * cols, 2.9 * len(cells) + 0.8), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(cells), cols, squeeze=False)
-    for i, cell in enumerate(cells):
-        t, values = cell["transform"], cell["values"]
-        with Image.open(job / examples_file(t)) as im:
-            axes[i][0].imshow(np.asarray(im.convert("RGB")))
-        picks = [values[k] for k in shown_indices(len(values), result["settings"]["shown"])]
-        _example_axes(axes[i][0], picks, labels, ROW_NAMES[t], im.size)
-        series = [cell["distance"][layer] for layer in spec["layers"]] + [cell["probability"]]
-        for j, curves in enumerate(series, start=1):
-            ax = axes[i][j]
-            for label, curve in zip(labels, curves):
-                ax.plot(values, curve, marker="o", markersize=3, linewidth=1.2, label=label)
-            ax.set_xlabel(AXIS[t], fontsize=8)
-            ax.set_ylabel("P(label)" if j == cols - 1 else "Euclidean distance", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-        axes[i][1].legend(fontsize=7)
-    for j, (heading, alarm) in enumerate(zip(spec["columns"], spec["column_alarms"])):
-        axes[0][j].set_title(heading, fontsize=8, color="darkred" if alarm else "black")
-    fig.suptitle(spec["title"], fontsize=8, color="darkred" if spec["alarm"] else "black")
-    path = job / spec["file"]
-    fig.savefig(path, facecolor="white", metadata={"Software": None})
-    return path
-
-
-def _example_axes(
-    ax: Any, picks: Sequence[float], labels: Sequence[str], row: str, size: tuple[int, int]
-) -> None:
-    """Column (a)'s ticks: the amounts under the columns, the image names beside the rows."""
-    width, height = size
-    tile_w = (width - 2 * (len(picks) - 1)) / len(picks)
-    tile_h = (height - 2 * (len(labels) - 1)) / len(labels)
-    ax.set_xticks(
-        [(tile_w + 2) * k + tile_w / 2 for k in range(len(picks))], [f"{v:g}" for v in picks], fontsize=7
-    )
-    ax.set_yticks([(tile_h + 2) * k + tile_h / 2 for k in range(len(labels))], labels, fontsize=7)
-    ax.set_ylabel(row, fontsize=9)
 
 
 def render_invariance(job_dir: str | Path) -> Path:

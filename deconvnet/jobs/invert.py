@@ -18,22 +18,19 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.probe import point_key
 from deconvnet.core.validation import check_count, check_positive, check_real, check_seed, check_stages
+from deconvnet.figures.sheet import COLOURS, colours, save_tile
+from deconvnet.figures.synthesis import invert_sheet
 from deconvnet.jobs.job import (
-    COLOURS,
-    GRID_FILE,
     Job,
     ModelRequest,
     Picture,
     check_image_size,
     check_model,
     check_pictures,
-    colours,
     model_header,
     prepare,
-    save_tile,
     title_lines,
 )
 from deconvnet.optim import invert
@@ -166,7 +163,8 @@ def run_invert(
         "data": {"label": f"image: {plan.picture.info['source']}"},
         "cells": cells,
     }
-    return job.finish(result, [invert_sheet(plan, job.weights, cells)])
+    header = title_lines("Inverted representations (Mahendran & Vedaldi 2015)", plan.request, job.weights)
+    return job.finish(result, [invert_sheet(header, result, plan.request.skeleton)])
 
 
 def invert_settings(plan: InvertPlan) -> dict[str, Any]:
@@ -199,35 +197,4 @@ def invert_config(plan: InvertPlan, weights: object) -> dict[str, Any]:
         "jitter": plan.jitter,
         "seed": plan.seed,
         "device": str(r.device),
-    }
-
-
-def _point_name(plan: InvertPlan, point: int | str) -> str:
-    if isinstance(point, str):
-        return point
-    return f"stage {point} ({stage_of(plan.request.skeleton, point).name})"
-
-
-def invert_sheet(
-    plan: InvertPlan, wdict: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """grid.png: one row, input | inversion per stage, titled with the feature error."""
-    lines = title_lines("Inverted representations (Mahendran & Vedaldi 2015)", plan.request, wdict)
-    lines.append(
-        f"{plan.picture.label} at {plan.size} px; Adam lr {plan.lr:g} (cosine), "
-        f"{plan.steps} steps, alpha-norm + TV prior, start grey noise seed {plan.seed}"
-    )
-    tiles = [{"file": "input.png", "title": f"input\n{plan.picture.label}"}]
-    tiles += [
-        {
-            "file": c["file"],
-            "title": f"from {_point_name(plan, c['stage'])}\nfeature error {c['feature_error']:.3g}",
-        }
-        for c in cells
-    ]
-    return {
-        "file": GRID_FILE,
-        "title": "\n".join(lines),
-        "alarm": wdict.get("weights") == "random",
-        "rows": [{"label": plan.picture.label, "tiles": tiles}],
     }

@@ -1,6 +1,7 @@
 """What the five optimisation-family experiments share: checking the model request before anything
-is built, checking common values, the input images, the displays, and `Job`, one job folder being
-written cell by cell (checkpoints in `partial/`, config.yaml, images.npz, the sheets, result.json).
+is built, checking common values, the input images, and `Job`, one job folder being written cell
+by cell (checkpoints in `partial/`, config.yaml, images.npz, the sheets, result.json). The
+displays and the sheets are drawn by `deconvnet.figures.sheet` and `deconvnet.figures.synthesis`.
 
 Files of every job: `config.yaml` (the resolved config), `result.json` (experiment, model, weights
 and `weights_label`, every setting, each cell's record with its `Optimized.settings`,
@@ -30,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deconvnet.core.validation import as_list
 from deconvnet.data.images import describe_image, open_image, preprocess
-from deconvnet.data.models import Preprocessing, weights_label
+from deconvnet.data.models import weights_label
 from deconvnet.figures.sheet import draw_sheet
 from deconvnet.jobs.checkpoints import CONFIG_FILE, Checkpoints
 from deconvnet.jobs.files import provenance, write_json, write_yaml
@@ -39,7 +40,7 @@ from deconvnet.jobs.saliency import RANDOM_CLASSIFIER_NOTE, classifier_is_random
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE, IMAGES_FILE, GRID_FILE = "result.json", "images.npz", "grid.png"
+RESULT_FILE, IMAGES_FILE = "result.json", "images.npz"
 Compute = Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
 
 
@@ -135,47 +136,6 @@ def prepare(image: Image.Image, model: str | nn.Module, size: int) -> Tensor:
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x
-
-
-# ----------------------------------------------------------------------------------- display
-
-
-def _colour_tensors(prep: Preprocessing, x: Tensor) -> tuple[Tensor, Tensor]:
-    mean = torch.tensor(prep.mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, dtype=x.dtype).view(1, 3, 1, 1)
-    return mean, std
-
-
-COLOURS = "colours: x * std + mean, clipped to [0, 1]"  # how `colours` shows an image
-
-
-def colours(x: Tensor, prep: Preprocessing) -> Tensor:
-    """[K, 3, H, W] normalised -> the colours x * std + mean, clipped to [0, 1]."""
-    mean, std = _colour_tensors(prep, x)
-    return (x * std + mean).clamp(0, 1)
-
-
-KERAS_DEPROCESS = (
-    "the Keras example's deprocess_image on each image's colours (x * std + mean, "
-    "not clipped): subtract the image's mean, divide by its std (+1e-5; over "
-    "colour and space), * 0.15, + 0.5, clip to [0, 1] (no border crop)"
-)
-
-
-def keras_deprocess(x: Tensor, prep: Preprocessing) -> Tensor:
-    """[K, 3, H, W] normalised -> [K, 3, H, W] in [0, 1] (`KERAS_DEPROCESS`)."""
-    mean, std = _colour_tensors(prep, x)
-    c = x.double() * std + mean
-    centred = c - c.mean(dim=(1, 2, 3), keepdim=True)
-    spread = c.std(dim=(1, 2, 3), correction=0, keepdim=True)
-    return (centred / (spread + 1e-5) * 0.15 + 0.5).clamp(0, 1).float()
-
-
-def save_tile(image: Tensor, path: Path) -> None:
-    """[3, H, W] in [0, 1] as an 8-bit PNG."""
-    from deconvnet.core.display import save_png
-
-    save_png(image, path)
 
 
 def jsonable(value: Any) -> Any:

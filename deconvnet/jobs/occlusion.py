@@ -13,7 +13,6 @@ raw map: `<image>__probability` etc.), result.json, config.yaml.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,11 @@ from torch import Tensor, nn
 
 from deconvnet.analysis.occlusion import check_method, check_occluder, occlusion
 from deconvnet.analysis.scan import scan_topk
-from deconvnet.core.display import tile_grid, to_display
 from deconvnet.core.reconstruct import reconstruct
 from deconvnet.core.validation import check_count, is_int
 from deconvnet.data.models import class_names, weights_label
+from deconvnet.figures.occlusion import draw_occlusion
+from deconvnet.figures.sheet import colours, save_tile
 from deconvnet.jobs.data_config import check_data, make_dataset, require_whole_dataset
 from deconvnet.jobs.job import (
     Job,
@@ -38,10 +38,8 @@ from deconvnet.jobs.job import (
     check_model,
     check_pictures,
     classifier_note,
-    colours,
     model_header,
     prepare,
-    save_tile,
 )
 
 FIGURE_FILE = "occlusion.png"
@@ -218,22 +216,43 @@ def run_occlusion(
     job = Job(out_dir, "occlusion", plan.request, config, len(plan.pictures) + 1, progress)
     with job.progress():
         scanned = job.cell("scan", lambda: scan_cell(job.net, plan, progress))
-        top = job.done.arrays("scan")
-        dataset, _ = make_dataset(plan.data, job.net, progress)
-        rows = []
-        for picture in plan.pictures:
-            x = prepare(picture.image, job.net, plan.size).to(plan.request.device)
-            cell = job.cell(picture.label, lambda: image_cell(job.net, plan, x, dataset, top, progress))
-            colours_x = colours(x.cpu(), plan.request.preprocessing)[0]
-            save_tile(colours_x, job.out / f"input_{picture.label}.png")
-            job.keep(f"{picture.label}__input", x)
-            rows.append(
-                {**cell, "label": picture.label, "input": colours_x, "arrays": job.done.arrays(picture.label)}
-            )
+        rows = image_rows(job, plan, progress)
+    return occlusion_result(job, plan, scanned, rows)
+
+
+def image_rows(job: Job, plan: OcclusionPlan, progress: bool) -> list[dict[str, Any]]:
+    """Each image's cell (after the scan's), its input written: the figure's rows (the cell's
+    record, label, input colours [3, H, W] and arrays)."""
+    top = job.done.arrays("scan")
+    dataset, _ = make_dataset(plan.data, job.net, progress)
+    rows = []
+    for picture in plan.pictures:
+        x = prepare(picture.image, job.net, plan.size).to(plan.request.device)
+        cell = job.cell(picture.label, lambda: image_cell(job.net, plan, x, dataset, top, progress))
+        colours_x = colours(x.cpu(), plan.request.preprocessing)[0]
+        save_tile(colours_x, job.out / f"input_{picture.label}.png")
+        job.keep(f"{picture.label}__input", x)
+        rows.append(
+            {**cell, "label": picture.label, "input": colours_x, "arrays": job.done.arrays(picture.label)}
+        )
+    return rows
+
+
+def occlusion_result(
+    job: Job, plan: OcclusionPlan, scanned: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The figure drawn, then result.json written (`Job.finish`); the result dict."""
     names = class_names(plan.request.name)
     note = classifier_note(job.weights)
     figure = draw_occlusion(
-        job.out / FIGURE_FILE, plan, rows, names, scanned["ids"], weights_label(job.weights), note
+        job.out / FIGURE_FILE,
+        rows,
+        names,
+        plan.patch,
+        plan.stride,
+        plan.request.name,
+        weights_label(job.weights),
+        note,
     )
     cells = [{k: v for k, v in r.items() if k not in ("input", "arrays")} for r in rows]
     for cell in cells:
@@ -249,6 +268,7 @@ def run_occlusion(
 
 
 def occlusion_settings(plan: OcclusionPlan) -> dict[str, Any]:
+    """result.json's "settings": every value used and what the maps mean."""
     return {
         "target": plan.target,
         "patch": plan.patch,
@@ -282,100 +302,3 @@ def occlusion_config(plan: OcclusionPlan, weights: object) -> dict[str, Any]:
         "batch_size": plan.batch_size,
         "device": str(r.device),
     }
-
-
-# ------------------------------------------------------------------------------------ figure
-
-
-def _mosaic(projections: np.ndarray) -> np.ndarray:
-    """[1 + k, 3, H, W] projections -> [H', W', 3]: this image's projection first, then the k
-    dataset projections, in a near-square grid (each scaled by its own max |r|)."""
-    shown = to_display(torch.from_numpy(projections))
-    cols = math.ceil(math.sqrt(len(shown)))
-    rows = math.ceil(len(shown) / cols)
-    return tile_grid(shown, rows, cols, pad=6).permute(1, 2, 0).numpy()
-
-
-def _label_panel(ax, labels: np.ndarray, names: Sequence[str], note: str | None) -> None:
-    """(e): the most probable class per position, one colour per class, the classes named."""
-    import matplotlib.pyplot as plt
-
-    classes, inverse = np.unique(labels, return_inverse=True)
-    counts = np.bincount(inverse.ravel())
-    order = np.argsort(-counts, kind="stable")
-    cmap = plt.get_cmap("tab10")
-    colour_of = {int(c): cmap(rank % 10) for rank, c in enumerate(classes[order])}
-    picture = np.array([[colour_of[int(v)] for v in row] for row in labels])
-    ax.imshow(picture, interpolation="nearest")
-    text = "\n".join(f"{names[int(classes[i])][:18]} ({counts[i]})" for i in order[:4])
-    ax.text(1.02, 1.0, text, transform=ax.transAxes, fontsize=6, va="top")
-    for _rank, i in enumerate(order[:4]):
-        ax.plot([], [], "s", color=colour_of[int(classes[i])])
-    ax.set_title("(e) most probable label" + ("\n" + note if note else ""), fontsize=7)
-
-
-def draw_occlusion(
-    path: Path,
-    plan: OcclusionPlan,
-    rows: Sequence[Mapping[str, Any]],
-    names: Sequence[str],
-    ids: Sequence[str],
-    label: str,
-    note: str | None,
-) -> Path:
-    """The figure: one row per image, panels (a)..(e) (module doc)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    fig, axes = plt.subplots(len(rows), 5, figsize=(15, 3.3 * len(rows) + 0.8), squeeze=False)
-    for ax_row, row in zip(axes, rows):
-        a = row["arrays"]
-        ax = ax_row[0]
-        ax.imshow(row["input"].permute(1, 2, 0).numpy())
-        centres = [(t + plan.patch / 2, l + plan.patch / 2) for t in row["top"] for l in row["left"]]
-        ax.plot([c[1] for c in centres], [c[0] for c in centres], ".", ms=2, color="white")
-        ax.add_patch(
-            Rectangle(
-                (row["left"][0] - 0.5, row["top"][0] - 0.5),
-                plan.patch,
-                plan.patch,
-                facecolor=(0.5, 0.5, 0.5),
-                edgecolor="white",
-            )
-        )
-        ax.set_title(
-            f"(a) {row['label']}: {len(row['top'])}x{len(row['left'])} positions of a {plan.patch} px square",
-            fontsize=7,
-        )
-        im = ax_row[1].imshow(a["feature"][0], cmap="viridis")
-        fig.colorbar(im, ax=ax_row[1], fraction=0.046)
-        ax_row[1].set_title(
-            f"(b) total activation of stage-5 map {row['channel']}\n"
-            f"(unoccluded {row['unoccluded']['feature']:.4g})",
-            fontsize=7,
-        )
-        ax_row[2].imshow(_mosaic(a["projections"]))
-        ax_row[2].set_title(
-            f"(c) map {row['channel']} projected (deconvnet):\nthis image (top left), "
-            f"then the scan's top {len(row['gallery_images'])}",
-            fontsize=7,
-        )
-        im = ax_row[3].imshow(a["probability"][0], cmap="jet")
-        fig.colorbar(im, ax=ax_row[3], fraction=0.046)
-        ax_row[3].set_title(f"(d) p({names[row['target']][:20]})" + (f"\n{note}" if note else ""), fontsize=7)
-        _label_panel(ax_row[4], a["label"][0], names, note)
-        for ax in ax_row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(
-        f"Occlusion sensitivity (Zeiler & Fergus Fig. 7): {plan.request.name} "
-        f"[{label}]; grey square = the mean colour, stride {plan.stride} px",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

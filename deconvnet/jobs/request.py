@@ -16,10 +16,10 @@ from torch import nn
 from deconvnet.core.validation import check_device
 from deconvnet.data.models import (
     Preprocessing,
-    _check_seed,
-    _parse_weights,
+    check_model_seed,
     load_model,
     model_spec,
+    parse_weights,
     preprocessing,
     weights_info,
 )
@@ -46,10 +46,10 @@ class ModelRequest:
 def check_model(model: object, weights: object, seed: object, device: object) -> ModelRequest:
     """ValueError / FileNotFoundError naming the key for a bad model, weights, seed or device."""
     spec = model_spec(model)  # unknown model -> ValueError listing the supported ones
-    kind, _ = _parse_weights(weights)  # bad name -> ValueError; missing checkpoint -> FileNotFound
+    kind, _ = parse_weights(weights)  # bad name -> ValueError; missing checkpoint -> FileNotFound
     if kind == "hed" and spec.name != "vgg16":
         raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}")
-    _check_seed(seed)
+    check_model_seed(seed)
     target = check_device(device)
     with torch.device("meta"):
         skeleton = spec.constructor(weights=None)

@@ -4,7 +4,7 @@
 explains every image with every method of `deconvnet.METHODS` asked for, and writes into `out_dir`:
 
     <image>__input.png       the input as the model sees it (after the weights' preprocessing)
-    <image>__<method>.png    one picture per cell (display per method: `DISPLAYS`)
+    <image>__<method>.png    one picture per cell (display per method: `deconvnet.figures.saliency.DISPLAYS`)
     maps.npz                 every raw map, float32, key `<image>__<method>` ([3, H, W]; Grad-CAM
                              [H, W])
     grid.png                 rows = images, columns = input + methods; the title names the weights
@@ -21,6 +21,8 @@ of a model whose classifier is random (weights "random", or "hed": learned convo
 classifier) mean nothing; the title and result.json say so.
 
 `render_saliency(job_dir)` redraws grid.png from the saved PNGs and result.json, without the model.
+The drawing is in `deconvnet.figures.saliency`, integrated gradients' completeness check in
+`deconvnet.gradient.integrated`.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deconvnet.core.architecture import STAGES
 from deconvnet.core.architecture import stage as stage_of
-from deconvnet.core.display import saliency_map, save_png, to_display, to_diverging, to_grayscale
+from deconvnet.core.display import save_png
 from deconvnet.core.geometry import stage_sizes
 from deconvnet.core.targets import Rows, Unit, class_count
-from deconvnet.core.validation import check_count, check_real, is_int
+from deconvnet.core.validation import check_count, check_real, check_seed, is_int
 from deconvnet.data.images import denormalize, describe_image, open_image, preprocess
 from deconvnet.data.models import class_names, preprocessing, weights_label
-from deconvnet.gradient.explained import describe_explained, explained_score, resolve_explained
-from deconvnet.gradient.methods import METHODS, explain
+from deconvnet.figures.saliency import DISPLAY_DESCRIPTIONS, DISPLAYS, draw_grid, read_tile, redraw_grid, show
+from deconvnet.gradient.explained import describe_explained, resolve_explained
+from deconvnet.gradient.integrated import ZERO_BASELINE, completeness
+from deconvnet.gradient.methods import METHODS, explain, options_for
 from deconvnet.gradient.passes import GradientPass
 from deconvnet.jobs.checkpoints import Checkpoints
 from deconvnet.jobs.files import provenance, write_json, write_yaml
@@ -60,32 +64,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IMAGES = ("cat", "coffee", "astronaut", "motorcycle")
 CAM_METHODS = ("gradcam", "guided_gradcam")
-# how each method's map becomes a picture
-DISPLAYS: dict[str, str] = {
-    "gradient": "saliency",
-    "smoothgrad_gradient": "saliency",
-    "guided": "signed",
-    "deconvnet": "signed",
-    "smoothgrad_guided": "signed",
-    "smoothgrad_deconvnet": "signed",
-    "guided_gradcam": "signed",
-    "integrated_gradients": "diverging",
-    "gradient_x_image": "diverging",
-    "gradcam": "heatmap",
-}
-DISPLAY_DESCRIPTIONS: dict[str, str] = {
-    "saliency": "Simonyan et al. saliency max|.| over colour, shown in grayscale clipped at its "
-    "99th percentile (to_grayscale)",
-    "signed": "signed RGB, zero at mid-grey, scaled by max|.| of the map (to_display)",
-    "diverging": "sum over colour, red positive / blue negative, clipped at the 99th percentile "
-    "of |.| (to_diverging)",
-    "heatmap": "Grad-CAM / its max in matplotlib 'jet', alpha 0.5 over the input",
-}
-HEATMAP_ALPHA = 0.5
 RANDOM_CLASSIFIER_NOTE = "class scores of a RANDOM classifier: not meaningful"
 GRID_FILE, MAPS_FILE = "grid.png", "maps.npz"
 RESULT_FILE, CONFIG_FILE = "result.json", "config.yaml"
-IG_BASELINE = "zeros (the dataset's mean colour in the model's normalised input space)"
 
 
 @dataclass(frozen=True)
@@ -248,8 +229,33 @@ def validate(
     """Check every value before anything heavy runs; ValueError / FileNotFoundError naming the
     key, before the model is built and before anything is written."""
     request = check_model(model, weights, seed, device)  # the architecture only: no weights
-    skeleton = request.skeleton
     method_names = parse_methods(methods)
+    chosen_target, chosen_unit = parse_explained(target, unit, request)
+    samples = check_count("samples", samples)
+    noise = check_real("noise", noise)
+    steps = check_count("steps", steps)
+    stage = parse_cam_stage(cam_stage, chosen_unit, method_names)
+    noise_seed = check_seed(noise_seed, "SmoothGrad's noise")
+    return Plan(
+        open_pictures(images),
+        tuple(method_names),
+        chosen_target,
+        chosen_unit,
+        samples,
+        noise,
+        steps,
+        stage,
+        noise_seed,
+        request,
+    )
+
+
+def parse_explained(
+    target: object, unit: object, request: ModelRequest
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """The class target and the unit, each checked against the model (at its crop size); at most
+    one of them given."""
+    skeleton = request.skeleton
     crop = preprocessing(request.name).crop_size
     chosen_target = parse_target(target, class_count(skeleton))
     chosen_unit = parse_unit(unit, skeleton, (crop, crop))
@@ -257,19 +263,25 @@ def validate(
         raise ValueError(
             f"target: give a class target or a unit, not both (got target={target!r}, unit={unit!r})"
         )
-    samples = check_count("samples", samples)
-    noise = check_real("noise", noise)
-    steps = check_count("steps", steps)
+    return chosen_target, chosen_unit
+
+
+def parse_cam_stage(cam_stage: object, unit: tuple[int, ...] | None, methods: Sequence[str]) -> int:
+    """Grad-CAM's stage, an int in 1..5, not above the unit's stage when a Grad-CAM method runs."""
     stage = _as_int(cam_stage)
     if stage not in STAGES:
         raise ValueError(f"cam_stage: expected an int in 1..5 (Grad-CAM's stage), got {cam_stage!r}")
-    if chosen_unit is not None and stage > chosen_unit[0] and set(method_names) & set(CAM_METHODS):
+    if unit is not None and stage > unit[0] and set(methods) & set(CAM_METHODS):
         raise ValueError(
             f"cam_stage: Grad-CAM at stage {stage} lies above the unit's stage "
-            f"{chosen_unit[0]}; choose cam_stage in 1..{chosen_unit[0]}"
+            f"{unit[0]}; choose cam_stage in 1..{unit[0]}"
         )
-    if not is_int(noise_seed) or noise_seed < 0:
-        raise ValueError(f"seed: expected an int >= 0 (SmoothGrad's noise), got {noise_seed!r}")
+    return int(stage)
+
+
+def open_pictures(images: object) -> tuple[Picture, ...]:
+    """Every requested image opened (FileNotFoundError for a missing file or unknown sample), each
+    with its own label."""
     pictures = []
     for source in parse_images(images):
         picture = open_image(source)  # missing file / unknown sample -> FileNotFoundError
@@ -286,18 +298,7 @@ def validate(
         raise ValueError(
             f"images: each image needs its own name; {', '.join(repeated)} appears more than once"
         )
-    return Plan(
-        tuple(pictures),
-        tuple(method_names),
-        chosen_target,
-        chosen_unit,
-        samples,
-        noise,
-        steps,
-        int(stage),
-        int(noise_seed),
-        request,
-    )
+    return tuple(pictures)
 
 
 # ----------------------------------------------------------------------------------------- targets
@@ -342,31 +343,6 @@ def _uint8(shown: Tensor) -> np.ndarray:
     return (shown.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def heatmap(cam: Tensor, input_shown: Tensor) -> Tensor:
-    """Grad-CAM [H, W] (>= 0) / its max in matplotlib 'jet', alpha HEATMAP_ALPHA over the input
-    [3, H, W] in [0, 1] -> [3, H, W] in [0, 1]. An all-zero map is jet's lowest colour."""
-    import matplotlib
-
-    cam = cam.double().cpu()
-    peak = float(cam.max())
-    scaled = (cam / peak if peak > 0 else torch.zeros_like(cam)).clamp(0, 1).numpy()
-    colours = torch.from_numpy(matplotlib.colormaps["jet"](scaled)[..., :3]).permute(2, 0, 1)
-    return (HEATMAP_ALPHA * colours + (1 - HEATMAP_ALPHA) * input_shown.double().cpu()).float()
-
-
-def show(method: str, r: Tensor, input_shown: Tensor) -> Tensor:
-    """A method's raw map (pixel [3, H, W] or Grad-CAM [H, W]) as an RGB picture [3, H, W]."""
-    kind = DISPLAYS[method]
-    if kind == "heatmap":
-        return heatmap(r, input_shown)
-    if kind == "saliency":
-        gray = to_grayscale(saliency_map(r).unsqueeze(0))  # [1, H, W] in [0, 1]
-        return gray.expand(3, -1, -1)
-    if kind == "diverging":
-        return to_diverging(r)
-    return to_display(r)
-
-
 def _stats(r: Tensor) -> dict[str, Any]:
     r = r.double()
     return {
@@ -375,32 +351,6 @@ def _stats(r: Tensor) -> dict[str, Any]:
         "max": float(r.max()),
         "sum": float(r.sum()),
         "l2_norm": float(r.norm()),
-    }
-
-
-def completeness(
-    net: nn.Module,
-    x: Tensor,
-    rows: Rows,
-    gradient_pass: GradientPass,
-    r: Tensor,
-    explained: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Integrated gradients' completeness: sum of the map vs score(x) - score(baseline)."""
-    with torch.no_grad():
-        baseline = explained_score(gradient_pass.forward(torch.zeros_like(x)), rows)
-    total = float(r.double().sum())
-    score = explained["score"] if rows.kind == "class" else explained["activation"]
-    difference = score - baseline
-    error = total - difference
-    return {
-        "baseline": IG_BASELINE,
-        "map_sum": total,
-        "score_input": score,
-        "score_baseline": baseline,
-        "score_difference": difference,
-        "error": error,
-        "relative_error": abs(error) / abs(difference) if difference != 0 else None,
     }
 
 
@@ -450,13 +400,27 @@ def run_saliency(
         noise_seed,
         device,
     )
-    if config is None:
-        config = plan_config(plan, model, weights, seed, device)
+    config = plan_config(plan, model, weights, seed, device) if config is None else config
     out = Path(out_dir)
     done = Checkpoints(out, config)  # a rerun with the same config resumes from finished cells
     write_yaml(out / CONFIG_FILE, config)
     net, wdict, warning = load_for(plan)
     request = describe_request(plan)
+    log_plan(plan, request)
+    rows = explain_images(net, plan, out, done, progress)
+    grid = grid_record(model, wdict, request, warning, plan, rows)
+    draw_grid(out / GRID_FILE, grid, [r.input_tile for r in rows], [r.tiles for r in rows])
+    result = build_result(plan, model, wdict, warning, rows, grid, config)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(out / RESULT_FILE, result)
+    done.clear()
+    total = len(plan.pictures) * len(plan.methods)
+    log.info("wrote %d map(s), %s, %s and %s to %s", total, GRID_FILE, MAPS_FILE, RESULT_FILE, out)
+    return result
+
+
+def log_plan(plan: Plan, request: str) -> None:
+    """Log what the grid will hold: images x methods, the target, the options, the device."""
     log.info(
         "%d image(s) x %d method(s); %s; samples %d noise %g steps %d cam_stage %d seed %d; device %s",
         len(plan.pictures),
@@ -469,6 +433,13 @@ def run_saliency(
         plan.noise_seed,
         plan.device,
     )
+
+
+def explain_images(
+    net: nn.Module, plan: Plan, out: Path, done: Checkpoints, progress: bool
+) -> list[ImageRow]:
+    """Every image's row of maps, under one progress bar (cells already in `done` are reused);
+    every raw map then saved into maps.npz."""
     rows: list[ImageRow] = []
     total = len(plan.pictures) * len(plan.methods)
     with (
@@ -478,20 +449,25 @@ def run_saliency(
         for picture in plan.pictures:
             rows.append(explain_image(net, plan, picture, out, done, bar))
     np.savez(out / MAPS_FILE, **{c["key"]: done.map(c["key"]) for r in rows for c in r.cells})
-    grid = {
+    return rows
+
+
+def grid_record(
+    model: str,
+    wdict: Mapping[str, Any],
+    request: str,
+    warning: str | None,
+    plan: Plan,
+    rows: Sequence[ImageRow],
+) -> dict[str, Any]:
+    """What grid.png shows (kept in result.json, so the grid can be redrawn without the model)."""
+    return {
         "title": grid_title(model, wdict, request, warning, plan),
         "columns": ["input", *plan.methods],
         "row_labels": [f"{r.entry['label']}\n{r.entry['explained_label']}" for r in rows],
         "warning": warning is not None,
         "random_weights": wdict.get("weights") == "random",
     }
-    draw_grid(out / GRID_FILE, grid, [r.input_tile for r in rows], [r.tiles for r in rows])
-    result = build_result(plan, model, wdict, warning, rows, grid, config)
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    write_json(out / RESULT_FILE, result)
-    done.clear()
-    log.info("wrote %d map(s), %s, %s and %s to %s", total, GRID_FILE, MAPS_FILE, RESULT_FILE, out)
-    return result
 
 
 def plan_config(plan: Plan, model: str, weights: object, seed: int, device: str) -> dict[str, Any]:
@@ -567,8 +543,7 @@ def explain_image(
                 net, plan, x, method, key, (explained, rows, gradient_pass), input_shown, out, done
             )
         cells.append(cell)
-        with Image.open(out / cell["file"]) as im:
-            tiles.append(np.asarray(im.convert("RGB")))
+        tiles.append(read_tile(out / cell["file"]))
         bar.update(1)
     return ImageRow(entry, cells, _uint8(input_shown), tiles)
 
@@ -594,7 +569,7 @@ def explain_cell(
         "seed": plan.noise_seed,
     }
     t0 = time.perf_counter()
-    r = explain(net, x, method, explain_target(plan), **options)[0].float().cpu()
+    r = explain(net, x, method, explain_target(plan), **options_for(method, options))[0].float().cpu()
     save_png(show(method, r, input_shown), out / f"{key}.png")
     cell = {
         "image": key.split("__")[0],
@@ -606,7 +581,7 @@ def explain_cell(
         "map": _stats(r),
     }
     if method == "integrated_gradients":
-        cell["completeness"] = check = completeness(net, x, rows, gradient_pass, r, explained)
+        cell["completeness"] = check = completeness(x, rows, gradient_pass, r, explained)
         log.info(
             "%s integrated_gradients: sum %.4g vs score difference %.4g (relative error %s)",
             key,
@@ -650,7 +625,7 @@ def build_result(
             "steps": plan.steps,
             "cam_stage": plan.cam_stage,
             "seed": plan.noise_seed,
-            "integrated_gradients_baseline": IG_BASELINE,
+            "integrated_gradients_baseline": ZERO_BASELINE,
         },
         "displays": {m: DISPLAY_DESCRIPTIONS[DISPLAYS[m]] for m in plan.methods},
         "images": [r.entry for r in rows],
@@ -688,48 +663,10 @@ def grid_title(model: str, weights: Mapping[str, Any], request: str, warning: st
     return "\n".join(lines)
 
 
-def draw_grid(
-    path: Path, grid: Mapping[str, Any], inputs: Sequence[np.ndarray], tiles: Sequence[Sequence[np.ndarray]]
-) -> Path:
-    """Rows = images, columns = input + methods, titled and labelled from `grid` (result.json)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns, labels = grid["columns"], grid["row_labels"]
-    rows, cols = len(labels), len(columns)
-    fig = Figure(figsize=(max(1.45 * cols, 7.0), 1.55 * rows + 1.3), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i in range(rows):
-        axes[i][0].imshow(inputs[i])
-        axes[i][0].set_ylabel(labels[i], fontsize=7)
-        for j in range(1, cols):
-            axes[i][j].imshow(tiles[i][j - 1])
-    for j, name in enumerate(columns):
-        axes[0][j].set_title(name, fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    alarm = grid.get("warning") or grid.get("random_weights")
-    fig.suptitle(grid["title"], fontsize=7, color="darkred" if alarm else "black")
-    path = Path(path)
-    fig.savefig(path)
-    return path
-
-
 def render_saliency(job_dir: str | Path) -> Path:
     """Redraw `grid.png` of a finished job from its saved PNGs and result.json (no model)."""
     job = Path(job_dir)
     source = job / RESULT_FILE
     if not source.is_file():
         raise FileNotFoundError(f"job_dir: {source} does not exist (run experiments.saliency first)")
-    result = json.loads(source.read_text())
-
-    def tile(name: str) -> np.ndarray:
-        with Image.open(job / name) as im:
-            return np.asarray(im.convert("RGB"))
-
-    by_cell = {(c["image"], c["method"]): c["file"] for c in result["cells"]}
-    inputs = [tile(e["input"]) for e in result["images"]]
-    tiles = [[tile(by_cell[(e["label"], m)]) for m in result["methods"]] for e in result["images"]]
-    return draw_grid(job / result["files"]["grid"], result["grid"], inputs, tiles)
+    return redraw_grid(job, json.loads(source.read_text()))

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from deconvnet.analysis.randomize import MODES, Randomized, check_layers, check_modes, check_seed, layers_used
 from deconvnet.analysis.sanity import (
@@ -45,17 +45,19 @@ from deconvnet.analysis.sanity import (
     default_pass_layer,
     explain_images,
     fix_targets,
+    mean_over_images,
     pass_rule,
     plan_steps,
     run_step,
+    similarity_curves,
     verdicts,
 )
 from deconvnet.analysis.similarity import METRIC_TITLES, METRICS, normalized
 from deconvnet.core.targets import Unit
 from deconvnet.core.validation import check_real
-from deconvnet.figures.sheet import wrap
+from deconvnet.figures.sanity import draw_cascade, draw_curves
+from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.job import (
-    COLOURS,
     Job,
     ModelRequest,
     Picture,
@@ -63,7 +65,6 @@ from deconvnet.jobs.job import (
     check_model,
     check_pictures,
     classifier_note,
-    colours,
     model_header,
     prepare,
     title_lines,
@@ -137,20 +138,7 @@ def validate_sanity(
     below = check_real("pass_below", pass_below, low=-1.0)
     if below > 1:
         raise ValueError(f"pass_below: expected a number in -1..1 (a similarity), got {pass_below!r}")
-    chosen_pass = None
-    if pass_layer is not None and pass_layer not in evaluated:
-        raise ValueError(
-            f"pass_layer: expected null or one of the evaluated layers "
-            f"({', '.join(evaluated)}), got {pass_layer!r}"
-        )
-    if pass_layer is not None and "cascading" not in chosen_modes:
-        raise ValueError(
-            f"pass_layer: the pass criterion reads the cascading steps; modes "
-            f"{list(chosen_modes)} has none (give pass_layer=null)"
-        )
-    if "cascading" in chosen_modes:  # null: the default layer if it is evaluated, else no verdict
-        default = default_pass_layer(skeleton)
-        chosen_pass = pass_layer or (default if default in evaluated else None)
+    chosen_pass = check_pass_layer(pass_layer, evaluated, chosen_modes, skeleton)
     pictures = check_pictures(images, "images")
     return SanityPlan(
         request,
@@ -165,6 +153,28 @@ def validate_sanity(
         below,
         metric,
     )
+
+
+def check_pass_layer(
+    pass_layer: object, evaluated: Sequence[str], modes: Sequence[str], skeleton: nn.Module
+) -> str | None:
+    """null or one of the `evaluated` layers (cascading mode needed) -> the pass layer: null
+    means the default layer if it is evaluated, else no verdict (None, as without cascading)."""
+    chosen_pass = None
+    if pass_layer is not None and pass_layer not in evaluated:
+        raise ValueError(
+            f"pass_layer: expected null or one of the evaluated layers "
+            f"({', '.join(evaluated)}), got {pass_layer!r}"
+        )
+    if pass_layer is not None and "cascading" not in modes:
+        raise ValueError(
+            f"pass_layer: the pass criterion reads the cascading steps; modes "
+            f"{list(modes)} has none (give pass_layer=null)"
+        )
+    if "cascading" in modes:  # null: the default layer if it is evaluated, else no verdict
+        default = default_pass_layer(skeleton)
+        chosen_pass = pass_layer or (default if default in evaluated else None)
+    return chosen_pass
 
 
 def sanity_config(plan: SanityPlan, weights: object) -> dict[str, Any]:
@@ -231,20 +241,11 @@ def step_cell(
         "reinitialized": list(step.reinitialized),
         "affects_map": step.affects_map,
         "mean": {
-            m: dict(zip(METRICS, _mean_over_images(similarity[i])))
+            m: dict(zip(METRICS, mean_over_images(similarity[i])))
             for i, m in enumerate(plan.settings.methods)
         },
     }
     return arrays, record
-
-
-def _mean_over_images(values: np.ndarray) -> list[float | None]:
-    """[B, 4] -> 4 means over images, NaN left out (None where all are NaN)."""
-    out = []
-    for column in values.T:
-        defined = column[~np.isnan(column)]
-        out.append(float(defined.mean()) if defined.size else None)
-    return out
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -305,11 +306,22 @@ def run_sanity(
         device,
     )
     config = config if config is not None else sanity_config(plan, weights)
+    steps_ = sanity_steps(plan)
+    job = Job(out_dir, "sanity", plan.request, config, 1 + len(steps_), progress)
+    return sanity_job(job, plan, steps_)
+
+
+def sanity_steps(plan: SanityPlan) -> list[Step]:
+    """The randomisation steps of the plan's modes over its layers (top first)."""
     skeleton = plan.request.skeleton
     every = check_layers(skeleton, None)
     stage = None if plan.unit is None else plan.unit[0]
-    steps_ = plan_steps(every, check_layers(skeleton, plan.layers), plan.modes, layers_used(skeleton, stage))
-    job = Job(out_dir, "sanity", plan.request, config, 1 + len(steps_), progress)
+    return plan_steps(every, check_layers(skeleton, plan.layers), plan.modes, layers_used(skeleton, stage))
+
+
+def sanity_job(job: Job, plan: SanityPlan, steps_: Sequence[Step]) -> dict[str, Any]:
+    """Every cell computed (or taken from its checkpoint), the figures drawn, the files written;
+    the result dict."""
     randomized = Randomized(job.net, plan.seed, plan.request.device)
     x = torch.cat([prepare(p.image, job.net, plan.size) for p in plan.pictures])
     x = x.to(plan.request.device)
@@ -328,13 +340,38 @@ def run_sanity(
     for mode, values in similarity.items():
         job.keep(f"similarity__{mode}", torch.from_numpy(values))
     result = sanity_result(plan, job, first, cells, similarity, steps_)
-    draw_curves(job.out / CURVES_FILE, plan.request, result)
+    draw_sanity(job, plan, result, x, original, steps_)
+    return job.finish(result, [])
+
+
+def draw_sanity(
+    job: Job,
+    plan: SanityPlan,
+    result: Mapping[str, Any],
+    x: Tensor,
+    original: Mapping[str, Tensor],
+    steps_: Sequence[Step],
+) -> None:
+    """curves.png and each image's cascade_<image>.png (x: the inputs [B, 3, S, S]; original:
+    {method: the original maps})."""
+    heading = title_lines(
+        "Sanity checks (Adebayo et al. 2018), model parameter randomisation",
+        plan.request,
+        result["weights"],
+        result["classifier_note"],
+    )
+    draw_curves(job.out / CURVES_FILE, heading, result)
     for b, picture in enumerate(plan.pictures):
+        heading = title_lines(
+            f"Cascading randomisation of {picture.label}",
+            plan.request,
+            result["weights"],
+            result["classifier_note"],
+        )
         draw_cascade(
             job.out / f"cascade_{picture.label}.png",
-            plan.request,
+            heading,
             result,
-            b,
             colours(x[b : b + 1].cpu(), plan.request.preprocessing)[0],
             {m: original[m][b] for m in plan.settings.methods},
             {
@@ -343,7 +380,6 @@ def run_sanity(
                 if s.mode == "cascading" and s.affects_map
             },
         )
-    return job.finish(result, [])
 
 
 # ------------------------------------------------------------------------------------ result
@@ -361,13 +397,7 @@ def sanity_result(
     methods = list(plan.settings.methods)
     note = classifier_note(job.weights) if plan.unit is None else None
     by_mode = {mode: [s for s in steps_ if s.mode == mode] for mode in plan.modes}
-    curves = {
-        mode: {
-            metric: {m: _curve(similarity[mode], i, k) for i, m in enumerate(methods)}
-            for k, metric in enumerate(METRICS)
-        }
-        for mode in plan.modes
-    }
+    curves = similarity_curves(similarity, methods)
     verdict = None
     if plan.pass_layer is not None:
         verdict = verdicts(similarity, by_mode, methods, plan.pass_layer, plan.pass_below, plan.pass_metric)
@@ -402,11 +432,6 @@ def sanity_result(
         "cells": [first, *cells],
         "figures": figures,
     }
-
-
-def _curve(values: np.ndarray, method: int, metric: int) -> list[float | None]:
-    """[S, M, B, 4] -> the mean over images per step (None where undefined)."""
-    return [_mean_over_images(values[s, method])[metric] for s in range(values.shape[0])]
 
 
 def _at_pass_layer(
@@ -476,107 +501,3 @@ def sanity_settings(plan: SanityPlan, arch: str) -> dict[str, Any]:
         "pass_below": plan.pass_below,
         "pass_metric": plan.pass_metric,
     }
-
-
-# ---------------------------------------------------------------------------------- figures
-
-
-def _title(request: ModelRequest, result: Mapping[str, Any], what: str) -> str:
-    """The figure's title: what, the model and its weights exactly, the target, the settings."""
-    lines = title_lines(what, request, result["weights"], result["classifier_note"])
-    lines.append(f"target: {result['target']}")
-    s = result["settings"]
-    lines.append(
-        f"{len(result['images'])} image(s) at {s['size']} px; SmoothGrad "
-        f"{s['smoothgrad']['samples']} samples, IG {s['integrated_gradients']['steps']} "
-        f"steps, Grad-CAM at stage {s['gradcam']['stage']}; re-initialisation seed "
-        f"{s['seed']}"
-    )
-    return "\n".join(lines)
-
-
-def draw_curves(path: Path, request: ModelRequest, result: Mapping[str, Any]) -> Path:
-    """curves.png (module doc) from the result dict."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    modes = list(result["curves"])
-    methods = result["settings"]["methods"]
-    fig = Figure(figsize=(4.2 * len(METRICS), 3.4 * len(modes) + 1.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(modes), len(METRICS), squeeze=False)
-    for r, mode in enumerate(modes):
-        records = [c for c in result["cells"][1:] if c["mode"] == mode]
-        labels = ["none"] + [c["layer"] for c in records]
-        for k, metric in enumerate(METRICS):
-            ax = axes[r][k]
-            for j, c in enumerate(records):
-                if not c["affects_map"]:
-                    ax.axvspan(j + 0.5, j + 1.5, color="0.9", lw=0)
-            for m in methods:
-                values = [1.0] + [np.nan if v is None else v for v in result["curves"][mode][metric][m]]
-                ax.plot(range(len(labels)), values, marker="o", ms=3, label=m)
-            _pass_marks(ax, result, mode, metric, labels)
-            ax.set_title(f"{mode}: {METRIC_TITLES[metric]}", fontsize=9)
-            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-            ax.set_ylim(-1.05 if metric.startswith("spearman") or metric == "hog" else -0.05, 1.05)
-            ax.axhline(0, color="0.6", lw=0.5)
-            ax.set_xlabel("layers randomised, top -> bottom (grey: not used by the target)", fontsize=7)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(
-        _title(request, result, "Sanity checks (Adebayo et al. 2018), model parameter randomisation"),
-        fontsize=9,
-    )
-    fig.savefig(path)
-    return path
-
-
-def _pass_marks(ax: Any, result: Mapping[str, Any], mode: str, metric: str, labels: list[str]) -> None:
-    """The pass threshold and layer on the cascading Spearman(|.|) panel."""
-    layer = result["settings"]["pass_layer"]
-    if mode != "cascading" or metric != result["settings"]["pass_metric"] or layer not in labels:
-        return
-    ax.axhline(result["settings"]["pass_below"], color="k", ls="--", lw=0.8)
-    ax.axvline(labels.index(layer), color="k", ls=":", lw=0.8)
-
-
-def draw_cascade(
-    path: Path,
-    request: ModelRequest,
-    result: Mapping[str, Any],
-    b: int,
-    shown: Tensor,
-    original: Mapping[str, Tensor],
-    maps: Mapping[str, Tensor],
-) -> Path:
-    """cascade_<image>.png: rows = methods; input, original map, the map after each cascading
-    step that changes it (maps[layer]: [M, S, S] normalised)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    methods = result["settings"]["methods"]
-    columns = ["input", "original", *maps]
-    fig = Figure(figsize=(1.1 * len(columns) + 0.6, 1.15 * len(methods) + 1.4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(methods), len(columns), squeeze=False)
-    for i, method in enumerate(methods):
-        tiles = [shown.permute(1, 2, 0).numpy() if i == 0 else None, normalized(original[method])]
-        tiles += [maps[layer][i].numpy() for layer in maps]
-        for j, tile in enumerate(tiles):
-            ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if tile is None:
-                ax.set_axis_off()
-                continue
-            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            if i == 0:
-                ax.set_title(columns[j], fontsize=7)
-        axes[i][1].set_ylabel(method, fontsize=7)
-    label = result["images"][b]["label"]
-    skipped = [c["layer"] for c in result["cells"][1:] if c["mode"] == "cascading" and not c["affects_map"]]
-    extra = f"\n{', '.join(skipped)}: not used by the target, map unchanged (not shown)" if skipped else ""
-    title = _title(request, result, f"Cascading randomisation of {label}") + extra
-    fig.suptitle(wrap(title, 1.1 * len(columns) + 0.6), fontsize=7)
-    fig.savefig(path)
-    return path

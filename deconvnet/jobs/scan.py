@@ -35,8 +35,8 @@ from deconvnet.analysis import scan as scan_module
 from deconvnet.analysis.scan import (
     LoadedTopK,
     TopK,
-    _check_stages,
     check_exclude_border,
+    check_stages,
     load_topk,
     merge_scans,
     save_topk,
@@ -302,7 +302,7 @@ def run_scan(
     out = Path(out_dir)
     with JobLock(out):
         net = load_model(model, weights=weights, seed=seed, device=device)
-        _check_stages(net, opts.stages)
+        check_stages(net, opts.stages)
         dataset, summary = make_dataset(opts.data, net, progress=progress)
         check_exclude_border(net, opts.stages, opts.exclude_border, *dataset_image_size(dataset, opts.data))
         info = net.weights_info.as_dict()
@@ -316,40 +316,42 @@ def run_scan(
             write_yaml(out / "config.yaml", config)
         shard, shards = int(opts.data.get("shard", 0)), int(opts.data.get("num_shards", 1))
         start, stop = shard_range(len(dataset), shard, shards, opts.batch_size)
-        result = {
-            "experiment": "scan",
-            "status": "running",
-            "pid": os.getpid(),
-            "config": dict(config) if config is not None else None,
-            "arguments": {
-                "model": model,
-                "weights": str(weights),
-                "seed": seed,
-                "device": device,
-                **opts.__dict__,
-            },
-            "fingerprint": fingerprint,
-            "weights": info,
-            "weights_label": weights_label(info),
-            "dataset": summary,
-            "shard": {"index": shard, "num_shards": shards, "first_image": start, "end_image": stop},
-            "versions": versions(),
-            "provenance": dict(provenance) if provenance is not None else None,
-        }
+        arguments = {"model": model, "weights": str(weights), "seed": seed, "device": device, **opts.__dict__}
+        shard_record = {"index": shard, "num_shards": shards, "first_image": start, "end_image": stop}
+        result = _running_result(arguments, fingerprint, info, summary, shard_record, config, provenance)
         write_json(out / RESULT_FILE, result)
         with failure_status(out / RESULT_FILE, result):
+            workers = int(opts.data.get("workers", 0))
             outcome = scan_dataset(
-                net,
-                dataset,
-                opts,
-                start,
-                stop,
-                int(opts.data.get("workers", 0)),
-                out / CHECKPOINT_FILE,
-                fingerprint,
-                progress,
+                net, dataset, opts, start, stop, workers, out / CHECKPOINT_FILE, fingerprint, progress
             )
         return _write_scan(out, result, outcome, model, info, dataset.ids, clock)
+
+
+def _running_result(
+    arguments: Mapping[str, Any],
+    fingerprint: Mapping[str, Any],
+    info: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    shard: Mapping[str, int],
+    config: Mapping[str, Any] | None,
+    provenance: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A scan job's result.json while it runs ("status": "running", this process's pid)."""
+    return {
+        "experiment": "scan",
+        "status": "running",
+        "pid": os.getpid(),
+        "config": dict(config) if config is not None else None,
+        "arguments": arguments,
+        "fingerprint": fingerprint,
+        "weights": info,
+        "weights_label": weights_label(info),
+        "dataset": summary,
+        "shard": shard,
+        "versions": versions(),
+        "provenance": dict(provenance) if provenance is not None else None,
+    }
 
 
 def dataset_image_size(dataset: Any, data: Mapping[str, Any]) -> tuple[int, int]:

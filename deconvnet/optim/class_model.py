@@ -6,6 +6,7 @@ R = ||I||_2^2 ("l2"), ||I||_1 ("l1") or nothing ("none"); pytorch-cnn-visualizat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +63,51 @@ def class_starts(
     )
 
 
+def _class_regularizers(
+    regularizer: str, weight: float, lr: float, blur_sigma: float, blur_every: int, param: str
+) -> list:
+    """The steps after each ascent step: the penalty's proximal step (`penalty_steps`), then a
+    blur every `blur_every` steps if blur_sigma > 0; none with param 'fourier'."""
+    regs = penalty_steps(regularizer, weight, lr)
+    if check_real("blur_sigma", blur_sigma) > 0:
+        regs.append(Blur(blur_sigma, every=check_count("blur_every", blur_every)))
+    if param == "fourier":
+        regs = []
+    return regs
+
+
+def _class_batches(
+    model: nn.Module,
+    classes: list[int],
+    size: int,
+    param: str,
+    batch_size: int,
+    negate: bool,
+    seed: int,
+    **options: Any,
+) -> tuple[list[Optimized], list[int]]:
+    """The classes optimised `batch_size` at a time from `class_starts` -> (each batch's
+    Optimized, the index of each class's start in START_NAMES[param], -1 where none has a
+    gradient). options: the rest of `optimize`'s keyword arguments."""
+    parts, starts = [], []
+    for group in batches(classes, batch_size):
+        objective = obj.class_logit(list(group))
+        start, chosen = class_starts(model, objective, group, size, seed, param)
+        warn_dead(chosen, group, "classes", woke=False)
+        starts += chosen
+        parts.append(
+            optimize(
+                model,
+                -objective if negate else objective,
+                make_param(model, start, size, size, param),
+                seed=seed,
+                description="class models",
+                **options,
+            )
+        )
+    return parts, starts
+
+
 def class_model(
     model: nn.Module,
     classes: int | Sequence[int],
@@ -91,32 +137,22 @@ def class_model(
     classes = check_classes(model, classes)
     size = check_size(model, size)
     param = check_param(param)
-    regs = penalty_steps(regularizer, weight, lr)
-    if check_real("blur_sigma", blur_sigma) > 0:
-        regs.append(Blur(blur_sigma, every=check_count("blur_every", blur_every)))
-    if param == "fourier":
-        regs = []
+    regs = _class_regularizers(regularizer, weight, lr, blur_sigma, blur_every, param)
     model_device(model)
-    parts, starts = [], []
-    for group in batches(classes, batch_size):
-        objective = obj.class_logit(list(group))
-        start, chosen = class_starts(model, objective, group, size, seed, param)
-        warn_dead(chosen, group, "classes", woke=False)
-        starts += chosen
-        parts.append(
-            optimize(
-                model,
-                -objective if negate else objective,
-                make_param(model, start, size, size, param),
-                steps=steps,
-                lr=lr,
-                transforms=transforms,
-                regularizers=regs,
-                seed=seed,
-                progress=progress,
-                description="class models",
-            )
-        )
+    parts, starts = _class_batches(
+        model,
+        classes,
+        size,
+        param,
+        batch_size,
+        negate,
+        seed,
+        steps=steps,
+        lr=lr,
+        transforms=transforms,
+        regularizers=regs,
+        progress=progress,
+    )
     result = merge(parts)
     result.settings.update(
         method="class_model",

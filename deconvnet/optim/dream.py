@@ -35,6 +35,79 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def _check_dream(
+    model: nn.Module,
+    image: object,
+    stage: int,
+    channel: object,
+    octaves: object,
+    scale: object,
+    jitter: object,
+) -> tuple[int, Tensor, int | None, int, list[tuple[int, int]]]:
+    """`deep_dream`'s arguments checked, in its order (ValueError naming the argument) -> (the
+    stage's number, image [1, 3, H, W], channel, octaves, the octaves' sizes from the smallest
+    up)."""
+    info = stage_of(model, stage)
+    image = check_images(image, model, "image", info.number)
+    if image.shape[0] != 1:
+        raise ValueError(f"image: expected one image [1, 3, H, W], got a batch of {image.shape[0]}")
+    if channel is not None:
+        channel = check_channels(model, stage, channel, "channel")[0]
+    octaves = check_count("octaves", octaves)
+    if check_real("scale", scale) <= 1:
+        raise ValueError(f"scale: expected an octave scale > 1, got {scale!r}")
+    check_count("jitter", jitter, low=0)
+    sizes = octave_sizes(image.shape[2], image.shape[3], octaves, scale)
+    smallest = min_input_size(model, info.number)
+    if min(sizes[0]) < smallest:
+        raise ValueError(
+            f"octaves: {octaves} octaves of scale {scale} shrink the "
+            f"{image.shape[2]}x{image.shape[3]} image to {sizes[0][0]}x{sizes[0][1]}, "
+            f"below the {smallest} px stage {stage} needs; use fewer octaves"
+        )
+    return info.number, image, channel, octaves, sizes
+
+
+def _dream_octaves(
+    model: nn.Module,
+    objective: obj.Objective,
+    base: Tensor,
+    sizes: list[tuple[int, int]],
+    low: Tensor,
+    high: Tensor,
+    steps: int,
+    lr: float,
+    jitter: int,
+    seed: int,
+    progress: bool,
+) -> tuple[Optimized, list[Tensor]]:
+    """Dream `base` [1, 3, H, W] octave by octave from the smallest of `sizes` up, the detail each
+    octave added carried up to the next, pixels kept within [low, high] -> (the last octave's
+    Optimized, each octave's history [steps, 1])."""
+    detail = torch.zeros(1, 3, *sizes[0], dtype=base.dtype, device=base.device)
+    histories = []
+    for k, size in enumerate(sizes):
+        octave_base = _resize(base, size) if size != tuple(base.shape[2:]) else base
+        detail = _resize(detail, size) if detail.shape[2:] != octave_base.shape[2:] else detail
+        param = PixelImage((octave_base + detail).clamp(low, high))
+        run = optimize(
+            model,
+            objective,
+            param,
+            steps=steps,
+            lr=lr,
+            step_rule="mean_abs",
+            transforms=[Jitter(jitter)],
+            regularizers=[Clamp(low, high)],
+            seed=seed + k,
+            progress=progress,
+            description=f"dream octave {k + 1}",
+        )
+        histories.append(run.history)
+        detail = run.images - octave_base
+    return run, histories
+
+
 def deep_dream(
     model: nn.Module,
     image: Tensor,
@@ -58,52 +131,19 @@ def deep_dream(
     `negate` lowers the energy instead. details=True returns the Optimized, history
     [octaves * steps, 1].
     """
-    info = stage_of(model, stage)
-    image = check_images(image, model, "image", info.number)
-    if image.shape[0] != 1:
-        raise ValueError(f"image: expected one image [1, 3, H, W], got a batch of {image.shape[0]}")
-    if channel is not None:
-        channel = check_channels(model, stage, channel, "channel")[0]
-    octaves = check_count("octaves", octaves)
-    if check_real("scale", scale) <= 1:
-        raise ValueError(f"scale: expected an octave scale > 1, got {scale!r}")
-    check_count("jitter", jitter, low=0)
-    sizes = octave_sizes(image.shape[2], image.shape[3], octaves, scale)
-    smallest = min_input_size(model, info.number)
-    if min(sizes[0]) < smallest:
-        raise ValueError(
-            f"octaves: {octaves} octaves of scale {scale} shrink the "
-            f"{image.shape[2]}x{image.shape[3]} image to {sizes[0][0]}x{sizes[0][1]}, "
-            f"below the {smallest} px stage {stage} needs; use fewer octaves"
-        )
+    number, image, channel, octaves, sizes = _check_dream(
+        model, image, stage, channel, octaves, scale, jitter
+    )
     prep = preprocessing(model)
     device, dtype = model_device(model)
     base = image.detach().to(device=device, dtype=dtype)
     low, high = valid_range(prep, dtype, device)
     lr = check_real("step_size", step_size) / 255.0 / (sum(prep.std) / 3)
-    objective = obj.energy(info.number, channel)
+    objective = obj.energy(number, channel)
     objective = -objective if negate else objective
-    detail = torch.zeros(1, 3, *sizes[0], dtype=dtype, device=device)
-    histories = []
-    for k, size in enumerate(sizes):
-        octave_base = _resize(base, size) if size != tuple(base.shape[2:]) else base
-        detail = _resize(detail, size) if detail.shape[2:] != octave_base.shape[2:] else detail
-        param = PixelImage((octave_base + detail).clamp(low, high))
-        run = optimize(
-            model,
-            objective,
-            param,
-            steps=steps,
-            lr=lr,
-            step_rule="mean_abs",
-            transforms=[Jitter(jitter)],
-            regularizers=[Clamp(low, high)],
-            seed=seed + k,
-            progress=progress,
-            description=f"dream octave {k + 1}",
-        )
-        histories.append(run.history)
-        detail = run.images - octave_base
+    run, histories = _dream_octaves(
+        model, objective, base, sizes, low, high, steps, lr, jitter, seed, progress
+    )
     result = Optimized(run.images, torch.cat(histories), run.settings)
     result.settings.update(
         seed=seed,

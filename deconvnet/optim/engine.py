@@ -110,6 +110,69 @@ def _describe(items: Sequence[object]) -> list[str]:
     return [repr(item) for item in items]
 
 
+def _check_optimize(
+    model: nn.Module,
+    objective: Objective,
+    param: Any,
+    steps: object,
+    lr: object,
+    step_rule: object,
+    momentum: object,
+    step_values: object,
+    schedule: object,
+    regularizers: Sequence[Regularizer],
+) -> int:
+    """`optimize`'s arguments checked, in its order (ValueError naming the argument) -> steps."""
+    steps = check_count("steps", steps)
+    check_real("lr", lr)
+    check_step_rule(step_rule)
+    if not 0 <= check_real("momentum", momentum) < 1:
+        raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
+    if step_values is not None:
+        check_count("step_values", step_values)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    for point in objective.points:
+        check_point(model, point)
+    if regularizers and getattr(param, "kind", None) != "pixels":
+        raise ValueError("regularizers: pixel regularisers need param='pixels'")
+    return steps
+
+
+def _ascend(
+    model: nn.Module,
+    objective: Objective,
+    param: Any,
+    stepper: _Stepper,
+    transform: Transform,
+    regularizers: Sequence[Regularizer],
+    steps: int,
+    schedule: str,
+    seed: int,
+    stop: Stop | None,
+    bar: tqdm,
+) -> tuple[list[Tensor], str]:
+    """The ascent loop over `bar` (range(steps)): transform (seeded by `seed`), forward, gradient,
+    step, regularisers -> (the objective's values [B] per step run, why it stopped)."""
+    tensor = stepper.tensor
+    generator = torch.Generator().manual_seed(seed)
+    history, stopped = [], "steps"
+    for step in bar:
+        x = transform(param.image(), generator)
+        values, x_grad = values_and_gradient(model, objective, x)
+        history.append(values.float().cpu())
+        if stop is not None and stop(values):
+            stopped = "stop"
+            break
+        (grad,) = torch.autograd.grad(x, tensor, grad_outputs=x_grad)
+        stepper(grad, schedule_factor(schedule, step, steps))
+        with torch.no_grad():
+            for regularizer in regularizers:
+                regularizer(tensor, grad, step)
+        bar.set_postfix(objective=f"{float(values.mean().detach()):.4g}")
+    return history, stopped
+
+
 def optimize(
     model: nn.Module,
     objective: Objective,
@@ -138,39 +201,17 @@ def optimize(
     `stop(values)` is asked before each step with the objective's values [B]; True ends the loop
     (the image it saw is returned, unchanged).
     """
-    steps = check_count("steps", steps)
-    check_real("lr", lr)
-    check_step_rule(step_rule)
-    if not 0 <= check_real("momentum", momentum) < 1:
-        raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
-    if step_values is not None:
-        check_count("step_values", step_values)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    for point in objective.points:
-        check_point(model, point)
-    if regularizers and getattr(param, "kind", None) != "pixels":
-        raise ValueError("regularizers: pixel regularisers need param='pixels'")
+    steps = _check_optimize(
+        model, objective, param, steps, lr, step_rule, momentum, step_values, schedule, regularizers
+    )
     tensor = param.parameters()[0]
     per_image = step_values if step_values is not None else tensor[0].numel()
     stepper = _Stepper(tensor, step_rule, lr, lr * math.sqrt(per_image), momentum)
     transform = compose(transforms)
-    generator = torch.Generator().manual_seed(seed)
-    history, stopped = [], "steps"
     bar = tqdm(range(steps), desc=description, disable=not progress, leave=False)
-    for step in bar:
-        x = transform(param.image(), generator)
-        values, x_grad = values_and_gradient(model, objective, x)
-        history.append(values.float().cpu())
-        if stop is not None and stop(values):
-            stopped = "stop"
-            break
-        (grad,) = torch.autograd.grad(x, tensor, grad_outputs=x_grad)
-        stepper(grad, schedule_factor(schedule, step, steps))
-        with torch.no_grad():
-            for regularizer in regularizers:
-                regularizer(tensor, grad, step)
-        bar.set_postfix(objective=f"{float(values.mean().detach()):.4g}")
+    history, stopped = _ascend(
+        model, objective, param, stepper, transform, regularizers, steps, schedule, seed, stop, bar
+    )
     settings = {
         "objective": objective.name,
         "param": getattr(param, "kind", type(param).__name__),

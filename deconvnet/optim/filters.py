@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -158,6 +159,82 @@ def merge(parts: list[Optimized]) -> Optimized:
     )
 
 
+@dataclass(frozen=True)
+class _FilterPlan:
+    """`visualize_filters`' checked request: the stage's number, the channels, the image size, the
+    border left out of the objective, the parameterisation, the regularisers and the given start
+    [K, 3, size, size] (None: seeded noise)."""
+
+    number: int
+    channels: list[int]
+    size: int
+    border: int
+    param: str
+    regularizers: list
+    given: Tensor | None
+
+
+def _plan_filters(
+    model: nn.Module,
+    stage: int,
+    channels: object,
+    size: object,
+    border: object,
+    param: object,
+    regularizers: object,
+    start: object,
+) -> _FilterPlan:
+    """`visualize_filters`' arguments checked, in its order (ValueError naming the argument)."""
+    info = stage_of(model, stage)
+    channels = check_channels(model, stage, channels)
+    size = check_size(model, size, stage)
+    border = _check_border(border, stage_sizes(model, size, size)[stage], stage)
+    param = check_param(param)
+    regs = regularizer_preset(regularizers)
+    given = check_start(start, model, len(channels), size, param)
+    return _FilterPlan(info.number, channels, size, border, param, regs, given)
+
+
+def _filter_batches(
+    model: nn.Module,
+    stage: int,
+    plan: _FilterPlan,
+    batch_size: int,
+    negate: bool,
+    seed: int,
+    lr: float,
+    **options: Any,
+) -> tuple[list[Optimized], list[float], list[int]]:
+    """The channels optimised `batch_size` at a time, each batch from its part of the given start
+    or from seeded noise that has a gradient (`noise_starts`) -> (each batch's Optimized, start
+    spread per channel, wake steps per channel; both empty for a given start). options: the rest
+    of `optimize`'s keyword arguments."""
+    channels, size, param, given = plan.channels, plan.size, plan.param, plan.given
+    parts, spreads, wakes = [], [], []
+    for offset, group in zip(range(0, len(channels), batch_size), batches(channels, batch_size)):
+        objective = obj.channel(plan.number, list(group), border=plan.border)
+        if given is None:
+            first, spread, woken = noise_starts(model, objective, group, size, seed, param, lr)
+            warn_dead(woken, group, f"stage {stage} channels")
+            spreads += spread
+            wakes += woken
+        else:
+            first = given[offset : offset + len(group)]
+        parts.append(
+            optimize(
+                model,
+                -objective if negate else objective,
+                make_param(model, first, size, size, param),
+                lr=lr,
+                regularizers=plan.regularizers,
+                seed=seed,
+                description=f"stage {stage} filters",
+                **options,
+            )
+        )
+    return parts, spreads, wakes
+
+
 def visualize_filters(
     model: nn.Module,
     stage: int,
@@ -190,48 +267,30 @@ def visualize_filters(
     `batch_size` at a time, each image its own objective; channel c's image depends only on
     (seed, c), so any batching gives the same images. `details=True` returns the `Optimized`.
     """
-    info = stage_of(model, stage)
-    channels = check_channels(model, stage, channels)
-    size = check_size(model, size, stage)
-    border = _check_border(border, stage_sizes(model, size, size)[stage], stage)
-    param = check_param(param)
-    regs = regularizer_preset(regularizers)
-    given = check_start(start, model, len(channels), size, param)
-    parts, spreads, wakes = [], [], []
-    for offset, group in zip(range(0, len(channels), batch_size), batches(channels, batch_size)):
-        objective = obj.channel(info.number, list(group), border=border)
-        if given is None:
-            first, spread, woken = noise_starts(model, objective, group, size, seed, param, lr)
-            warn_dead(woken, group, f"stage {stage} channels")
-            spreads += spread
-            wakes += woken
-        else:
-            first = given[offset : offset + len(group)]
-        parts.append(
-            optimize(
-                model,
-                -objective if negate else objective,
-                make_param(model, first, size, size, param),
-                steps=steps,
-                lr=lr,
-                step_rule=step_rule,
-                transforms=transforms,
-                regularizers=regs,
-                seed=seed,
-                progress=progress,
-                description=f"stage {stage} filters",
-            )
-        )
+    plan = _plan_filters(model, stage, channels, size, border, param, regularizers, start)
+    parts, spreads, wakes = _filter_batches(
+        model,
+        stage,
+        plan,
+        batch_size,
+        negate,
+        seed,
+        lr,
+        steps=steps,
+        step_rule=step_rule,
+        transforms=transforms,
+        progress=progress,
+    )
     result = merge(parts)
     result.settings.update(
         method="visualize_filters",
         stage=stage,
-        channels=channels,
-        size=size,
-        border=border,
+        channels=plan.channels,
+        size=plan.size,
+        border=plan.border,
         negate=negate,
         objective=f"channel mean (stage {stage})",
-        start="given image" if given is not None else f"{param} noise, seed {seed}",
+        start="given image" if plan.given is not None else f"{plan.param} noise, seed {seed}",
         start_spread=spreads or None,
         wake_steps=wakes or None,
     )
@@ -277,6 +336,88 @@ def _check_position(position: object, map_size: tuple[int, int], stage: int) -> 
     return int(position[0]), int(position[1])
 
 
+@dataclass(frozen=True)
+class _UnitPlan:
+    """`visualize_units`' checked request: the stage's number, the channels, the image size, the
+    unit (y, x) in the stage's map, the part of the image optimised (top, left, bottom, right) and
+    the unit's (y, x) in its map, the receptive field's box, the regularisers."""
+
+    number: int
+    channels: list[int]
+    size: int
+    unit: tuple[int, int]
+    crop: tuple[int, int, int, int]
+    position: tuple[int, int]
+    box: tuple[int, int, int, int]
+    regularizers: list
+
+
+def _plan_units(
+    model: nn.Module,
+    stage: int,
+    channels: object,
+    size: object,
+    position: object,
+    crop: bool,
+    regularizers: object,
+) -> _UnitPlan:
+    """`visualize_units`' arguments checked, in its order (ValueError naming the argument), and
+    where the unit's receptive field lies (the whole image optimised unless `crop`)."""
+    info = stage_of(model, stage)
+    channels = check_channels(model, stage, channels)
+    size = check_size(model, size, stage)
+    y, x = _check_position(position, stage_sizes(model, size, size)[stage], stage)
+    where = unit_crop(model, stage, size, y, x)
+    top, left, bottom, right = where.crop if crop else (0, 0, size, size)
+    uy, ux = where.position if crop else (y, x)
+    regs = regularizer_preset(regularizers)
+    return _UnitPlan(
+        info.number, channels, size, (y, x), (top, left, bottom, right), (uy, ux), where.box, regs
+    )
+
+
+def _unit_batches(
+    model: nn.Module,
+    stage: int,
+    plan: _UnitPlan,
+    batch_size: int,
+    negate: bool,
+    seed: int,
+    lr: float,
+    **options: Any,
+) -> tuple[list[Optimized], list[float], list[int]]:
+    """The units optimised `batch_size` channels at a time, each from the full image's seeded
+    noise cropped (`noise_starts`), each step the full image's L2 length -> (each batch's
+    Optimized, start spread per channel, wake steps per channel). options: the rest of
+    `optimize`'s keyword arguments."""
+    (y, x), (uy, ux), size = plan.unit, plan.position, plan.size
+    top, left, bottom, right = plan.crop
+    parts, spreads, wakes = [], [], []
+    for group in batches(plan.channels, batch_size):
+        objective = obj.unit(plan.number, list(group), uy, ux)
+        start, spread, woken = noise_starts(
+            model, objective, group, size, seed, "pixels", lr, plan.crop, (plan.number, uy, ux)
+        )
+        # (crop=False passes the whole image as its crop: the same step length either way)
+        warn_dead(woken, group, f"stage {stage} units ({y}, {x}) of channels")
+        spreads += spread
+        wakes += woken
+        parts.append(
+            optimize(
+                model,
+                -objective if negate else objective,
+                make_param(model, start, bottom - top, right - left, "pixels"),
+                lr=lr,
+                step_values=3 * size * size,
+                regularizers=plan.regularizers,
+                seed=seed,
+                description=f"stage {stage} units",
+                **options,
+            )
+        )
+    return parts, spreads, wakes
+
+
 def visualize_units(
     model: nn.Module,
     stage: int,
@@ -306,57 +447,29 @@ def visualize_units(
     full-image run's field (`crop=False` runs that); transforms and blur or percentile clipping
     see only the crop.
     """
-    info = stage_of(model, stage)
-    channels = check_channels(model, stage, channels)
-    size = check_size(model, size, stage)
-    y, x = _check_position(position, stage_sizes(model, size, size)[stage], stage)
-    where = unit_crop(model, stage, size, y, x)
-    top, left, bottom, right = where.crop if crop else (0, 0, size, size)
-    uy, ux = where.position if crop else (y, x)
-    regs = regularizer_preset(regularizers)
-    parts, spreads, wakes = [], [], []
-    for group in batches(channels, batch_size):
-        objective = obj.unit(info.number, list(group), uy, ux)
-        start, spread, woken = noise_starts(
-            model,
-            objective,
-            group,
-            size,
-            seed,
-            "pixels",
-            lr,
-            (top, left, bottom, right),
-            (info.number, uy, ux),
-        )
-        # (crop=False passes the whole image as its crop: the same step length either way)
-        warn_dead(woken, group, f"stage {stage} units ({y}, {x}) of channels")
-        spreads += spread
-        wakes += woken
-        parts.append(
-            optimize(
-                model,
-                -objective if negate else objective,
-                make_param(model, start, bottom - top, right - left, "pixels"),
-                steps=steps,
-                lr=lr,
-                step_rule=step_rule,
-                step_values=3 * size * size,
-                transforms=transforms,
-                regularizers=regs,
-                seed=seed,
-                progress=progress,
-                description=f"stage {stage} units",
-            )
-        )
+    plan = _plan_units(model, stage, channels, size, position, crop, regularizers)
+    parts, spreads, wakes = _unit_batches(
+        model,
+        stage,
+        plan,
+        batch_size,
+        negate,
+        seed,
+        lr,
+        steps=steps,
+        step_rule=step_rule,
+        transforms=transforms,
+        progress=progress,
+    )
     result = merge(parts)
-    b = where.box
+    b, (top, left, bottom, right) = plan.box, plan.crop
     result.images = result.images[:, :, b[0] - top : b[2] - top, b[1] - left : b[3] - left].contiguous()
     result.settings.update(
         method="visualize_units",
         stage=stage,
-        channels=channels,
-        size=size,
-        position=[y, x],
+        channels=plan.channels,
+        size=plan.size,
+        position=list(plan.unit),
         crop=crop,
         box=list(b),
         crop_box=[top, left, bottom, right],

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from deconvnet.core.probe import probe
 from deconvnet.core.validation import check_count, check_images, check_real
-from deconvnet.data.models import preprocessing
+from deconvnet.data.models import Preprocessing, preprocessing
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.checks import check_classes, model_device
 from deconvnet.optim.engine import Optimized, optimize
@@ -22,6 +22,49 @@ from deconvnet.optim.regularizers import Clamp
 def _probabilities(model: nn.Module, x: Tensor) -> Tensor:
     with torch.no_grad():
         return torch.softmax(probe(model, x, ["logits"])["logits"], dim=1)[0]
+
+
+def _check_fooling(
+    model: nn.Module, image: object, target: object, confidence: object, steps: object
+) -> tuple[Tensor, int, float, int]:
+    """`fooling_image`'s arguments checked, in its order (ValueError naming the argument) ->
+    (image [1, 3, H, W], target, confidence, steps)."""
+    image = check_images(image, model, "image")
+    if image.shape[0] != 1:
+        raise ValueError(f"image: expected one image [1, 3, H, W], got a batch of {image.shape[0]}")
+    target = check_classes(model, target, "target")[0]
+    confidence = check_real("confidence", confidence)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected a probability in (0, 1), got {confidence!r}")
+    steps = check_count("steps", steps)
+    return image, target, confidence, steps
+
+
+def _report_fooling(
+    model: nn.Module, image: Tensor, result: Optimized, target: int, confidence: float, prep: Preprocessing
+) -> None:
+    """result.report: the target's probability and the predicted class before (image [1, 3, H, W],
+    on the model's device) and after, whether the confidence is reached, the steps taken, and the
+    perturbation's L-inf and L2, normalised and in [0, 1] colour units."""
+    before, after = _probabilities(model, image), _probabilities(model, result.images)
+    delta = result.images - image
+    std = torch.tensor(prep.std, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    reached = float(after[target]) >= confidence  # of the returned image itself
+    taken = len(result.history) - 1 if result.stopped == "stop" else len(result.history)
+    result.report.update(
+        target=target,
+        confidence=confidence,
+        reached=reached,
+        steps_taken=taken,
+        probability_before=float(before[target]),
+        probability_after=float(after[target]),
+        predicted_before=int(before.argmax()),
+        predicted_after=int(after.argmax()),
+        linf=float(delta.abs().max()),
+        l2=float(delta.norm()),
+        linf_colour=float((delta * std).abs().max()),
+        l2_colour=float((delta * std).norm()),
+    )
 
 
 def fooling_image(
@@ -44,14 +87,7 @@ def fooling_image(
     probabilities and predicted classes before and after, and the perturbation's L-inf and L2,
     in the normalised space and in [0, 1] colour units.
     """
-    image = check_images(image, model, "image")
-    if image.shape[0] != 1:
-        raise ValueError(f"image: expected one image [1, 3, H, W], got a batch of {image.shape[0]}")
-    target = check_classes(model, target, "target")[0]
-    confidence = check_real("confidence", confidence)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence: expected a probability in (0, 1), got {confidence!r}")
-    steps = check_count("steps", steps)
+    image, target, confidence, steps = _check_fooling(model, image, target, confidence, steps)
     prep = preprocessing(model)
     device, dtype = model_device(model)
     image = image.detach().to(device=device, dtype=dtype)
@@ -69,30 +105,12 @@ def fooling_image(
         progress=progress,
         description=f"fooling -> class {target}",
     )
-    before, after = _probabilities(model, image), _probabilities(model, result.images)
-    delta = result.images - image
-    std = torch.tensor(prep.std, dtype=dtype, device=device).view(1, 3, 1, 1)
-    reached = float(after[target]) >= confidence  # of the returned image itself
-    taken = len(result.history) - 1 if result.stopped == "stop" else len(result.history)
-    result.report.update(
-        target=target,
-        confidence=confidence,
-        reached=reached,
-        steps_taken=taken,
-        probability_before=float(before[target]),
-        probability_after=float(after[target]),
-        predicted_before=int(before.argmax()),
-        predicted_after=int(after.argmax()),
-        linf=float(delta.abs().max()),
-        l2=float(delta.norm()),
-        linf_colour=float((delta * std).abs().max()),
-        l2_colour=float((delta * std).norm()),
-    )
+    _report_fooling(model, image, result, target, confidence, prep)
     result.settings.update(method="fooling_image", target=target, confidence=confidence, steps=steps)
-    if not reached:
+    if not result.report["reached"]:
         warnings.warn(
             f"fooling_image: after {steps} steps class {target} has probability "
-            f"{float(after[target]):.4g} < confidence {confidence}; raise steps or lr",
+            f"{result.report['probability_after']:.4g} < confidence {confidence}; raise steps or lr",
             stacklevel=2,
         )
     return result if details else result.images

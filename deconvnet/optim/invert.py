@@ -30,6 +30,50 @@ PIXEL_NORM_GREY_LEVELS = 80.0  # Mahendran & Vedaldi's B
 TV_WEIGHTS = {1: 0.05, 2: 0.05, 3: 0.05, 4: 0.1, 5: 0.05, "fc6": 0.05, "fc7": 0.05, "logits": 0.05}
 
 
+def _check_invert(
+    model: nn.Module, image: object, stage: object, tv_weight: object, alpha_weight: object
+) -> tuple[int | str, Tensor, float]:
+    """`invert`'s arguments checked, in its order (ValueError naming the argument) -> (the point,
+    image [1, 3, H, W], the TV weight: TV_WEIGHTS of the stage when None)."""
+    point = check_point(model, stage)
+    if point == "input":
+        raise ValueError(
+            "stage: 'input' has nothing to invert; expected a stage 1..5, 'fc6', 'fc7' or 'logits'"
+        )
+    depth = int(point[3:]) if str(point).startswith("pre") else point  # "pre3": stage 3's depth
+    image = check_images(image, model, "image", depth if isinstance(depth, int) else None)
+    if image.shape[0] != 1:
+        raise ValueError(f"image: expected one image [1, 3, H, W], got a batch of {image.shape[0]}")
+    tv_weight = TV_WEIGHTS[depth] if tv_weight is None else check_real("tv_weight", tv_weight)
+    check_real("alpha_weight", alpha_weight)
+    return point, image, tv_weight
+
+
+def _invert_objective(
+    point: int | str,
+    phi0: Tensor,
+    alpha: object,
+    beta: object,
+    alpha_weight: float,
+    tv_weight: float,
+    bound: float,
+) -> obj.Objective:
+    """The feature match to phi0 (the image's representation at `point`) minus the alpha-norm and
+    TV priors (pixel norm `bound`, TV bound bound / 6.5); alpha and beta checked here."""
+    return (
+        obj.feature_match(point, phi0)
+        - alpha_weight * obj.alpha_norm(check_real("alpha", alpha), bound)
+        - tv_weight * obj.total_variation(check_real("beta", beta), bound / 6.5)
+    )
+
+
+def _feature_error(model: nn.Module, images: Tensor, point: int | str, phi0: Tensor) -> float:
+    """||phi(x) - phi0||^2 / ||phi0||^2 of the one image [1, 3, H, W] at `point`."""
+    with torch.no_grad():
+        error = -obj.feature_match(point, phi0)(probe(model, images, [point]))
+    return float(error[0])
+
+
 def invert(
     model: nn.Module,
     image: Tensor,
@@ -53,28 +97,14 @@ def invert(
     the stage. details=True returns the Optimized; its report has "feature_error", the final
     ||phi(x) - phi0||^2 / ||phi0||^2.
     """
-    point = check_point(model, stage)
-    if point == "input":
-        raise ValueError(
-            "stage: 'input' has nothing to invert; expected a stage 1..5, 'fc6', 'fc7' or 'logits'"
-        )
-    depth = int(point[3:]) if str(point).startswith("pre") else point  # "pre3": stage 3's depth
-    image = check_images(image, model, "image", depth if isinstance(depth, int) else None)
-    if image.shape[0] != 1:
-        raise ValueError(f"image: expected one image [1, 3, H, W], got a batch of {image.shape[0]}")
-    tv_weight = TV_WEIGHTS[depth] if tv_weight is None else check_real("tv_weight", tv_weight)
-    check_real("alpha_weight", alpha_weight)
+    point, image, tv_weight = _check_invert(model, image, stage, tv_weight, alpha_weight)
     prep = preprocessing(model)
     device, dtype = model_device(model)
     image = image.detach().to(device=device, dtype=dtype)
     with torch.no_grad():
         phi0 = probe(model, image, [point])[point]
     bound = PIXEL_NORM_GREY_LEVELS / 255.0 / (sum(prep.std) / 3)
-    objective = (
-        obj.feature_match(point, phi0)
-        - alpha_weight * obj.alpha_norm(check_real("alpha", alpha), bound)
-        - tv_weight * obj.total_variation(check_real("beta", beta), bound / 6.5)
-    )
+    objective = _invert_objective(point, phi0, alpha, beta, alpha_weight, tv_weight, bound)
     start = grey_noise(tuple(image.shape), prep, torch.Generator().manual_seed(seed))
     param = PixelImage(start.to(device=device, dtype=dtype))
     result = optimize(
@@ -90,9 +120,7 @@ def invert(
         progress=progress,
         description=f"invert {point}",
     )
-    with torch.no_grad():
-        error = -obj.feature_match(point, phi0)(probe(model, result.images, [point]))
-    result.report["feature_error"] = float(error[0])
+    result.report["feature_error"] = _feature_error(model, result.images, point, phi0)
     result.settings.update(
         method="invert",
         stage=point,
