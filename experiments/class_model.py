@@ -20,38 +20,16 @@ resumes.
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.class_model import run_class_model
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.class_model")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="class_model")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_class_model`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_class_model(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            classes=config["classes"],
-            regularizer=config["regularizer"],
-            weight=config["weight"],
-            steps=config["steps"],
-            lr=config["lr"],
-            size=config["size"],
-            blur=config["blur"],
-            opt_seed=config["seed"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `class_model` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("class_model", cfg)
 
 
 if __name__ == "__main__":

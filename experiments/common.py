@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from deconvnet.core.validation import check_device
 from deconvnet.data.models import WeightsUnavailableError
-from deconvnet.jobs.files import JobLock
+from deconvnet.jobs.folder import JobLock
 
 # Errors caused by what the user asked for: reported as one short line, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, WeightsUnavailableError)
@@ -27,9 +27,9 @@ _claimed: list[JobLock] = []  # the folder this process's current Hydra job hold
 
 def hydra_output_dir() -> Path:
     """This Hydra job's own output folder (cwd is not changed: hydra.job.chdir is false), claimed
-    for this job (`deconvnet.jobs.files.JobLock` until the process ends or its next job starts): a
+    for this job (`deconvnet.jobs.folder.JobLock` until the process ends or its next job starts): a
     second job in the same folder stops with a ValueError naming it, and a killed job's
-    "running" status reads as stale (`deconvnet.jobs.files.job_status`)."""
+    "running" status reads as stale (`deconvnet.jobs.folder.job_status`)."""
     from hydra.core.hydra_config import HydraConfig
 
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -63,3 +63,12 @@ def run_job(logger: logging.Logger, device: str | None, work: Callable[[Path], o
             check_device(device)
         with logging_redirect_tqdm():
             work(out)
+
+
+def run_registered(name: str, cfg: DictConfig) -> None:
+    """The body of every entry point: `JOBS[name].run(folder, config)` with the resolved config,
+    in this Hydra job's own folder, user errors as one line."""
+    from deconvnet.jobs.registry import JOBS
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_job(logging.getLogger(f"experiments.{name}"), None, lambda out: JOBS[name].run(out, config))

@@ -21,36 +21,16 @@ a rerun with the same config into the same folder resumes.
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.correspondence import run_correspondence
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.correspondence")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="correspondence")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_correspondence`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_correspondence(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            boxes=config["boxes"],
-            layers=config["layers"],
-            random_draws=config["random_draws"],
-            draw_seed=config["seed"],
-            fill=config["fill"],
-            batch_size=config["batch_size"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `correspondence` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("correspondence", cfg)
 
 
 if __name__ == "__main__":

@@ -19,40 +19,16 @@ with one line `error: <key>: expected ..., got ...` and exit status 1. Finished 
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.deep_dream import run_deep_dream
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.deep_dream")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="deep_dream")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_deep_dream`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_deep_dream(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            images=config["images"],
-            stage=config["stage"],
-            channel=config["channel"],
-            octaves=config["octaves"],
-            scale=config["scale"],
-            jitter=config["jitter"],
-            steps=config["steps"],
-            step_size=config["step_size"],
-            size=config["size"],
-            opt_seed=config["seed"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `deep_dream` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("deep_dream", cfg)
 
 
 if __name__ == "__main__":

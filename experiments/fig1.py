@@ -17,50 +17,16 @@ A bad value ends the run with one line `error: ...` and exit status 1, before th
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.core.validation import check_device
-from deconvnet.jobs.fig1 import run_fig1
-from deconvnet.jobs.files import provenance
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.fig1")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="fig1")
 def main(cfg: DictConfig) -> None:
-    with user_errors(log):
-        if cfg.rule != "deconvnet":
-            raise ValueError(
-                f"rule: Fig. 1 is the deconvnet; expected 'deconvnet', got {cfg.rule!r}"
-                " (other rules: python -m experiments.reconstruct rule=...)"
-            )
-        device = check_device(cfg.device)
-        out = hydra_output_dir()
-        result = run_fig1(
-            out,
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            image=cfg.image,
-            stage=cfg.stage,
-            channel=cfg.channel,
-            keep=cfg.keep,
-            below_channel=cfg.below_channel,
-            device=str(device),
-            extra={"config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance()},
-        )
-        log.info(
-            "%s stage %s channel %s (%s): %s",
-            result["model"],
-            result["stage"],
-            result["channel"],
-            result["weights"]["description"],
-            out / result["files"]["figure"],
-        )
+    """Hydra entry point: the job `fig1` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("fig1", cfg)
 
 
 if __name__ == "__main__":

@@ -21,52 +21,16 @@ A bad value ends the run with one line `error: <key>: ...` and exit status 1, be
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.fig2 import run_fig2
-from deconvnet.jobs.files import provenance
-from experiments.common import run_job
-
-log = logging.getLogger("experiments.fig2")
-
-
-def arguments(cfg: DictConfig) -> dict:
-    """The config as keyword arguments of `run_fig2` (without out_dir)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    stages = plain["stages"] if plain.get("stage") is None else [plain["stage"]]
-    return {
-        "model": plain["model"]["name"],
-        "weights": plain["model"]["weights"],
-        "seed": plain["model"]["seed"],
-        "data": plain["data"],
-        "stages": stages,
-        "channels": plain.get("channels"),
-        "channels_per_stage": plain["channels_per_stage"],
-        "channel_seed": plain["channel_seed"],
-        "k": plain["k"],
-        "rules": plain["rules"],
-        "live_only": plain["live_only"],
-        "exclude_border": plain["exclude_border"],
-        "batch_size": plain["batch_size"],
-        "chunk_size": plain["chunk_size"],
-        "device": plain["device"],
-        "display": plain.get("display"),
-        "progress": bool(plain.get("progress", True)),
-        "scan": plain.get("scan"),
-        "checkpoint_every": plain.get("checkpoint_every", 1000),
-    }
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="fig2")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: run Fig. 2 into this job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    run_job(
-        log, cfg.device, lambda out: run_fig2(out, config=config, provenance=provenance(), **arguments(cfg))
-    )
+    """Hydra entry point: the job `fig2` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("fig2", cfg)
 
 
 if __name__ == "__main__":

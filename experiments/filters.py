@@ -21,37 +21,16 @@ the same folder resumes.
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.filters import run_filters
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.filters")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="filters")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_filters`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_filters(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            stages=config["stages"],
-            channels=config["channels"],
-            size=config["size"],
-            steps=config["steps"],
-            lr=config["lr"],
-            param=config["param"],
-            opt_seed=config["seed"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `filters` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("filters", cfg)
 
 
 if __name__ == "__main__":

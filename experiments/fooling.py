@@ -20,38 +20,16 @@ line `error: <key>: expected ..., got ...` and exit status 1. Finished cells are
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.fooling import run_fooling
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.fooling")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="fooling")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_fooling`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_fooling(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            images=config["images"],
-            target=config["target"],
-            confidence=config["confidence"],
-            steps=config["steps"],
-            lr=config["lr"],
-            size=config["size"],
-            amplify=config["amplify"],
-            opt_seed=config["seed"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `fooling` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("fooling", cfg)
 
 
 if __name__ == "__main__":

@@ -25,39 +25,16 @@ is checked before the model is built; a bad one ends the run with one line
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.invariance import run_invariance
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.invariance")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="invariance")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_invariance`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_invariance(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            images=config["images"],
-            transforms=config["transforms"],
-            values=config["values"],
-            layers=config["layers"],
-            labels=config["labels"],
-            fill=config["fill"],
-            size=config["size"],
-            batch_size=config["batch_size"],
-            shown=config["shown"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `invariance` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("invariance", cfg)
 
 
 if __name__ == "__main__":

@@ -20,38 +20,16 @@ line `error: <key>: expected ..., got ...` and exit status 1. Finished cells are
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.invert import run_invert
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.invert")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="invert")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_invert`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_invert(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            image=config["image"],
-            stages=config["stages"],
-            steps=config["steps"],
-            lr=config["lr"],
-            size=config["size"],
-            tv_weight=config["tv_weight"],
-            jitter=config["jitter"],
-            opt_seed=config["seed"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `invert` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("invert", cfg)
 
 
 if __name__ == "__main__":

@@ -18,40 +18,16 @@ Finished cells are kept in `partial/`: a rerun with the same config into the sam
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.occlusion import run_occlusion
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.occlusion")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="occlusion")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_occlusion`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_occlusion(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            images=config["images"],
-            target=config["target"],
-            patch=config["patch"],
-            stride=config["stride"],
-            fill=config["fill"],
-            size=config["size"],
-            top_k=config["top_k"],
-            data=config["data"],
-            method=config["method"],
-            batch_size=config["batch_size"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `occlusion` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("occlusion", cfg)
 
 
 if __name__ == "__main__":

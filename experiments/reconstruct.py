@@ -20,34 +20,16 @@ Every value is checked before the model is built; a bad one ends the run with on
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.reconstruct import run_reconstruct
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.reconstruct")  # same name under python -m
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reconstruct")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as plain arguments to `run_reconstruct`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_reconstruct(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            image=cfg.image,
-            stage=cfg.stage,
-            keep=cfg.keep,
-            rule=cfg.rule,
-            device=cfg.device,
-            config=config,
-        )
+    """Hydra entry point: the job `reconstruct` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("reconstruct", cfg)
 
 
 if __name__ == "__main__":

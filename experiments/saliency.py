@@ -20,39 +20,16 @@ line `error: <key>: expected ..., got ...` and exit status 1.
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.saliency import run_saliency
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.saliency")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="saliency")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as plain arguments to `run_saliency`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_saliency(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            images=config["images"],
-            methods=config["methods"],
-            target=config["target"],
-            unit=config["unit"],
-            samples=cfg.samples,
-            noise=cfg.noise,
-            steps=cfg.steps,
-            cam_stage=cfg.cam_stage,
-            noise_seed=cfg.seed,
-            device=cfg.device,
-            config=config,
-        )
+    """Hydra entry point: the job `saliency` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("saliency", cfg)
 
 
 if __name__ == "__main__":

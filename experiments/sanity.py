@@ -23,45 +23,16 @@ value is checked before the model is built; a bad one ends the run with one line
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.sanity import run_sanity
-from experiments.common import hydra_output_dir, user_errors
-
-log = logging.getLogger("experiments.sanity")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sanity")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_sanity`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with user_errors(log):
-        run_sanity(
-            hydra_output_dir(),
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            images=config["images"],
-            methods=config["methods"],
-            unit=config["unit"],
-            modes=config["modes"],
-            layers=config["layers"],
-            size=config["size"],
-            samples=config["samples"],
-            noise=config["noise"],
-            steps=config["steps"],
-            cam_stage=config["cam_stage"],
-            rand_seed=config["seed"],
-            noise_seed=config["noise_seed"],
-            pass_layer=config["pass_layer"],
-            pass_below=config["pass_below"],
-            pass_metric=config["pass_metric"],
-            device=config["device"],
-            config=config,
-        )
+    """Hydra entry point: the job `sanity` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("sanity", cfg)
 
 
 if __name__ == "__main__":

@@ -15,42 +15,16 @@ All the work is `deconvnet.jobs.scan.run_scan`; a bad value ends the run with on
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from deconvnet.jobs.files import provenance
-from deconvnet.jobs.scan import run_scan
-from experiments.common import run_job
-
-log = logging.getLogger("experiments.scan")
+from experiments.common import run_registered
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="scan")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: the config as arguments to `run_scan`, in the job's folder."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    run_job(
-        log,
-        cfg.device,
-        lambda out: run_scan(
-            out,
-            model=cfg.model.name,
-            weights=cfg.model.weights,
-            seed=cfg.model.seed,
-            data=config["data"],
-            stages=config["stages"],
-            k=config["k"],
-            batch_size=config["batch_size"],
-            checkpoint_every=config["checkpoint_every"],
-            exclude_border=config["exclude_border"],
-            device=config["device"],
-            progress=bool(config["progress"]),
-            config=config,
-            provenance=provenance(),
-        ),
-    )
+    """Hydra entry point: the job `scan` (`deconvnet.jobs.registry.JOBS`) into this job's folder."""
+    run_registered("scan", cfg)
 
 
 if __name__ == "__main__":

@@ -39,14 +39,16 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from deconvnet.jobs.files import PROVENANCE_ENV, provenance  # noqa: E402
+from deconvnet.jobs.provenance import PROVENANCE_ENV, provenance  # noqa: E402
+from deconvnet.jobs.registry import JOBS  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Figure:
-    """One figure: its Hydra module, what it shows, its model and its own overrides."""
+    """One figure: the registered job that makes it (`deconvnet.jobs.registry.JOBS`), what it
+    shows, its model and its own overrides."""
 
-    module: str
+    job: str
     shows: str
     model: str = "vgg16"  # the experiment's default model (conf/<experiment>.yaml)
     overrides: tuple[str, ...] = ()
@@ -60,12 +62,12 @@ MODEL_OVERRIDES: dict[str, tuple[str, ...]] = {"vgg16": ("model.weights=hed",), 
 SMALL_PNG = ("display.max_tile_px=64", "display.sheet_max_width=1400")
 FIGURES: dict[str, Figure] = {
     "fig1": Figure(
-        "experiments.fig1",
+        "fig1",
         "Fig. 1: the deconvnet layer attached to a convnet layer, "
         "every intermediate map from real data, and unpooling with switches",
     ),
     "fig2": Figure(
-        "experiments.fig2",
+        "fig2",
         "Fig. 2: top-9 activations of 16 random live feature maps "
         "per layer, projected to pixels by the deconvnet and by guided backprop beside "
         "their image patches (VGG16)",
@@ -73,20 +75,20 @@ FIGURES: dict[str, Figure] = {
         quick=("channels_per_stage=2", "k=4", "data.size=80", "stages=[1,5]"),
     ),
     "fig2_alexnet": Figure(
-        "experiments.fig2",
+        "fig2",
         "Fig. 2 on AlexNet (the paper's own architecture family)",
         model="alexnet",
         overrides=SMALL_PNG,
         quick=("channels_per_stage=1", "k=2", "data.size=80", "stages=[2]"),
     ),
     "reconstruct": Figure(
-        "experiments.reconstruct",
+        "reconstruct",
         "Reconstructions of one image at the 5 "
         "layers, from the whole feature map and from its strongest activation",
         quick=("stage=2",),
     ),
     "saliency": Figure(
-        "experiments.saliency",
+        "saliency",
         "Gradient-family maps of every method (gradient, "
         "guided backprop, deconvnet, their SmoothGrad, Grad-CAM at stage 4, guided "
         "Grad-CAM, integrated gradients, gradient x image) of each image's strongest "
@@ -101,7 +103,7 @@ FIGURES: dict[str, Figure] = {
     # idle CPU cores, 2 threads: filters 110 s, class_model 36 s, deep_dream 11 s, invert 34 s,
     # fooling 11 s; 201 s together (344 s on one thread); other jobs on the machine stretch it.
     "filters": Figure(
-        "experiments.filters",
+        "filters",
         "Filter visualisations (activation maximisation, "
         "the Keras example's recipe) of the first 16 channels of each stage, "
         "without and with regularisers (Yosinski decay + blur, pad + jitter) side "
@@ -111,7 +113,7 @@ FIGURES: dict[str, Figure] = {
         quick=("stages=[1,5]", "channels=4", "size=64", "steps=3"),
     ),
     "class_model": Figure(
-        "experiments.class_model",
+        "class_model",
         "Class models (Simonyan et al. 2014, L2 "
         "regulariser, blur) of four ImageNet classes, each titled with the "
         "probability the model gives it; HED's classifier is random, so the "
@@ -120,21 +122,21 @@ FIGURES: dict[str, Figure] = {
         quick=("classes=[1,368]", "size=64", "steps=3"),
     ),
     "deep_dream": Figure(
-        "experiments.deep_dream",
+        "deep_dream",
         "Deep Dream (Mordvintsev et al. 2015) of one "
         "photo at stage 4, three octaves of scale 1.4; energy before / after",
         overrides=("octaves=3",),
         quick=("size=96", "octaves=2", "steps=2", "stage=3", "jitter=8"),
     ),
     "invert": Figure(
-        "experiments.invert",
+        "invert",
         "One photo inverted from each of the five stages "
         "(Mahendran & Vedaldi 2015), each titled with its relative feature error",
         overrides=("size=128", "steps=80"),
         quick=("stages=[2,5]", "size=64", "steps=3"),
     ),
     "fooling": Figure(
-        "experiments.fooling",
+        "fooling",
         "A fooling image (Nguyen et al. 2015): a photo "
         "pushed until the model says 'gibbon' with 99% confidence, its amplified "
         "difference, probabilities before / after, L-inf / L2 of the change; "
@@ -144,7 +146,7 @@ FIGURES: dict[str, Figure] = {
     ),
     # The paper's other experiments (issue 8), on VGG16 with HED weights.
     "occlusion": Figure(
-        "experiments.occlusion",
+        "occlusion",
         "Fig. 7: occlusion sensitivity of three photos "
         "(a 48 px grey square at stride 16, incremental inference): the total "
         "activation of the strongest stage-5 map, that map projected by the "
@@ -154,7 +156,7 @@ FIGURES: dict[str, Figure] = {
         quick=("images=[cat]", "size=96", "patch=32", "stride=32", "data.limit=8", "top_k=2"),
     ),
     "correspondence": Figure(
-        "experiments.correspondence",
+        "correspondence",
         "Correspondence (Table 1): the right "
         "eye, left eye and nose of 2 human portraits and 1 cat (NOT the "
         "paper's 5 dogs) occluded; Delta (Hamming of sign(x - x~)) at pool5 "
@@ -163,7 +165,7 @@ FIGURES: dict[str, Figure] = {
         quick=("random_draws=1",),
     ),
     "sanity": Figure(
-        "experiments.sanity",
+        "sanity",
         "Sanity checks (Adebayo et al. 2018): cascading and "
         "independent re-initialisation of every learnable layer; Spearman (|.| and "
         "signed), SSIM and HOG similarity to the original maps of gradient, guided "
@@ -175,7 +177,7 @@ FIGURES: dict[str, Figure] = {
         quick=("images=cat", "size=64", "samples=2", "steps=2", "layers=[fc6,conv5,conv3,conv1]"),
     ),
     "invariance": Figure(
-        "experiments.invariance",
+        "invariance",
         "Fig. 5: invariance of five photos to vertical "
         "translation (-60..60 px), scale (1..1.8) and rotation (0..360 degrees, "
         "every 30): Euclidean distance of the layer-1 (pool1) and fc7 feature "
@@ -282,7 +284,7 @@ def relocate(text: str, staging: Path, label: str) -> str:
 
 def tidy_job(staging: Path, final: Path, out_root: Path, run: dict[str, Any]) -> dict[str, Any]:
     """Move what only this run has out of the job's files into `run.json`; returns the result."""
-    from deconvnet.jobs.files import LOCK_FILE
+    from deconvnet.jobs.folder import LOCK_FILE
 
     (staging / LOCK_FILE).unlink(missing_ok=True)  # the job has ended: its lock is nobody's now
     result_path = staging / "result.json"
@@ -306,8 +308,9 @@ def run_job(name: str, out_root: Path, quick: bool, env: dict[str, str]) -> dict
     overrides = job_overrides(name, quick)
     staging = out_root / ".staging" / name
     shutil.rmtree(staging, ignore_errors=True)
-    command = [sys.executable, "-m", fig.module, *overrides, f"hydra.run.dir={staging}"]
-    shown = " ".join(["python", "-m", fig.module, *overrides])
+    module = JOBS[fig.job].module
+    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={staging}"]
+    shown = " ".join(["python", "-m", module, *overrides])
     print(f"\n=== {name}: {shown}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True)

@@ -14,7 +14,6 @@ is skipped with its status named.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,46 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-# analyses whose figure is drawn only when the job runs (no redraw from saved data yet)
-DRAWN_BY_THE_JOB = ("occlusion", "correspondence", "sanity")
-
-
 def render_job(job: Path) -> list[Path]:
-    """Redraw one job folder according to the experiment recorded in its result.json."""
-    from deconvnet.jobs.fig1 import render_fig1
-    from deconvnet.jobs.fig2 import render_fig2
-    from deconvnet.jobs.job import SYNTHESIS_EXPERIMENTS, render_synthesis
-    from deconvnet.jobs.reconstruct import render_reconstruct
-    from deconvnet.jobs.saliency import render_saliency
+    """Redraw one job folder with its registered kind's `render` (the experiment recorded in its
+    result.json); a kind that draws its figures only while it runs redraws nothing (said)."""
+    from deconvnet.jobs.registry import job_kind
 
-    result = json.loads((job / "result.json").read_text())
-    kind = result.get("experiment")
-    if kind == "fig1":
-        return [render_fig1(job)]
-    if kind == "fig2":
-        return list(render_fig2(job))
-    if kind == "reconstruct":
-        return [render_reconstruct(job)]
-    if kind == "saliency":
-        return [render_saliency(job)]
-    if kind in SYNTHESIS_EXPERIMENTS:
-        return render_synthesis(job)
-    if kind == "invariance":
-        from deconvnet.jobs.invariance import render_invariance
-
-        return [render_invariance(job)]
-    if kind in DRAWN_BY_THE_JOB:
+    kind = job_kind(job)
+    if kind.render is None:
         print(
-            f"{job}: {kind} figures are drawn by the job itself; rerun the experiment to "
+            f"{job}: {kind.name} figures are drawn by the job itself; rerun the experiment to "
             "redraw them (nothing changed here)",
             file=sys.stderr,
         )
         return []
-    raise ValueError(
-        f"{job}: result.json names experiment {kind!r}; expected fig1, fig2, "
-        f"reconstruct, saliency, invariance or one of "
-        f"{', '.join((*SYNTHESIS_EXPERIMENTS, *DRAWN_BY_THE_JOB))}"
-    )
+    return kind.render(job)
 
 
 UNFINISHED = ("running", "stale", "interrupted", "failed")
@@ -89,7 +62,7 @@ def job_folders(paths: list[Path]) -> list[Path]:
 
 def finished_jobs(jobs: list[Path]) -> list[Path]:
     """The jobs that finished; the others are named on stderr with their status."""
-    from deconvnet.jobs.files import job_status
+    from deconvnet.jobs.folder import job_status
 
     kept = []
     for job in jobs:

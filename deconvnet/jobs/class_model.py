@@ -29,7 +29,8 @@ from deconvnet.core.validation import as_list, check_count, check_positive, chec
 from deconvnet.data.models import class_names
 from deconvnet.figures.sheet import KERAS_DEPROCESS, keras_deprocess, save_tile
 from deconvnet.figures.synthesis import class_sheet
-from deconvnet.jobs.job import Job, ModelRequest, check_model, classifier_note, model_header, title_lines
+from deconvnet.jobs.job import Job, classifier_note, model_header, title_lines
+from deconvnet.jobs.request import ModelRequest, check_model
 from deconvnet.optim import class_model, probe
 from deconvnet.optim.checks import check_size
 from deconvnet.optim.class_model import CLASS_REGULARIZERS
@@ -238,3 +239,23 @@ def class_config(plan: ClassPlan, weights: object) -> dict[str, Any]:
         "seed": plan.seed,
         "device": str(r.device),
     }
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.class_model`: the config as the arguments of `run_class_model`."""
+    return run_class_model(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        classes=config["classes"],
+        regularizer=config["regularizer"],
+        weight=config["weight"],
+        steps=config["steps"],
+        lr=config["lr"],
+        size=config["size"],
+        blur=config["blur"],
+        opt_seed=config["seed"],
+        device=config["device"],
+        config=dict(config),
+    )

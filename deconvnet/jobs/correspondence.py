@@ -43,16 +43,8 @@ from deconvnet.core.validation import check_count, check_seed
 from deconvnet.data.paths import REPO_ROOT
 from deconvnet.figures.correspondence import table_markdown, write_tiles
 from deconvnet.figures.sheet import COLOURS, colours
-from deconvnet.jobs.job import (
-    Job,
-    ModelRequest,
-    Picture,
-    check_model,
-    check_pictures,
-    model_header,
-    prepare,
-    title_lines,
-)
+from deconvnet.jobs.job import Job, Picture, check_pictures, model_header, prepare, title_lines
+from deconvnet.jobs.request import ModelRequest, check_model
 
 BOXES_DIR = REPO_ROOT / "conf" / "correspondence"
 TABLE_FILE, SHEET_FILE = "table.md", "boxes.png"
@@ -351,3 +343,21 @@ def boxes_sheet(
         "alarm": wdict.get("weights") == "random",
         "rows": rows,
     }
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.correspondence`: the config as the arguments of `run_correspondence`."""
+    return run_correspondence(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        boxes=config["boxes"],
+        layers=config["layers"],
+        random_draws=config["random_draws"],
+        draw_seed=config["seed"],
+        fill=config["fill"],
+        batch_size=config["batch_size"],
+        device=config["device"],
+        config=dict(config),
+    )

@@ -29,15 +29,14 @@ from deconvnet.figures.sheet import COLOURS, colours, save_tile
 from deconvnet.figures.synthesis import dream_sheet
 from deconvnet.jobs.job import (
     Job,
-    ModelRequest,
     Picture,
     check_image_size,
-    check_model,
     check_pictures,
     model_header,
     prepare,
     title_lines,
 )
+from deconvnet.jobs.request import ModelRequest, check_model
 from deconvnet.optim import deep_dream, probe
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.dream import octave_sizes
@@ -264,3 +263,25 @@ def dream_title(plan: DreamPlan, wdict: Mapping[str, Any]) -> list[str]:
     name = stage_of(plan.request.skeleton, plan.stage).name
     what = f"stage {plan.stage} ({name})" + ("" if plan.channel is None else f" channel {plan.channel}")
     return title_lines(f"Deep Dream at {what}", plan.request, wdict)
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.deep_dream`: the config as the arguments of `run_deep_dream`."""
+    return run_deep_dream(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        images=config["images"],
+        stage=config["stage"],
+        channel=config["channel"],
+        octaves=config["octaves"],
+        scale=config["scale"],
+        jitter=config["jitter"],
+        steps=config["steps"],
+        step_size=config["step_size"],
+        size=config["size"],
+        opt_seed=config["seed"],
+        device=config["device"],
+        config=dict(config),
+    )

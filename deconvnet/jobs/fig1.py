@@ -11,6 +11,8 @@ The maps come from `deconvnet.analysis.layer_maps.fig1_data`, the drawing from
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,18 @@ from torch import nn
 
 from deconvnet.analysis.layer_maps import check_channel, check_keep, check_stage, fig1_data
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.validation import check_device
 from deconvnet.data.images import load_image
 from deconvnet.data.models import load_model, model_name, model_spec
 from deconvnet.figures.fig1 import draw_fig1
-from deconvnet.jobs.versions import versions
+from deconvnet.jobs.folder import RESULT_FILE, JobFolder
+from deconvnet.jobs.provenance import provenance as record_provenance
+from deconvnet.jobs.provenance import versions
+
+log = logging.getLogger(__name__)
 
 FIGURE_FILE = "fig1.png"
 DATA_FILE = "fig1_data.npz"
-RESULT_FILE = "result.json"
 
 
 def save_fig1_data(data: dict[str, Any], path: str | Path) -> Path:
@@ -113,17 +119,49 @@ def run_fig1(
     count = _channel_count(name, stage)
     check_channel(channel, count, "channel", f"stage {stage}")
     x = load_image(image, name)  # FileNotFoundError / ValueError before any heavy work
-    if isinstance(model, str):
-        model = load_model(model, weights=weights, seed=seed, device=device)
-    data = fig1_data(
-        model, x, stage, channel=channel, keep=keep, below_channel=below_channel, image_name=str(image)
+    with JobFolder(out_dir) as folder:
+        if isinstance(model, str):
+            model = load_model(model, weights=weights, seed=seed, device=device)
+        data = fig1_data(
+            model, x, stage, channel=channel, keep=keep, below_channel=below_channel, image_name=str(image)
+        )
+        save_fig1_data(data, folder.file(DATA_FILE))
+        draw_fig1(data, folder.file(FIGURE_FILE))
+        result = _result(data, keep)
+        if extra:
+            result.update(extra)
+        folder.write_json(RESULT_FILE, result, default=str)
+    return result
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.fig1`: the rule checked (Fig. 1 is the deconvnet), then `run_fig1`
+    with the config and the provenance in result.json; the figure's path logged."""
+    if config["rule"] != "deconvnet":
+        raise ValueError(
+            f"rule: Fig. 1 is the deconvnet; expected 'deconvnet', got {config['rule']!r}"
+            " (other rules: python -m experiments.reconstruct rule=...)"
+        )
+    device = check_device(config["device"])
+    result = run_fig1(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        image=config["image"],
+        stage=config["stage"],
+        channel=config["channel"],
+        keep=config["keep"],
+        below_channel=config["below_channel"],
+        device=str(device),
+        extra={"config": dict(config), "provenance": record_provenance()},
     )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_fig1_data(data, out_dir / DATA_FILE)
-    draw_fig1(data, out_dir / FIGURE_FILE)
-    result = _result(data, keep)
-    if extra:
-        result.update(extra)
-    (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    log.info(
+        "%s stage %s channel %s (%s): %s",
+        result["model"],
+        result["stage"],
+        result["channel"],
+        result["weights"]["description"],
+        Path(out) / result["files"]["figure"],
+    )
     return result

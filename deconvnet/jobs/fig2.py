@@ -62,7 +62,7 @@ from deconvnet.analysis.top_projections import (
     select_channels,
 )
 from deconvnet.core.architecture import STAGES
-from deconvnet.core.validation import check_int, check_stage_numbers
+from deconvnet.core.validation import check_device, check_int, check_stage_numbers
 from deconvnet.data.files import atomic_write
 from deconvnet.data.models import display_name, weights_label
 from deconvnet.figures.fig2 import (
@@ -79,7 +79,9 @@ from deconvnet.figures.fig2 import (
 )
 from deconvnet.figures.fig2_layout import DisplayOptions, display_size
 from deconvnet.jobs.data_config import check_data, make_dataset, require_whole_dataset
-from deconvnet.jobs.files import JobLock, failure_status, write_yaml
+from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, JobFolder, write_json
+from deconvnet.jobs.provenance import provenance as record_provenance
+from deconvnet.jobs.provenance import versions
 from deconvnet.jobs.scan import (
     CHECKPOINT_FILE,
     ScanOptions,
@@ -92,7 +94,6 @@ from deconvnet.jobs.scan import (
     scan_fingerprint,
     warn_failures,
 )
-from deconvnet.jobs.versions import versions
 
 __all__ = ["RunOptions", "assemble_sheet", "load_fig2", "render_fig2", "run_fig2", "save_tiles"]
 
@@ -100,7 +101,6 @@ log = logging.getLogger(__name__)
 
 TILES_NPZ = "tiles.npz"
 TILES_JSON = "tiles.json"
-RESULT_JSON = "result.json"
 TOPK_FILE = "topk.pt"
 NPZ_FORMAT = "deconvnet.fig2"  # the file format's name (unchanged since version 1), not a module path
 NPZ_VERSION = 2  # 2: reconstructions per rule (recon_<rule>_stage<s>), meta "rules"
@@ -205,11 +205,6 @@ class _Inputs:
 
 # ---------------------------------------------------------------------------------------------
 # saving and loading
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """`data` as indented JSON at `path`, written atomically."""
-    return atomic_write(path, lambda temp: temp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def save_png_atomic(image: Image.Image, path: Path) -> Path:
@@ -418,7 +413,7 @@ def _finish(
     """Write tiles.npz, tiles.json, the PNGs and the complete result.json."""
     clock = time.perf_counter()
     save_tiles(out / TILES_NPZ, tiles, meta)
-    write_json_atomic(
+    write_json(
         out / TILES_JSON,
         {
             "model": meta["model"],
@@ -446,9 +441,9 @@ def _finish(
             float(np.max(np.abs(t.recomputed - t.value) / np.maximum(np.abs(t.value), 1e-30)))
             for t in tiles.values()
         ),
-        files=sorted([p.name for p in pngs] + [TILES_NPZ, TILES_JSON, TOPK_FILE, RESULT_JSON]),
+        files=sorted([p.name for p in pngs] + [TILES_NPZ, TILES_JSON, TOPK_FILE, RESULT_FILE]),
     )
-    write_json_atomic(out / RESULT_JSON, result)
+    write_json(out / RESULT_FILE, result)
     return result
 
 
@@ -510,11 +505,11 @@ def run_fig2(
     job = _Fig2Job(
         Path(out_dir), model, weights, seed, device, channels, scan, every, progress, config, provenance, opts
     )
-    with JobLock(job.out):
-        return _run_locked(job, clock)
+    with JobFolder(job.out) as folder:
+        return _run_locked(job, folder, clock)
 
 
-def _run_locked(job: _Fig2Job, clock: float) -> dict[str, Any]:
+def _run_locked(job: _Fig2Job, folder: JobFolder, clock: float) -> dict[str, Any]:
     """The run with its folder locked: load the inputs; the result.json of the same finished job
     if the folder holds one, else run it (`clock`: when the run began, for the setup time)."""
     inputs = _load_inputs(job)
@@ -526,10 +521,10 @@ def _run_locked(job: _Fig2Job, clock: float) -> dict[str, Any]:
         return done
     check_folder(job.out, "fig2", result["fingerprint"])
     if job.config is not None:
-        write_yaml(job.out / "config.yaml", job.config)
+        folder.write_yaml(CONFIG_FILE, job.config)
     timings["setup_s"] = time.perf_counter() - clock
-    write_json_atomic(job.out / RESULT_JSON, {**result, "pid": os.getpid()})
-    with failure_status(job.out / RESULT_JSON, result, write_json_atomic):
+    folder.write_result({**result, "pid": os.getpid()})
+    with folder.failing(result):
         return _run_after_setup(job, inputs, result, timings)
 
 
@@ -609,7 +604,7 @@ def _run_after_setup(
     result["channels"] = {str(s): c for s, c in chosen.items()}
     result["map_activity"] = {str(s): a.as_dict() for s, a in activity.items()}
     result["border_ring"] = border_ring_shares(inputs.net, scan, inputs.image_size)
-    write_json_atomic(job.out / RESULT_JSON, result)
+    write_json(job.out / RESULT_FILE, result)
 
     clock = time.perf_counter()
     tiles = project_tiles(
@@ -698,3 +693,34 @@ def _figure_meta(
         "display": opts.display.__dict__.copy(),
         "stages": [_stage_meta(s, t, activity[s], s in explicit, opts) for s, t in sorted(tiles.items())],
     }
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.fig2`: the device checked, then `run_fig2` with the config (`stage`,
+    when given, stands for `stages=[stage]`) and the provenance in result.json."""
+    check_device(config["device"])
+    stages = config["stages"] if config.get("stage") is None else [config["stage"]]
+    return run_fig2(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        data=config["data"],
+        stages=stages,
+        channels=config.get("channels"),
+        channels_per_stage=config["channels_per_stage"],
+        channel_seed=config["channel_seed"],
+        k=config["k"],
+        rules=config["rules"],
+        live_only=config["live_only"],
+        exclude_border=config["exclude_border"],
+        batch_size=config["batch_size"],
+        chunk_size=config["chunk_size"],
+        device=config["device"],
+        display=config.get("display"),
+        progress=bool(config.get("progress", True)),
+        scan=config.get("scan"),
+        checkpoint_every=config.get("checkpoint_every", 1000),
+        config=dict(config),
+        provenance=record_provenance(),
+    )

@@ -34,16 +34,15 @@ from deconvnet.figures.synthesis import fooling_difference, fooling_sheet
 from deconvnet.jobs.class_model import check_class_list
 from deconvnet.jobs.job import (
     Job,
-    ModelRequest,
     Picture,
     check_image_size,
-    check_model,
     check_pictures,
     classifier_note,
     model_header,
     prepare,
     title_lines,
 )
+from deconvnet.jobs.request import ModelRequest, check_model
 from deconvnet.optim import fooling_image
 
 log = logging.getLogger(__name__)
@@ -241,3 +240,23 @@ def fooling_config(plan: FoolingPlan, weights: object) -> dict[str, Any]:
         "seed": plan.seed,
         "device": str(r.device),
     }
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.fooling`: the config as the arguments of `run_fooling`."""
+    return run_fooling(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        images=config["images"],
+        target=config["target"],
+        confidence=config["confidence"],
+        steps=config["steps"],
+        lr=config["lr"],
+        size=config["size"],
+        amplify=config["amplify"],
+        opt_seed=config["seed"],
+        device=config["device"],
+        config=dict(config),
+    )

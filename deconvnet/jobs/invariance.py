@@ -43,23 +43,20 @@ from deconvnet.core.validation import as_list, check_count
 from deconvnet.data.models import class_names
 from deconvnet.figures.invariance import draw_examples, draw_invariance, examples_file
 from deconvnet.figures.sheet import COLOURS, colours
-from deconvnet.jobs.checkpoints import CONFIG_FILE
 from deconvnet.jobs.class_model import check_class_list
-from deconvnet.jobs.files import provenance, write_json
+from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, jsonable
 from deconvnet.jobs.job import (
-    RESULT_FILE,
     Job,
-    ModelRequest,
     Picture,
     check_image_size,
-    check_model,
     check_pictures,
     classifier_note,
-    jsonable,
     model_header,
     prepare,
     title_lines,
 )
+from deconvnet.jobs.provenance import provenance
+from deconvnet.jobs.request import ModelRequest, check_model
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +266,7 @@ def finish(job: Job, result: Mapping[str, Any], x: Tensor) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - job.started, 3),
     }
     draw_invariance(job.out, full)
-    write_json(job.out / RESULT_FILE, full)
-    job.done.clear()
+    job.complete(full)
     log.info("wrote %s, %s and %s to %s", FIGURE_FILE, ARRAYS_FILE, RESULT_FILE, job.out)
     return full
 
@@ -415,3 +411,24 @@ def render_invariance(job_dir: str | Path) -> Path:
             f"job_dir: {source} names experiment {result.get('experiment')!r}; expected {EXPERIMENT!r}"
         )
     return draw_invariance(job, result)
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.invariance`: the config as the arguments of `run_invariance`."""
+    return run_invariance(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        images=config["images"],
+        transforms=config["transforms"],
+        values=config["values"],
+        layers=config["layers"],
+        labels=config["labels"],
+        fill=config["fill"],
+        size=config["size"],
+        batch_size=config["batch_size"],
+        shown=config["shown"],
+        device=config["device"],
+        config=dict(config),
+    )

@@ -24,15 +24,14 @@ from deconvnet.figures.sheet import COLOURS, colours, save_tile
 from deconvnet.figures.synthesis import invert_sheet
 from deconvnet.jobs.job import (
     Job,
-    ModelRequest,
     Picture,
     check_image_size,
-    check_model,
     check_pictures,
     model_header,
     prepare,
     title_lines,
 )
+from deconvnet.jobs.request import ModelRequest, check_model
 from deconvnet.optim import invert
 from deconvnet.optim.invert import TV_WEIGHTS
 
@@ -198,3 +197,23 @@ def invert_config(plan: InvertPlan, weights: object) -> dict[str, Any]:
         "seed": plan.seed,
         "device": str(r.device),
     }
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.invert`: the config as the arguments of `run_invert`."""
+    return run_invert(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        image=config["image"],
+        stages=config["stages"],
+        steps=config["steps"],
+        lr=config["lr"],
+        size=config["size"],
+        tv_weight=config["tv_weight"],
+        jitter=config["jitter"],
+        opt_seed=config["seed"],
+        device=config["device"],
+        config=dict(config),
+    )

@@ -13,7 +13,6 @@ in the model's normalised input space, float32, key `<cell>` ([K, 3, H, W]), `<c
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,14 +32,14 @@ from deconvnet.core.validation import as_list
 from deconvnet.data.images import describe_image, open_image, preprocess
 from deconvnet.data.models import weights_label
 from deconvnet.figures.sheet import draw_sheet
-from deconvnet.jobs.checkpoints import CONFIG_FILE, Checkpoints
-from deconvnet.jobs.files import provenance, write_json, write_yaml
-from deconvnet.jobs.request import ModelRequest, check_model, load_logged  # noqa: F401 (re-exported)
+from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, JobFolder, jsonable
+from deconvnet.jobs.provenance import provenance
+from deconvnet.jobs.request import ModelRequest, load_logged
 from deconvnet.jobs.saliency import RANDOM_CLASSIFIER_NOTE, classifier_is_random, image_label
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE, IMAGES_FILE = "result.json", "images.npz"
+IMAGES_FILE = "images.npz"
 Compute = Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
 
 
@@ -138,24 +137,6 @@ def prepare(image: Image.Image, model: str | nn.Module, size: int) -> Tensor:
     return x
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: tuples -> lists, tensors / numpy -> lists or numbers, nan / inf -> None,
-    devices and other objects -> str."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (Tensor, np.ndarray)):
-        return jsonable(value.tolist())
-    if isinstance(value, (bool, type(None), str)):
-        return value
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return str(value)
-
-
 # ------------------------------------------------------------------------------------- a job
 
 
@@ -163,8 +144,9 @@ class Job:
     """One job folder being written: config.yaml first, then the model (weights logged), cells
     checkpointed as they finish (`cell`), and at the end images.npz, the sheets, result.json.
 
-    A rerun with the same config into the same folder takes the finished cells from `partial/`
-    and computes only the others; a different config starts afresh (`Checkpoints`)."""
+    The folder is a `JobFolder`, held from here to `finish`. A rerun with the same config into the
+    same folder takes the finished cells from `partial/` and computes only the others; a
+    different config starts afresh."""
 
     def __init__(
         self,
@@ -176,10 +158,10 @@ class Job:
         progress: bool = True,
     ) -> None:
         self.started = time.perf_counter()
-        self.out, self.experiment, self.request = Path(out_dir), experiment, request
+        self.folder = JobFolder(out_dir).__enter__()  # held until `finish` (the kernel frees it if killed)
+        self.out, self.experiment, self.request = self.folder.path, experiment, request
         self.config = jsonable(config)
-        self.done = Checkpoints(self.out, self.config)
-        write_yaml(self.out / CONFIG_FILE, self.config)
+        self.done = self.folder.start(self.config)
         self.net, self.weights = load_logged(request)
         self.keys: list[str] = []
         self.extra: dict[str, np.ndarray] = {}
@@ -223,6 +205,12 @@ class Job:
         """Save `array` in images.npz under `name` too (e.g. an input shared by every cell)."""
         self.extra[name] = np.ascontiguousarray(array.detach().cpu().numpy(), dtype=np.float32)
 
+    def complete(self, result: Mapping[str, Any]) -> None:
+        """Write result.json, drop the checkpoints and release the folder: the job is done."""
+        self.folder.write_result(result)
+        self.done.clear()
+        self.folder.__exit__(None, None, None)
+
     def finish(self, result: Mapping[str, Any], sheets: Sequence[Mapping[str, Any]]) -> dict:
         """Write images.npz, every sheet and result.json; drop the checkpoints; the result."""
         arrays = {}
@@ -242,8 +230,7 @@ class Job:
             "provenance": provenance(),
             "seconds": round(time.perf_counter() - self.started, 3),
         }
-        write_json(self.out / RESULT_FILE, full)
-        self.done.clear()
+        self.complete(full)
         log.info(
             "wrote %d cell(s), %s, %s and %s to %s",
             len(self.keys),

@@ -32,15 +32,14 @@ from deconvnet.figures.sheet import colours, save_tile
 from deconvnet.jobs.data_config import check_data, make_dataset, require_whole_dataset
 from deconvnet.jobs.job import (
     Job,
-    ModelRequest,
     Picture,
     check_image_size,
-    check_model,
     check_pictures,
     classifier_note,
     model_header,
     prepare,
 )
+from deconvnet.jobs.request import ModelRequest, check_model
 
 FIGURE_FILE = "occlusion.png"
 
@@ -302,3 +301,25 @@ def occlusion_config(plan: OcclusionPlan, weights: object) -> dict[str, Any]:
         "batch_size": plan.batch_size,
         "device": str(r.device),
     }
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.occlusion`: the config as the arguments of `run_occlusion`."""
+    return run_occlusion(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        images=config["images"],
+        target=config["target"],
+        patch=config["patch"],
+        stride=config["stride"],
+        fill=config["fill"],
+        size=config["size"],
+        top_k=config["top_k"],
+        data=config["data"],
+        method=config["method"],
+        batch_size=config["batch_size"],
+        device=config["device"],
+        config=dict(config),
+    )

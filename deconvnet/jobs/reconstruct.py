@@ -42,7 +42,8 @@ from deconvnet.core.validation import check_device
 from deconvnet.data.images import denormalize, describe_image, open_image, preprocess
 from deconvnet.data.models import WeightsInfo, load_model, model_spec, weights_info
 from deconvnet.figures.reconstruct import KeepItem, draw_overview, keep_tag, redraw_overview
-from deconvnet.jobs.files import provenance, write_json, write_yaml
+from deconvnet.jobs.folder import CONFIG_FILE, JobFolder
+from deconvnet.jobs.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -203,29 +204,29 @@ def run_reconstruct(
             "rule": rule,
             "device": device,
         }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", config)
-    net, winfo = load_model_logged(model, weights, seed, plan.device)
-    x, input_shown = write_input(net, plan, rule, out)
-    entries, tiles = reconstruct_all(net, plan, x, rule, out, progress)
-    overview = "overview.png"
-    draw_overview(
-        out / overview,
-        _uint8(input_shown),
-        tiles,
-        entries,
-        list(plan.keeps),
-        [(st.number, st.name) for st in plan.stages],
-        plan.image_info["source"],
-        winfo.as_dict(),
-        model,
-        rule,
-    )
-    result = build_result(plan, model, winfo, rule, x, entries, config)
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    write_json(out / "result.json", result)
-    log.info("wrote %d reconstruction(s), %s and result.json to %s", len(entries), overview, out)
+    with JobFolder(out_dir) as folder:
+        out = folder.path
+        folder.write_yaml(CONFIG_FILE, config)
+        net, winfo = load_model_logged(model, weights, seed, plan.device)
+        x, input_shown = write_input(net, plan, rule, out)
+        entries, tiles = reconstruct_all(net, plan, x, rule, out, progress)
+        overview = "overview.png"
+        draw_overview(
+            out / overview,
+            _uint8(input_shown),
+            tiles,
+            entries,
+            list(plan.keeps),
+            [(st.number, st.name) for st in plan.stages],
+            plan.image_info["source"],
+            winfo.as_dict(),
+            model,
+            rule,
+        )
+        result = build_result(plan, model, winfo, rule, x, entries, config)
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        folder.write_result(result)
+        log.info("wrote %d reconstruction(s), %s and result.json to %s", len(entries), overview, out)
     return result
 
 
@@ -375,3 +376,19 @@ def render_reconstruct(job_dir: str | Path) -> Path:
     """Redraw `overview.png` of a finished job from its saved PNGs and result.json (no model)."""
     job = Path(job_dir)
     return redraw_overview(job, json.loads((job / "result.json").read_text()))
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.reconstruct`: the config as the arguments of `run_reconstruct`."""
+    return run_reconstruct(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        image=config["image"],
+        stage=config["stage"],
+        keep=config["keep"],
+        rule=config["rule"],
+        device=config["device"],
+        config=dict(config),
+    )

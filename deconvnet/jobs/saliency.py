@@ -56,8 +56,8 @@ from deconvnet.gradient.explained import describe_explained, resolve_explained
 from deconvnet.gradient.integrated import ZERO_BASELINE, completeness
 from deconvnet.gradient.methods import METHODS, explain, options_for
 from deconvnet.gradient.passes import GradientPass
-from deconvnet.jobs.checkpoints import Checkpoints
-from deconvnet.jobs.files import provenance, write_json, write_yaml
+from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, Checkpoints, JobFolder
+from deconvnet.jobs.provenance import provenance
 from deconvnet.jobs.request import ModelRequest, check_model, load_logged
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ DEFAULT_IMAGES = ("cat", "coffee", "astronaut", "motorcycle")
 CAM_METHODS = ("gradcam", "guided_gradcam")
 RANDOM_CLASSIFIER_NOTE = "class scores of a RANDOM classifier: not meaningful"
 GRID_FILE, MAPS_FILE = "grid.png", "maps.npz"
-RESULT_FILE, CONFIG_FILE = "result.json", "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -401,19 +400,19 @@ def run_saliency(
         device,
     )
     config = plan_config(plan, model, weights, seed, device) if config is None else config
-    out = Path(out_dir)
-    done = Checkpoints(out, config)  # a rerun with the same config resumes from finished cells
-    write_yaml(out / CONFIG_FILE, config)
-    net, wdict, warning = load_for(plan)
-    request = describe_request(plan)
-    log_plan(plan, request)
-    rows = explain_images(net, plan, out, done, progress)
-    grid = grid_record(model, wdict, request, warning, plan, rows)
-    draw_grid(out / GRID_FILE, grid, [r.input_tile for r in rows], [r.tiles for r in rows])
-    result = build_result(plan, model, wdict, warning, rows, grid, config)
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    write_json(out / RESULT_FILE, result)
-    done.clear()
+    with JobFolder(out_dir) as folder:
+        out = folder.path
+        done = folder.start(config)  # a rerun with the same config resumes from finished cells
+        net, wdict, warning = load_for(plan)
+        request = describe_request(plan)
+        log_plan(plan, request)
+        rows = explain_images(net, plan, out, done, progress)
+        grid = grid_record(model, wdict, request, warning, plan, rows)
+        draw_grid(out / GRID_FILE, grid, [r.input_tile for r in rows], [r.tiles for r in rows])
+        result = build_result(plan, model, wdict, warning, rows, grid, config)
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        folder.write_result(result)
+        done.clear()
     total = len(plan.pictures) * len(plan.methods)
     log.info("wrote %d map(s), %s, %s and %s to %s", total, GRID_FILE, MAPS_FILE, RESULT_FILE, out)
     return result
@@ -670,3 +669,24 @@ def render_saliency(job_dir: str | Path) -> Path:
     if not source.is_file():
         raise FileNotFoundError(f"job_dir: {source} does not exist (run experiments.saliency first)")
     return redraw_grid(job, json.loads(source.read_text()))
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.saliency`: the config as the arguments of `run_saliency`."""
+    return run_saliency(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        images=config["images"],
+        methods=config["methods"],
+        target=config["target"],
+        unit=config["unit"],
+        samples=config["samples"],
+        noise=config["noise"],
+        steps=config["steps"],
+        cam_stage=config["cam_stage"],
+        noise_seed=config["seed"],
+        device=config["device"],
+        config=dict(config),
+    )

@@ -59,16 +59,15 @@ from deconvnet.figures.sanity import draw_cascade, draw_curves
 from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.job import (
     Job,
-    ModelRequest,
     Picture,
     check_image_size,
-    check_model,
     check_pictures,
     classifier_note,
     model_header,
     prepare,
     title_lines,
 )
+from deconvnet.jobs.request import ModelRequest, check_model
 
 DEFAULT_IMAGES = ("cat", "coffee")
 CURVES_FILE = "curves.png"
@@ -501,3 +500,30 @@ def sanity_settings(plan: SanityPlan, arch: str) -> dict[str, Any]:
         "pass_below": plan.pass_below,
         "pass_metric": plan.pass_metric,
     }
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.sanity`: the config as the arguments of `run_sanity`."""
+    return run_sanity(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        images=config["images"],
+        methods=config["methods"],
+        unit=config["unit"],
+        modes=config["modes"],
+        layers=config["layers"],
+        size=config["size"],
+        samples=config["samples"],
+        noise=config["noise"],
+        steps=config["steps"],
+        cam_stage=config["cam_stage"],
+        rand_seed=config["seed"],
+        noise_seed=config["noise_seed"],
+        pass_layer=config["pass_layer"],
+        pass_below=config["pass_below"],
+        pass_metric=config["pass_metric"],
+        device=config["device"],
+        config=dict(config),
+    )

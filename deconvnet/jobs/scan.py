@@ -13,7 +13,7 @@ result of one scan over the whole dataset. `load_scan(path)` reads the `topk.pt`
 jobs (or of a fig2 job) for `experiments.fig2 scan=<path>`.
 
 Files of a job folder: `result.json` (status "running" while the job runs, "stale" to
-`deconvnet.jobs.files.job_status` if it was killed, "complete" at the end; shard, image range,
+`deconvnet.jobs.folder.job_status` if it was killed, "complete" at the end; shard, image range,
 decode failures named), `topk.pt` (the result), `checkpoint.pt` while unfinished, `config.yaml`.
 """
 
@@ -42,12 +42,13 @@ from deconvnet.analysis.scan import (
     save_topk,
 )
 from deconvnet.core.architecture import STAGES
-from deconvnet.core.validation import check_int
+from deconvnet.core.validation import check_device, check_int
 from deconvnet.data.loader import DecodeFailure, ScanLoader
 from deconvnet.data.models import weights_label
 from deconvnet.jobs.data_config import check_data, make_dataset, shard_range
-from deconvnet.jobs.files import RESULT_FILE, JobLock, failure_status, job_status, write_json, write_yaml
-from deconvnet.jobs.versions import versions
+from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, JobFolder, job_status, write_json
+from deconvnet.jobs.provenance import provenance as record_provenance
+from deconvnet.jobs.provenance import versions
 
 __all__ = [
     "ScanOptions",
@@ -300,7 +301,7 @@ def run_scan(
     clock = time.perf_counter()
     opts = ScanOptions.check(stages, k, batch_size, checkpoint_every, exclude_border, data)
     out = Path(out_dir)
-    with JobLock(out):
+    with JobFolder(out) as folder:
         net = load_model(model, weights=weights, seed=seed, device=device)
         check_stages(net, opts.stages)
         dataset, summary = make_dataset(opts.data, net, progress=progress)
@@ -313,14 +314,14 @@ def run_scan(
             return done
         check_folder(out, "scan", fingerprint)
         if config is not None:
-            write_yaml(out / "config.yaml", config)
+            folder.write_yaml(CONFIG_FILE, config)
         shard, shards = int(opts.data.get("shard", 0)), int(opts.data.get("num_shards", 1))
         start, stop = shard_range(len(dataset), shard, shards, opts.batch_size)
         arguments = {"model": model, "weights": str(weights), "seed": seed, "device": device, **opts.__dict__}
         shard_record = {"index": shard, "num_shards": shards, "first_image": start, "end_image": stop}
         result = _running_result(arguments, fingerprint, info, summary, shard_record, config, provenance)
-        write_json(out / RESULT_FILE, result)
-        with failure_status(out / RESULT_FILE, result):
+        folder.write_result(result)
+        with folder.failing(result):
             workers = int(opts.data.get("workers", 0))
             outcome = scan_dataset(
                 net, dataset, opts, start, stop, workers, out / CHECKPOINT_FILE, fingerprint, progress
@@ -476,10 +477,10 @@ def merge_scan_jobs(
     jobs = _shard_jobs(job_dirs)
     shards = _check_one_scan(jobs)
     out = Path(out_dir)
-    with JobLock(out):
+    with JobFolder(out) as folder:
         check_folder(out, "merge_scans", _merged_fingerprint(jobs[0][1]))
         if config is not None:
-            write_yaml(out / "config.yaml", config)
+            folder.write_yaml(CONFIG_FILE, config)
         loaded = [load_topk(folder / TOPK_FILE) for folder, _ in jobs]
         merged = merge_scans([one.result for one in loaded])
         first = jobs[0][1]
@@ -517,7 +518,7 @@ def merge_scan_jobs(
             "provenance": dict(provenance) if provenance is not None else None,
             "files": [TOPK_FILE, RESULT_FILE],
         }
-        write_json(out / RESULT_FILE, result)
+        folder.write_result(result)
     log.info("merge_scans: %d shards, %d images, into %s", shards, some.images_scanned, out)
     return result
 
@@ -588,3 +589,38 @@ def _first_k(topk: TopK, k: int) -> TopK:
         topk.first_image,
         topk.end_image,
     )
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.scan`: the device checked, then `run_scan` with the config and the
+    provenance in result.json."""
+    check_device(config["device"])
+    return run_scan(
+        out,
+        model=config["model"]["name"],
+        weights=config["model"]["weights"],
+        seed=config["model"]["seed"],
+        data=config["data"],
+        stages=config["stages"],
+        k=config["k"],
+        batch_size=config["batch_size"],
+        checkpoint_every=config["checkpoint_every"],
+        exclude_border=config["exclude_border"],
+        device=config["device"],
+        progress=bool(config["progress"]),
+        config=dict(config),
+        provenance=record_provenance(),
+    )
+
+
+def merge_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.merge_scans`: `inputs` (required: a sweep folder or its shards' job
+    folders) merged into `out` by `merge_scan_jobs`."""
+    inputs = config.get("inputs", "???")
+    if inputs == "???":
+        raise ValueError(
+            "inputs: required: the sweep folder of a sharded scan, or its shards' "
+            'job folders, e.g. "inputs=[multirun/<date>/<time>]"'
+        )
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    return merge_scan_jobs(inputs, out, config=dict(config), provenance=record_provenance())

@@ -3,7 +3,7 @@
 References: plain `torch.autograd.grad` on the model in eval mode, Captum (GuidedBackprop,
 Deconvolution, IntegratedGradients, LayerGradCam, InputXGradient; always on a deep copy of the
 fixture model, with non-inplace ReLUs, so the session fixtures never see a hook), re-implemented
-noise for SmoothGrad, and hand-computed pooling matrices. Bad input: tests/test_gradient_targets.py.
+noise for SmoothGrad, and hand-computed pooling matrices. Bad input: tests/core/test_targets.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from captum.attr import (
     LayerAttribution,
     LayerGradCam,
 )
+from conftest import seeded_randn
 from torch import nn
 from torchvision.models import AlexNet
 
@@ -35,10 +36,6 @@ F64_RTOL = 1e-10  # mirror vs autograd in float64 (observed ~1e-15)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def images(shape, seed, dtype=torch.float64):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def assert_rel_close(got, want, rtol=F64_RTOL):
@@ -115,17 +112,12 @@ BACKPROP_CASES = [
 ]
 
 
-@pytest.fixture
-def models64(vgg_float64, alexnet_float64):
-    return {"vgg16": vgg_float64, "alexnet": alexnet_float64}
-
-
 @pytest.mark.parametrize(
     "name, size, batch, kind", BACKPROP_CASES, ids=[f"{n}-{s[0]}x{s[1]}-{k}" for n, s, b, k in BACKPROP_CASES]
 )
 def test_backprop_equals_autograd(models64, name, size, batch, kind):
     model = models64[name]
-    x = images((batch, 3, *size), seed=size[0] * 7 + size[1])
+    x = seeded_randn((batch, 3, *size), seed=size[0] * 7 + size[1])
     if kind == "none":
         target, classes = None, predicted(model, x).tolist()
     elif kind == "int":
@@ -147,14 +139,14 @@ def test_backprop_equals_autograd(models64, name, size, batch, kind):
 def test_predicted_target_is_each_images_own_class(alexnet_float64):
     """target=None: every image's own argmax, not image 0's for all."""
     model = alexnet_float64
-    x = images((4, 3, 63, 63), seed=11) * torch.tensor([1.0, 3.0, 0.5, 2.0]).view(4, 1, 1, 1)
+    x = seeded_randn((4, 3, 63, 63), seed=11) * torch.tensor([1.0, 3.0, 0.5, 2.0]).view(4, 1, 1, 1)
     classes = predicted(model, x)
     assert len(set(classes.tolist())) > 1, "need images with different predictions"
     assert_rel_close(deconvnet.attribute(model, x), autograd_classes(model, x, classes))
 
 
 def test_float32_images_on_float64_model(alexnet_float64):
-    x = images((1, 3, 63, 63), seed=12, dtype=torch.float32)
+    x = seeded_randn((1, 3, 63, 63), seed=12, dtype=torch.float32)
     got = deconvnet.attribute(alexnet_float64, x, 7)
     assert got.dtype == torch.float64
     assert_rel_close(got, autograd_classes(alexnet_float64, x.double(), [7]))
@@ -174,7 +166,7 @@ CAPTUM_CASES = [("vgg16", (32, 48), 1), ("alexnet", (63, 63), 2), ("alexnet", (1
 )
 def test_rule_equals_captum(models64, name, size, batch, rule, reference):
     model = models64[name]
-    x = images((batch, 3, *size), seed=size[0] + size[1] + batch)
+    x = seeded_randn((batch, 3, *size), seed=size[0] + size[1] + batch)
     target = torch.tensor([13, 500][:batch])
     got = deconvnet.attribute(model, x, target, rule=rule)
     want = captum(reference, model, x, target)
@@ -190,7 +182,7 @@ def test_rule_equals_captum(models64, name, size, batch, rule, reference):
 @pytest.mark.parametrize("rule", deconvnet.RULES)
 def test_class_list_equals_one_by_one(alexnet_float64, rule):
     model = alexnet_float64
-    x = images((1, 3, 63, 63), seed=31)
+    x = seeded_randn((1, 3, 63, 63), seed=31)
     classes = [5, 999, 5]
     one_by_one = torch.cat([deconvnet.attribute(model, x, c, rule=rule) for c in classes])
     got = deconvnet.attribute(model, x, classes, rule=rule, chunk_size=2)  # two chunks
@@ -214,7 +206,7 @@ def live_positions(acts, count):
 
 def test_unit_list_equals_one_by_one(alexnet_float64):
     model = alexnet_float64
-    x = images((1, 3, 100, 90), seed=32)
+    x = seeded_randn((1, 3, 100, 90), seed=32)
     with torch.no_grad():
         acts = {s: model.features[: stage_index(model, s) + 1](x) for s in (2, 3, 4)}
     (c1, y1, x1), (c2, y2, x2), (c3, y3, x3) = live_positions(acts[3], 3)
@@ -273,7 +265,7 @@ def test_methods_leave_the_model_untouched(alexnet_float64):
     assert all(not (f or b or fp or bp) for _, f, b, fp, bp in before["hooks"]), "fixture has hooks"
     rng = torch.get_rng_state()
     grad_mode = torch.is_grad_enabled()
-    x = images((1, 3, 63, 63), seed=41)
+    x = seeded_randn((1, 3, 63, 63), seed=41)
     # one method per code path (the smoothgrad_* and gradient_x_image entries share these)
     for method in (
         "gradient",
@@ -302,7 +294,7 @@ def test_train_mode_frozen_model_untouched_and_eval_function(alexnet_float64):
     model.features[4].inplace = False
     handle = model.features[3].register_forward_hook(lambda *args: None)
     before = snapshot(model)
-    x = images((2, 3, 63, 63), seed=42)
+    x = seeded_randn((2, 3, 63, 63), seed=42)
     got = deconvnet.attribute(model, x, torch.tensor([1, 2]))
     assert_same_model(before, model)
     assert model.training and model.classifier[0].training
@@ -320,7 +312,7 @@ UNIT_SIZES = {"VGG": (32, 32), "AlexNet": (100, 90)}
 def test_unit_and_channel_targets_equal_autograd(model64, stage):
     model = model64
     batch = 2 if isinstance(model, AlexNet) else 1
-    x = images((batch, 3, *UNIT_SIZES[type(model).__name__]), seed=50 + stage)
+    x = seeded_randn((batch, 3, *UNIT_SIZES[type(model).__name__]), seed=50 + stage)
     xg = x.clone().requires_grad_(True)
     acts = model.features[: stage_index(model, stage) + 1](xg)
     a = acts.detach()
@@ -379,14 +371,14 @@ def models_any(alexnet_float64, alexnet_float32):
 
 @pytest.mark.parametrize("rule", deconvnet.RULES)
 def test_smoothgrad_noise_zero_is_attribute_float32(alexnet_float32, rule):
-    x = images((1, 3, 63, 63), seed=60, dtype=torch.float32)
+    x = seeded_randn((1, 3, 63, 63), seed=60, dtype=torch.float32)
     got = deconvnet.smoothgrad(alexnet_float32, x, 3, rule=rule, samples=2, noise=0.0)
     want = deconvnet.attribute(alexnet_float32, x, 3, rule=rule)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
 def test_smoothgrad_noise_zero_is_gradient_float64(alexnet_float64):
-    x = images((2, 3, 63, 63), seed=61)
+    x = seeded_randn((2, 3, 63, 63), seed=61)
     got = deconvnet.smoothgrad(alexnet_float64, x, None, samples=3, noise=0.0)
     assert_rel_close(got, autograd_classes(alexnet_float64, x, predicted(alexnet_float64, x)))
 
@@ -401,7 +393,7 @@ def test_smoothgrad_equals_reference(models_any, name, shape):
     (the default dtype, float32) drawn from Generator().manual_seed(seed), for every model dtype."""
     model = models_any[name]
     dtype = next(model.parameters()).dtype
-    x = images(shape, seed=62, dtype=dtype)
+    x = seeded_randn(shape, seed=62, dtype=dtype)
     classes = predicted(model, x)
     got = deconvnet.smoothgrad(model, x, None, samples=2, noise=0.2, seed=5)
 
@@ -414,7 +406,7 @@ def test_smoothgrad_equals_reference(models_any, name, shape):
 
 def test_smoothgrad_guided_equals_captum_on_each_copy(alexnet_float32):
     model = alexnet_float32
-    x = images((2, 3, 63, 63), seed=63, dtype=torch.float32)
+    x = seeded_randn((2, 3, 63, 63), seed=63, dtype=torch.float32)
     target = torch.tensor([17, 600])
     got = deconvnet.smoothgrad(model, x, target, rule="guided", samples=3, noise=0.1, seed=2)
 
@@ -427,7 +419,7 @@ def test_smoothgrad_guided_equals_captum_on_each_copy(alexnet_float32):
 
 def test_smoothgrad_squared_is_mean_of_squares(alexnet_float32):
     model = alexnet_float32
-    x = images((1, 3, 63, 63), seed=64, dtype=torch.float32)
+    x = seeded_randn((1, 3, 63, 63), seed=64, dtype=torch.float32)
     got = deconvnet.smoothgrad(model, x, 250, samples=3, noise=0.3, squared=True, seed=9)
 
     def gradient(copies, b):
@@ -441,7 +433,7 @@ def test_smoothgrad_squared_is_mean_of_squares(alexnet_float32):
 def test_smoothgrad_unit_target_resolved_on_clean_image(alexnet_float32):
     """Unit(stage, channel): the channel's strongest unit of the CLEAN image, kept for every copy."""
     model = alexnet_float32
-    x = images((1, 3, 63, 63), seed=65, dtype=torch.float32)
+    x = seeded_randn((1, 3, 63, 63), seed=65, dtype=torch.float32)
     index = stage_index(model, 2)
     with torch.no_grad():
         a = model.features[: index + 1](x)
@@ -464,7 +456,7 @@ def test_smoothgrad_unit_target_resolved_on_clean_image(alexnet_float32):
 
 def test_smoothgrad_seed(alexnet_float32):
     model = alexnet_float32
-    x = images((1, 3, 63, 63), seed=66, dtype=torch.float32)
+    x = seeded_randn((1, 3, 63, 63), seed=66, dtype=torch.float32)
     first = deconvnet.smoothgrad(model, x, 3, samples=2, seed=4)
     again = deconvnet.smoothgrad(model, x, 3, samples=2, seed=4)
     other = deconvnet.smoothgrad(model, x, 3, samples=2, seed=5)
@@ -479,7 +471,7 @@ def test_smoothgrad_batch_size_does_not_change_the_result(models_any, name):
     float64 ~1e-15), so they are equal up to the dtype's rounding."""
     model = models_any[name]
     dtype = next(model.parameters()).dtype
-    x = images((1, 3, 63, 63), seed=67, dtype=dtype)
+    x = seeded_randn((1, 3, 63, 63), seed=67, dtype=dtype)
     ref = deconvnet.smoothgrad(model, x, 3, samples=3, noise=0.2)  # batch_size 10: one batch
     rtol = 1e-12 if dtype == torch.float64 else 1e-5
     for batch_size in (1, 2):
@@ -505,9 +497,9 @@ IG_CASES = [
 )
 def test_integrated_gradients_equal_captum(models64, name, shape, baseline):
     model = models64[name]
-    x = images(shape, seed=70)
+    x = seeded_randn(shape, seed=70)
     if baseline == "tensor":
-        baseline = images((1, 3, 1, 1), seed=71)  # broadcast: one colour
+        baseline = seeded_randn((1, 3, 1, 1), seed=71)  # broadcast: one colour
     full = (
         torch.zeros_like(x)
         if baseline is None
@@ -531,7 +523,7 @@ def test_integrated_gradients_completeness(request, name, size, baseline):
     barely changes along the path need more steps: the quadrature error is absolute, e.g. class 5
     of this AlexNet image: +4.4% at 256 steps, +1.8% at 1024, so the test takes the prediction.)"""
     model = request.getfixturevalue(f"{'vgg' if name == 'vgg16' else name}_float32")  # float32:
-    x = images((1, 3, size, size), seed=72).float()  # 256 steps of float64 VGG16 take a minute
+    x = seeded_randn((1, 3, size, size), seed=72).float()  # 256 steps of float64 VGG16 take a minute
     base = torch.zeros_like(x) if baseline is None else torch.full_like(x, baseline)
     got = deconvnet.integrated_gradients(model, x, None, baseline=baseline, steps=256)
     with torch.no_grad():
@@ -562,7 +554,7 @@ def gradcam_reference(model, x, target, stage):
 @pytest.mark.parametrize("stage", [5, 3])
 def test_gradcam_equals_captum(model64, stage):
     model = model64
-    x = images((2, 3, *CAM_SIZES[type(model).__name__]), seed=80 + stage)
+    x = seeded_randn((2, 3, *CAM_SIZES[type(model).__name__]), seed=80 + stage)
     target = torch.tensor(CAM_TARGETS[type(model).__name__])
     got = deconvnet.gradcam(model, x, target, stage=stage)
     want = gradcam_reference(model, x, target, stage)
@@ -573,7 +565,7 @@ def test_gradcam_equals_captum(model64, stage):
 def test_guided_gradcam_and_gradient_x_image_equal_captum(model64):
     model = model64
     batch = 2 if isinstance(model, AlexNet) else 1
-    x = images((batch, 3, *CAM_SIZES_SMALL[type(model).__name__]), seed=85)
+    x = seeded_randn((batch, 3, *CAM_SIZES_SMALL[type(model).__name__]), seed=85)
     target = torch.tensor(CAM_TARGETS[type(model).__name__][:batch])
     cam = gradcam_reference(model, x, target, 3)
     want = captum(GuidedBackprop, model, x, target) * cam[:, None]
@@ -585,7 +577,7 @@ def test_guided_gradcam_and_gradient_x_image_equal_captum(model64):
 def test_explain_dispatches_with_options(alexnet_float64):
     """explain passes each method the options it takes; options_for picks them out of one set."""
     model = alexnet_float64
-    x = images((1, 3, 63, 63), seed=86)
+    x = seeded_randn((1, 3, 63, 63), seed=86)
     opts = dict(samples=2, steps=2, stage=3, noise=0.1, baseline=0.0)
     assert options_for("gradient", opts) == {}
     assert options_for("gradcam", opts) == {"stage": 3}
@@ -601,7 +593,7 @@ def test_explain_dispatches_with_options(alexnet_float64):
 
 def test_explain_refuses_an_option_the_method_does_not_take(alexnet_float64, monkeypatch):
     """The error names the option, the method and the options it accepts, before any computation."""
-    x = images((1, 3, 63, 63), seed=87)
+    x = seeded_randn((1, 3, 63, 63), seed=87)
 
     def no_computation(*args, **kwargs):
         raise AssertionError("the method ran before its options were checked")

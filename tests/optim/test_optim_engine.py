@@ -23,6 +23,7 @@ import pytest
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
+from conftest import seeded_randn
 from torch import nn
 
 from deconvnet.core.architecture import stages
@@ -71,21 +72,12 @@ SIZES = {"vgg16": (32, 32), "alexnet": (63, 63)}  # the smallest inputs each mod
 # ----------------------------------------------------------------------------- helpers
 
 
-def rand(shape, seed, dtype=torch.float64):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
 def assert_rel_close(got, want, rtol=F64_RTOL):
     """Elementwise close, relative to the reference's largest magnitude; the reference is not 0."""
     assert got.shape == want.shape
     scale = want.abs().max()
     assert scale > 0, "the reference must not be trivially zero"
     torch.testing.assert_close(got, want.to(got.dtype), rtol=rtol, atol=rtol * float(scale))
-
-
-@pytest.fixture
-def models64(vgg_float64, alexnet_float64):
-    return {"vgg16": vgg_float64, "alexnet": alexnet_float64}
 
 
 def stage_ref(model, number, x):
@@ -148,7 +140,7 @@ def assert_model_untouched(model, state, training):
 @pytest.mark.parametrize("name", ["vgg16", "alexnet"])
 def test_probe_equals_model_forward(models64, name):
     model = models64[name]
-    x = rand((2, 3, *SIZES[name]), seed=1)
+    x = seeded_randn((2, 3, *SIZES[name]), seed=1)
     with torch.no_grad():
         got = probe(model, x, POINTS + ["input"])
         assert set(got) == set(POINTS) | {"input"}
@@ -168,7 +160,7 @@ def test_probe_only_asked_points_and_only_as_deep_as_needed(models64, name):
     too small for the rest of the model (VGG16 stage 1: 2 px, AlexNet stage 1: 15 px)."""
     model = models64[name]
     side = {"vgg16": 2, "alexnet": 15}[name]
-    x = rand((2, 3, side, side), seed=2)
+    x = seeded_randn((2, 3, side, side), seed=2)
     with torch.no_grad():
         with pytest.raises(RuntimeError):
             model.features(x)  # the whole of features cannot run on it
@@ -186,7 +178,7 @@ def test_probe_budget_same_values_and_gradients(models64, name, monkeypatch):
     model = models64[name]
     h, w = SIZES[name]
     batch = 2 if name == "vgg16" else 3
-    x = rand((batch, 3, h, w), seed=3)
+    x = seeded_randn((batch, 3, h, w), seed=3)
     per_image = 64 * h * w * 8  # the first conv's output for one image, float64
     # VGG16 (2 images): budget per_image splits 1 + 1, joined after pool1 (a quarter the size);
     # AlexNet (3 images): budget 1 never joins (the classifier gets the pieces' concatenation),
@@ -213,7 +205,7 @@ def test_probe_budget_same_values_and_gradients(models64, name, monkeypatch):
         total = 0
         for i, p in enumerate(POINTS):
             if weights[p] is None:
-                weights[p] = rand(out[p].shape, seed=100 + i)
+                weights[p] = seeded_randn(out[p].shape, seed=100 + i)
             total = total + (weights[p] * out[p]).sum()
         (g,) = torch.autograd.grad(total, leaf)
         return {p: out[p].detach() for p in POINTS}, g
@@ -234,7 +226,7 @@ def test_probe_does_not_change_the_model_and_ignores_train_mode(models64, name):
     """Train mode: Dropout is the identity (equal to the eval output); no parameter, flag or
     hook changes, no .grad left behind."""
     model = models64[name]
-    x = rand((2, 3, *SIZES[name]), seed=4)
+    x = seeded_randn((2, 3, *SIZES[name]), seed=4)
     with torch.no_grad():
         want = model(x)  # eval mode
     state = model_state(model)
@@ -262,14 +254,14 @@ def objective_setup(alexnet_float64):
     """AlexNet float64, two 63 px images: the probe's activations and the torchvision model's own
     (features[: index + 1], model(x)) on the same leaf, graphs kept for several gradients."""
     model = alexnet_float64
-    x = rand((2, 3, 63, 63), seed=5).requires_grad_(True)
+    x = seeded_randn((2, 3, 63, 63), seed=5).requires_grad_(True)
     acts = probe(model, x, [1, 2, "logits", "input"])
     ref = {1: stage_ref(model, 1, x), 2: stage_ref(model, 2, x), "logits": model(x), "input": x}
     return x, acts, ref
 
 
-TARGET1 = rand((1, 192, 3, 3), seed=6).relu()
-TARGET2 = rand((2, 192, 3, 3), seed=7).relu()
+TARGET1 = seeded_randn((1, 192, 3, 3), seed=6).relu()
+TARGET2 = seeded_randn((2, 192, 3, 3), seed=7).relu()
 HW = 63 * 63
 
 
@@ -409,9 +401,9 @@ def test_input_penalties_hand_computed(index):
 
 def test_per_image_arguments():
     """Each image takes its own channel / class / target."""
-    a = rand((3, 6, 4, 5), seed=8)
-    logits = rand((3, 10), seed=9)
-    target = rand((3, 6, 4, 5), seed=10)
+    a = seeded_randn((3, 6, 4, 5), seed=8)
+    logits = seeded_randn((3, 10), seed=9)
+    target = seeded_randn((3, 6, 4, 5), seed=10)
     whole = {1: a, "logits": logits}
     cases = [
         (channel(1, [0, 2, 3]), torch.stack([a[b, c].mean() for b, c in enumerate([0, 2, 3])])),
@@ -436,7 +428,7 @@ def test_per_image_arguments():
 
 
 def test_per_image_list_too_short_names_the_argument():
-    a = {1: rand((2, 4, 3, 3), seed=11), "logits": rand((2, 5), seed=12)}
+    a = {1: seeded_randn((2, 4, 3, 3), seed=11), "logits": seeded_randn((2, 5), seed=12)}
     with pytest.raises(ValueError, match="channel: 1 values"):
         channel(1, [3])(a)
     with pytest.raises(ValueError, match="class: 1 values"):
@@ -446,8 +438,8 @@ def test_per_image_list_too_short_names_the_argument():
 
 
 def test_objective_composition():
-    x = rand((2, 3, 4, 4), seed=13)
-    m = rand((2, 3, 2, 2), seed=14)
+    x = seeded_randn((2, 3, 4, 4), seed=13)
+    m = seeded_randn((2, 3, 2, 2), seed=14)
     acts = {"input": x, 2: m}
     a, b = channel(2, [1, 2]), l2_norm()
     va = torch.stack([m[0, 1].mean(), m[1, 2].mean()])
@@ -517,7 +509,7 @@ def lucid_fourier_image(spectrum, h, w, prep, decay=1.0):
 
 
 def test_pixel_image_is_its_tensor():
-    init = rand((2, 3, 5, 5), seed=15)
+    init = seeded_randn((2, 3, 5, 5), seed=15)
     kept = init.clone()
     p = PixelImage(init)
     assert p.image() is p.tensor and p.parameters() == [p.tensor]
@@ -530,7 +522,7 @@ def test_pixel_image_is_its_tensor():
 @pytest.mark.parametrize("h, w, decay", [(6, 8, 1.0), (7, 10, 1.5)])
 def test_fourier_image_equals_lucid_formula(alexnet_float64, h, w, decay):
     prep = preprocessing(alexnet_float64)
-    spectrum = rand((2, 3, h, w // 2 + 1, 2), seed=16)
+    spectrum = seeded_randn((2, 3, h, w // 2 + 1, 2), seed=16)
     got = FourierImage(spectrum, h, w, prep, decay=decay).image()
     assert got.shape == (2, 3, h, w) and got.dtype == torch.float64
     want = torch.from_numpy(lucid_fourier_image(spectrum.numpy(), h, w, prep, decay))
@@ -544,7 +536,7 @@ def test_fourier_image_valid_range_and_mid_grey(alexnet_float64):
     std = torch.tensor(prep.std, dtype=torch.float64).view(1, 3, 1, 1)
     torch.testing.assert_close(low, -mean / std)  # the normalised values of colours 0 and 1
     torch.testing.assert_close(high, (1 - mean) / std)
-    big = FourierImage(rand((3, 3, 16, 9, 2), seed=17) * 5, 16, 16, prep).image().detach()
+    big = FourierImage(seeded_randn((3, 3, 16, 9, 2), seed=17) * 5, 16, 16, prep).image().detach()
     assert bool((big > low).all()) and bool((big < high).all())
     assert float((big - low).min()) < 0.05 and float((high - big).min()) < 0.05  # it reaches the edges
     grey = FourierImage(torch.zeros(1, 3, 16, 9, 2, dtype=torch.float64), 16, 16, prep).image().detach()
@@ -554,8 +546,8 @@ def test_fourier_image_valid_range_and_mid_grey(alexnet_float64):
 def test_fourier_image_gradient_reaches_the_spectrum(alexnet_float64):
     """autograd through image() equals central differences along random directions."""
     prep = preprocessing(alexnet_float64)
-    spectrum = rand((1, 3, 6, 4, 2), seed=18)
-    weight = rand((1, 3, 6, 6), seed=19)
+    spectrum = seeded_randn((1, 3, 6, 4, 2), seed=18)
+    weight = seeded_randn((1, 3, 6, 6), seed=19)
 
     def loss(s):
         with torch.no_grad():
@@ -566,7 +558,7 @@ def test_fourier_image_gradient_reaches_the_spectrum(alexnet_float64):
     assert float(grad.abs().max()) > 0
     eps = 1e-6
     for k in range(3):
-        d = rand(spectrum.shape, seed=20 + k)
+        d = seeded_randn(spectrum.shape, seed=20 + k)
         numeric = (loss(spectrum + eps * d) - loss(spectrum - eps * d)) / (2 * eps)
         assert abs(float((grad * d).sum()) - numeric) <= 1e-7 * max(1.0, abs(numeric))
 
@@ -619,7 +611,7 @@ def rolled_by_hand(x, dy, dx):
 
 
 def test_jitter_rolls_by_the_drawn_shifts():
-    x = rand((2, 3, 7, 9), seed=24)
+    x = seeded_randn((2, 3, 7, 9), seed=24)
     g = torch.Generator().manual_seed(25)
     shifts = drawn_shifts(25, 3, 6)
     assert len(set(shifts)) > 1
@@ -633,7 +625,7 @@ def test_jitter_rolls_by_the_drawn_shifts():
 
 
 def test_zero_jitter_and_zero_pad_are_identity_and_draw_nothing():
-    x = rand((1, 3, 5, 5), seed=26)
+    x = seeded_randn((1, 3, 5, 5), seed=26)
     g = torch.Generator().manual_seed(27)
     state = g.get_state()
     assert Jitter(0)(x, g) is x and Pad(0)(x, g) is x
@@ -663,7 +655,7 @@ def test_random_scale_sizes_and_values():
         sx = ((torch.arange(ow, dtype=torch.float64) + 0.5) / s - 0.5).clamp(0, w - 1)
         torch.testing.assert_close(got, (sy[:, None] + 10 * sx[None]).expand(1, 3, oh, ow))
     assert seen == set(scales)
-    odd = RandomScale((0.95,))(rand((1, 3, 33, 41), seed=29), g)
+    odd = RandomScale((0.95,))(seeded_randn((1, 3, 33, 41), seed=29), g)
     assert odd.shape == (1, 3, 31, 39)  # round(31.35), round(38.95)
 
 
@@ -701,7 +693,7 @@ def test_pad_values():
 
 
 def test_compose_applies_in_order():
-    x = rand((1, 3, 6, 6), seed=30)
+    x = seeded_randn((1, 3, 6, 6), seed=30)
     ((dy, dx),) = drawn_shifts(31, 2, 1)
     assert (dy, dx) != (0, 0)
     padded = F.pad(x, (1, 1, 1, 1), value=9.0)
@@ -721,7 +713,7 @@ def test_standard_transforms_same_seed_same_output():
         RandomScale((0.95, 0.975, 1.0, 1.025, 1.05)),
         Jitter(4),
     ]
-    x = rand((2, 3, 20, 20), seed=32)
+    x = seeded_randn((2, 3, 20, 20), seed=32)
     t = compose(standard_transforms(2))
     outs = [t(x, torch.Generator().manual_seed(s)) for s in (33, 33, 34, 35, 36)]
     assert torch.equal(outs[0], outs[1])
@@ -788,7 +780,7 @@ def test_decay_shrink_clamp():
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 1.7])
 def test_blur_equals_scipy_gaussian(sigma):
     """torch's 'reflect' padding is scipy's 'mirror' (d c b | a b c d); kernel radius ceil(3 sigma)."""
-    x = rand((2, 3, 14, 17), seed=40)
+    x = seeded_randn((2, 3, 14, 17), seed=40)
     y = x.clone()
     Blur(sigma)(y, torch.zeros_like(x), 0)
     r = math.ceil(3 * sigma)
@@ -810,7 +802,7 @@ def test_blur_small_image_keeps_a_normalised_kernel(sigma, size):
     y = ones.clone()
     Blur(sigma)(y, torch.zeros_like(y), 0)
     torch.testing.assert_close(y, ones, rtol=1e-12, atol=1e-12)
-    x = rand((1, 3, *size), seed=41)
+    x = seeded_randn((1, 3, *size), seed=41)
     y = x.clone()
     Blur(sigma)(y, torch.zeros_like(y), 0)
     r = math.ceil(3 * sigma)
@@ -821,7 +813,7 @@ def test_blur_small_image_keeps_a_normalised_kernel(sigma, size):
 
 
 def test_blur_every():
-    x = rand((1, 3, 8, 8), seed=42)
+    x = seeded_randn((1, 3, 8, 8), seed=42)
     blurred = torch.from_numpy(
         scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1), mode="mirror", radius=(0, 0, 3, 3))
     )
@@ -941,7 +933,7 @@ def channel_by_hand(model, stage, channels):
 
 
 def start(batch, seed, size=ENGINE_SIZE):
-    return rand((batch, 3, size, size), seed=seed) * 0.3
+    return seeded_randn((batch, 3, size, size), seed=seed) * 0.3
 
 
 def test_normalized_step(alexnet_float64):
@@ -1117,7 +1109,7 @@ def test_batch_equals_separate_runs(alexnet_float64, rule, kind):
         regs = [Decay(0.05), Blur(0.7, every=2), ClipNorm(5)]
         make = lambda rows: PixelImage(starts[rows])  # noqa: E731
     else:
-        starts = rand((3, 3, ENGINE_SIZE, ENGINE_SIZE // 2 + 1, 2), seed=57) * 0.05
+        starts = seeded_randn((3, 3, ENGINE_SIZE, ENGINE_SIZE // 2 + 1, 2), seed=57) * 0.05
         regs = []
         make = lambda rows: FourierImage(starts[rows], ENGINE_SIZE, ENGINE_SIZE, prep)  # noqa: E731
     together = _run_channels(model, channels, lambda: make(slice(0, 3)), rule, transforms, regs)
@@ -1205,7 +1197,7 @@ def test_fourier_step_moves_the_spectrum(alexnet_float64):
     spectrum), along the normalised gradient through the lucid formula."""
     model = alexnet_float64
     prep = preprocessing(model)
-    s0 = rand((2, 3, ENGINE_SIZE, ENGINE_SIZE // 2 + 1, 2), seed=62) * 0.05
+    s0 = seeded_randn((2, 3, ENGINE_SIZE, ENGINE_SIZE // 2 + 1, 2), seed=62) * 0.05
     param = FourierImage(s0, ENGINE_SIZE, ENGINE_SIZE, prep)
     res = optimize(model, channel(1, [5, 7]), param, steps=1, lr=0.01)
     fn = channel_by_hand(model, 1, [5, 7])

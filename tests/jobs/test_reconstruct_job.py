@@ -8,15 +8,13 @@ weights' preprocessing). The two subprocess tests are marked slow (a few seconds
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_experiment
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
@@ -24,7 +22,7 @@ from PIL import Image
 
 import deconvnet
 import deconvnet.jobs.reconstruct as job_module
-from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR
 
 SMALL = {"model": "alexnet", "weights": "random", "seed": 0, "image": "cat", "progress": False}
 
@@ -234,21 +232,15 @@ def test_keep_and_stage_parsing():
 # -------------------------------------------------------------------------------------- the CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.reconstruct", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_cli_bad_stage_exits_with_a_short_message(tmp_path):
-    done = _cli("model=alexnet", "model.weights=random", "stage=7", f"hydra.run.dir={tmp_path}")
+    done = run_experiment(
+        "experiments.reconstruct",
+        "model=alexnet",
+        "model.weights=random",
+        "stage=7",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert done.returncode == 1
     assert "error: stage: expected an int in 1..5" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
@@ -258,8 +250,14 @@ def test_cli_bad_stage_exits_with_a_short_message(tmp_path):
 @pytest.mark.slow
 def test_cli_multirun_gives_each_job_its_own_folder(tmp_path):
     sweep = tmp_path / "sweep"
-    done = _cli(
-        "-m", "model=alexnet", "model.weights=random", "stage=1,5", "keep=all,max", f"hydra.sweep.dir={sweep}"
+    done = run_experiment(
+        "experiments.reconstruct",
+        "-m",
+        "model=alexnet",
+        "model.weights=random",
+        "stage=1,5",
+        "keep=all,max",
+        f"hydra.sweep.dir={sweep}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())

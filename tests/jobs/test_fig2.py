@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_experiment
 from PIL import Image
 
 import deconvnet
@@ -29,7 +29,6 @@ from deconvnet.jobs import fig2
 from deconvnet.jobs.data_config import make_dataset
 from deconvnet.jobs.fig2 import load_fig2, render_fig2, run_fig2
 
-REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = {"kind": "samples", "photos": ["chelsea", "coffee", "astronaut"], "limit": 10}
 TINY = dict(
     model="alexnet",
@@ -775,15 +774,7 @@ def test_same_inputs_give_the_same_bytes(tiny_job, tmp_path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.fig2", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_experiment("experiments.fig2", *args, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 @pytest.mark.slow

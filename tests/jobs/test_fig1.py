@@ -6,22 +6,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from conftest import png_pixels, run_experiment
 
 import deconvnet
 from deconvnet.analysis.layer_maps import fig1_data
+from deconvnet.data.paths import REPO_ROOT
 from deconvnet.figures.fig1 import draw_fig1
 from deconvnet.jobs import fig1 as fig1_module
 from deconvnet.jobs.fig1 import load_fig1_data, render_fig1, run_fig1
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -215,11 +213,6 @@ def test_run_fig1_checks_before_loading_the_model(monkeypatch, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def _pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def test_run_fig1_writes_figure_data_and_result_and_render_reproduces_it(tmp_path):
     result = run_fig1(tmp_path, model="alexnet", weights="random", image="cat", stage=1)
     files = {p.name for p in tmp_path.iterdir()}
@@ -230,28 +223,21 @@ def test_run_fig1_writes_figure_data_and_result_and_render_reproduces_it(tmp_pat
     assert saved["channel"] == result["channel"] and saved["rule"] == "deconvnet"
     assert set(saved["kept"]) == {"y", "x", "value", "switch_y", "switch_x"}
     assert saved["files"]["figure"] == "fig1.png" and "torch" in saved["versions"]
-    first = _pixels(tmp_path / "fig1.png")
+    first = png_pixels(tmp_path / "fig1.png")
     assert first.shape == (1200, 1600, 3)
     data = load_fig1_data(tmp_path / "fig1_data.npz")
     assert data["meta"]["weights"]["pretrained"] is False
     assert data["image"].shape == (3, 224, 224) and data["reconstruction"].shape == (3, 224, 224)
     (tmp_path / "fig1.png").unlink()
     assert render_fig1(tmp_path) == tmp_path / "fig1.png"
-    np.testing.assert_array_equal(_pixels(tmp_path / "fig1.png"), first)
+    np.testing.assert_array_equal(png_pixels(tmp_path / "fig1.png"), first)
     with pytest.raises(FileNotFoundError):
         render_fig1(tmp_path / "nowhere")
 
 
 def _run(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DECONVNET_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.fig1", *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    env = {**os.environ, "DECONVNET_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return run_experiment("experiments.fig1", *overrides, cwd=cwd, env=env)
 
 
 @pytest.mark.slow

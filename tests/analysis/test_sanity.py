@@ -23,6 +23,7 @@ import pytest
 import scipy.stats
 import torch
 import yaml
+from conftest import FIXED_PROVENANCE
 from hydra import compose, initialize_config_dir
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
@@ -35,13 +36,13 @@ from deconvnet.analysis.randomize import Randomized, layer_seed, learnable_layer
 from deconvnet.analysis.sanity import sanity_check
 from deconvnet.data.paths import CONF_DIR, REPO_ROOT
 from deconvnet.gradient.methods import options_for
-from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.folder import LOCK_FILE
+from deconvnet.jobs.provenance import PROVENANCE_ENV
 from deconvnet.jobs.sanity import run_sanity
 
 SIX = ("gradient", "guided", "deconvnet", "smoothgrad_gradient", "gradcam", "integrated_gradients")
 OPTIONS = {"samples": 1, "steps": 1, "cam_stage": 4, "noise_seed": 3}
 STEPS = ["fc7", "conv5", "conv3"]
-FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
 
 
 def _images(size: int = 64, count: int = 2) -> torch.Tensor:
@@ -499,6 +500,7 @@ def test_job_files_and_values(job, checked):
     reference = checked[0]  # the library's check with the same settings
     assert {p.name for p in out.iterdir()} == {
         "config.yaml",
+        LOCK_FILE,
         "result.json",
         "images.npz",
         "curves.png",

@@ -9,55 +9,34 @@ The subprocess test is marked slow.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import FIXED_PROVENANCE, run_experiment, tiny_picture, without_seconds
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import deconvnet
 import deconvnet.jobs.request
 import deconvnet.jobs.saliency as sal
-from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR
 from deconvnet.figures.saliency import DISPLAYS
 from deconvnet.gradient.methods import options_for
-from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.provenance import PROVENANCE_ENV
 
 METHODS = ["gradient", "smoothgrad_guided", "gradcam", "integrated_gradients"]
 OPTIONS = {"samples": 3, "noise": 0.15, "steps": 6, "cam_stage": 5}
 SMALL = {"model": "alexnet", "weights": "random", "seed": 0, "progress": False, **OPTIONS}
-FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
-
-
-def _tiny_picture(folder: Path) -> Path:
-    """A small random RGB picture (40x30) as a file: preprocessing makes it 224x224."""
-    path = folder / "tiny pic.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def _without_seconds(data):
-    """A copy of JSON data without the keys named `seconds` (the only run-dependent values)."""
-    if isinstance(data, dict):
-        return {k: _without_seconds(v) for k, v in data.items() if k != "seconds"}
-    if isinstance(data, list):
-        return [_without_seconds(v) for v in data]
-    return data
 
 
 @pytest.fixture(scope="module")
 def class_run(tmp_path_factory):
     """Predicted-class targets on two images (a sample and a file), four methods."""
     root = tmp_path_factory.mktemp("saliency")
-    picture = _tiny_picture(root / "in")
+    picture = tiny_picture(root / "in")
     out = root / "out"
     result = sal.run_saliency(out, images=["cat", str(picture)], methods=METHODS, **SMALL)
     return out, result, picture
@@ -223,7 +202,7 @@ def test_same_inputs_same_bytes_and_the_grid_redraws(tmp_path, monkeypatch):
     kwargs = SMALL | {"images": "cat", "methods": ["smoothgrad_gradient", "gradient_x_image"], "unit": [3, 7]}
     a, b = tmp_path / "a", tmp_path / "b"
     results = [sal.run_saliency(out, **kwargs) for out in (a, b)]
-    assert _without_seconds(results[0]) == _without_seconds(results[1])
+    assert without_seconds(results[0]) == without_seconds(results[1])
     for name in sorted(p.name for p in a.iterdir()):
         if name != "result.json":
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
@@ -294,34 +273,29 @@ def test_parsing(tmp_path):
     assert sal.parse_methods("gradcam") == ["gradcam"]
     assert sal.parse_images(None) == list(sal.DEFAULT_IMAGES) and sal.parse_images("cat") == ["cat"]
     assert sal.image_label("cat") == "cat"
-    assert sal.image_label(_tiny_picture(tmp_path)) == "tiny_pic"
+    assert sal.image_label(tiny_picture(tmp_path)) == "tiny_pic"
     assert sal.parse_unit(5, None, (224, 224)) == (5,)
 
 
 # -------------------------------------------------------------------------------------- the CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.saliency", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_cli_bad_value_and_a_multirun_with_a_folder_per_job(tmp_path):
-    done = _cli("model=alexnet", "model.weights=random", "unit=[9]", f"hydra.run.dir={tmp_path}")
+    done = run_experiment(
+        "experiments.saliency",
+        "model=alexnet",
+        "model.weights=random",
+        "unit=[9]",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert done.returncode == 1
     assert "error: unit: the stage must be an int in 1..5" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout and not list(tmp_path.glob("*.png"))
 
     sweep = tmp_path / "sweep"
-    done = _cli(
+    done = run_experiment(
+        "experiments.saliency",
         "-m",
         "model=alexnet",
         "model.weights=random",
@@ -370,7 +344,7 @@ def test_an_interrupted_job_resumes_from_its_finished_cells(tmp_path, monkeypatc
     resumed = sal.run_saliency(job, **kwargs)
     assert calls == ["gradcam"]  # only the missing cell was computed again
     assert not (job / "partial").exists()
-    assert _without_seconds(resumed) == _without_seconds(whole)
+    assert without_seconds(resumed) == without_seconds(whole)
     for name in ("maps.npz", "grid.png", "cat__gradient.png", "cat__gradcam.png"):
         assert (job / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     # a different config in the same folder starts afresh

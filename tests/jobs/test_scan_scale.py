@@ -22,12 +22,12 @@ from deconvnet.analysis.scan import TopK, load_topk, merge_scans, scan_topk
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.data.datasets import NumberedBatch
 from deconvnet.data.loader import ScanLoader
+from deconvnet.data.paths import REPO_ROOT
 from deconvnet.jobs.data_config import check_data, shard_range
 from deconvnet.jobs.fig2 import run_fig2
-from deconvnet.jobs.files import JobLock, job_status, lock_held
+from deconvnet.jobs.folder import JobLock, job_status, lock_held
 from deconvnet.jobs.scan import load_scan, merge_scan_jobs, run_scan
 
-REPO = Path(__file__).resolve().parent.parent
 FIELDS = ("values", "image", "y", "x")
 SAMPLES = {"kind": "samples", "photos": ["chelsea", "coffee", "astronaut"], "size": 72, "limit": 14}
 TINY_SCAN = dict(
@@ -327,7 +327,11 @@ def test_a_scan_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path
     out = tmp_path / "job"
     script = KILLER.format(data=SAMPLES)
     done = subprocess.run(
-        [sys.executable, "-c", script, str(out), "11"], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, str(out), "11"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert json.loads((out / "result.json").read_text())["status"] == "running"
@@ -348,13 +352,13 @@ def test_job_lock_refuses_a_second_job_in_the_same_folder(tmp_path):
             "-c",
             textwrap.dedent(f"""
         import sys, time
-        from deconvnet.jobs.files import JobLock
+        from deconvnet.jobs.folder import JobLock
         with JobLock({str(tmp_path)!r}):
             print("held", flush=True)
             sys.stdin.readline()
     """),
         ],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -429,7 +433,7 @@ def test_package_exports_the_scan_contract():
 
 
 def _python(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -511,7 +515,7 @@ def _merged_equals_one(tmp_path: Path, cli: list[str]) -> dict:
 
 @pytest.mark.slow
 def test_two_jobs_started_together_keep_separate_folders(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)}
     jobs = [
         subprocess.Popen(
             [sys.executable, "-m", "experiments.scan", *CLI_SCAN],
@@ -538,7 +542,7 @@ def test_two_jobs_started_together_keep_separate_folders(tmp_path):
 def test_every_experiment_config_gives_each_job_its_own_folder():
     from omegaconf import OmegaConf
 
-    for path in sorted((REPO / "conf").glob("*.yaml")):
+    for path in sorted((REPO_ROOT / "conf").glob("*.yaml")):
         hydra = OmegaConf.load(path).get("hydra")
         assert hydra is not None, path.name
         for key in ("run", "sweep"):

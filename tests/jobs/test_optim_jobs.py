@@ -9,8 +9,6 @@ are marked slow.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -18,36 +16,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
+from conftest import FIXED_PROVENANCE, photo_input, png_pixels, run_experiment, tiny_picture, without_seconds
 from hydra import compose, initialize_config_dir
-from PIL import Image
 
 import deconvnet
 import deconvnet.jobs.request
-from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR
 from deconvnet.jobs import class_model as class_model_job
 from deconvnet.jobs import deep_dream as dream_job
 from deconvnet.jobs import filters as filters_job
 from deconvnet.jobs import fooling as fooling_job
 from deconvnet.jobs import invert as invert_job
 from deconvnet.jobs import job as job_module
-from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.folder import LOCK_FILE
+from deconvnet.jobs.provenance import PROVENANCE_ENV
 from deconvnet.jobs.saliency import RANDOM_CLASSIFIER_NOTE
 from deconvnet.optim import Jitter, Pad
 
 MODEL = {"model": "alexnet", "weights": "random", "seed": 0, "progress": False}
-FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
 EXPERIMENTS = ("filters", "class_model", "deep_dream", "invert", "fooling")
-
-
-def _tiny_picture(folder: Path) -> Path:
-    """A small random RGB picture (40x30) as a file."""
-    path = folder / "tiny pic.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
 
 
 def _settings(picture: Path) -> dict[str, tuple]:
@@ -76,24 +64,6 @@ def _settings(picture: Path) -> dict[str, tuple]:
     }
 
 
-def _without_seconds(data):
-    if isinstance(data, dict):
-        return {k: _without_seconds(v) for k, v in data.items() if k != "seconds"}
-    if isinstance(data, list):
-        return [_without_seconds(v) for v in data]
-    return data
-
-
-def _pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def _input(source: str, model, size: int) -> torch.Tensor:
-    """The weights' preprocessing, then resized to size (bilinear, antialiased)."""
-    x = deconvnet.load_image(source, model)
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
 def _stage_output(model, x: torch.Tensor, stage: int) -> torch.Tensor:
     with torch.no_grad():
         return model.features[: deconvnet.stage(model, stage).index + 1](x)
@@ -103,7 +73,7 @@ def _stage_output(model, x: torch.Tensor, stage: int) -> torch.Tensor:
 def runs(tmp_path_factory):
     """Every experiment once on its tiny settings, with a fixed provenance record."""
     root = tmp_path_factory.mktemp("optim")
-    picture = _tiny_picture(root / "in")
+    picture = tiny_picture(root / "in")
     done = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PROVENANCE_ENV, json.dumps(FIXED_PROVENANCE))
@@ -183,6 +153,7 @@ def test_every_file_is_written(runs, name):
         "images.npz",
         "result.json",
         "config.yaml",
+        LOCK_FILE,  # the job folder's lock (released, kept as a file)
         *EXPECTED_FILES[name],
     } == files  # no partial/ left behind
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
@@ -203,7 +174,7 @@ def test_every_file_is_written(runs, name):
         for cell in result["cells"]:
             history = arrays[f"{cell['key']}__history"]
             assert history.shape[1] == arrays[cell["key"]].shape[0]
-    grid = _pixels(out / "grid.png")
+    grid = png_pixels(out / "grid.png")
     assert grid.shape[0] > 200 and grid.shape[1] >= 600
 
 
@@ -218,7 +189,7 @@ def test_filters_equal_an_independent_run(runs, alexnet_random):
         (5, "plain"),
         (5, "regularized"),
     ]
-    photos = torch.cat([_input(n, alexnet_random, 64) for n in deconvnet.sample_names()])
+    photos = torch.cat([photo_input(n, alexnet_random, 64) for n in deconvnet.sample_names()])
     with np.load(out / "images.npz") as arrays:
         for cell in result["cells"]:
             stage, channels = cell["stage"], [0, 2, 5]
@@ -267,7 +238,7 @@ def test_filters_mosaic_is_the_keras_layout_of_the_deprocessed_images(runs, alex
         * 0.15
         + 0.5
     ).clamp(0, 1)
-    mosaic = _pixels(out / "stage5__plain.png").astype(np.int16)
+    mosaic = png_pixels(out / "stage5__plain.png").astype(np.int16)
     assert mosaic.shape == (2 * 64 + 2, 2 * 64 + 2, 3)  # 2 x 2 tiles for 3 images, 2-px gaps
     for k, (top, left) in enumerate([(0, 0), (0, 66), (66, 0)]):
         want = np.rint(shown[k].permute(1, 2, 0).numpy() * 255)
@@ -302,7 +273,7 @@ def test_deep_dream_equals_an_independent_run(runs, alexnet_random):
     (out, result), picture = runs[0]["deep_dream"], runs[1]
     with np.load(out / "images.npz") as arrays:
         for cell, source in zip(result["cells"], ["cat", str(picture)]):
-            x = _input(source, alexnet_random, 80)
+            x = photo_input(source, alexnet_random, 80)
             want = deconvnet.deep_dream(
                 alexnet_random, x, 3, None, octaves=2, scale=1.4, jitter=4, steps=2, step_size=1.5, seed=0
             )
@@ -320,7 +291,7 @@ def test_deep_dream_equals_an_independent_run(runs, alexnet_random):
 
 def test_inversions_equal_an_independent_run(runs, alexnet_random):
     out, result = runs[0]["invert"]
-    x = _input("coffee", alexnet_random, 64)
+    x = photo_input("coffee", alexnet_random, 64)
     with np.load(out / "images.npz") as arrays:
         np.testing.assert_array_equal(arrays["input"], x.numpy())
         for cell, stage in zip(result["cells"], [2, 5, "fc6"]):
@@ -355,7 +326,7 @@ def test_fooling_equals_an_independent_run(runs, alexnet_random):
     std = torch.tensor(prep.std).view(1, 3, 1, 1)
     with np.load(out / "images.npz") as arrays:
         for cell, source in zip(result["cells"], ["cat", str(picture)]):
-            x = _input(source, alexnet_random, 64)
+            x = photo_input(source, alexnet_random, 64)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 made = deconvnet.fooling_image(alexnet_random, x, 368, steps=3, seed=0, details=True)
@@ -372,7 +343,7 @@ def test_fooling_equals_an_independent_run(runs, alexnet_random):
             assert r["l2_colour"] == pytest.approx(float(delta.norm()), rel=1e-4)
             # the difference panel: 0.5 + amplify * difference in colour units
             want = np.rint((0.5 + 20.0 * delta).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255)
-            diff = _pixels(out / cell["difference_file"]).astype(np.int16)
+            diff = png_pixels(out / cell["difference_file"]).astype(np.int16)
             assert np.abs(diff - want).max() <= 1
             assert cell["reached"] is False and r["reached"] is False
     assert result["all_reached"] is False
@@ -418,7 +389,7 @@ def _compare_folders(a: Path, b: Path) -> None:
     for name in names:
         if name == "result.json":
             ra, rb = (json.loads((f / name).read_text()) for f in (a, b))
-            assert _without_seconds(ra) == _without_seconds(rb)
+            assert without_seconds(ra) == without_seconds(rb)
         else:
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
@@ -585,18 +556,6 @@ def test_names_and_counts_are_accepted(tmp_path, monkeypatch):
 # -------------------------------------------------------------------------------------- the CLI
 
 
-def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 CLI_TINY = {
     "filters": ["stages=[2]", "channels=2", "size=64", "steps=2"],
     "class_model": ["classes=[tabby]", "size=64", "steps=2"],
@@ -617,7 +576,7 @@ CLI_BAD = {
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_cli_runs_and_a_bad_value_is_one_line(name, tmp_path):
     model = ["model=alexnet", "model.weights=random"]
-    done = _cli(name, *model, *CLI_TINY[name], f"hydra.run.dir={tmp_path / 'job'}")
+    done = run_experiment(f"experiments.{name}", *model, *CLI_TINY[name], f"hydra.run.dir={tmp_path / 'job'}")
     assert done.returncode == 0, done.stderr[-3000:]
     job = tmp_path / "job"
     result = json.loads((job / "result.json").read_text())
@@ -626,7 +585,7 @@ def test_cli_runs_and_a_bad_value_is_one_line(name, tmp_path):
     assert "weights: random initialisation" in (job / f"{name}.log").read_text()
 
     bad, message = CLI_BAD[name]
-    done = _cli(name, *model, bad, f"hydra.run.dir={tmp_path / 'bad'}")
+    done = run_experiment(f"experiments.{name}", *model, bad, f"hydra.run.dir={tmp_path / 'bad'}")
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(message), done.stderr
@@ -638,8 +597,8 @@ def test_cli_runs_and_a_bad_value_is_one_line(name, tmp_path):
 @pytest.mark.slow
 def test_cli_multirun_makes_a_folder_per_job(tmp_path):
     sweep = tmp_path / "sweep"
-    done = _cli(
-        "invert",
+    done = run_experiment(
+        "experiments.invert",
         "-m",
         "model=alexnet",
         "model.weights=random",

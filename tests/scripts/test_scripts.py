@@ -4,7 +4,6 @@ the pieces that make the tracked files a function of code and inputs only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,30 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_regenerate, png_pixels
 from PIL import Image
 
-from deconvnet.jobs.files import PROVENANCE_ENV, code_state, provenance
+from deconvnet.data.paths import REPO_ROOT
+from deconvnet.jobs.provenance import PROVENANCE_ENV, code_state, provenance
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_regenerate():
-    spec = importlib.util.spec_from_file_location("regenerate", REPO / "scripts" / "regenerate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-regenerate = _load_regenerate()
+regenerate = load_regenerate()
 FIGURES = list(regenerate.FIGURES)
 
 
-def _pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def _git(*args: str, cwd: Path = REPO) -> str:
+def _git(*args: str, cwd: Path = REPO_ROOT) -> str:
     done = subprocess.run(
         [
             "git",
@@ -66,7 +52,7 @@ def _tracked(out: Path) -> list[str]:
     files = _files(out)
     done = subprocess.run(
         ["git", "check-ignore", "--no-index", "--stdin"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         text=True,
         input="".join(f"results/{f}\n" for f in files),
         capture_output=True,
@@ -97,7 +83,7 @@ def two_runs(tmp_path_factory, code_commits) -> list[Path]:
         code_commits.append(_code_commit())
         subprocess.run(
             [sys.executable, "scripts/regenerate.py", "--quick", "--out", str(out)],
-            cwd=REPO,
+            cwd=REPO_ROOT,
             check=True,
             capture_output=True,
             text=True,
@@ -126,21 +112,21 @@ def test_regenerate_writes_every_figure_and_render_redraws_them(two_runs, tmp_pa
     figures = [
         p for p in out.glob("*/*.png") if p.name.startswith("fig") or p.name in ("overview.png", "grid.png")
     ]
-    before = {p: _pixels(p) for p in figures}
+    before = {p: png_pixels(p) for p in figures}
     assert len(before) >= 7
     for p in before:
         p.unlink()
     jobs = [str(out / n) for n in names]
     subprocess.run(
         [sys.executable, "scripts/render.py", *jobs],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         check=True,
         capture_output=True,
         text=True,
         timeout=600,
     )
     for p, pixels in before.items():
-        assert np.array_equal(_pixels(p), pixels), p
+        assert np.array_equal(png_pixels(p), pixels), p
 
     # the README's sheet command on a sweep folder's glob, which passes multirun.yaml along
     (out / "multirun.yaml").write_text("hydra: {}\n")
@@ -154,7 +140,7 @@ def test_regenerate_writes_every_figure_and_render_redraws_them(two_runs, tmp_pa
             *fig2_jobs,
             str(out / "multirun.yaml"),
         ],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         check=True,
         capture_output=True,
         text=True,
@@ -188,7 +174,7 @@ def test_regenerate_twice_gives_the_same_bytes_in_every_tracked_file(two_runs):
     for f in tracked:
         if f.endswith((".json", ".yaml", ".md")):
             text = (a / f).read_text()
-            assert str(a) not in text and str(REPO) not in text and ".staging" not in text, f
+            assert str(a) not in text and str(REPO_ROOT) not in text and ".staging" not in text, f
             assert '"seconds"' not in text and "timings_s" not in text, f
 
 
@@ -267,13 +253,11 @@ def test_volatile_values_leave_the_tracked_files(tmp_path):
     assert set(volatile) == {"git_commit", "platform", "command", "timestamp"}
 
     staging = tmp_path / ".staging" / "fig1"
-    text = (
-        f"dir: {staging}\n- hydra.run.dir={staging}\ncwd: {REPO}\n- path: {REPO}/conf\nother: {REPO}other\n"
-    )
+    text = f"dir: {staging}\n- hydra.run.dir={staging}\ncwd: {REPO_ROOT}\n- path: {REPO_ROOT}/conf\nother: {REPO_ROOT}other\n"
     assert regenerate.relocate(text, staging, "<out>/fig1") == (
-        f"dir: <out>/fig1\n- hydra.run.dir=<out>/fig1\ncwd: .\n- path: ./conf\nother: {REPO}other\n"
+        f"dir: <out>/fig1\n- hydra.run.dir=<out>/fig1\ncwd: .\n- path: ./conf\nother: {REPO_ROOT}other\n"
     )
-    assert regenerate.folder_label(REPO / "results" / "fig1", REPO / "results") == "results/fig1"
+    assert regenerate.folder_label(REPO_ROOT / "results" / "fig1", REPO_ROOT / "results") == "results/fig1"
     assert regenerate.folder_label(tmp_path / "fig1", tmp_path) == "<out>/fig1"
 
 
@@ -314,7 +298,7 @@ def test_render_takes_a_sweep_glob_skips_files_and_names_unfinished_jobs(tmp_pat
     for args in (sorted(str(p) for p in sweep.iterdir()), [str(sweep)]):
         done = subprocess.run(
             [sys.executable, "scripts/render.py", *args],
-            cwd=REPO,
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=120,
@@ -335,7 +319,7 @@ def test_render_takes_a_sweep_glob_skips_files_and_names_unfinished_jobs(tmp_pat
             str(sweep / "2"),
             str(sweep / "multirun.yaml"),
         ],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -350,7 +334,7 @@ def test_render_takes_a_sweep_glob_skips_files_and_names_unfinished_jobs(tmp_pat
 def test_render_refuses_a_folder_without_results(tmp_path):
     done = subprocess.run(
         [sys.executable, "scripts/render.py", str(tmp_path)],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,

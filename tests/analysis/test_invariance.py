@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 import yaml
+from conftest import FIXED_PROVENANCE, photo_input, run_experiment, tiny_picture, without_seconds
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch import nn
@@ -32,12 +29,12 @@ from torchvision.transforms import InterpolationMode
 import deconvnet
 import deconvnet.jobs.request
 from deconvnet.analysis import invariance as inv
-from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR
 from deconvnet.jobs import invariance as job_mod
-from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.folder import LOCK_FILE
+from deconvnet.jobs.provenance import PROVENANCE_ENV
 from deconvnet.jobs.saliency import RANDOM_CLASSIFIER_NOTE
 
-FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
 SMALL = {"translate": [-9, 0, 5], "scale": [1.0, 1.3], "rotate": [0, 30, 360]}
 
 
@@ -107,15 +104,10 @@ def brute_force(model, x, transform, values, layers, labels):
     return distance, probability
 
 
-def _input(source: str, model, size: int) -> torch.Tensor:
-    x = deconvnet.load_image(source, model)
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
 @pytest.fixture(scope="module")
 def photos64():
     """cat and coffee at 64 px, float64 (the weights' preprocessing, then resized)."""
-    return torch.cat([_input(n, "vgg16", 64) for n in ("cat", "coffee")]).double()
+    return torch.cat([photo_input(n, "vgg16", 64) for n in ("cat", "coffee")]).double()
 
 
 # ------------------------------------------------------------------------ the transformations
@@ -360,18 +352,10 @@ JOB = {
 }
 
 
-def _tiny_picture(folder: Path) -> Path:
-    path = folder / "tiny pic.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("invariance")
-    picture = _tiny_picture(root / "in")
+    picture = tiny_picture(root / "in")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PROVENANCE_ENV, json.dumps(FIXED_PROVENANCE))
         result = job_mod.run_invariance(root / "job", images=["cat", str(picture)], **MODEL, **JOB)
@@ -382,6 +366,7 @@ def test_the_job_writes_every_file(job):
     out, result, _ = job
     assert {p.name for p in out.iterdir()} == {
         "config.yaml",
+        LOCK_FILE,
         "result.json",
         "invariance.png",
         "invariance.npz",
@@ -404,7 +389,7 @@ def test_the_job_writes_every_file(job):
 
 def test_the_jobs_curves_equal_the_brute_force(job, alexnet_random):
     out, result, picture = job
-    x = torch.cat([_input(s, alexnet_random, 64) for s in ("cat", str(picture))])
+    x = torch.cat([photo_input(s, alexnet_random, 64) for s in ("cat", str(picture))])
     with torch.no_grad():
         labels = alexnet_random(x).argmax(dim=1)
     names = deconvnet.class_names("alexnet")
@@ -500,21 +485,13 @@ def test_an_interrupted_job_resumes_with_the_same_bytes(job, tmp_path, monkeypat
     for path in sorted(whole.iterdir()):
         if path.name == "result.json":
             a, b = (json.loads((f / path.name).read_text()) for f in (whole, out))
-            assert _without_seconds(a) == _without_seconds(b)
+            assert without_seconds(a) == without_seconds(b)
         else:
             assert path.read_bytes() == (out / path.name).read_bytes(), path.name
     figure = (out / "invariance.png").read_bytes()
     (out / "invariance.png").unlink()
     assert job_mod.render_invariance(out) == out / "invariance.png"
     assert (out / "invariance.png").read_bytes() == figure
-
-
-def _without_seconds(data):
-    if isinstance(data, dict):
-        return {k: _without_seconds(v) for k, v in data.items() if k != "seconds"}
-    if isinstance(data, list):
-        return [_without_seconds(v) for v in data]
-    return data
 
 
 def test_render_refuses_other_folders(tmp_path):
@@ -589,22 +566,11 @@ def test_labels_by_name_and_the_config_composes(tmp_path):
 # -------------------------------------------------------------------------------------- the CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.invariance", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     model = ["model=alexnet", "model.weights=random"]
-    done = _cli(
+    done = run_experiment(
+        "experiments.invariance",
         *model,
         "images=[cat,coffee]",
         "size=64",
@@ -621,7 +587,9 @@ def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     assert {"invariance.png", "invariance.npz", "config.yaml", ".hydra"} <= {p.name for p in out.iterdir()}
     assert "weights: random initialisation" in (out / "invariance.log").read_text()
 
-    done = _cli(*model, "transforms=[shear]", f"hydra.run.dir={tmp_path / 'bad'}")
+    done = run_experiment(
+        "experiments.invariance", *model, "transforms=[shear]", f"hydra.run.dir={tmp_path / 'bad'}"
+    )
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith("error: transform: unknown transformation 'shear'"), (

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import FIXED_PROVENANCE, run_experiment, without_seconds
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from scipy.spatial.distance import pdist, squareform
@@ -31,10 +30,11 @@ from torch import nn
 import deconvnet
 import deconvnet.jobs.request
 from deconvnet.analysis import correspondence as corr
-from deconvnet.data.paths import CONF_DIR, REPO_ROOT
+from deconvnet.data.paths import CONF_DIR
 from deconvnet.figures import correspondence as corr_fig
 from deconvnet.jobs import correspondence as corr_job
-from deconvnet.jobs.files import PROVENANCE_ENV
+from deconvnet.jobs.folder import LOCK_FILE
+from deconvnet.jobs.provenance import PROVENANCE_ENV
 
 SIDE = 96
 BOXES = {
@@ -42,7 +42,6 @@ BOXES = {
     "nose": [(50, 50, 14, 14), (1, 2, 3, 4), (20, 20, 20, 20)],
 }
 LAYERS = (2, 5, "fc7")
-FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirty": False}
 
 
 def _photos(model: nn.Module, names=("astronaut", "cat", "coffee"), side: int = SIDE):
@@ -503,6 +502,7 @@ def test_the_job_writes_every_file(job):
         "table.md",
         "result.json",
         "config.yaml",
+        LOCK_FILE,
         "boxes.png",
         "images.npz",
         *tiles,
@@ -605,17 +605,9 @@ def test_same_bytes_after_an_interruption(job, tmp_path, monkeypatch):
     for path in sorted(whole.iterdir()):
         if path.name == "result.json":
             a, b = (json.loads((f / path.name).read_text()) for f in (whole, tmp_path))
-            assert _without_seconds(a) == _without_seconds(b)
+            assert without_seconds(a) == without_seconds(b)
         else:
             assert path.read_bytes() == (tmp_path / path.name).read_bytes(), path.name
-
-
-def _without_seconds(data):
-    if isinstance(data, dict):
-        return {k: _without_seconds(v) for k, v in data.items() if k != "seconds"}
-    if isinstance(data, list):
-        return [_without_seconds(v) for v in data]
-    return data
 
 
 def _job_bad_values(root: Path) -> list:
@@ -728,23 +720,17 @@ def test_the_default_config_composes():
     assert corr_job.box_file_path(cfg.boxes) == CONF_DIR / "correspondence" / "faces.yaml"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"DECONVNET_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.correspondence", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     model = ["model=alexnet", "model.weights=random"]
     boxes = _box_file(tmp_path / "in", parts={"p1": {"cat": [10, 20, 30, 40], "coffee": [100, 100, 24, 24]}})
-    done = _cli(*model, f"boxes={boxes}", "random_draws=1", f"hydra.run.dir={tmp_path / 'job'}")
+    done = run_experiment(
+        "experiments.correspondence",
+        *model,
+        f"boxes={boxes}",
+        "random_draws=1",
+        f"hydra.run.dir={tmp_path / 'job'}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     job = tmp_path / "job"
     result = json.loads((job / "result.json").read_text())
@@ -755,7 +741,9 @@ def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     assert "2 images, NOT the paper's 5 dog images" in (job / "table.md").read_text()
     assert "weights: random initialisation" in (job / "correspondence.log").read_text()
 
-    done = _cli(*model, "layers=[fc9]", f"hydra.run.dir={tmp_path / 'bad'}")
+    done = run_experiment(
+        "experiments.correspondence", *model, "layers=[fc9]", f"hydra.run.dir={tmp_path / 'bad'}"
+    )
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith("error: layers: expected a stage 1..5, 'fc6', 'fc7'"), (
