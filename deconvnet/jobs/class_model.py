@@ -30,7 +30,7 @@ from deconvnet.data.models import class_names
 from deconvnet.figures.sheet import KERAS_DEPROCESS, keras_deprocess, save_tile
 from deconvnet.figures.synthesis import class_sheet
 from deconvnet.jobs.job import Job, classifier_note, model_header, title_lines
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import class_model, probe
 from deconvnet.optim.checks import check_size
 from deconvnet.optim.class_model import CLASS_REGULARIZERS
@@ -245,9 +245,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.class_model`: the config as the arguments of `run_class_model`."""
     return run_class_model(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         classes=config["classes"],
         regularizer=config["regularizer"],
         weight=config["weight"],

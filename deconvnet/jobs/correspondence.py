@@ -44,7 +44,7 @@ from deconvnet.data.paths import REPO_ROOT
 from deconvnet.figures.correspondence import table_markdown, write_tiles
 from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.job import Job, Picture, check_pictures, model_header, prepare, title_lines
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 
 BOXES_DIR = REPO_ROOT / "conf" / "correspondence"
 TABLE_FILE, SHEET_FILE = "table.md", "boxes.png"
@@ -349,9 +349,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.correspondence`: the config as the arguments of `run_correspondence`."""
     return run_correspondence(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         boxes=config["boxes"],
         layers=config["layers"],
         random_draws=config["random_draws"],

@@ -36,7 +36,7 @@ from deconvnet.jobs.job import (
     prepare,
     title_lines,
 )
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import deep_dream, probe
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.dream import octave_sizes
@@ -269,9 +269,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.deep_dream`: the config as the arguments of `run_deep_dream`."""
     return run_deep_dream(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         images=config["images"],
         stage=config["stage"],
         channel=config["channel"],

@@ -29,6 +29,7 @@ from deconvnet.figures.fig1 import draw_fig1
 from deconvnet.jobs.folder import RESULT_FILE, JobFolder
 from deconvnet.jobs.provenance import provenance as record_provenance
 from deconvnet.jobs.provenance import versions
+from deconvnet.jobs.request import model_arguments
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     device = check_device(config["device"])
     result = run_fig1(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         image=config["image"],
         stage=config["stage"],
         channel=config["channel"],

@@ -82,6 +82,7 @@ from deconvnet.jobs.data_config import check_data, make_dataset, require_whole_d
 from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, JobFolder, write_json
 from deconvnet.jobs.provenance import provenance as record_provenance
 from deconvnet.jobs.provenance import versions
+from deconvnet.jobs.request import model_arguments
 from deconvnet.jobs.scan import (
     CHECKPOINT_FILE,
     ScanOptions,
@@ -702,9 +703,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     stages = config["stages"] if config.get("stage") is None else [config["stage"]]
     return run_fig2(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         data=config["data"],
         stages=stages,
         channels=config.get("channels"),

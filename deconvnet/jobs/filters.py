@@ -42,7 +42,7 @@ from deconvnet.data.samples import sample_names
 from deconvnet.figures.sheet import KERAS_DEPROCESS, save_tile
 from deconvnet.figures.synthesis import filters_mosaic, filters_sheet
 from deconvnet.jobs.job import Job, model_header, prepare, title_lines
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import Jitter, Pad, probe, visualize_filters
 from deconvnet.optim.checks import check_channels, check_param, check_size
 
@@ -316,9 +316,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.filters`: the config as the arguments of `run_filters`."""
     return run_filters(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         stages=config["stages"],
         channels=config["channels"],
         size=config["size"],

@@ -42,7 +42,7 @@ from deconvnet.jobs.job import (
     prepare,
     title_lines,
 )
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import fooling_image
 
 log = logging.getLogger(__name__)
@@ -246,9 +246,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.fooling`: the config as the arguments of `run_fooling`."""
     return run_fooling(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         images=config["images"],
         target=config["target"],
         confidence=config["confidence"],

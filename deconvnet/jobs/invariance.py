@@ -56,7 +56,7 @@ from deconvnet.jobs.job import (
     title_lines,
 )
 from deconvnet.jobs.provenance import provenance
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 
 log = logging.getLogger(__name__)
 
@@ -417,9 +417,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.invariance`: the config as the arguments of `run_invariance`."""
     return run_invariance(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         images=config["images"],
         transforms=config["transforms"],
         values=config["values"],

@@ -31,7 +31,7 @@ from deconvnet.jobs.job import (
     prepare,
     title_lines,
 )
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import invert
 from deconvnet.optim.invert import TV_WEIGHTS
 
@@ -203,9 +203,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.invert`: the config as the arguments of `run_invert`."""
     return run_invert(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         image=config["image"],
         stages=config["stages"],
         steps=config["steps"],

@@ -39,7 +39,7 @@ from deconvnet.jobs.job import (
     model_header,
     prepare,
 )
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 
 FIGURE_FILE = "occlusion.png"
 
@@ -307,9 +307,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.occlusion`: the config as the arguments of `run_occlusion`."""
     return run_occlusion(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         images=config["images"],
         target=config["target"],
         patch=config["patch"],

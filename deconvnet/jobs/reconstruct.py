@@ -44,6 +44,7 @@ from deconvnet.data.models import WeightsInfo, load_model, model_spec, weights_i
 from deconvnet.figures.reconstruct import KeepItem, draw_overview, keep_tag, redraw_overview
 from deconvnet.jobs.folder import CONFIG_FILE, JobFolder
 from deconvnet.jobs.provenance import provenance
+from deconvnet.jobs.request import model_arguments
 
 log = logging.getLogger(__name__)
 
@@ -382,9 +383,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.reconstruct`: the config as the arguments of `run_reconstruct`."""
     return run_reconstruct(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         image=config["image"],
         stage=config["stage"],
         keep=config["keep"],

@@ -7,6 +7,7 @@ folder (saliency, the optimisation family).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,3 +67,9 @@ def load_logged(request: ModelRequest, shown: str = "Images") -> tuple[nn.Module
     else:
         log.info("weights: %s", info.description)
     return net, info.as_dict()
+
+
+def model_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A job config's `model` group (conf/model/*.yaml) as the run functions' model, weights, seed."""
+    group = config["model"]
+    return {"model": group["name"], "weights": group["weights"], "seed": group["seed"]}

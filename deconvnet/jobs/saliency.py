@@ -58,7 +58,7 @@ from deconvnet.gradient.methods import METHODS, explain, options_for
 from deconvnet.gradient.passes import GradientPass
 from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, Checkpoints, JobFolder
 from deconvnet.jobs.provenance import provenance
-from deconvnet.jobs.request import ModelRequest, check_model, load_logged
+from deconvnet.jobs.request import ModelRequest, check_model, load_logged, model_arguments
 
 log = logging.getLogger(__name__)
 
@@ -675,9 +675,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.saliency`: the config as the arguments of `run_saliency`."""
     return run_saliency(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         images=config["images"],
         methods=config["methods"],
         target=config["target"],

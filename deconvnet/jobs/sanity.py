@@ -67,7 +67,7 @@ from deconvnet.jobs.job import (
     prepare,
     title_lines,
 )
-from deconvnet.jobs.request import ModelRequest, check_model
+from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 
 DEFAULT_IMAGES = ("cat", "coffee")
 CURVES_FILE = "curves.png"
@@ -506,9 +506,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """`python -m experiments.sanity`: the config as the arguments of `run_sanity`."""
     return run_sanity(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         images=config["images"],
         methods=config["methods"],
         unit=config["unit"],

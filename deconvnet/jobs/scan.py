@@ -49,6 +49,7 @@ from deconvnet.jobs.data_config import check_data, make_dataset, shard_range
 from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, JobFolder, job_status, write_json
 from deconvnet.jobs.provenance import provenance as record_provenance
 from deconvnet.jobs.provenance import versions
+from deconvnet.jobs.request import model_arguments
 
 __all__ = [
     "ScanOptions",
@@ -597,9 +598,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     check_device(config["device"])
     return run_scan(
         out,
-        model=config["model"]["name"],
-        weights=config["model"]["weights"],
-        seed=config["model"]["seed"],
+        **model_arguments(config),
         data=config["data"],
         stages=config["stages"],
         k=config["k"],
