@@ -1,16 +1,16 @@
-"""Small helpers shared by the experiment entry points: devices, provenance, files, user errors."""
+"""What the experiment entry points share: the job's own folder (claimed), user errors as one line,
+and `run_registered`, the body of every entry point."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from deconvnet.core.validation import check_device
 from deconvnet.data.models import WeightsUnavailableError
 from deconvnet.jobs.folder import JobLock
 
@@ -52,23 +52,17 @@ def user_errors(logger: logging.Logger) -> Iterator[None]:
         raise SystemExit(f"error: {error}") from None
 
 
-def run_job(logger: logging.Logger, device: str | None, work: Callable[[Path], object]) -> None:
-    """The body of an entry point: user errors as one line, this job's own folder, the device
-    checked (when given), logging kept clear of tqdm bars; then `work(folder)`."""
+def run_registered(name: str, cfg: DictConfig) -> None:
+    """The body of every entry point: the registered job `name` (`check_job`) run with the
+    resolved config in this Hydra job's own folder, logging kept clear of tqdm bars, user errors
+    as one line."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with user_errors(logger):
-        out = hydra_output_dir()
-        if device is not None:
-            check_device(device)
-        with logging_redirect_tqdm():
-            work(out)
+    from deconvnet.jobs.registry import check_job
 
-
-def run_registered(name: str, cfg: DictConfig) -> None:
-    """The body of every entry point: `JOBS[name].run(folder, config)` with the resolved config,
-    in this Hydra job's own folder, user errors as one line."""
-    from deconvnet.jobs.registry import JOBS
-
+    kind = check_job(name)
     config = OmegaConf.to_container(cfg, resolve=True)
-    run_job(logging.getLogger(f"experiments.{name}"), None, lambda out: JOBS[name].run(out, config))
+    with user_errors(logging.getLogger(f"experiments.{name}")):
+        out = hydra_output_dir()
+        with logging_redirect_tqdm():
+            kind.run(out, config)

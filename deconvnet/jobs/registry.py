@@ -43,7 +43,6 @@ class JobKind:
     name: str
     run: RunFromConfig
     render: Render | None
-    shows: str
 
     @property
     def module(self) -> str:
@@ -67,36 +66,21 @@ def _files(render: Callable[[Path], Path | Sequence[Path]]) -> Render:
 
 
 JOBS: dict[str, JobKind] = _kinds(
-    JobKind(
-        "fig1", fig1.run_from_config, _files(fig1.render_fig1), "Fig. 1: one deconvnet layer on real data"
-    ),
-    JobKind(
-        "fig2", fig2.run_from_config, _files(fig2.render_fig2), "Fig. 2: top-9 projections per feature map"
-    ),
-    JobKind("scan", scan.run_from_config, None, "a dataset scan: top-k activations of every stage"),
-    JobKind("merge_scans", scan.merge_from_config, None, "the shards of one scan, merged"),
-    JobKind(
-        "reconstruct",
-        reconstruct.run_from_config,
-        _files(reconstruct.render_reconstruct),
-        "per-stage reconstructions",
-    ),
-    JobKind(
-        "saliency", saliency.run_from_config, _files(saliency.render_saliency), "the gradient-family grid"
-    ),
-    JobKind(
-        "filters", filters.run_from_config, _files(render_synthesis), "filters by activation maximisation"
-    ),
-    JobKind("class_model", class_model.run_from_config, _files(render_synthesis), "class models"),
-    JobKind("deep_dream", deep_dream.run_from_config, _files(render_synthesis), "Deep Dream"),
-    JobKind("invert", invert.run_from_config, _files(render_synthesis), "inversions of a representation"),
-    JobKind("fooling", fooling.run_from_config, _files(render_synthesis), "fooling images"),
-    JobKind("occlusion", occlusion.run_from_config, None, "Fig. 7: occlusion sensitivity"),
-    JobKind(
-        "invariance", invariance.run_from_config, _files(invariance.render_invariance), "Fig. 5: invariance"
-    ),
-    JobKind("correspondence", correspondence.run_from_config, None, "Table 1: correspondence"),
-    JobKind("sanity", sanity.run_from_config, None, "sanity checks by randomisation"),
+    JobKind("fig1", fig1.run_from_config, _files(fig1.render_fig1)),
+    JobKind("fig2", fig2.run_from_config, _files(fig2.render_fig2)),
+    JobKind("scan", scan.run_from_config, None),
+    JobKind("merge_scans", scan.merge_from_config, None),
+    JobKind("reconstruct", reconstruct.run_from_config, _files(reconstruct.render_reconstruct)),
+    JobKind("saliency", saliency.run_from_config, _files(saliency.render_saliency)),
+    JobKind("filters", filters.run_from_config, _files(render_synthesis)),
+    JobKind("class_model", class_model.run_from_config, _files(render_synthesis)),
+    JobKind("deep_dream", deep_dream.run_from_config, _files(render_synthesis)),
+    JobKind("invert", invert.run_from_config, _files(render_synthesis)),
+    JobKind("fooling", fooling.run_from_config, _files(render_synthesis)),
+    JobKind("occlusion", occlusion.run_from_config, None),
+    JobKind("invariance", invariance.run_from_config, _files(invariance.render_invariance)),
+    JobKind("correspondence", correspondence.run_from_config, None),
+    JobKind("sanity", sanity.run_from_config, None),
 )
 
 

@@ -42,7 +42,7 @@ from deconvnet.analysis.scan import (
     save_topk,
 )
 from deconvnet.core.architecture import STAGES
-from deconvnet.core.validation import check_device, check_int
+from deconvnet.core.validation import check_device, check_int, check_stage_numbers
 from deconvnet.data.loader import DecodeFailure, ScanLoader
 from deconvnet.data.models import weights_label
 from deconvnet.jobs.data_config import check_data, make_dataset, shard_range
@@ -90,8 +90,6 @@ class ScanOptions:
         cls, stages: Any, k: Any, batch_size: Any, checkpoint_every: Any, exclude_border: Any, data: Any
     ) -> ScanOptions:
         """Every check that needs nothing loaded; ValueError naming the option otherwise."""
-        from deconvnet.core.validation import check_stage_numbers
-
         return cls(
             stages=check_stage_numbers(stages),
             k=check_int(k, "k", 1),
