@@ -1,9 +1,12 @@
-"""deconvnet: Zeiler & Fergus (ECCV 2014) deconvnet visualisations for torchvision VGG16 and AlexNet.
+"""deconvnet: Zeiler & Fergus (ECCV 2014) deconvnet visualisations, for VGG and AlexNet as in the
+paper and for any CNN built from convolutions, batch norm, ReLU/ReLU6, pooling, adds and concatenations.
 
 model = deconvnet.load_model("vgg16")                      # pretrained if cached, else random
 model = deconvnet.load_model("vgg16", weights="hed")       # learned convolutions, offline
 x = deconvnet.load_image("cat", model)                     # [1, 3, 224, 224]
 r = deconvnet.reconstruct(model, x, stage=3, keep="max")   # [1, 3, 224, 224]
+net = deconvnet.load_model("efficientnet_lite0", weights="imagenet")   # ImageNet, offline
+r = deconvnet.reconstruct(net, x, stage="blocks.4", keep=[0, 1])       # any module path
 g = deconvnet.attribute(model, x, target=[1, 2, 3])      # [3, 3, 224, 224], one forward pass
 v = deconvnet.visualize_filters(model, 3, range(16))    # [16, 3, 128, 128], optimised together
 o = deconvnet.occlusion(model, x)                        # Fig. 7 maps [1, 12, 12], incremental
@@ -27,6 +30,7 @@ from deconvnet.core.display import (
     to_pil,
 )
 from deconvnet.core.geometry import ReceptiveField, min_input_size, receptive_field
+from deconvnet.core.graph_mirror import GraphMirror, make_mirror
 from deconvnet.core.mirror import RULES, Mirror, Seeds, unpool
 from deconvnet.core.reconstruct import reconstruct
 from deconvnet.data.datasets import NumberedBatch
@@ -103,6 +107,7 @@ __all__ = [
     "HedWeightsError",
     "RULES",
     "STAGES",
+    "GraphMirror",
     "Mirror",
     "Preprocessing",
     "ReceptiveField",
@@ -114,6 +119,7 @@ __all__ = [
     "denormalize",
     "load_image",
     "load_model",
+    "make_mirror",
     "min_input_size",
     "model_name",
     "preprocess",

@@ -57,7 +57,11 @@ class Figure:
 
 # Overrides every figure on a model gets, e.g. ("model.weights=hed",) for VGG16: the one place
 # that chooses a model's weights. --quick runs everything on AlexNet.
-MODEL_OVERRIDES: dict[str, tuple[str, ...]] = {"vgg16": ("model.weights=hed",), "alexnet": ("model=alexnet",)}
+MODEL_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "vgg16": ("model.weights=hed",),
+    "alexnet": ("model=alexnet",),
+    "efficientnet_lite0": ("model=efficientnet_lite0", "model.weights=imagenet"),
+}
 # committed PNGs stay modest: large receptive fields shown at 64 px, sheets at most 1400 px wide
 SMALL_PNG = ("display.max_tile_px=64", "display.sheet_max_width=1400")
 FIGURES: dict[str, Figure] = {
@@ -81,6 +85,16 @@ FIGURES: dict[str, Figure] = {
         overrides=SMALL_PNG,
         quick=("channels_per_stage=1", "k=2", "data.size=80", "stages=[2]"),
     ),
+    "fig2_efficientnet_lite0": Figure(
+        "fig2",
+        "Fig. 2 on EfficientNet-Lite0 with its ImageNet weights (the first Fig. 2 here from a "
+        "network trained on ImageNet end to end): both rules side by side; without max pooling "
+        "the deconvnet rule has no switches and no masks, so its projections of one map look "
+        "alike in every image, while guided backprop follows each image",
+        model="efficientnet_lite0",
+        overrides=(*SMALL_PNG, "rules=[deconvnet,guided]"),
+        quick=("channels_per_stage=1", "k=2", "data.size=80", "stages=[2]"),
+    ),
     "reconstruct": Figure(
         "reconstruct",
         "Reconstructions of one image at the 5 "
@@ -102,6 +116,14 @@ FIGURES: dict[str, Figure] = {
     # classifier: class models and fooling images are labelled not meaningful). Measured on 2
     # idle CPU cores, 2 threads: filters 110 s, class_model 36 s, deep_dream 11 s, invert 34 s,
     # fooling 11 s; 201 s together (344 s on one thread); other jobs on the machine stretch it.
+    "saliency_efficientnet_lite0": Figure(
+        "saliency",
+        "Gradient-family maps of every method for each photo's predicted class on the real "
+        "ImageNet classifier EfficientNet-Lite0 (classes named in the rows; Grad-CAM at stage 5, "
+        "bn2, 7x7 at 224 px)",
+        model="efficientnet_lite0",
+        quick=("images=cat", "samples=4", "steps=8"),
+    ),
     "filters": Figure(
         "filters",
         "Filter visualisations (activation maximisation, "

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,9 +35,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from deconvnet.core.architecture import Stage, features_of
+from deconvnet.analysis.stage_pass import StagePass
+from deconvnet.core.architecture import Stage
 from deconvnet.core.architecture import stage as stage_of
-from deconvnet.core.geometry import level_sizes, min_input_size, min_side
+from deconvnet.core.geometry import min_input_size, stage_sizes
 from deconvnet.core.precision import full_float32
 from deconvnet.core.validation import check_model_values
 from deconvnet.data.datasets import NumberedBatch
@@ -204,7 +204,7 @@ def _numbers_of(batch: Any, where: str, next_image: int) -> tuple[Any, Tensor | 
     return images, image_numbers, int(end)
 
 
-def _check_batch(batch: Any, number: int, layers: list[nn.Module], deepest: Stage, size_ok: dict) -> Tensor:
+def _check_batch(batch: Any, number: int, stage_pass: StagePass, size_ok: dict) -> Tensor:
     """Validate batch `number` (counted from 0): a finite [B, 3, H, W] float tensor, big enough."""
     where = f"batch {number}"
     if not torch.is_tensor(batch):
@@ -219,17 +219,15 @@ def _check_batch(batch: Any, number: int, layers: list[nn.Module], deepest: Stag
         raise ValueError(f"{where}: expected a float tensor (normalised images), got dtype {batch.dtype}")
     height, width = int(batch.shape[2]), int(batch.shape[3])
     if (height, width) not in size_ok:
-        sizes = level_sizes(layers, height, width)[1:]
-        empty = [i for i, (h, w) in enumerate(sizes) if h < 1 or w < 1]
-        size_ok[(height, width)] = empty[0] if empty else None
+        size_ok[(height, width)] = stage_pass.first_empty(height, width)
     first_empty = size_ok[(height, width)]
     if first_empty is not None:
-        side = min_side(layers)
+        side = stage_pass.min_side()
+        deepest = stage_pass.chosen[-1]
         raise ValueError(
             f"{where}: images of {height}x{width} pixels are too small for stage {deepest.number} "
-            f"({deepest.name}): the map after features[{first_empty}] "
-            f"({type(layers[first_empty]).__name__}) would be empty; this model needs at least "
-            f"{side}x{side} pixels"
+            f"({deepest.name}): the map after {first_empty} would be empty; this model needs at "
+            f"least {side}x{side} pixels"
         )
     if batch.numel() and not bool(torch.isfinite(batch).all()):
         raise ValueError(f"{where}: contains NaN or infinite values")
@@ -278,16 +276,14 @@ def _check_border(border: Any) -> int:
     return int(border)
 
 
-def _check_interior(
-    border: int, layers: list[nn.Module], chosen: list[Stage], height: int, width: int, number: int | None
-) -> None:
+def _check_interior(border: int, stage_pass: StagePass, height: int, width: int, number: int | None) -> None:
     """ValueError unless every chosen stage's map of an H x W image keeps a position inside the
     excluded border (map side > 2 * border)."""
     if not border:
         return
-    sizes = level_sizes(layers, height, width)
-    for s in chosen:
-        h, w = sizes[s.index + 1]
+    sizes = stage_pass.sizes(height, width)
+    for s in stage_pass.chosen:
+        h, w = sizes[s.number]
         if min(h, w) <= 2 * border:
             raise ValueError(
                 f"exclude_border: {border} leaves no candidate position in the {h}x{w} map of "
@@ -331,32 +327,26 @@ def _as_topk(running: Candidates, images_scanned: int, k: int, first_image: int,
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and dtype of the first parameter of `model.features` (where the scan runs)."""
-    for parameter in features_of(model).parameters():
+    """Device and dtype of the model's first parameter (where the scan runs)."""
+    for parameter in model.parameters():
         return parameter.device, parameter.dtype
     return torch.device("cpu"), torch.get_default_dtype()
 
 
 def _scan_batch(
-    layers: list[nn.Module],
+    stage_pass: StagePass,
     x: Tensor,
     caller_batch: Tensor,
-    stage_at_index: dict[int, int],
     running: dict[int, Candidates | None],
     image: Tensor,
     k: int,
     border: int,
 ) -> None:
-    """One forward pass of x [B, 3, H, W] (images numbered `image` [B]) through `layers`, merging
-    each chosen stage's [C, B] candidates into `running` (updated in place)."""
-    for index, layer in enumerate(layers):
-        if x is caller_batch and getattr(layer, "inplace", False):
-            x = x.clone()  # never write into the caller's tensor
-        x = layer(x)
-        if index in stage_at_index:
-            # reduce right away: a later in-place module could overwrite this tensor
-            number = stage_at_index[index]
-            running[number] = merge_topk(running[number], _candidates(x, image, border), k)
+    """One forward pass of x [B, 3, H, W] (images numbered `image` [B]), merging each chosen
+    stage's [C, B] candidates into `running` (updated in place)."""
+    for number, output in stage_pass.run(x, caller_batch):
+        # reduce right away: a later in-place module could overwrite this tensor
+        running[number] = merge_topk(running[number], _candidates(output, image, border), k)
 
 
 def check_exclude_border(
@@ -365,9 +355,7 @@ def check_exclude_border(
     """`exclude_border` as an int, or ValueError (naming it) if it is not an int >= 0 or leaves
     no candidate position in the map of a stage for H x W images. Checks nothing else."""
     border = _check_border(exclude_border)
-    chosen = check_stages(model, stages)
-    layers = list(features_of(model))[: chosen[-1].index + 1]
-    _check_interior(border, layers, chosen, height, width, None)
+    _check_interior(border, StagePass(model, check_stages(model, stages)), height, width, None)
     return border
 
 
@@ -396,10 +384,8 @@ def border_ring_shares(
 ) -> dict[str, dict[str, Any]]:
     """Per stage (str keys), the share of live top-k entries on the map's border ring
     (`border_ring_share`), for images of `image_size` (H, W)."""
-    sizes = level_sizes(list(model.features), *image_size)
-    return {
-        str(s): border_ring_share(t, *sizes[stage_of(model, s).index + 1]) for s, t in sorted(scan.items())
-    }
+    sizes = stage_sizes(model, *image_size)
+    return {str(s): border_ring_share(t, *sizes[s]) for s, t in sorted(scan.items())}
 
 
 def _check_first_image(first_image: Any) -> int:
@@ -454,26 +440,12 @@ def _check_batches(batches: Any, total: int | None) -> int | None:
     return total
 
 
-@contextmanager
-def _switched_to_eval(layers: list[nn.Module]) -> Iterator[None]:
-    """Modules of `layers` in training mode switched to eval inside, and back afterwards."""
-    was_training = [layer for layer in layers if layer.training]
-    for layer in was_training:
-        layer.train(False)
-    try:
-        yield
-    finally:
-        for layer in was_training:
-            layer.train(True)
-
-
 @dataclass
 class _RunningScan:
-    """One `scan_topk` call under way: the layers run, the chosen stages, the running top-k per
-    stage and the image counters (images scanned, first image covered, next image number)."""
+    """One `scan_topk` call under way: the forward pass run, the running top-k per stage and the
+    image counters (images scanned, first image covered, next image number)."""
 
-    layers: list[nn.Module]
-    chosen: list[Stage]
+    stage_pass: StagePass
     k: int
     border: int
     device: torch.device
@@ -482,15 +454,13 @@ class _RunningScan:
     images_scanned: int
     covered_from: int
     next_image: int
-    stage_at_index: dict[int, int] = field(default_factory=dict)  # features index -> stage number
     size_ok: dict[tuple[int, int], int | None] = field(default_factory=dict)
 
     @classmethod
     def begin(
         cls,
         model: nn.Module,
-        layers: list[nn.Module],
-        chosen: list[Stage],
+        stage_pass: StagePass,
         k: int,
         border: int,
         next_image: int,
@@ -498,21 +468,9 @@ class _RunningScan:
     ) -> _RunningScan:
         """A scan from image `next_image` on the model's device, continuing `initial` if given."""
         device, dtype = _model_device_dtype(model)
-        running = _check_initial(initial, chosen, k, next_image, device)
+        running = _check_initial(initial, stage_pass.chosen, k, next_image, device)
         images_scanned, covered_from = _initial_counts(initial, next_image)
-        return cls(
-            layers,
-            chosen,
-            k,
-            border,
-            device,
-            dtype,
-            running,
-            images_scanned,
-            covered_from,
-            next_image,
-            {s.index: s.number for s in chosen},
-        )
+        return cls(stage_pass, k, border, device, dtype, running, images_scanned, covered_from, next_image)
 
     def result(self) -> dict[int, TopK]:
         """The result so far: {stage number: TopK} with [C, k] tensors on the CPU."""
@@ -528,15 +486,15 @@ class _RunningScan:
         if image_numbers is not None and len(image_numbers) == 0:
             self.next_image = end  # every image of this batch failed to decode
             return None
-        batch = _check_batch(batch, number, self.layers, self.chosen[-1], self.size_ok)
-        _check_interior(self.border, self.layers, self.chosen, batch.shape[2], batch.shape[3], number)
+        batch = _check_batch(batch, number, self.stage_pass, self.size_ok)
+        _check_interior(self.border, self.stage_pass, batch.shape[2], batch.shape[3], number)
         size = int(batch.shape[0])
         if image_numbers is None:
             image_numbers = torch.arange(self.next_image, end)
         if size:
             x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
             image = image_numbers.to(self.device, non_blocking=True)
-            _scan_batch(self.layers, x, batch, self.stage_at_index, self.running, image, self.k, self.border)
+            _scan_batch(self.stage_pass, x, batch, self.running, image, self.k, self.border)
         self.images_scanned += size
         self.next_image = end
         return size
@@ -579,9 +537,10 @@ def scan_topk(
 ) -> dict[int, TopK]:
     """Top-k images per channel of each requested stage over all images in `batches`.
 
-    model:   torchvision VGG / AlexNet; only `model.features` up to the deepest stage is run, on the
-             model's device, under `torch.inference_mode()`. The model is not changed (modules in
-             training mode are switched to eval for the scan and switched back afterwards).
+    model:   any supported model; only its part up to the deepest stage is run (`StagePass`), on
+             the model's device, under `torch.inference_mode()`, in its eval function. The model
+             is not changed (chain modules in training mode are switched to eval for the scan and
+             switched back afterwards).
     batches: iterable of [B, 3, H, W] float tensors in the model's normalised input space; images
              are numbered first_image, first_image + 1, ... in the order seen. B, H and W may vary
              between batches. A `NumberedBatch` carries its images' numbers itself (a loader
@@ -603,17 +562,14 @@ def scan_topk(
     An interrupted scan (KeyboardInterrupt) raises and returns nothing: no partial result can be
     mistaken for a complete one.
     """
-    layers_all = list(features_of(model))  # also checks that the model is supported
     check_model_values(model)
     k = _check_k(k)
     border = _check_border(exclude_border)
     chosen = check_stages(model, stages)
     next_image = _check_first_image(first_image)
     total = _check_batches(batches, total)
-    state = _RunningScan.begin(
-        model, layers_all[: chosen[-1].index + 1], chosen, k, border, next_image, initial
-    )
-    with _switched_to_eval(state.layers):
+    state = _RunningScan.begin(model, StagePass(model, chosen), k, border, next_image, initial)
+    with state.stage_pass.eval_mode():
         _scan_batches(state, batches, total, progress, on_batch)
     if state.images_scanned == 0:
         raise ValueError("batches: no images (the iterable was empty or every batch had B = 0)")

@@ -35,6 +35,7 @@ from deconvnet.core.architecture import STAGES
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.architecture import stages as stage_table
 from deconvnet.core.geometry import receptive_field
+from deconvnet.core.graph_mirror import GraphMirror, make_mirror
 from deconvnet.core.mirror import RULES, Mirror, Seeds
 from deconvnet.core.precision import full_float32
 from deconvnet.core.validation import check_int, check_stage_numbers, nonempty_list
@@ -360,7 +361,7 @@ def _check_recomputed(
 
 def _project_stage(
     t: StageTiles,
-    mirrors: Mapping[str, Mirror],
+    mirrors: Mapping[str, Mirror | GraphMirror],
     record: Any,
     entries: list[tuple[int, int, int]],
     chunk: list[int],
@@ -441,9 +442,9 @@ def project_tiles(
             raise ValueError(f"topk: no scan result for stage {s}")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    mirrors = {s: {rule: Mirror(model, s, rule) for rule in rules} for s in stages}
+    mirrors = {s: {rule: make_mirror(model, s, rule) for rule in rules} for s in stages}
     needs_masks = any(rule != "deconvnet" for rule in rules)
-    recorder = Mirror(model, stages[-1], "guided" if needs_masks else "deconvnet")
+    recorder = make_mirror(model, stages[-1], "guided" if needs_masks else "deconvnet")
     out = {s: _empty_tiles(model, s, topk[s], channels[s], rules) for s in stages}
     by_image = _tiles_by_image(out)
     images = sorted(by_image)

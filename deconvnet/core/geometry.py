@@ -13,8 +13,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from deconvnet.core.architecture import features_of
+from deconvnet.core.architecture import features_of, is_chain
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.architecture import stages as stages_of
+from deconvnet.core.graph_model import ModelGraph, graph_windows
+
+DEFAULT_SIDE = 224  # TF-same padding depends on the map size: fields are given at this input
 
 SUPPORTED_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d)
 
@@ -158,10 +162,39 @@ def stage_layers(model: nn.Module, stage: int) -> list[nn.Module]:
     return layers
 
 
-def receptive_field(model: nn.Module, stage: int) -> ReceptiveField:
-    """Theoretical receptive field of one unit of `stage` (e.g. VGG16 pool5: 212 px, jump 32)."""
-    w = windows(stage_layers(model, stage))[0]
-    return ReceptiveField(w.size, w.jump, w.start)
+def graph_node(model: nn.Module, stage: int | str | None) -> str:
+    """The graph node of a stage number / name, a module path, or None (the model's output)."""
+    graph = ModelGraph.of(model)
+    if stage is None:
+        return graph.output
+    if isinstance(stage, str) and stage in graph.paths:
+        return graph.paths[stage]
+    return graph.paths[stage_of(model, stage).path]
+
+
+def is_chain_stage(model: nn.Module, stage: int | str | None) -> bool:
+    """Whether the chain code (VGG / AlexNet `model.features`) serves this stage."""
+    if not is_chain(model) or stage is None:
+        return False
+    if isinstance(stage, str):
+        return any(stage in (s.name, s.path) for s in stages_of(model))
+    return True
+
+
+def receptive_field(
+    model: nn.Module, stage: int | str, input_size: int | tuple[int, int] = DEFAULT_SIDE
+) -> ReceptiveField:
+    """Theoretical receptive field of one unit of `stage` (e.g. VGG16 pool5: 212 px, jump 32).
+
+    On a graph it is the union over every path (docs/graph.md#receptive-fields-on-a-graph).
+    `input_size` matters only for TF-same padding (EfficientNet-Lite0), whose left padding
+    depends on the map size; every other model's field is the same at any size."""
+    if is_chain_stage(model, stage):
+        w = windows(stage_layers(model, stage_of(model, stage).number))[0]
+        return ReceptiveField(w.size, w.jump, w.start)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    field = graph_windows(ModelGraph.of(model), graph_node(model, stage), h, w)[ModelGraph.of(model).input]
+    return ReceptiveField(field.size, field.jump, field.start)
 
 
 def min_side(layers: list[nn.Module]) -> int:
@@ -174,12 +207,39 @@ def min_side(layers: list[nn.Module]) -> int:
     return n
 
 
-def min_input_size(model: nn.Module, stage: int | None = None) -> int:
-    """Smallest square input for which `model.features` (or its part up to `stage`) has a
-    non-empty output. Whole model: VGG16 32, AlexNet 63.
+def graph_accepts(graph: ModelGraph, node: str, side: int) -> bool:
+    """Whether a side x side input gives `node` a non-empty output (meta-device shape pass)."""
+    try:
+        shape = graph.shapes(1, 3, side, side, until=node)[node]
+    except RuntimeError:  # a kernel larger than its (padded) input
+        return False
+    return all(n > 0 for n in shape)
+
+
+def graph_min_side(model: nn.Module, stage: int | str | None) -> int:
+    """Smallest square input side for the graph up to `stage` (binary search; kept per model)."""
+    graph, node = ModelGraph.of(model), graph_node(model, stage)
+    if node not in graph.min_sides:
+        low, high = 1, 4096
+        if not graph_accepts(graph, node, high):
+            raise ValueError(f"model: no input up to {high} px gives {node} a non-empty output")
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if graph_accepts(graph, node, mid) else (mid + 1, high)
+        graph.min_sides[node] = low
+    return graph.min_sides[node]
+
+
+def min_input_size(model: nn.Module, stage: int | str | None = None) -> int:
+    """Smallest square input for which the model (or its part up to `stage`) has a non-empty
+    output. Whole model: VGG16 32, AlexNet 63.
     """
+    if not is_chain(model):
+        return graph_min_side(model, stage)
     if stage is not None:
-        return min_side(stage_layers(model, stage))
+        if not is_chain_stage(model, stage):
+            return graph_min_side(model, stage)
+        return min_side(stage_layers(model, stage_of(model, stage).number))
     layers = list(features_of(model))
     for i, m in enumerate(layers):
         check_supported(m, i)
@@ -188,5 +248,9 @@ def min_input_size(model: nn.Module, stage: int | None = None) -> int:
 
 def stage_sizes(model: nn.Module, height: int, width: int) -> dict[int, tuple[int, int]]:
     """Map size (h, w) of every stage's output for an input of height x width."""
+    if not is_chain(model):
+        graph = ModelGraph.of(model)
+        shapes = graph.shapes(1, 3, height, width)
+        return {s.number: tuple(shapes[graph.paths[s.path]][-2:]) for s in stages_of(model)}
     sizes = level_sizes(stage_layers(model, 5), height, width)
     return {s: sizes[stage_of(model, s).index + 1] for s in range(1, 6)}

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from deconvnet.core.architecture import PROBE_SIDE, is_chain
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.graph_model import ModelGraph
 from deconvnet.core.validation import is_int
 
 
@@ -137,11 +139,21 @@ class Rows:
 
 
 def class_count(model: nn.Module) -> int:
-    """Number of classes: out_features of the classifier's last Linear."""
-    last = list(model.classifier)[-1]
-    if not isinstance(last, nn.Linear):
-        raise ValueError("model.classifier: expected a Linear layer last (the class scores)")
-    return int(last.out_features)
+    """Number of classes: the size of the model's output (its logits) on its traced graph; for
+    torchvision's VGG / AlexNet the out_features of the classifier's last Linear."""
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Sequential) and is_chain(model):
+        last = list(classifier)[-1]
+        if not isinstance(last, nn.Linear):
+            raise ValueError("model.classifier: expected a Linear layer last (the class scores)")
+        return int(last.out_features)
+    graph = ModelGraph.of(model)
+    shape = graph.shapes(1, 3, PROBE_SIDE, PROBE_SIDE)[graph.output]
+    if len(shape) != 2:
+        raise ValueError(
+            f"model: its output has shape {list(shape)} at 224 px, not [B, classes] (class scores)"
+        )
+    return int(shape[1])
 
 
 def _check_class(c: object, classes: int) -> int:

@@ -11,9 +11,10 @@ FileNotFoundError. Every image is made RGB the same way (`to_rgb`):
   float greyscale ('F') is read as 0..1; values outside are clipped;
 - everything else (L, 1, P, CMYK, YCbCr, ...) goes through `PIL.Image.convert("RGB")`.
 
-Preprocessing is the weights' own eval transform (torchvision's ImageClassification): resize the
-shorter side to `resize_size` (bilinear, antialiased), center crop `crop_size`, scale to [0, 1],
-normalise by mean/std.
+Preprocessing is the weights' own eval transform (`deconvnet.data.models.preprocessing`; for
+torchvision weights their ImageClassification transform, for efficientnet_lite0 the TensorFlow
+release's (255 x - 127) / 128): resize the shorter side to `resize_size` (bilinear, antialiased),
+center crop `crop_size`, scale to [0, 1], normalise by mean/std.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def describe_image(image: object) -> dict[str, Any]:
 
 def resolve_preprocessing(model_or_weights: PreprocessingSource) -> Preprocessing:
     """A `Preprocessing` from itself, a torchvision weights enum (e.g.
-    `VGG16_Weights.IMAGENET1K_V1`), a model instance, or a model name ('vgg16', 'alexnet')."""
+    `VGG16_Weights.IMAGENET1K_V1`), a model instance, or a model name ('vgg16', 'resnet50',
+    'efficientnet_lite0', ...: `deconvnet.data.models.supported_models()`)."""
     if isinstance(model_or_weights, Preprocessing):
         return model_or_weights
     if isinstance(model_or_weights, (nn.Module, str, WeightsEnum)):

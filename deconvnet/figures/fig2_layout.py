@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from deconvnet.analysis.top_projections import to_uint8
 from deconvnet.core.display import to_display
 from deconvnet.core.validation import check_int
+from deconvnet.data.models import titled
 
 # Fonts: (size px, bold). DejaVu Sans at 16 px has a 12 px cap height.
 TITLE_FONT = (20, True)
@@ -400,8 +401,8 @@ def stage_header_lines(meta: Mapping[str, Any], stage_meta: Mapping[str, Any]) -
     line and the legend, from a fig2 job's meta and the layer's entry of it."""
     return [
         (
-            f"Layer {stage_meta['stage']} ({stage_meta['name']}) — {meta['model_label']}, "
-            f"{meta['weights_label']}",
+            f"Layer {stage_meta['stage']} ({stage_meta['name']}) — "
+            f"{titled(meta['model_label'], meta['weights_label'])}",
             TITLE_FONT,
         ),
         (stage_meta["detail"], TEXT_FONT),
@@ -515,7 +516,7 @@ def sheet_label_lines(meta: Mapping[str, Any], with_model: bool = False) -> list
     for sm in meta["stages"]:
         label = f"Layer {sm['stage']}  ({sm['name']}, receptive field {sm['rf_size'][0]} px)"
         if with_model:
-            label += f"  — {meta['model_label']}, {meta['weights_label']}"
+            label += f"  — {titled(meta['model_label'], meta['weights_label'])}"
         labels.append([(label, LAYER_FONT), (sm["selection"], TEXT_FONT)])
     return labels
 
@@ -523,7 +524,7 @@ def sheet_label_lines(meta: Mapping[str, Any], with_model: bool = False) -> list
 def sheet_title_lines(meta: Mapping[str, Any]) -> list:
     """A job's sheet title lines [(text, font spec)]: title, dataset line and legend."""
     return [
-        (f"Fig. 2 reproduction — {meta['model_label']}, {meta['weights_label']}", SHEET_TITLE_FONT),
+        (f"Fig. 2 reproduction — {titled(meta['model_label'], meta['weights_label'])}", SHEET_TITLE_FONT),
         (meta["dataset_label"], TEXT_FONT),
         (meta["legend"], TEXT_FONT),
     ]

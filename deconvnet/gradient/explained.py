@@ -15,10 +15,10 @@ from deconvnet.core.targets import Rows, Unit, resolve_target
 from deconvnet.gradient.passes import Forward, GradientPass
 
 
-def explained_score(forward: Forward, rows: Rows) -> float:
+def explained_score(gradient_pass: GradientPass, forward: Forward, rows: Rows) -> float:
     """The resolved row's score on a forward pass: a logit, or a unit's activation."""
     if rows.kind == "class":
-        return float(forward.head.logits[0, int(rows.classes[0])])
+        return float(gradient_pass.logits(forward)[0, int(rows.classes[0])])
     output = forward.record.outputs[rows.stage]
     return float(output[0, int(rows.channel[0]), int(rows.y[0]), int(rows.x[0])])
 
@@ -34,7 +34,7 @@ def resolve_explained(
     with torch.no_grad():
         forward = gradient_pass.forward(x)
         rows = gradient_pass.resolve(forward, rows)
-        score = explained_score(forward, rows)
+        score = explained_score(gradient_pass, forward, rows)
     if rows.kind == "class":
         c = int(rows.classes[0])
         explained = {

@@ -12,15 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deconvnet.core.architecture import is_chain
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.graph_model import ModelGraph
 from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Rows
 from deconvnet.gradient.attribute import forward_resolved, prepare
 from deconvnet.gradient.passes import CHUNK_SIZE, Forward, GradientPass
 
 
-def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> int:
-    """The stage's feature index; ValueError for a stage without conv maps or above a unit target."""
+def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> tuple[int, int | str]:
+    """(stage number, where its maps are: the feature index on VGG / AlexNet, the graph node on
+    every other model); ValueError for a stage without conv maps or above a unit target."""
     try:
         info = stage_of(model, stage)
     except ValueError:
@@ -32,19 +35,19 @@ def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> int:
             f"stage: the target lies at stage {rows.stage}, below the Grad-CAM stage "
             f"{info.number}; choose a stage in 1..{rows.stage}"
         )
-    return info.index
+    return info.number, info.index if is_chain(model) else ModelGraph.of(model).paths[info.path]
 
 
 def cam_maps(
     gradient_pass: GradientPass,
     forward: Forward,
     rows: Rows,
-    stage: int,
-    index: int,
+    point: tuple[int, int | str],
     size: tuple[int, int],
     chunk_size: int,
 ) -> Tensor:
-    """Resolved rows -> [M, H, W] Grad-CAM maps at the input size."""
+    """Resolved rows -> [M, H, W] Grad-CAM maps at the input size, at `point` (check_cam_stage)."""
+    stage, index = point
     grads = gradient_pass.backward(forward, rows, until=index, chunk_size=chunk_size)
     acts = forward.record.outputs[stage][rows.image.to(grads.device)]
     weights = grads.mean(dim=(2, 3), keepdim=True)
@@ -59,10 +62,10 @@ def gradcam(
     """Grad-CAM of each target at `stage`: images [B, 3, H, W] -> [B, H, W] ([K, H, W] for K
     targets of one image), non-negative, at the input size."""
     x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
-    index = check_cam_stage(model, stage, rows)
+    point = check_cam_stage(model, stage, rows)
     with torch.no_grad():
         forward, rows = forward_resolved(gradient_pass, x, rows)
-        out = cam_maps(gradient_pass, forward, rows, int(stage), index, tuple(x.shape[-2:]), chunk_size)
+        out = cam_maps(gradient_pass, forward, rows, point, tuple(x.shape[-2:]), chunk_size)
     return out.to(images.device)
 
 
@@ -72,17 +75,10 @@ def guided_gradcam(
 ) -> Tensor:
     """Guided backprop x Grad-CAM, from one forward pass: [B, 3, H, W] -> [B, 3, H, W]."""
     x, rows, guided = prepare(model, images, target, "guided", chunk_size)
-    index = check_cam_stage(model, stage, rows)
+    point = check_cam_stage(model, stage, rows)
     with torch.no_grad():
         forward, rows = forward_resolved(guided, x, rows)  # guided's record has every mask
-        cam = cam_maps(
-            GradientPass(model, "backprop", rows),
-            forward,
-            rows,
-            int(stage),
-            index,
-            tuple(x.shape[-2:]),
-            chunk_size,
-        )
+        backprop = GradientPass(model, "backprop", rows)
+        cam = cam_maps(backprop, forward, rows, point, tuple(x.shape[-2:]), chunk_size)
         out = guided.backward(forward, rows, chunk_size=chunk_size) * cam[:, None]
     return out.to(images.device)

@@ -14,43 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvnet.core.architecture import architecture_name
+from deconvnet.core.graph_ops import avg_pool_adjoint
 from deconvnet.core.mirror import check_rule
 from deconvnet.core.targets import class_count
 
 HEAD_MODULES = (nn.Linear, nn.ReLU, nn.Dropout)
-
-
-def pooling_matrix(out_len: int, in_len: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """[out_len, in_len]: row i averages input positions [floor(i n / m), ceil((i + 1) n / m)),
-    PyTorch's adaptive average pooling windows along one axis (n = in_len, m = out_len)."""
-    rows = []
-    for i in range(out_len):
-        start, end = (i * in_len) // out_len, -((-(i + 1) * in_len) // out_len)
-        row = torch.zeros(in_len, dtype=torch.float64)
-        row[start:end] = 1.0 / (end - start)
-        rows.append(row)
-    return torch.stack(rows).to(device=device, dtype=dtype)
-
-
-def avg_pool_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
-    """Exact adjoint of `F.adaptive_avg_pool2d(., grad.shape[-2:])` on maps of `size`.
-
-    grad [M, C, oh, ow] -> [M, C, H, W]. The forward pooling is P_y A P_x^T with one averaging
-    matrix per axis, so its adjoint is P_y^T G P_x: every input position receives the sum of
-    grad / window area over the windows that contain it. Where the map already has the pooled
-    size the pooling is the identity, and so is this.
-    """
-    (oh, ow), (h, w) = grad.shape[-2:], size
-    if (oh, ow) == (h, w):
-        return grad
-    p_y = pooling_matrix(oh, h, grad.dtype, grad.device)
-    p_x = pooling_matrix(ow, w, grad.dtype, grad.device)
-    return torch.einsum("mcij,ih,jw->mchw", grad, p_y, p_x)
 
 
 @dataclass

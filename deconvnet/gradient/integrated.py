@@ -93,7 +93,7 @@ def completeness(
     """Integrated gradients' completeness for image x [1, 3, H, W] and its map r [3, H, W] (zero
     baseline): the sum of the map vs score(x) - score(baseline), `explained` holding score(x)."""
     with torch.no_grad():
-        baseline = explained_score(gradient_pass.forward(torch.zeros_like(x)), rows)
+        baseline = explained_score(gradient_pass, gradient_pass.forward(torch.zeros_like(x)), rows)
     total = float(r.double().sum())
     score = explained["score"] if rows.kind == "class" else explained["activation"]
     difference = score - baseline

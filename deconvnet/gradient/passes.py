@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deconvnet.core.architecture import is_chain
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.graph_mirror import GraphMirror
 from deconvnet.core.mirror import ForwardRecord, Mirror
 from deconvnet.core.targets import Rows
 from deconvnet.core.windows import Region, reframe
@@ -32,10 +34,16 @@ class Forward:
 
 
 class GradientPass:
-    """The mirror from the rows' targets down to the input, with one rule for every ReLU."""
+    """The mirror from the rows' targets down to the input, with one rule for every ReLU: the
+    chain mirror and its head on VGG / AlexNet, the graph mirror on every other model."""
 
     def __init__(self, model: nn.Module, rule: str, rows: Rows) -> None:
         top = 5 if rows.kind == "class" else rows.stage
+        self.chain = is_chain(model)
+        if not self.chain:
+            self.mirror = GraphMirror(model, None if rows.kind == "class" else top, rule)
+            self.head = None
+            return
         self.mirror = Mirror(model, top, rule)
         self.head = HeadMirror(model, rule) if rows.kind == "class" else None
         if self.head is not None and stage_of(model, 5).index != len(model.features) - 1:
@@ -49,13 +57,35 @@ class GradientPass:
         head = self.head.record(record.output) if self.head is not None else None
         return Forward(record, head)
 
+    def logits(self, forward: Forward) -> Tensor | None:
+        """[N, classes] logits of this forward pass (None when the targets are not classes)."""
+        if forward.head is not None:
+            return forward.head.logits
+        if not self.chain and self.mirror.stage is None:
+            return forward.record.output
+        return None
+
     def resolve(self, forward: Forward, rows: Rows) -> Rows:
         """Rows with predicted classes / strongest units filled in from this forward pass."""
         if rows.resolved:
             return rows
-        logits = forward.head.logits if forward.head is not None else None
+        logits = self.logits(forward)
         output = forward.record.outputs.get(rows.stage) if rows.kind != "class" else None
         return rows.resolve(logits, output)
+
+    def graph_seed(self, forward: Forward, rows: Rows) -> Tensor:
+        """The rows' seeds [M, ...] at the graph mirror's top node (the logits or a stage)."""
+        output = forward.record.output
+        m, device = len(rows), output.device
+        if rows.kind == "class":
+            return F.one_hot(rows.classes, output.shape[1]).to(device, output.dtype)
+        signal = output.new_zeros(m, *output.shape[1:])
+        if rows.kind == "channel":
+            signal[torch.arange(m, device=device), rows.channel.to(device)] = 1.0
+        else:
+            index = (torch.arange(m), rows.channel, rows.y, rows.x)
+            signal[tuple(t.to(device) for t in index)] = 1.0
+        return signal
 
     def seed(self, forward: Forward, rows: Rows) -> Region:
         """The rows' seeds as a Region at the top level of the features mirror."""
@@ -74,9 +104,20 @@ class GradientPass:
         signal[torch.arange(m, device=output.device), channel] = 1.0
         return Region(signal, rows.image, rows.y.clone(), rows.x.clone())
 
-    def backward(self, forward: Forward, rows: Rows, until: int = -1, chunk_size: int = CHUNK_SIZE) -> Tensor:
+    def backward(
+        self, forward: Forward, rows: Rows, until: int | str = -1, chunk_size: int = CHUNK_SIZE
+    ) -> Tensor:
         """Resolved rows -> [M, C, H_l, W_l]: each row's map at the output level of
-        `model.features[until]` (until = -1: the input pixels, [M, 3, H, W])."""
+        `model.features[until]` (until = -1: the input pixels, [M, 3, H, W]); on a graph
+        `until` is a node name (or -1)."""
+        if not self.chain:
+            node = None if until == -1 else until
+            return torch.cat(
+                [
+                    self.mirror.run(self.graph_seed(forward, part), part.image, forward.record, until=node)
+                    for part in (rows[s : s + chunk_size] for s in range(0, len(rows), chunk_size))
+                ]
+            )
         size = forward.record.sizes[until + 1]
         pieces = []
         for start in range(0, len(rows), chunk_size):

@@ -96,7 +96,7 @@ def validate_class_model(
     device: object,
 ) -> ClassPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="class_model")
     names = class_names(request.name)[: class_count(request.skeleton)]
     if regularizer not in CLASS_REGULARIZERS:
         raise ValueError(f"regularizer: expected one of {', '.join(CLASS_REGULARIZERS)}, got {regularizer!r}")

@@ -96,7 +96,7 @@ def validate_correspondence(
 ) -> CorrespondencePlan:
     """Every value checked before anything is built or written (ValueError / FileNotFoundError
     naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="correspondence")
     checked_layers = check_layers(layers)
     box_file = load_box_file(box_file_path(boxes))
     crop = request.preprocessing.crop_size

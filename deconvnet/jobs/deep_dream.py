@@ -90,7 +90,7 @@ def validate_dream(
     device: object,
 ) -> DreamPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="deep_dream")
     if not is_int(stage) or not 1 <= stage <= 5:
         raise ValueError(f"stage: expected an int in 1..5, got {stage!r}")
     count = stage_of(request.skeleton, stage).channels

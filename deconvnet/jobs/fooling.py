@@ -81,7 +81,7 @@ def validate_fooling(
     device: object,
 ) -> FoolingPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="fooling")
     names = class_names(request.name)[: class_count(request.skeleton)]
     (chosen,) = check_class_list(target, names, "target", single=True)
     confidence_value = check_real("confidence", confidence)

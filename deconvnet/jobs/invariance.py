@@ -140,7 +140,7 @@ def validate_invariance(
     device: object,
 ) -> InvariancePlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="invariance")
     names = inv.check_transforms(_plain_list(transforms))
     amounts = check_value_config(values)
     chosen = inv.check_layers(_plain_list(layers))

@@ -69,7 +69,7 @@ def validate_invert(
     device: object,
 ) -> InvertPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="invert")
     points = check_stages(stages, HEAD_POINTS)
     deepest = None if any(isinstance(p, str) for p in points) else max(points)
     size = check_image_size(request, size, deepest)

@@ -78,7 +78,7 @@ def validate_occlusion(
     device: object,
 ) -> OcclusionPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="occlusion")
     size = check_image_size(request, size, 5)
     patch, stride, fill = check_occluder(torch.empty(1, 3, size, size), patch, stride, fill)
     classes = len(class_names(request.name))

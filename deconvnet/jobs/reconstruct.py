@@ -36,6 +36,8 @@ from deconvnet.core.architecture import STAGES, Stage
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.display import save_png, to_display
 from deconvnet.core.geometry import receptive_field
+from deconvnet.core.graph_mirror import GraphMirror, make_mirror
+from deconvnet.core.graph_ops import GraphRecord
 from deconvnet.core.mirror import ForwardRecord, Mirror, check_rule
 from deconvnet.core.seeds import select_seeds
 from deconvnet.core.validation import check_device
@@ -136,8 +138,8 @@ def _uint8(shown: torch.Tensor) -> np.ndarray:
 
 def _project(
     net: torch.nn.Module,
-    mirror: Mirror,
-    record: ForwardRecord,
+    mirror: Mirror | GraphMirror,
+    record: ForwardRecord | GraphRecord,
     st: Stage,
     item: KeepItem,
     height: int,
@@ -276,7 +278,7 @@ def reconstruct_all(
         tqdm(total=total, desc="reconstruct", unit="map", disable=total <= 1 or not progress) as bar,
     ):
         for st in plan.stages:
-            mirror = Mirror(net, st.number, rule)
+            mirror = make_mirror(net, st.number, rule)
             with torch.no_grad():
                 record = mirror.record(x)  # one forward pass per stage, shared by its keeps
                 for item in plan.keeps:
@@ -290,8 +292,8 @@ def reconstruct_all(
 
 def reconstruct_one(
     net: torch.nn.Module,
-    mirror: Mirror,
-    record: ForwardRecord,
+    mirror: Mirror | GraphMirror,
+    record: ForwardRecord | GraphRecord,
     st: Stage,
     item: KeepItem,
     size: tuple[int, int],

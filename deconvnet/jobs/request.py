@@ -44,9 +44,21 @@ class ModelRequest:
         return preprocessing(self.name)
 
 
-def check_model(model: object, weights: object, seed: object, device: object) -> ModelRequest:
-    """ValueError / FileNotFoundError naming the key for a bad model, weights, seed or device."""
+CHAIN_MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "alexnet")
+
+
+def check_model(
+    model: object, weights: object, seed: object, device: object, chain_only: str | None = None
+) -> ModelRequest:
+    """ValueError / FileNotFoundError naming the key for a bad model, weights, seed or device.
+    chain_only: the name of a job that runs on VGG and AlexNet only (for now), which then
+    refuses every other model before anything is loaded."""
     spec = model_spec(model)  # unknown model -> ValueError listing the supported ones
+    if chain_only is not None and spec.name not in CHAIN_MODELS:
+        raise ValueError(
+            f"model: the {chain_only} job runs on VGG (vgg11/13/16/19) and AlexNet for now, not "
+            f"{spec.name}; reconstruct, saliency, scan and fig2 take every supported model"
+        )
     kind, _ = parse_weights(weights)  # bad name -> ValueError; missing checkpoint -> FileNotFound
     if kind == "hed" and spec.name != "vgg16":
         raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}")

@@ -124,7 +124,7 @@ def validate_sanity(
     """Every value checked before anything is built or written (ValueError naming the key)."""
     from deconvnet.jobs.saliency import parse_unit
 
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, chain_only="sanity")
     skeleton = request.skeleton
     size = check_image_size(request, size)
     chosen = parse_unit(unit, skeleton, (size, size))

@@ -656,7 +656,7 @@ def _job_bad_values(root: Path) -> list:
         ({"fill": "grey"}, ValueError, r"fill: expected a finite number"),
         ({"batch_size": 0}, ValueError, r"batch_size: expected an int >= 1"),
         ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
-        ({"model": "resnet18"}, ValueError, r"model name: expected one of"),
+        ({"model": "resnet18"}, ValueError, r"model: the correspondence job runs on VGG"),
         ({"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
         ({"seed": -3}, ValueError, r"seed: expected an int in \[0, 2\*\*64\)"),
     ]

@@ -519,7 +519,7 @@ JOB_BAD = [
     ({"images": ["no_such_sample"]}, FileNotFoundError, r"image: .*not a bundled"),
     ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
     ({"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
-    ({"model": "resnet18"}, ValueError, r"model name: expected one of"),
+    ({"model": "resnet18"}, ValueError, r"model: the invariance job runs on VGG"),
 ]
 
 

@@ -410,8 +410,10 @@ def test_single_tensor_instead_of_batches(alexnet):
 
 
 def test_unsupported_model():
-    with pytest.raises(ValueError, match="model: expected a torchvision VGG"):
+    with pytest.raises(ValueError, match=r"model: Sequential has 1 resolution levels .* not 5"):
         scan_topk(nn.Sequential(nn.Conv2d(3, 4, 3)), [torch.zeros(1, 3, 8, 8)], progress=False)
+    with pytest.raises(ValueError, match=r"model: 1 \(SiLU\) has no deconvnet mirror"):
+        scan_topk(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU()), [torch.zeros(1, 3, 8, 8)], progress=False)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -68,19 +68,37 @@ def alexnet_checkpoint(alexnet_state, tmp_path_factory):
 # ------------------------------------------------------------------------------------------ registry
 
 
-def test_supported_models_are_vgg16_alexnet_and_the_rest_of_the_vgg_family():
-    assert supported_models() == ["vgg16", "alexnet", "vgg11", "vgg13", "vgg19"]
+ALL_MODELS = [
+    "vgg16",
+    "alexnet",
+    "vgg11",
+    "vgg13",
+    "vgg19",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "mobilenet_v2",
+    "densenet121",
+    "googlenet",
+    "efficientnet_lite0",
+]
+
+
+def test_supported_models_are_the_vgg_family_alexnet_and_the_other_cnn_families():
+    assert supported_models() == ALL_MODELS
 
 
 def test_unknown_model_name_lists_the_accepted_ones():
-    accepted = (
-        r"model name: expected one of \['vgg16', 'alexnet', 'vgg11', 'vgg13', 'vgg19'\], "
-        r"got 'resnet50'"
-    )
+    accepted = r"model name: expected one of \['vgg16', 'alexnet', 'vgg11', .*, 'efficientnet_lite0'\], got 'resnet152'"
     with pytest.raises(ValueError, match=accepted):
-        load_model("resnet50", weights="random")
-    with pytest.raises(ValueError, match="got 'vgg16_bn' .batch-normalised VGGs have no deconvnet"):
-        load_model("vgg16_bn", weights="random")
+        load_model("resnet152", weights="random")
+    with pytest.raises(ValueError, match=r"model name: expected one of .* got 3"):
+        load_model(3, weights="random")
 
 
 def test_unknown_weights_value_lists_the_accepted_ones():
@@ -104,13 +122,13 @@ def test_bad_device_is_rejected():
 
 
 def test_model_name_recognises_supported_models_and_rejects_others():
-    for name in ("vgg11", "vgg13", "vgg16", "vgg19", "alexnet"):
+    for name in ("vgg11", "vgg13", "vgg16", "vgg19", "alexnet", "vgg11_bn", "vgg16_bn", "resnet18"):
         assert model_name(meta_model(getattr(tvm, name))) == name
-    for bn in (tvm.vgg11_bn, tvm.vgg16_bn, tvm.vgg19_bn):
-        with pytest.raises(ValueError, match=r"BatchNorm2d .*batch normalisation has no deconvnet"):
-            model_name(meta_model(bn))
-    with pytest.raises(ValueError, match=r"not one of the supported models \['vgg16', 'alex"):
-        model_name(meta_model(tvm.resnet18))
+    with pytest.raises(
+        ValueError,
+        match=r"ResNet with 155 Conv2d, 155 BatchNorm2d .*not one of the supported models \['vgg16', 'alex",
+    ):
+        model_name(meta_model(tvm.resnet152))
     with pytest.raises(ValueError, match="Linear"):
         model_name(torch.nn.Linear(2, 2))
 

@@ -29,7 +29,7 @@ from torchvision.models import AlexNet
 
 import deconvnet
 from deconvnet import Channel, Unit
-from deconvnet.gradient.head import avg_pool_adjoint, pooling_matrix
+from deconvnet.core.graph_ops import avg_pool_adjoint, pooling_matrix
 from deconvnet.gradient.methods import OPTIONS, options_for
 
 F64_RTOL = 1e-10  # mirror vs autograd in float64 (observed ~1e-15)

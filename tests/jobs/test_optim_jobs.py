@@ -491,7 +491,7 @@ BAD_VALUES = [
     ("filters", {"param": "cppn"}, ValueError, r"param: expected one of pixels, fourier"),
     ("filters", {"opt_seed": -1}, ValueError, r"seed: expected an int >= 0"),
     ("filters", {"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
-    ("filters", {"model": "resnet18"}, ValueError, r"model name: expected one of"),
+    ("filters", {"model": "resnet18"}, ValueError, r"model: the filters job runs on VGG"),
     ("filters", {"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
     ("filters", {"weights": "/no/such/ckpt.pth"}, FileNotFoundError, r"weights: checkpoint file"),
     ("filters", {"seed": -3}, ValueError, r"seed: expected an int in \[0, 2\*\*64\)"),

@@ -189,7 +189,7 @@ def test_image_from_a_file(tmp_path):
         ({"keep": "300"}, ValueError, r"keep: channel 300 is outside alexnet stage 1"),  # all stages
         ({"keep": -1}, ValueError, r"keep: channel -1 is outside"),
         ({"rule": "fancy"}, ValueError, r"rule: expected one of deconvnet, backprop, guided"),
-        ({"model": "resnet18"}, ValueError, r"model name: expected one of \['vgg16', 'alexnet', 'vgg11'"),
+        ({"model": "resnet152"}, ValueError, r"model name: expected one of \['vgg16', 'alexnet', 'vgg11'"),
         ({"image": "/no/such/picture.png"}, FileNotFoundError, r"image: .*does not exist"),
         ({"image": "no_such_sample"}, FileNotFoundError, r"not a bundled sample name"),
         ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),

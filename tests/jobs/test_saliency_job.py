@@ -250,7 +250,7 @@ def test_same_inputs_same_bytes_and_the_grid_redraws(tmp_path, monkeypatch):
         ({"steps": 0}, ValueError, r"steps: expected an int >= 1"),
         ({"noise_seed": -1}, ValueError, r"seed: expected an int >= 0"),
         ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
-        ({"model": "resnet18"}, ValueError, r"model name: expected one of"),
+        ({"model": "resnet152"}, ValueError, r"model name: expected one of"),
         ({"weights": "pretrained"}, ValueError, r"weights: expected one of"),
         ({"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
         ({"weights": "/no/such/ckpt.pth"}, FileNotFoundError, r"weights: checkpoint file"),
