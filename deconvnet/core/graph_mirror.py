@@ -17,7 +17,7 @@ from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.geometry import graph_node, is_chain_stage
 from deconvnet.core.graph_model import ModelGraph, graph_windows
-from deconvnet.core.graph_ops import RULES, GraphRecord, adjoint, forward
+from deconvnet.core.graph_ops import RULES, GraphRecord, adjoint, bn_scale, forward, unfolded
 from deconvnet.core.graph_regions import merge, region_adjoint
 from deconvnet.core.mirror import Mirror, Seeds
 from deconvnet.core.precision import full_float32
@@ -84,6 +84,8 @@ class GraphMirror(nn.Module):
     def record(self, images: Tensor, float_masks: bool = False, keep: tuple[str, ...] = ()) -> GraphRecord:
         """One forward pass [B, 3, H, W] -> GraphRecord (stage outputs in `.outputs`, the top
         node's output in `.output`, nodes named in `keep` in `.values`); the model is untouched."""
+        if images.device.type == "cpu":  # oneDNN: every map channels last, as the mirror's signals
+            images = images.contiguous(memory_format=torch.channels_last)
         record = GraphRecord(sizes=[tuple(images.shape[-2:])], masks_wanted=self.rule != "deconvnet")
         record.float_masks = float_masks
         last_use = {}
@@ -124,12 +126,16 @@ class GraphMirror(nn.Module):
             g = grads.pop(op.name, None)
             if g is None:
                 continue
+            op = unfolded(op) if op.name == start else op
             for name, part in zip(op.inputs, adjoint(op, g, record, self.rule, image)):
                 grads[name] = grads[name] + part if name in grads else part
         found = grads.get(until)
         if found is None:  # no path from start to until: the signal there is zero
             shape = (signal.shape[0],) + tuple(record.shapes[until][1:]) if until in record.shapes else None
-            found = signal.new_zeros(shape or (signal.shape[0], 3, *record.sizes[0]))
+            return signal.new_zeros(shape or (signal.shape[0], 3, *record.sizes[0]))
+        bn = self.graph.by_name[until].args.get("bn")
+        if bn is not None and until != start:  # the norm above passed its scale on to this conv
+            found = found * bn_scale(bn).to(found.dtype)[:, None, None]
         return found
 
     def run_regions(self, region: Region, record: GraphRecord) -> Region:
@@ -143,6 +149,7 @@ class GraphMirror(nn.Module):
                 continue
             if op.kind == "input":
                 return merge(arriving)
+            op = unfolded(op) if op.name == self.top else op
             for name, part in zip(op.inputs, region_adjoint(op, merge(arriving), record, self.rule)):
                 regions.setdefault(name, []).append(part)
         raise ValueError(f"stage: no path leads from {self.top} to the input")

@@ -55,6 +55,20 @@ class ModelGraph:
         for op in self.ops:
             if op.kind == "cat":
                 op.args["channels"] = tuple(shapes[name][1] for name in op.inputs)
+        self.fold_batch_norms()
+
+    def fold_batch_norms(self) -> None:
+        """Mark each batch norm read only from a convolution read by nothing else: the mirror then
+        applies the norm's scale through that convolution's weight (exact: conv^T (s * g) =
+        (s W)^T g, s along the convolution's output channels)."""
+        readers = self.consumers()
+        for op in self.ops:
+            if op.kind not in ("bn", "bn_act"):
+                continue
+            below = self.by_name[op.inputs[0]]
+            if below.kind in ("conv", "conv_same") and readers[below.name] == [op.name]:
+                op.args["folded"] = True
+                below.args["bn"] = op.module
 
     @staticmethod
     def of(model: nn.Module) -> ModelGraph:

@@ -38,6 +38,7 @@ class GraphRecord:
     switches: dict[str, Tensor] = field(default_factory=dict)
     masks_wanted: bool = True
     float_masks: bool = False
+    layouts: dict[str, tuple[Tensor, int, Tensor]] = field(default_factory=dict, repr=False)
     outputs: dict[int, Tensor] = field(default_factory=dict)
     output: Tensor | None = None
 
@@ -165,10 +166,34 @@ def forward(op: Op, xs: list[Tensor], record: GraphRecord | None) -> Tensor:
 
 
 def rows_of(maps: Tensor, image: Tensor) -> Tensor:
-    """[B, ...] per-image maps -> [M, ...] the rows' images (a view when the rows are the batch)."""
+    """[B, ...] per-image maps -> [M, ...] the rows' images (a view when the rows are the batch
+    or all of one image)."""
     if image.shape[0] == maps.shape[0] and torch.equal(image, torch.arange(maps.shape[0])):
         return maps
+    if bool((image == image[0]).all()):
+        first = int(image[0])
+        return maps[first : first + 1].expand(image.shape[0], *maps.shape[1:])
     return maps[image.to(maps.device)]
+
+
+def mirror_weight(op: Op, record: GraphRecord | None, channels_last: bool) -> Tensor:
+    """The weight the tied transposed convolution uses: the forward weight itself, times the scale
+    of the batch norm right after it when that norm's adjoint is folded in (`op.args["bn"]`), in
+    channels-last layout on the CPU (oneDNN's fast route); made once per record while the weight
+    is unchanged, and never kept under autograd."""
+    w, bn = op.module.weight, op.args.get("bn")
+    if bn is None and not channels_last:
+        return w
+    key = f"{op.name}:bn" if bn is not None else op.name
+    cached = record.layouts.get(key) if record is not None else None
+    if cached is None or cached[0] is not w or cached[1] != w._version or torch.is_grad_enabled():
+        made = w * bn_scale(bn).to(w.dtype)[:, None, None, None] if bn is not None else w
+        if channels_last:
+            made = made.contiguous(memory_format=torch.channels_last)
+        cached = (w, w._version, made)
+        if record is not None and not torch.is_grad_enabled():
+            record.layouts[key] = cached
+    return cached[2]
 
 
 def relu_adjoint(g: Tensor, mask: Tensor | None, rule: str) -> Tensor:
@@ -178,32 +203,48 @@ def relu_adjoint(g: Tensor, mask: Tensor | None, rule: str) -> Tensor:
     return g if rule == "deconvnet" else g * mask
 
 
-def transposed_conv(g: Tensor, module, size: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+def transposed_conv(
+    g: Tensor, module, size: tuple[int, int], padding: tuple[int, int], weight: Tensor | None = None
+) -> Tensor:
     """Tied transposed convolution (the forward weight, no bias) back to a map of `size`."""
     stride, dilation = pair(module.stride), pair(module.dilation)
-    kernel = module.weight.shape[-2:]
+    weight = module.weight if weight is None else weight
+    kernel = weight.shape[-2:]
     extra = [
         n - ((m - 1) * s - 2 * p + d * (k - 1) + 1)
         for n, m, s, p, d, k in zip(size, g.shape[-2:], stride, padding, dilation, kernel)
     ]
-    return F.conv_transpose2d(g, module.weight, None, stride, padding, tuple(extra), module.groups, dilation)
+    return F.conv_transpose2d(g, weight, None, stride, padding, tuple(extra), module.groups, dilation)
+
+
+def tied_weight(op: Op, g: Tensor, record: GraphRecord) -> tuple[Tensor, Tensor]:
+    """(signal, weight) in the layout the transposed convolution runs fastest in on this device."""
+    if g.device.type != "cpu":
+        return g, mirror_weight(op, record, False)
+    return g.contiguous(memory_format=torch.channels_last), mirror_weight(op, record, True)
 
 
 def conv_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:
     m = op.module
     padding = (0, 0) if m.padding == "valid" else pair(m.padding)
-    return [transposed_conv(g, m, record.shapes[op.name][-2:], padding)]
+    g, weight = tied_weight(op, g, record)
+    return [transposed_conv(g, m, record.shapes[op.name][-2:], padding, weight)]
 
 
 def conv_same_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:
     """Transposed convolution onto the padded map, then the padding cropped (its adjoint)."""
     height, width = record.shapes[op.name][-2:]
     left, right, top, bottom = same_padding((height, width), op.module)
-    padded = transposed_conv(g, op.module, (height + top + bottom, width + left + right), (0, 0))
+    g, weight = tied_weight(op, g, record)
+    padded = transposed_conv(g, op.module, (height + top + bottom, width + left + right), (0, 0), weight)
     return [padded[..., top : top + height, left : left + width]]
 
 
 def bn_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:
+    """Batch norm's scale per channel, or nothing when the convolution below applies it
+    (folded into its mirror weight: one product less per map)."""
+    if op.args.get("folded"):
+        return [g]
     return [g * bn_scale(op.module).to(g.dtype)[:, None, None]]
 
 
@@ -309,6 +350,15 @@ ADJOINT: dict[str, Callable[[Op, Tensor, GraphRecord, str, Tensor], list[Tensor]
     "getitem": getitem_adjoint,
     "unsqueeze": lambda op, g, record, rule, image: [g.squeeze(op.args["dim"])],
 }
+
+
+def unfolded(op: Op) -> Op:
+    """The op without a batch norm folded into it: for a convolution where the mirror starts (the
+    signal there has not come through the norm above it)."""
+    if "bn" not in op.args:
+        return op
+    args = {k: v for k, v in op.args.items() if k != "bn"}
+    return Op(op.name, op.kind, op.inputs, op.module, op.path, op.scopes, args)
 
 
 def adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:

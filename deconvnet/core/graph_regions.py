@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deconvnet.core.graph import Op
-from deconvnet.core.graph_ops import ADJOINT, GraphRecord, bn_scale, pair, relu_adjoint, same_padding
+from deconvnet.core.graph_ops import (
+    ADJOINT,
+    GraphRecord,
+    bn_scale,
+    pair,
+    relu_adjoint,
+    same_padding,
+    tied_weight,
+)
 from deconvnet.core.windows import Region, fit_to_map, gather_window, reframe
 
 
@@ -67,6 +75,13 @@ def act_region(op: Op, region: Region, record: GraphRecord, rule: str) -> Region
     return with_signal(region, relu_adjoint(region.signal, mask, rule))
 
 
+def bn_region(op: Op, region: Region) -> Region:
+    """Batch norm's scale on the window (or nothing: folded into the convolution below)."""
+    if op.args.get("folded"):
+        return region
+    return with_signal(region, region.signal * bn_scale(op.module).to(region.signal.dtype)[:, None, None])
+
+
 def spatial_span(op: Op, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """((stride_y, stride_x), (pad_top, pad_left)) of a convolution or pooling at input `size`."""
     m = op.module
@@ -83,7 +98,8 @@ def conv_region(op: Op, region: Region, record: GraphRecord) -> Region:
     m = op.module
     size = tuple(record.shapes[op.name][-2:])
     (sy, sx), (py, px) = spatial_span(op, size)
-    out = F.conv_transpose2d(region.signal, m.weight, None, (sy, sx), 0, 0, m.groups, pair(m.dilation))
+    signal, weight = tied_weight(op, region.signal, record)
+    out = F.conv_transpose2d(signal, weight, None, (sy, sx), 0, 0, m.groups, pair(m.dilation))
     below = Region(out, region.image, region.origin_y * sy - py, region.origin_x * sx - px, True)
     return fit_to_map(below, size)
 
@@ -164,9 +180,7 @@ REGION_ADJOINT: dict[str, Callable[[Op, Region, GraphRecord, str], list[Region]]
     "shift": lambda op, r, record, rule: [r],
     "add": lambda op, r, record, rule: shared(r, 2),
     "scale": lambda op, r, record, rule: [with_signal(r, r.signal * op.args["factor"])],
-    "bn": lambda op, r, record, rule: [
-        with_signal(r, r.signal * bn_scale(op.module).to(r.signal.dtype)[:, None, None])
-    ],
+    "bn": lambda op, r, record, rule: [bn_region(op, r)],
     "relu": lambda op, r, record, rule: [act_region(op, r, record, rule)],
     "relu6": lambda op, r, record, rule: [act_region(op, r, record, rule)],
     "conv": lambda op, r, record, rule: [conv_region(op, r, record)],

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvnet.core.architecture import is_chain
+from deconvnet.core.architecture import PROBE_SIDE, is_chain
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.graph_model import ModelGraph
 from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Rows
@@ -21,9 +22,30 @@ from deconvnet.gradient.attribute import forward_resolved, prepare
 from deconvnet.gradient.passes import CHUNK_SIZE, Forward, GradientPass
 
 
-def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> tuple[int, int | str]:
+def check_cam_point(model: nn.Module, path: str, rows: Rows) -> tuple[None, str]:
+    """(None, graph node) of a module path of a graph model whose output is a feature map."""
+    graph = ModelGraph.of(model)
+    node = graph.paths.get(path)
+    if node is None or len(graph.shapes(1, 3, PROBE_SIDE, PROBE_SIDE)[node]) != 4:
+        raise ValueError(
+            f"stage: Grad-CAM needs feature maps: a stage (1..5 or its name) or a module path whose "
+            f"output is a [B, C, h, w] map, got {path!r}"
+        )
+    if rows.kind != "class":
+        raise ValueError("stage: Grad-CAM at a module path that is not a stage takes class targets")
+    return None, node
+
+
+def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> tuple[int | None, int | str]:
     """(stage number, where its maps are: the feature index on VGG / AlexNet, the graph node on
-    every other model); ValueError for a stage without conv maps or above a unit target."""
+    every other model, where `stage` may also be any module path with a feature map (number
+    None)); ValueError for a stage without conv maps or above a unit target."""
+    if (
+        isinstance(stage, str)
+        and not is_chain(model)
+        and stage not in {name for s in stages_of(model) for name in (s.name, s.path)}
+    ):
+        return check_cam_point(model, stage, rows)
     try:
         info = stage_of(model, stage)
     except ValueError:
@@ -49,7 +71,8 @@ def cam_maps(
     """Resolved rows -> [M, H, W] Grad-CAM maps at the input size, at `point` (check_cam_stage)."""
     stage, index = point
     grads = gradient_pass.backward(forward, rows, until=index, chunk_size=chunk_size)
-    acts = forward.record.outputs[stage][rows.image.to(grads.device)]
+    maps = forward.record.outputs[stage] if stage is not None else forward.record.values[index]
+    acts = maps[rows.image.to(grads.device)]
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * acts).sum(1, keepdim=True))
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -63,6 +86,7 @@ def gradcam(
     targets of one image), non-negative, at the input size."""
     x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
     point = check_cam_stage(model, stage, rows)
+    gradient_pass.keep = (point[1],) if point[0] is None else ()
     with torch.no_grad():
         forward, rows = forward_resolved(gradient_pass, x, rows)
         out = cam_maps(gradient_pass, forward, rows, point, tuple(x.shape[-2:]), chunk_size)
@@ -76,6 +100,7 @@ def guided_gradcam(
     """Guided backprop x Grad-CAM, from one forward pass: [B, 3, H, W] -> [B, 3, H, W]."""
     x, rows, guided = prepare(model, images, target, "guided", chunk_size)
     point = check_cam_stage(model, stage, rows)
+    guided.keep = (point[1],) if point[0] is None else ()
     with torch.no_grad():
         forward, rows = forward_resolved(guided, x, rows)  # guided's record has every mask
         backprop = GradientPass(model, "backprop", rows)

@@ -40,6 +40,7 @@ class GradientPass:
     def __init__(self, model: nn.Module, rule: str, rows: Rows) -> None:
         top = 5 if rows.kind == "class" else rows.stage
         self.chain = is_chain(model)
+        self.keep: tuple[str, ...] = ()  # graph nodes whose outputs the record keeps (Grad-CAM)
         if not self.chain:
             self.mirror = GraphMirror(model, None if rows.kind == "class" else top, rule)
             self.head = None
@@ -53,7 +54,10 @@ class GradientPass:
         """[N, 3, H, W] -> Forward (no autograd graph; call under torch.no_grad)."""
         if images.device.type == "cpu":  # oneDNN: every map channels last, no conversions
             images = images.contiguous(memory_format=torch.channels_last)
-        record = self.mirror.record(images, float_masks=True)
+        if self.chain:
+            record = self.mirror.record(images, float_masks=True)
+        else:
+            record = self.mirror.record(images, float_masks=True, keep=self.keep)
         head = self.head.record(record.output) if self.head is not None else None
         return Forward(record, head)
 

@@ -86,3 +86,19 @@ def test_gradcam_takes_the_stage_by_name(net):
     x = image(3)
     name = deconvnet.stages(net)[3].name
     assert torch.equal(deconvnet.gradcam(net, x, 7, name), deconvnet.gradcam(net, x, 7, 4))
+
+
+def test_gradcam_at_a_convolution_under_a_batch_norm_equals_captum():
+    """A module path whose output a batch norm reads (the norm's scale is folded into the mirror's
+    convolution): the gradient there must still carry the norm's scale."""
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = tvm.resnet18().eval().double()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.data.uniform_(0.5, 2.0)
+    x = image(4)
+    captum = LayerGradCam(model, model.layer3[1].conv2).attribute(x, target=5, relu_attributions=True)
+    want = F.interpolate(captum.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    got = deconvnet.gradcam(model, x, 5, "layer3.1.conv2")
+    assert torch.allclose(got, want, rtol=0, atol=1e-10 * float(want.abs().max()))
