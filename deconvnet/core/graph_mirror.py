@@ -43,9 +43,22 @@ def point_node(model: nn.Module, graph: ModelGraph, point: int | str | None) -> 
                 f"stage: {point!r} is neither a stage name nor a module path of this model's graph "
                 f"(for example {', '.join(list(graph.paths)[:4])})"
             )
-        return graph.paths[point], next((s.number for s in stages_of_or_none(model) if s.path == point), None)
+        node = graph.paths[point]
+        shape = graph.shapes(1, 3, PROBE_SIDE, PROBE_SIDE)[node]
+        if len(shape) != 4 or graph.position[node] >= global_pooling(graph):
+            raise ValueError(
+                f"stage: {point!r} is not a feature map (its output is {list(shape[1:])} per image, "
+                "after the global pooling); give a stage or a module path below it"
+            )
+        return node, next((s.number for s in stages_of_or_none(model) if s.path == point), None)
     info = stage_of(model, point)
     return graph.paths[info.path], info.number
+
+
+def global_pooling(graph: ModelGraph) -> int:
+    """Position of the first node that pools globally, flattens or is linear (the head)."""
+    head = ("adaptive_avgpool", "flatten", "linear")
+    return min((graph.position[op.name] for op in graph.ops if op.kind in head), default=len(graph.ops))
 
 
 def stages_of_or_none(model: nn.Module) -> list:

@@ -261,6 +261,14 @@ def test_unsupported_model_names_its_first_unsupported_node():
         deconvnet.reconstruct(efficientnet_b0(), _image(64, 64, dtype=torch.float32), 1)
 
 
+@pytest.mark.parametrize("path", ["avgpool", "fc"])
+def test_a_module_path_after_the_global_pooling_is_not_a_feature_map(path):
+    from torchvision.models import resnet18
+
+    with pytest.raises(ValueError, match=rf"stage: '{path}' is not a feature map"):
+        deconvnet.reconstruct(resnet18().eval(), _image(64, 64, dtype=torch.float32), path)
+
+
 def test_not_a_module_is_named():
     with pytest.raises(ValueError, match=r"model: expected a torch\.nn\.Module, got str"):
         deconvnet.reconstruct("resnet18", _image(64, 64, dtype=torch.float32), 1)
