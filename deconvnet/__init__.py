@@ -31,7 +31,8 @@ from deconvnet.core.display import (
 )
 from deconvnet.core.geometry import ReceptiveField, min_input_size, receptive_field
 from deconvnet.core.graph_mirror import GraphMirror, make_mirror
-from deconvnet.core.mirror import RULES, Mirror, Seeds, unpool
+from deconvnet.core.graph_ops import RULES
+from deconvnet.core.mirror import Mirror, Seeds, unpool
 from deconvnet.core.reconstruct import reconstruct
 from deconvnet.data.datasets import NumberedBatch
 from deconvnet.data.hed import HedWeightsError

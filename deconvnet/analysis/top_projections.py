@@ -36,7 +36,8 @@ from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.architecture import stages as stage_table
 from deconvnet.core.geometry import receptive_field
 from deconvnet.core.graph_mirror import GraphMirror, make_mirror
-from deconvnet.core.mirror import RULES, Mirror, Seeds
+from deconvnet.core.graph_ops import RULES
+from deconvnet.core.mirror import Mirror, Seeds
 from deconvnet.core.precision import full_float32
 from deconvnet.core.validation import check_int, check_stage_numbers, nonempty_list
 from deconvnet.data.images import denormalize

@@ -135,10 +135,7 @@ def top_level_blocks(model: nn.Module) -> list[str]:
 def level_stages(model: nn.Module, shapes: dict[str, tuple[int, ...]], graph: ModelGraph) -> list[Stage]:
     """One stage per resolution level: the last top-level block whose output has that map size
     (blocks before the first global pooling, flatten or linear layer)."""
-    head = min(
-        (graph.position[op.name] for op in graph.ops if op.kind in ("adaptive_avgpool", "flatten", "linear")),
-        default=len(graph.ops),
-    )
+    head = graph.head_position()
     last_at: dict[tuple[int, int], str] = {}
     for path in top_level_blocks(model):
         node = graph.paths.get(path)

@@ -17,7 +17,7 @@ from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.geometry import graph_node, is_chain_stage
 from deconvnet.core.graph_model import ModelGraph, graph_windows
-from deconvnet.core.graph_ops import RULES, GraphRecord, adjoint, bn_scale, forward, unfolded
+from deconvnet.core.graph_ops import GraphRecord, adjoint, bn_scale, check_rule, forward, unfolded
 from deconvnet.core.graph_regions import merge, region_adjoint
 from deconvnet.core.mirror import Mirror, Seeds
 from deconvnet.core.precision import full_float32
@@ -25,19 +25,13 @@ from deconvnet.core.validation import check_model_values
 from deconvnet.core.windows import Region, reframe
 
 
-def check_graph_rule(rule: object) -> str:
-    """The rule name, or ValueError listing the accepted ones."""
-    if not isinstance(rule, str) or rule not in RULES:
-        raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    return rule
-
-
 def point_node(model: nn.Module, graph: ModelGraph, point: int | str | None) -> tuple[str, int | None]:
     """(node name, stage number or None) of a stage number, a stage name, a module path of the
     graph, or None (the logits); ValueError naming what is accepted."""
     if point is None:
         return graph.output, None
-    if isinstance(point, str) and point not in (s.name for s in stages_of_or_none(model)):
+    known = stages_of_or_none(model)
+    if isinstance(point, str) and point not in (s.name for s in known):
         if point not in graph.paths:
             raise ValueError(
                 f"stage: {point!r} is neither a stage name nor a module path of this model's graph "
@@ -45,20 +39,14 @@ def point_node(model: nn.Module, graph: ModelGraph, point: int | str | None) -> 
             )
         node = graph.paths[point]
         shape = graph.shapes(1, 3, PROBE_SIDE, PROBE_SIDE)[node]
-        if len(shape) != 4 or graph.position[node] >= global_pooling(graph):
+        if len(shape) != 4 or graph.position[node] >= graph.head_position():
             raise ValueError(
                 f"stage: {point!r} is not a feature map (its output is {list(shape[1:])} per image, "
                 "after the global pooling); give a stage or a module path below it"
             )
-        return node, next((s.number for s in stages_of_or_none(model) if s.path == point), None)
+        return node, next((s.number for s in known if s.path == point), None)
     info = stage_of(model, point)
     return graph.paths[info.path], info.number
-
-
-def global_pooling(graph: ModelGraph) -> int:
-    """Position of the first node that pools globally, flattens or is linear (the head)."""
-    head = ("adaptive_avgpool", "flatten", "linear")
-    return min((graph.position[op.name] for op in graph.ops if op.kind in head), default=len(graph.ops))
 
 
 def stages_of_or_none(model: nn.Module) -> list:
@@ -74,7 +62,7 @@ class GraphMirror(nn.Module):
 
     def __init__(self, model: nn.Module, stage: int | str | None, rule: str = "deconvnet") -> None:
         super().__init__()
-        self.rule = check_graph_rule(rule)
+        self.rule = check_rule(rule)
         self.graph = ModelGraph.of(model)
         self.top, self.stage = point_node(model, self.graph, stage)
         check_model_values(model)

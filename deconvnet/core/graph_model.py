@@ -118,6 +118,12 @@ class ModelGraph:
             self._shapes[key] = out
         return {name: (batch,) + shape[1:] for name, shape in out.items()}
 
+    def head_position(self) -> int:
+        """Position of the first node that pools globally, flattens or is linear (the head): the
+        nodes before it are the feature maps."""
+        head = ("adaptive_avgpool", "flatten", "linear")
+        return min((self.position[op.name] for op in self.ops if op.kind in head), default=len(self.ops))
+
     def consumers(self) -> dict[str, list[str]]:
         """Op name -> names of the ops that read it."""
         readers: dict[str, list[str]] = {op.name: [] for op in self.ops}

@@ -22,6 +22,13 @@ from deconvnet.core.graph import Op
 RULES = ("deconvnet", "backprop", "guided")
 
 
+def check_rule(rule: object) -> str:
+    """The rule name, or ValueError listing the accepted ones (chain and graph mirror alike)."""
+    if not isinstance(rule, str) or rule not in RULES:
+        raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    return rule
+
+
 @dataclass
 class GraphRecord:
     """What one forward pass leaves for the graph mirror.

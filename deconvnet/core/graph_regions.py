@@ -29,15 +29,8 @@ from deconvnet.core.graph_ops import (
     same_padding,
     tied_weight,
 )
+from deconvnet.core.mirror import unpool_window
 from deconvnet.core.windows import Region, fit_to_map, gather_window, reframe
-
-
-def whole_map(region: Region, size: tuple[int, int]) -> Region:
-    """The region placed on its whole map of `size` (origin 0)."""
-    zero = torch.zeros_like(region.origin_y)
-    if region.size == tuple(size) and not bool(region.origin_y.any() or region.origin_x.any()):
-        return region
-    return reframe(region, zero, zero, size)
 
 
 def merge(regions: list[Region]) -> Region:
@@ -109,30 +102,19 @@ def maxpool_region(op: Op, region: Region, record: GraphRecord) -> Region:
     m = op.module
     height, width = record.shapes[op.name][-2:]
     (sy, sx), (py, px) = spatial_span(op, (height, width))
-    ky, kx = pair(m.kernel_size)
-    dy, dx = pair(m.dilation)
+    (ky, kx), (dy, dx) = pair(m.kernel_size), pair(m.dilation)
     ly, lx = region.size
-    oy, ox = region.origin_y * sy - py, region.origin_x * sx - px
-    out_ly, out_lx = (ly - 1) * sy + dy * (ky - 1) + 1, (lx - 1) * sx + dx * (kx - 1) + 1
-    switches = gather_window(
-        record.switches[op.name], region.image, region.origin_y, region.origin_x, (ly, lx), 0
-    )
-    dev = switches.device
-    rows = switches // width - oy.to(dev)[:, None, None, None]
-    cols = switches % width - ox.to(dev)[:, None, None, None]
-    local = (rows * out_lx + cols).clamp_(0, out_ly * out_lx - 1)  # padding carries zero signal
-    k, c = region.signal.shape[:2]
-    out = region.signal.new_zeros(k, c, out_ly * out_lx)
-    out.scatter_add_(2, local.flatten(2), region.signal.flatten(2))
-    return fit_to_map(Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox, True), (height, width))
+    origin = (region.origin_y * sy - py, region.origin_x * sx - px)
+    size = ((ly - 1) * sy + dy * (ky - 1) + 1, (lx - 1) * sx + dx * (kx - 1) + 1)
+    return unpool_window(region, record.switches[op.name], origin, size, (height, width))
 
 
 def whole_map_adjoint(op: Op, region: Region, record: GraphRecord, rule: str) -> list[Region]:
     """Any node on whole maps: the signal placed on its map, the node's whole-map adjoint."""
     shape = record.shapes.get(f"{op.name}:out")
-    if region.signal.dim() == 4 and shape is not None:
-        region = whole_map(region, tuple(shape[-2:]))
     zero = torch.zeros_like(region.image)
+    if region.signal.dim() == 4 and shape is not None:  # placed on its whole map (a view if it is)
+        region = reframe(region, zero, zero, tuple(shape[-2:]))
     parts = ADJOINT[op.kind](op, region.signal, record, rule, region.image)
     return [Region(p, region.image, zero, zero, False) for p in parts]
 

@@ -22,18 +22,10 @@ from torch import Tensor, nn
 
 from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.geometry import level_sizes, spans, stage_layers, windows
+from deconvnet.core.graph_ops import check_rule
 from deconvnet.core.precision import full_float32
 from deconvnet.core.validation import check_model_values
 from deconvnet.core.windows import Region, fit_to_map, gather_window, is_channels_last, reframe
-
-RULES = ("deconvnet", "backprop", "guided")
-
-
-def check_rule(rule: object) -> str:
-    """The rule name, or ValueError listing the accepted ones."""
-    if not isinstance(rule, str) or rule not in RULES:
-        raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    return rule
 
 
 @dataclass
@@ -101,6 +93,31 @@ def unpool(pooled: Tensor, switches: Tensor, size: tuple[int, int]) -> Tensor:
     return out.view(n, c, *size)
 
 
+def unpool_window(
+    region: Region,
+    switches: Tensor,
+    origin: tuple[Tensor, Tensor],
+    size: tuple[int, int],
+    map_size: tuple[int, int],
+) -> Region:
+    """Unpooling of windows through their switches, collisions summed: region.signal
+    [K, C, ly, lx] at the pooled level, `switches` [B, C, h, w] (flat positions into maps of
+    `map_size`) -> each seed's window of `size` at `origin` ([K], [K]) of the map below, cut to it."""
+    oy, ox = origin
+    out_ly, out_lx = size
+    ly, lx = region.size
+    cut = gather_window(switches, region.image, region.origin_y, region.origin_x, (ly, lx), 0)
+    dev, width = cut.device, map_size[1]
+    rows = cut // width - oy.to(dev)[:, None, None, None]
+    cols = cut % width - ox.to(dev)[:, None, None, None]
+    # padding positions carry zero signal; clamping their (meaningless) target is harmless
+    local = (rows * out_lx + cols).clamp_(0, out_ly * out_lx - 1)
+    k, c = region.signal.shape[:2]
+    out = region.signal.new_zeros(k, c, out_ly * out_lx)
+    out.scatter_add_(2, local.flatten(2), region.signal.flatten(2))
+    return fit_to_map(Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox, True), map_size)
+
+
 class MirrorStage(nn.Module):
     """One deconvnet stage: takes a Region at the output level of forward module `index`,
     returns it at that module's input level."""
@@ -161,19 +178,7 @@ class Unpool(MirrorStage):
             )
             up = repeat_over_windows(region.signal, sy.stride, sx.stride, is_channels_last(at_switch))
             return fit_to_map(Region(up.mul_(at_switch), region.image, oy, ox, True), (height, width))
-        switches = gather_window(
-            record.switches[self.index], region.image, region.origin_y, region.origin_x, (ly, lx), 0
-        )
-        dev = switches.device
-        rows = switches // width - oy.to(dev)[:, None, None, None]
-        cols = switches % width - ox.to(dev)[:, None, None, None]
-        # padding positions carry zero signal; clamping their (meaningless) target is harmless
-        local = (rows * out_lx + cols).clamp_(0, out_ly * out_lx - 1)
-        k, c = region.signal.shape[:2]
-        out = region.signal.new_zeros(k, c, out_ly * out_lx)
-        out.scatter_add_(2, local.flatten(2), region.signal.flatten(2))
-        below = Region(out.view(k, c, out_ly, out_lx), region.image, oy, ox, True)
-        return fit_to_map(below, (height, width))
+        return unpool_window(region, record.switches[self.index], (oy, ox), (out_ly, out_lx), (height, width))
 
     def _unpool_map(self, region: Region, record: ForwardRecord, size: tuple[int, int]) -> Region:
         """Whole maps: scatter every value to its switch (one pass, collisions summed) on the
