@@ -112,10 +112,9 @@ FIGURES: dict[str, Figure] = {
         overrides=("unit=[5]", "samples=25", "steps=64", "cam_stage=4"),
         quick=("images=cat", "samples=4", "steps=8"),
     ),
-    # The optimisation family, on VGG16 with HED weights (learned convolutions, RANDOM
-    # classifier: class models and fooling images are labelled not meaningful). Measured on 2
-    # idle CPU cores, 2 threads: filters 110 s, class_model 36 s, deep_dream 11 s, invert 34 s,
-    # fooling 11 s; 201 s together (344 s on one thread); other jobs on the machine stretch it.
+    # The optimisation family: filters on VGG16 with HED weights (learned convolutions), and
+    # everything that needs a classifier (or is shown per stage of a real network) on
+    # EfficientNet-Lite0 with its ImageNet weights.
     "saliency_efficientnet_lite0": Figure(
         "saliency",
         "Gradient-family maps of every method for each photo's predicted class on the real "
@@ -136,77 +135,101 @@ FIGURES: dict[str, Figure] = {
     ),
     "class_model": Figure(
         "class_model",
-        "Class models (Simonyan et al. 2014, L2 "
-        "regulariser, blur) of four ImageNet classes, each titled with the "
-        "probability the model gives it; HED's classifier is random, so the "
-        "scores are labelled not meaningful",
-        overrides=("size=128", "steps=48", "blur=1.0"),
+        "Class models (Simonyan et al. 2014, L2 regulariser, blur) of the real classifier "
+        "EfficientNet-Lite0 (ImageNet weights): four ImageNet classes (Simonyan et al.'s dumbbell, "
+        "cup, dalmatian, bell pepper) and tabby + goldfish together (keras-vis' several classes: "
+        "a cat-fish), each titled with the probabilities the model gives them",
+        model="efficientnet_lite0",
+        overrides=("classes=[543,968,251,945,[281,1]]", "blur=1.0"),
         quick=("classes=[1,368]", "size=64", "steps=3"),
+    ),
+    "filters_efficientnet_lite0": Figure(
+        "filters",
+        "The Keras example's figure on EfficientNet-Lite0 (ImageNet weights): filter "
+        "visualisations of the first 16 channels of its 28-px stage (stage 3, blocks.2, the "
+        "middle of the network as the example's residual network), without and with regularisers",
+        model="efficientnet_lite0",
+        overrides=("stages=[3]", "size=128", "steps=32", "channels=16"),
+        quick=("stages=[1,5]", "channels=4", "size=64", "steps=3"),
     ),
     "deep_dream": Figure(
         "deep_dream",
-        "Deep Dream (Mordvintsev et al. 2015) of one "
-        "photo at stage 4, three octaves of scale 1.4; energy before / after",
+        "Deep Dream (Mordvintsev et al. 2015) of one photo at EfficientNet-Lite0's stage 4 "
+        "(blocks.4, ImageNet weights), three octaves of scale 1.4, 20 steps each; energy "
+        "before / after",
+        model="efficientnet_lite0",
         overrides=("octaves=3",),
         quick=("size=96", "octaves=2", "steps=2", "stage=3", "jitter=8"),
     ),
     "invert": Figure(
         "invert",
-        "One photo inverted from each of the five stages "
-        "(Mahendran & Vedaldi 2015), each titled with its relative feature error",
-        overrides=("size=128", "steps=80"),
+        "One photo inverted from each of EfficientNet-Lite0's five stages and its logits "
+        "(Mahendran & Vedaldi 2015, ImageNet weights), each titled with its relative feature error",
+        model="efficientnet_lite0",
+        overrides=("size=128", "steps=80", "stages=[1,2,3,4,5,logits]"),
         quick=("stages=[2,5]", "size=64", "steps=3"),
     ),
     "fooling": Figure(
         "fooling",
-        "A fooling image (Nguyen et al. 2015): a photo "
-        "pushed until the model says 'gibbon' with 99% confidence, its amplified "
-        "difference, probabilities before / after, L-inf / L2 of the change; "
-        "HED's classifier is random, so the scores are labelled not meaningful",
-        overrides=("size=160", "steps=100"),
+        "A fooling image (Nguyen et al. 2015) of the real classifier EfficientNet-Lite0 "
+        "(ImageNet weights): the cat photo pushed by sign steps of 1/255 per colour value, "
+        "within 8/255 of the photo, until the model says 'gibbon' with 99% confidence; its "
+        "amplified difference, probabilities before / after, L-inf / L2 of the change in colour "
+        "units",
+        model="efficientnet_lite0",
         quick=("size=64", "steps=3"),
     ),
-    # The paper's other experiments (issue 8), on VGG16 with HED weights.
+    # The paper's other experiments, on the real classifier EfficientNet-Lite0.
     "occlusion": Figure(
         "occlusion",
-        "Fig. 7: occlusion sensitivity of three photos "
-        "(a 48 px grey square at stride 16, incremental inference): the total "
-        "activation of the strongest stage-5 map, that map projected by the "
-        "deconvnet beside its top 3 from a scan of the sample gallery, the "
-        "probability of the predicted class and the most probable label (HED's "
-        "classifier is random: (d) and (e) are labelled not meaningful)",
-        quick=("images=[cat]", "size=96", "patch=32", "stride=32", "data.limit=8", "top_k=2"),
+        "Fig. 7 on EfficientNet-Lite0 (ImageNet weights): occlusion sensitivity of three photos "
+        "(a 48 px grey square at stride 16, incremental inference) for their true classes "
+        "(tiger cat, espresso, moped): the total activation of the strongest stage-4 map "
+        "(blocks.4: Lite0's stage 5, bn2, saturates its ReLU6, so guided projections of its "
+        "strongest maps are zero and deconvnet ones a checkerboard haze), that map projected by "
+        "the deconvnet and by guided backprop beside its top 3 from a scan of the sample "
+        "gallery, the probability of the true class and the most probable label",
+        model="efficientnet_lite0",
+        overrides=("images=[cat,coffee,motorcycle]", "target=[282,967,665]", "stage=4"),
+        quick=("images=[cat]", "target=null", "size=96", "patch=32", "stride=32", "data.limit=8", "top_k=2"),
     ),
     "correspondence": Figure(
         "correspondence",
-        "Correspondence (Table 1): the right "
+        "Correspondence (Table 1) on EfficientNet-Lite0 (ImageNet weights): the right "
         "eye, left eye and nose of 2 human portraits and 1 cat (NOT the "
-        "paper's 5 dogs) occluded; Delta (Hamming of sign(x - x~)) at pool5 "
-        "and fc7 (fc7 random with HED weights) against 10 draws of random "
-        "boxes of the same sizes; table.md",
+        "paper's 5 dogs) occluded; Delta (Hamming of sign(x - x~)) at stage 5 (bn2) and at "
+        "the pooled features the classifier reads (global_pool, the analogue of fc7) against "
+        "10 draws of random boxes of the same sizes; table.md",
+        model="efficientnet_lite0",
         quick=("random_draws=1",),
     ),
     "sanity": Figure(
         "sanity",
-        "Sanity checks (Adebayo et al. 2018): cascading and "
-        "independent re-initialisation of every learnable layer; Spearman (|.| and "
-        "signed), SSIM and HOG similarity to the original maps of gradient, guided "
-        "backprop, deconvnet, SmoothGrad, Grad-CAM (stage 4) and integrated "
-        "gradients, for each image's strongest stage-5 unit of the original model "
-        "(a unit, not a class); result.json says which methods pass. 2 images at "
-        "128 px, SmoothGrad 8 samples, IG 8 steps",
-        overrides=("size=128", "samples=8", "steps=8"),
+        "Sanity checks (Adebayo et al. 2018) on EfficientNet-Lite0 (ImageNet weights): "
+        "cascading and independent re-initialisation of every learnable layer (its 99 "
+        "convolutions, batch norms and classifier, each with timm's own initialiser); Spearman "
+        "(|.| and signed), SSIM and HOG similarity to the original maps of gradient, guided "
+        "backprop, deconvnet, SmoothGrad, Grad-CAM (stage 5) and integrated gradients, for "
+        "each image's predicted class (a class target on a real classifier); result.json says "
+        "which methods pass. 2 images at 128 px, SmoothGrad 8 samples, IG 8 steps",
+        model="efficientnet_lite0",
+        overrides=("size=128", "samples=8", "steps=8", "unit=null"),
         quick=("images=cat", "size=64", "samples=2", "steps=2", "layers=[fc6,conv5,conv3,conv1]"),
     ),
     "invariance": Figure(
         "invariance",
-        "Fig. 5: invariance of five photos to vertical "
-        "translation (-60..60 px), scale (1..1.8) and rotation (0..360 degrees, "
-        "every 30): Euclidean distance of the layer-1 (pool1) and fc7 feature "
-        "vectors to the original's, and the probability of each original's "
-        "predicted class; HED's classifier is random, so fc7 and the "
-        "probability are labelled as random / not meaningful",
-        overrides=("values.rotate=[0,30,60,90,120,150,180,210,240,270,300,330,360]",),
+        "Fig. 5 on EfficientNet-Lite0 (ImageNet weights): invariance of five photos to "
+        "vertical translation (-60..60 px), scale (1..1.8) and rotation (0..360 degrees, "
+        "every 30): Euclidean distance of the stage-1 (blocks.0) feature vector and of the "
+        "pooled features the classifier reads (global_pool, the analogue of fc7) to the "
+        "original's, and the probability of each photo's true class (tiger cat, espresso, "
+        "moped, tripod, military uniform)",
+        model="efficientnet_lite0",
+        overrides=(
+            "values.rotate=[0,30,60,90,120,150,180,210,240,270,300,330,360]",
+            "images=[cat,coffee,motorcycle,camera,grace_hopper]",
+            "labels=[282,967,665,872,652]",
+        ),
         quick=(
             "images=[cat,coffee]",
             "size=96",

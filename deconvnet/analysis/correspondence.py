@@ -29,8 +29,14 @@ the paper leaves open, made here:
   overlap the part (the paper's "random locations" say nothing more). Draw d of part p uses
   numpy's PCG64 seeded with (seed, crc32(p), d): reproducible, and independent of the other
   parts and of their order.
-- Features: `deconvnet.core.probe` (a stage 1..5 output, "fc6" / "fc7" after their ReLU,
-  flattened), under no_grad, Dropout as the identity; no hooks, the caller's model untouched.
+- Layers (`deconvnet.analysis.layers`): a stage number or name, any module path of the model's
+  graph, "logits" (and "pre1".."pre5", "input"; "fc6" / "fc7" on VGG / AlexNet), checked on the
+  model before any work. Default: the paper's (5, "fc7") on VGG / AlexNet; elsewhere stage 5 and
+  the vector the last Linear layer reads, fc7's analogue (ResNet "avgpool", EfficientNet-Lite0
+  "global_pool"; "logits" where no module outputs it).
+- Features: `deconvnet.core.probe` (a layer's whole output, e.g. a stage's after its ReLU,
+  "fc6" / "fc7" after their ReLU, flattened), under no_grad, Dropout as the identity; no hooks,
+  the caller's model untouched.
   `batch_size` images per forward pass; 1 (default) makes each feature vector depend on its
   image alone: on CPU the classifier's matrix products round differently for different batch
   sizes (up to ~7e-5 on VGG16 fc7 values measured here), which can flip sign(eps) of units the
@@ -51,34 +57,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from deconvnet.core.probe import HIDDEN, point_key, probe
-from deconvnet.core.validation import (
-    as_list,
-    check_count,
-    check_device,
-    check_images,
-    check_seed,
-    check_stages,
-    is_int,
-)
+from deconvnet.analysis.layers import Layer, check_layers, deepest_point, default_layers
+from deconvnet.core.probe import point_key, probe
+from deconvnet.core.validation import as_list, check_count, check_device, check_images, check_seed, is_int
 from deconvnet.data.paths import REPO_ROOT
 from deconvnet.optim.checks import model_device
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in the input's pixels
-Layer = int | str
-DEFAULT_LAYERS: tuple[Layer, ...] = (5, "fc7")  # the paper's layers 5 and 7
+DEFAULT_LAYERS: tuple[Layer, ...] = (5, "fc7")  # the paper's layers 5 and 7 (VGG / AlexNet)
 BOX_FORMAT = "[top, left, height, width] (ints, pixels of the input image)"
 
 
 # ------------------------------------------------------------------------------------ checks
-
-
-def check_layers(value: object) -> tuple[Layer, ...]:
-    """A stage 1..5, "fc6", "fc7", or a non-empty list of them, each once (ValueError "layers:")."""
-    try:
-        return tuple(check_stages(value, HIDDEN))
-    except ValueError as error:  # the same rule as the optimisation family's `stages`
-        raise ValueError("layers" + str(error)[len("stages") :]) from None
 
 
 def _image_name(index: int, labels: Sequence[str] | None) -> str:
@@ -310,23 +300,19 @@ class Correspondence:
 
 
 def layer_key(layer: Layer) -> str:
-    """'stage5' for a stage number, the name itself for 'fc6' / 'fc7' (and already-made keys)."""
+    """'stage5' for a stage number, the layer itself otherwise ('fc7', 'layer4.1', 'logits';
+    already-made keys too)."""
     return layer if isinstance(layer, str) else point_key(layer)
 
 
 # ------------------------------------------------------------------------------ the analysis
 
 
-def _deepest_stage(layers: Sequence[Layer]) -> int | None:
-    """The stage up to which the model must accept the input (None: the whole model)."""
-    return None if any(isinstance(layer, str) for layer in layers) else max(layers)
-
-
 def correspondence(
     model: nn.Module,
     images: Tensor,
     boxes: Mapping[str, Sequence[Box]],
-    layers: Layer | Sequence[Layer] = DEFAULT_LAYERS,
+    layers: Layer | Sequence[Layer] | None = None,
     random_draws: int = 10,
     seed: int = 0,
     fill: float = 0.0,
@@ -336,16 +322,16 @@ def correspondence(
 ) -> Correspondence:
     """Zeiler & Fergus's Table 1 on `images` [N, 3, H, W] (normalised input, N >= 2): for each
     part in `boxes` (part -> N boxes (top, left, height, width), one per image) and each layer
-    (1..5, "fc6", "fc7"), the [N, N] Hamming distances of sign(x_i - x~_i) and the same for
-    `random_draws` draws of random boxes of the same sizes (module doc: every choice made).
+    (module doc; None: the model's default), the [N, N] Hamming distances of sign(x_i - x~_i)
+    and the same for `random_draws` draws of random boxes of the same sizes (module doc).
 
     seed: the random boxes' draws; fill: the occluder's value; device: None = the model's (a
     different one -> ValueError: the model is never moved). One forward pass per image per
     occlusion: N (1 + parts (1 + random_draws)) images in all.
     """
     where = check_work_device(model, device)
-    layers = check_layers(layers)
-    images = check_images(images, model, "images", _deepest_stage(layers))
+    layers = default_layers(model, 5) if layers is None else check_layers(model, layers)
+    images = check_images(images, model, "images", deepest_point(model, layers))
     n, height, width = images.shape[0], images.shape[-2], images.shape[-1]
     if n < 2:
         raise ValueError(f"images: expected at least 2 images (Delta sums over pairs), got {n}")

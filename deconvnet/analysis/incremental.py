@@ -37,17 +37,30 @@ class Windows:
     length: int
 
 
+def field_windows(changed: Windows, extent: int, stride: int, padding: int, n_out: int) -> Windows:
+    """Along one axis, the outputs [lo, hi) [N] of a window op (kernel extent, stride, padding
+    before the input, output length `n_out`) that read a changed input [lo, hi) [N], and a window
+    of one shared length holding them, slid inside the map at its end."""
+    p, e, s = padding, extent, stride
+    lo = torch.clamp(torch.div(changed.lo + p - e + 1 + s - 1, s, rounding_mode="floor"), min=0)
+    hi = torch.clamp(torch.div(changed.hi - 1 + p, s, rounding_mode="floor") + 1, max=n_out)
+    hi = torch.maximum(hi, lo)  # nothing read the change (possible with stride > extent)
+    return shared_windows(lo, hi, n_out)
+
+
+def shared_windows(lo: Tensor, hi: Tensor, n: int) -> Windows:
+    """Changed intervals [lo, hi) [N] of a map of length n in windows of one length (the longest
+    interval, at least 1), each starting at its interval or slid back inside the map."""
+    length = max(1, int((hi - lo).max()))
+    start = torch.minimum(lo, torch.full_like(lo, n - length))
+    return Windows(lo, hi, start, length)
+
+
 def output_windows(changed: Windows, span: Span, n_in: int) -> tuple[Windows, int]:
     """The changed output interval of a module (`span`, input length `n_in`) for each position and
     a shared-size window holding it -> (Windows of the output, output length)."""
     n_out = span.output_length(n_in)
-    p, e, s = span.padding, span.extent, span.stride
-    lo = torch.clamp(torch.div(changed.lo + p - e + 1 + s - 1, s, rounding_mode="floor"), min=0)
-    hi = torch.clamp(torch.div(changed.hi - 1 + p, s, rounding_mode="floor") + 1, max=n_out)
-    hi = torch.maximum(hi, lo)  # nothing read the change (possible with stride > extent)
-    length = max(1, int((hi - lo).max()))
-    start = torch.minimum(lo, torch.full_like(lo, n_out - length))
-    return Windows(lo, hi, start, length), n_out
+    return field_windows(changed, span.extent, span.stride, span.padding, n_out), n_out
 
 
 def _pad_value(module: nn.Module) -> float:

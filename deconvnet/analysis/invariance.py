@@ -4,10 +4,12 @@
 The paper transforms 5 images "by varying degrees" and plots, per image and per amount of the
 transformation, (b) the Euclidean distance between the feature vectors of the original and the
 transformed image at layer 1, (c) the same at layer 7 (fc7), (d) the probability of the true
-label. `invariance` computes exactly these curves for any images, layers and amounts.
+label. `invariance` computes exactly these curves for any supported model, images, layers and
+amounts.
 
     result = invariance(model, x, "rotate")                    # x [B, 3, H, W], normalised
     result.values, result.distance["fc7"], result.probability  # [T], [B, T], [B, T]
+    invariance(resnet, x, "scale", layers=(1, "layer3", "layer4.1", "logits"))
 
 Choices the paper leaves open, made here (and recorded in `Invariance.settings`):
 
@@ -16,8 +18,9 @@ Choices the paper leaves open, made here (and recorded in `Invariance.settings`)
   224 x 224 crop, and its 60-pixel translations cannot be taken from a 256-pixel photo without
   filling anyway; transforming the tensor makes the library take any input tensor, and its
   brute-force check is exact. The uncovered area gets `fill`, in the normalised input space:
-  0.0 (default) is the dataset's mean colour, the same neutral value the convolutions' zero
-  padding already shows the network at the border.
+  0.0 (default) is the normalisation's mean colour (the dataset's mean for torchvision weights;
+  mid grey 127/255 for EfficientNet-Lite0's TensorFlow convention (255 x - 127) / 128), the same
+  neutral value the convolutions' zero padding already shows the network at the border.
 - Vertical translation: whole pixels, no interpolation; value t > 0 moves the content DOWN by t
   rows (t < 0 up); the rows that leave the image are dropped, the uncovered rows are `fill`.
 - Scale: about the image centre by ratio s (s > 1 enlarges the content, zooming in: a centre
@@ -28,6 +31,11 @@ Choices the paper leaves open, made here (and recorded in `Invariance.settings`)
   no antialiasing (s < 1 can alias).
 - The identity (translation 0, scale 1, rotation a multiple of 360) gives the image itself: it is
   not recomputed; its distance is exactly 0 and its probability the original's.
+- Layers (`deconvnet.analysis.layers`): a stage number or name, any module path of the model's
+  graph, "logits", "pre1".."pre5", "input", and "fc6" / "fc7" on VGG / AlexNet, checked on the
+  model before any work. Default: the paper's (1, "fc7") on VGG / AlexNet; elsewhere stage 1 and
+  the vector the last Linear layer reads, fc7's analogue (ResNet "avgpool", EfficientNet-Lite0
+  "global_pool"; "logits" where no module outputs it).
 - Feature vector: the whole layer output flattened (a stage: C x h x w after ReLU [and pool];
   "fc6" / "fc7": the 4096 values after the ReLU; Dropout as in eval mode), distance
   ||phi(x) - phi(T x)||_2, unnormalised (as the paper plots it), in float64.
@@ -54,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deconvnet.analysis.layers import check_layers, default_layers
 from deconvnet.core.precision import full_float32
 from deconvnet.core.probe import probe
 from deconvnet.core.targets import class_count
@@ -70,9 +79,7 @@ UNITS = {
     "scale": "ratio (> 1 enlarges the content about the centre)",
     "rotate": "degrees (counter-clockwise about the centre)",
 }
-LAYERS_DOC = "a stage 1..5, 'fc6' or 'fc7'"
-DEFAULT_LAYERS = (1, "fc7")
-HEAD_LAYERS = ("fc6", "fc7")
+DEFAULT_LAYERS = (1, "fc7")  # the paper's, on VGG / AlexNet; other models: `default_layers`
 DISTANCE = "||phi(x) - phi(T x)||_2 of the whole layer output flattened, float64"
 PROBABILITY = "softmax of the logits (float64) at the label"
 FILL = "fill in the normalised input space (0.0 = the dataset's mean colour)"
@@ -147,21 +154,6 @@ def check_values(transform: str, values: object, key: str = "values") -> tuple[f
         if not ok:
             raise ValueError(f"{key}: {transform} values must be {accepted}, got {v!r}")
     return tuple(int(v) if transform == "translate" else float(v) for v in items)
-
-
-def check_layers(layers: object) -> tuple[int | str, ...]:
-    """A stage 1..5, "fc6", "fc7", or a non-empty list of them, each once -> tuple."""
-    single = is_int(layers) or isinstance(layers, str)
-    items = [layers] if single else list(layers) if isinstance(layers, (list, tuple)) else None
-    if not items:
-        raise ValueError(f"layers: expected {LAYERS_DOC} or a non-empty list of them, got {layers!r}")
-    for item in items:
-        if not ((is_int(item) and 1 <= item <= 5) or item in HEAD_LAYERS):
-            raise ValueError(f"layers: expected {LAYERS_DOC} (or a list of them), got {item!r}")
-    chosen = tuple(int(i) if is_int(i) else str(i) for i in items)
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"layers: each layer once, got {list(chosen)!r}")
-    return chosen
 
 
 def check_labels(model: nn.Module, labels: object, count: int) -> Tensor | None:
@@ -380,7 +372,7 @@ def invariance(
     images: Tensor,
     transform: str | Sequence[str] = "translate",
     values: Sequence[float] | Mapping[str, Sequence[float] | None] | None = None,
-    layers: int | str | Sequence[int | str] = DEFAULT_LAYERS,
+    layers: int | str | Sequence[int | str] | None = None,
     labels: object = None,
     fill: float = 0.0,
     batch_size: int = 8,
@@ -392,10 +384,12 @@ def invariance(
 
     transform: "translate" | "scale" | "rotate", or a list of them -> {transform: Invariance},
     in that order. values: the amounts (None: `PAPER_VALUES`); with several transforms a mapping
-    {transform: amounts or None}. layers: stages 1..5, "fc6", "fc7" (default: 1 and fc7, the
-    paper's). labels: None (each original's predicted class) or one class int per image. fill:
-    the uncovered area's value in the normalised input space (0.0: the mean colour). Every
-    choice the paper leaves open is in the module doc and `Invariance.settings`.
+    {transform: amounts or None}. layers: stage numbers or names, module paths, "logits" (and
+    "fc6", "fc7" on VGG / AlexNet; `deconvnet.analysis.layers`); None: the paper's 1 and fc7 on
+    VGG / AlexNet, stage 1 and fc7's analogue elsewhere. labels: None (each original's predicted
+    class) or one class int per image. fill: the uncovered area's value in the normalised input
+    space (0.0: the mean colour). Every choice the paper leaves open is in the module doc and
+    `Invariance.settings`.
 
     The originals run once; the transformed images go through the model (`probe`, no hooks, no
     graph) `batch_size` at a time on the model's device (`device`: None or the model's own). The
@@ -403,7 +397,7 @@ def invariance(
     """
     names = check_transforms(transform)
     amounts = _check_value_map(names, values, several=not isinstance(transform, str))
-    chosen = check_layers(layers)
+    chosen = default_layers(model, 1) if layers is None else check_layers(model, layers)
     fill = check_fill(fill)
     check_count("batch_size", batch_size)
     check_images(images, model)

@@ -1,12 +1,14 @@
 """Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018): the model parameter
-randomisation test, `sanity_check(model, images, ...)`.
+randomisation test, `sanity_check(model, images, ...)`, on any supported CNN.
 
 For every method (the project's names, `deconvnet.gradient.METHODS`; default the six of
 `DEFAULT_METHODS`: gradient, guided backprop, deconvnet, SmoothGrad of the gradient, Grad-CAM,
 integrated gradients) the map of each image on the model is compared with the map on a copy
-whose learnable layers were re-initialised (`deconvnet.analysis.randomize`):
+whose learnable layers were re-initialised (`deconvnet.analysis.randomize`: every parameterised
+node of the traced graph, batch norms included, in execution order, top first):
 - cascading: step k re-initialises the top k learnable layers (fc8 first, then fc7, ... down to
-  conv1_1), as Adebayo et al.'s Fig. 2 / 4;
+  conv1_1 on VGG16; fc, layer4.1.bn2, layer4.1.conv2, ... down to conv1 on ResNet-18), as
+  Adebayo et al.'s Fig. 2 / 4;
 - independent: step k re-initialises layer k alone (their Fig. 5).
 The similarities are `deconvnet.analysis.similarity.METRICS` (Spearman of |.| and of the signed
 map, SSIM, HOG), per image; curves are means over images.
@@ -14,26 +16,30 @@ map, SSIM, HOG), per image; curves are means over images.
 Choices the paper leaves open (it explains a class logit of Inception v3):
 - The target is fixed on the ORIGINAL model and kept for every step: Unit(5) (default) is each
   image's strongest stage-5 unit of the original model (channel, y, x), a Unit / Channel as
-  given, a class int, or None = each image's predicted class of the original model. With the
-  HED weights the classifier is random, so the default is a unit, and Grad-CAM, integrated
-  gradients etc. all explain that unit, not a class.
-- A unit at stage s depends only on the convolutions below the stage's output: the layers above
-  (fc6-8, and the convolutions above stage s) do not enter its forward or backward pass, so their
-  randomisation leaves every map bitwise unchanged (the tests check this). Those steps are not
-  computed: they are recorded as similarity exactly 1.0 with `affects_map` False, and in the
-  steps below them only the layers the map uses are re-initialised on the copy (the maps are
-  bitwise those of a copy with every listed layer re-initialised; tested). A class target uses
-  every layer.
-- Grad-CAM of a unit at stage 5 weighs the maps of `cam_stage` (default 4: at stage 5 itself the
-  gradient of one unit is one-hot and Grad-CAM is just that channel's map); `cam_stage` may not
-  lie above the target's stage.
+  given (its stage a number, name or path), a class int, or None = each image's predicted class
+  of the original model. With the HED weights the classifier is random, so the default is a
+  unit; on a model with its ImageNet classifier (EfficientNet-Lite0) give target=None or a class.
+- A unit at stage s depends only on the layers computed on the way to the stage's output (its
+  ancestors in the traced graph): the layers above it (the classifier, the blocks after stage s)
+  do not enter its forward or backward pass, so their randomisation leaves every map bitwise
+  unchanged (the tests check this). Those steps are not computed: they are recorded as
+  similarity exactly 1.0 with `affects_map` False, and in the steps below them only the layers
+  the map uses are re-initialised on the copy (the maps are bitwise those of a copy with every
+  listed layer re-initialised; tested). A class target uses every layer.
+- Grad-CAM's stage `cam_stage`: None (default) is the stage below a unit target's (4 for a
+  stage-5 unit: at stage 5 itself the gradient of one unit is one-hot and Grad-CAM is just that
+  channel's map; 1 for a stage-1 unit) and stage 5, the last convolutional stage as Selvaraju et
+  al. take it, for a class target. It may also be given: a stage number, name or path (not above
+  a unit target's stage) or, for a class target on a graph model, any module path whose output is
+  a feature map (`deconvnet.gradient.gradcam`).
 - SmoothGrad's noise uses the same seed for the original and every randomised model (the same
   noisy copies), integrated gradients the zero baseline; both as `deconvnet.explain` does them.
 - A method "passes" (`verdicts`) when its maps decorrelate under cascading randomisation: the
   mean over images of Spearman(|.|) after re-initialising every layer from the top down to
-  `pass_layer` (default: the first convolution of stage 3, conv3_1 on VGG16, conv3 on AlexNet)
-  is below `pass_below` (default 0.5); another metric may be chosen (`pass_metric`). NaN
-  correlations (a constant map) are left out of the mean; with none defined the verdict is None.
+  `pass_layer` (default: the first convolution computed after stage 2's output, i.e. the first of
+  stage 3: conv3_1 on VGG16, conv3 on AlexNet, layer2.0.conv1 on ResNet) is below `pass_below`
+  (default 0.5); another metric may be chosen (`pass_metric`). NaN correlations (a constant map)
+  are left out of the mean; with none defined the verdict is None.
   Caveat, measured: a unit's maps share a spatial envelope (its receptive field, strongest near
   the unit, whatever the weights), which alone keeps Spearman(|.|) high; the signed Spearman and
   the pictures do not have that floor (Adebayo et al. report the |.| floor for class maps too).
@@ -60,14 +66,19 @@ from deconvnet.analysis.randomize import (
     check_modes,
     check_seed,
     layers_used,
+    learnable_layers,
     randomized_at,
 )
 from deconvnet.analysis.similarity import METRIC_TITLES, METRICS, similarities
+from deconvnet.core.architecture import is_chain
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.geometry import stage_sizes
-from deconvnet.core.targets import Channel, Unit, resolve_target
+from deconvnet.core.graph_model import ModelGraph
+from deconvnet.core.targets import Channel, Rows, Unit, resolve_target
 from deconvnet.core.validation import as_list, check_count, check_device, check_images, check_real, is_int
 from deconvnet.gradient.explained import resolve_explained
+from deconvnet.gradient.gradcam import check_cam_point
 from deconvnet.gradient.methods import METHODS, explain, options_for
 
 DEFAULT_METHODS = (
@@ -92,7 +103,7 @@ class MapSettings:
     samples: int = 25
     noise: float = 0.15
     steps: int = 50
-    cam_stage: int = 4
+    cam_stage: int | str = 4
     noise_seed: int = 0
 
     def options(self, method: str) -> dict[str, Any]:
@@ -122,29 +133,75 @@ def check_methods(methods: object) -> tuple[str, ...]:
     return tuple(items)
 
 
-def target_stage(target: object) -> int | None:
-    """The stage of a Unit / Channel target; None for a class target."""
+def target_stage(target: object) -> int | str | None:
+    """The stage of a Unit / Channel target (its number, name or path); None for a class target."""
     return target.stage if isinstance(target, (Unit, Channel)) else None
 
 
+def default_cam_stage(model: nn.Module, stage: int | str | None) -> int:
+    """Grad-CAM's stage when none is given (module doc): the stage below a unit target's stage
+    (at least 1), stage 5 for a class target."""
+    return 5 if stage is None else max(stage_of(model, stage).number - 1, 1)
+
+
+def cam_stage_number(model: nn.Module, cam_stage: str, stage: int | str | None) -> int | None:
+    """The stage number of a stage name or path; None for another module path with a feature map
+    (class targets on a graph model only); ValueError naming cam_stage otherwise."""
+    names = ", ".join(f"{s.name} ({s.path})" if s.path != s.name else s.name for s in stages_of(model))
+    if cam_stage in {name for s in stages_of(model) for name in (s.name, s.path)}:
+        return stage_of(model, cam_stage).number
+    if is_chain(model) or stage is not None:
+        raise ValueError(
+            f"cam_stage: {cam_stage!r} is not a stage of this model ({names}); any other module path "
+            "takes a class target on a graph model"
+        )
+    try:
+        check_cam_point(model, cam_stage, Rows("class", torch.arange(1)))
+    except ValueError as error:
+        raise ValueError(f"cam_{error}") from None
+    return None
+
+
+def check_cam_stage(
+    model: nn.Module, cam_stage: object, stage: int | str | None, methods: Sequence[str]
+) -> int | str:
+    """Grad-CAM's stage: None -> `default_cam_stage`; an int in 1..5, a stage name or path, or
+    (class target, graph model) a module path with a feature map; not above a unit target's
+    `stage` when a Grad-CAM method is asked for. ValueError naming cam_stage otherwise."""
+    if cam_stage is None:
+        return default_cam_stage(model, stage)
+    if isinstance(cam_stage, str):
+        number = cam_stage_number(model, cam_stage, stage)
+    elif is_int(cam_stage) and 1 <= cam_stage <= 5:
+        number = int(cam_stage)
+    else:
+        raise ValueError(
+            f"cam_stage: expected an int in 1..5 (Grad-CAM's stage), a stage name or path, or null "
+            f"(automatic), got {cam_stage!r}"
+        )
+    top = None if stage is None else stage_of(model, stage).number
+    if top is not None and number is not None and number > top and set(methods) & set(CAM_METHODS):
+        raise ValueError(
+            f"cam_stage: Grad-CAM at stage {number} lies above the target's "
+            f"stage {top}; choose cam_stage in 1..{top}"
+        )
+    return cam_stage if isinstance(cam_stage, str) else int(cam_stage)
+
+
 def check_settings(
+    model: nn.Module,
     methods: object,
     samples: object,
     noise: object,
     steps: object,
     cam_stage: object,
     noise_seed: object,
-    stage: int | None,
+    stage: int | str | None,
 ) -> MapSettings:
-    """Every map option checked (ValueError naming the argument); `stage`: the target's."""
+    """Every map option checked (ValueError naming the argument); `stage`: the target's (None:
+    a class target)."""
     names = check_methods(methods)
-    if not is_int(cam_stage) or not 1 <= cam_stage <= 5:
-        raise ValueError(f"cam_stage: expected an int in 1..5 (Grad-CAM's stage), got {cam_stage!r}")
-    if stage is not None and cam_stage > stage and set(names) & set(CAM_METHODS):
-        raise ValueError(
-            f"cam_stage: Grad-CAM at stage {cam_stage} lies above the target's "
-            f"stage {stage}; choose cam_stage in 1..{stage}"
-        )
+    chosen_cam = check_cam_stage(model, cam_stage, stage, names)
     if not is_int(noise_seed) or noise_seed < 0:
         raise ValueError(f"noise_seed: expected an int >= 0 (SmoothGrad's noise), got {noise_seed!r}")
     return MapSettings(
@@ -152,7 +209,7 @@ def check_settings(
         check_count("samples", samples),
         check_real("noise", noise),
         check_count("steps", steps),
-        int(cam_stage),
+        chosen_cam,
         int(noise_seed),
     )
 
@@ -275,9 +332,11 @@ def run_step(
 
 
 def default_pass_layer(model: nn.Module) -> str:
-    """The first convolution of stage 3 (conv3_1 on VGG16, conv3 on AlexNet)."""
-    above = stage_of(model, 2).index
-    convs = [l for l in check_layers(model, None) if l.kind == "conv" and l.index > above]
+    """The first convolution computed after stage 2's output, in the graph's execution order:
+    the first of stage 3 (conv3_1 on VGG16, conv3 on AlexNet, layer2.0.conv1 on ResNet)."""
+    graph = ModelGraph.of(model)
+    after = graph.position[graph.paths[stage_of(model, 2).path]]
+    convs = [l for l in learnable_layers(model) if l.kind == "conv" and graph.position[l.node] > after]
     return convs[-1].name
 
 
@@ -407,7 +466,7 @@ def sanity_check(
     samples: int = 25,
     noise: float = 0.15,
     steps: int = 50,
-    cam_stage: int = 4,
+    cam_stage: int | str | None = None,
     noise_seed: int = 0,
     device: str = "cpu",
     keep_maps: bool = False,
@@ -419,14 +478,16 @@ def sanity_check(
     strongest stage-5 unit of the original model); modes: "cascading", "independent" or both;
     layers: the steps, by layer name (None: every learnable layer; a cascading step at layer L
     still re-initialises every layer above L); seed: the re-initialisation's; samples / noise /
-    noise_seed: SmoothGrad's; steps: integrated gradients'; cam_stage: Grad-CAM's; device: "cpu"
-    or "cuda". Every argument is checked (ValueError naming it) before any work.
+    noise_seed: SmoothGrad's; steps: integrated gradients'; cam_stage: Grad-CAM's (None: the
+    stage below a unit target's, 5 for a class target; module doc); device: "cpu" or "cuda".
+    Every argument is checked (ValueError naming it) before any work.
     Returns a SanityResult whose similarity[mode] is [S, M, B, 4]; keep_maps=True keeps every map.
     """
     target_device = check_device(device)
     images = check_images(images, model)
     check_target(model, target, images)
-    settings = check_settings(methods, samples, noise, steps, cam_stage, noise_seed, target_stage(target))
+    stage = target_stage(target)
+    settings = check_settings(model, methods, samples, noise, steps, cam_stage, noise_seed, stage)
     chosen, evaluated = check_modes(modes), check_layers(model, layers)
     if not isinstance(keep_maps, bool) or not isinstance(progress, bool):
         raise ValueError(f"keep_maps / progress: expected True or False, got {keep_maps!r} / {progress!r}")
@@ -435,7 +496,7 @@ def sanity_check(
     targets, records = fix_targets(randomized.copy, x, target)
     original = explain_images(randomized.copy, x, targets, settings)
     every = check_layers(model, None)
-    plan = plan_steps(every, evaluated, chosen, layers_used(model, target_stage(target)))
+    plan = plan_steps(every, evaluated, chosen, layers_used(model, stage))
     kept: dict[str, Any] | None = {"original": original} if keep_maps else None
     values: dict[str, list[np.ndarray]] = {mode: [] for mode in chosen}
     for step in tqdm(plan, desc="sanity", unit="step", disable=not progress):

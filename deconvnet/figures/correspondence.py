@@ -1,5 +1,6 @@
 """The correspondence job's pictures and table (Zeiler & Fergus 2014, Table 1), drawn from its
 images and result dict (`deconvnet.jobs.correspondence` writes them):
+- `layer_title`: a layer of any model in words, the table's column heading;
 - `write_tiles`: per image its part boxes outlined, then per part the part occluded and the first
   random draw of that part's box occluded (the tiles of boxes.png);
 - `table_markdown`: table.md, the normalised table (the paper's form) and the raw Delta table,
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
-from torch import Tensor
+from torch import Tensor, nn
 
 from deconvnet.analysis.correspondence import Box
+from deconvnet.analysis.layers import Layer, penultimate_point, stage_number
+from deconvnet.core.architecture import stage
 from deconvnet.core.display import save_png, to_pil
 
 PALETTE = (
@@ -29,6 +32,21 @@ PALETTE = (
     (240, 50, 230),
 )
 PALETTE_NAMES = ("red", "blue", "green", "yellow", "purple", "cyan", "orange", "magenta")
+
+
+# ------------------------------------------------------------------------------- the titles
+
+
+def layer_title(model: nn.Module, layer: Layer) -> str:
+    """A table column's layer in words: 'stage 5 (pool5)' for a stage (by number, name or
+    path), 'avgpool (the logits' input)' for fc7's analogue on other models, else the layer
+    itself ('fc7', 'logits', 'layer3.1')."""
+    number = stage_number(model, layer)
+    if number is not None:
+        return f"stage {number} ({stage(model, number).name})"
+    if isinstance(layer, str) and layer not in ("fc6", "fc7") and layer == penultimate_point(model):
+        return f"{layer} (the logits' input)"
+    return str(layer)
 
 
 # ------------------------------------------------------------------------------- the tiles

@@ -1,7 +1,8 @@
 """The invariance figure (Zeiler & Fergus Fig. 5), drawn from a job folder's result dict and
 example PNGs: one row per transformation; columns: (a) the images under a few of the amounts
 (`draw_examples`, one PNG per transformation), then one distance curve per layer and the label's
-probability, one curve per image (`draw_invariance`). `deconvnet.jobs.invariance` writes the files.
+probability, one curve per image (`draw_invariance`); `layer_title` names a layer of any model
+for its column. `deconvnet.jobs.invariance` writes the files.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from deconvnet.analysis.invariance import shown_indices
+from deconvnet.analysis.layers import penultimate_point, stage_number
+from deconvnet.core.architecture import is_chain, stage
 from deconvnet.core.display import save_png, tile_grid
+from deconvnet.core.probe import HIDDEN, PRE
 
 ROW_NAMES = {"translate": "vertical translation", "scale": "scale", "rotate": "rotation"}
 AXIS = {
@@ -25,6 +29,24 @@ AXIS = {
 }
 THUMB = 64  # column (a)'s tiles at most this many pixels a side
 DPI = 100
+
+
+def layer_title(model: nn.Module, layer: int | str) -> str:
+    """A distance column's layer in words: on VGG / AlexNet the paper's numbering ('layer 1
+    (pool1)', 'layer 7 (fc7)'); elsewhere 'stage 3 (layer2)' for a stage (by number, name or
+    path), 'avgpool (the logits' input)' for fc7's analogue, 'the logits', the module path."""
+    number = stage_number(model, layer)
+    if number is not None:
+        return f"{'layer' if is_chain(model) else 'stage'} {number} ({stage(model, number).name})"
+    if layer in HIDDEN:
+        return f"layer {layer[2:]} ({layer})"
+    if layer in PRE:
+        return f"{layer} (stage {layer[3:]} before its activation)"
+    if layer in ("logits", "input"):
+        return f"the {layer}"
+    if layer == penultimate_point(model):
+        return f"{layer} (the logits' input)"
+    return str(layer)
 
 
 def examples_file(transform: str) -> str:

@@ -6,7 +6,6 @@ most probable label at each position (`deconvnet.jobs.occlusion` writes the rows
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,25 @@ import torch
 
 from deconvnet.core.display import tile_grid, to_display
 
+SHOWN_PERCENTILE = 99.5  # panel (c): each projection scaled by this percentile of its |r|
 
-def _mosaic(projections: np.ndarray) -> np.ndarray:
-    """[1 + k, 3, H, W] projections -> [H', W', 3]: this image's projection first, then the k
-    dataset projections, in a near-square grid (each scaled by its own max |r|)."""
-    shown = to_display(torch.from_numpy(projections))
-    cols = math.ceil(math.sqrt(len(shown)))
-    rows = math.ceil(len(shown) / cols)
-    return tile_grid(shown, rows, cols, pad=6).permute(1, 2, 0).numpy()
+
+def _mosaic(projections: np.ndarray, guided: np.ndarray | None) -> np.ndarray:
+    """[1 + k, 3, H, W] projections (and the guided ones) -> [H', W', 3]: this image's projection
+    first, then the k dataset projections, in a row (the guided ones in a second row), each
+    scaled by the 99.5th percentile of its |r| (a few extreme pixels would leave the rest grey)."""
+    rows = [projections] if guided is None else [projections, guided]
+    shown = torch.cat([_percentile_display(torch.from_numpy(r)) for r in rows])
+    return tile_grid(shown, len(rows), len(projections), pad=6).permute(1, 2, 0).numpy()
+
+
+def _percentile_display(r: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 3, H, W] in [0, 1]: 0.5 + 0.5 r / q, q the 99.5th percentile of the
+    image's |r| (its max where that is 0), clipped."""
+    flat = r.abs().flatten(1).double()
+    q = torch.quantile(flat, SHOWN_PERCENTILE / 100, dim=1)
+    q = torch.where(q > 0, q, flat.amax(dim=1)).to(r.dtype).view(-1, 1, 1, 1)
+    return to_display(r) if bool((q == 0).all()) else (0.5 + 0.5 * r / q.clamp_min(1e-30)).clamp(0, 1)
 
 
 def _label_panel(ax, labels: np.ndarray, names: Sequence[str], note: str | None) -> None:
@@ -81,14 +91,16 @@ def _draw_row(
     im = ax_row[1].imshow(a["feature"][0], cmap="viridis")
     fig.colorbar(im, ax=ax_row[1], fraction=0.046)
     ax_row[1].set_title(
-        f"(b) total activation of stage-5 map {row['channel']}\n"
+        f"(b) total activation of stage-{row['settings'].get('stage', 5)} map {row['channel']}\n"
         f"(unoccluded {row['unoccluded']['feature']:.4g})",
         fontsize=7,
     )
-    ax_row[2].imshow(_mosaic(a["projections"]))
+    guided = a.get("guided")
+    ax_row[2].imshow(_mosaic(a["projections"], guided))
+    rules = "deconvnet (top), guided backprop (bottom)" if guided is not None else "deconvnet"
     ax_row[2].set_title(
-        f"(c) map {row['channel']} projected (deconvnet):\nthis image (top left), "
-        f"then the scan's top {len(row['gallery_images'])}",
+        f"(c) map {row['channel']} projected, {rules}:\nthis image (left), "
+        f"then the scan's top {len(row['gallery_images'])}; 99.5th-percentile scaling",
         fontsize=7,
     )
     im = ax_row[3].imshow(a["probability"][0], cmap="jet")

@@ -83,6 +83,17 @@ def filters_sheet(
 # -------------------------------------------------------------------------------- class models
 
 
+def _class_tile_title(cell: Mapping[str, Any]) -> str:
+    """A class model's tile title: its class, name and p(own class); a group of classes together:
+    its classes, their names, each one's probability and its rank among the logits."""
+    if not isinstance(cell["class"], list):
+        return f"{cell['class']} {cell['class_name']}\np(own class) = {cell['probability']:.3g}"
+    numbers = " + ".join(str(c) for c in cell["classes"])
+    p = ", ".join(f"{v:.3g}" for v in cell["probabilities"])
+    ranks = ", ".join(str(r) for r in cell["ranks"])
+    return f"{numbers} together\n{cell['class_name']}\np = {p} (ranks {ranks})"
+
+
 def class_sheet(header: Sequence[str], result: Mapping[str, Any]) -> dict[str, Any]:
     """grid.png of the class_model job: one row of class models, each titled with its class and
     its probability. header: the title's first lines; result: the job's result."""
@@ -98,8 +109,7 @@ def class_sheet(header: Sequence[str], result: Mapping[str, Any]) -> dict[str, A
         {
             "file": c["file"],
             "alarm": bool(note),
-            "title": f"{c['class']} {c['class_name']}\np(own class) = {c['probability']:.3g}"
-            + (" (random classifier)" if note else ""),
+            "title": _class_tile_title(c) + (" (random classifier)" if note else ""),
         }
         for c in result["cells"]
     ]
@@ -210,11 +220,28 @@ def _fooling_row(
             },
             {
                 "file": cell["difference_file"],
-                "title": f"difference x{settings['amplify']:g} (grey = 0)\nL-inf {r['linf_colour']:.3g}, "
-                f"L2 {r['l2_colour']:.3g} (colour 0..1)",
+                "title": f"difference x{settings['amplify']:g} (grey = 0)\nL-inf {r['linf_colour']:.3g} "
+                f"= {r['linf_colour'] * 255:.3g}/255, L2 {r['l2_colour']:.3g} (colour 0..1)",
             },
         ],
     }
+
+
+def fooling_steps_text(settings: Mapping[str, Any]) -> str:
+    """The step rule and budget of a fooling job in words (settings: result.json's; older results
+    without `step` used the L2-normalised ascent and only valid colours)."""
+    steps, lr = settings["steps"], settings["lr"]
+    if settings.get("step", "normalized") == "sign":
+        rule = f"at most {steps} sign-gradient steps of {lr * 255:.3g}/255 per colour value on log p"
+    else:
+        rule = f"at most {steps} steps of lr {lr:g} (L2-normalised ascent on log p)"
+    budget = settings.get("max_change")
+    limit = (
+        "colours kept valid"
+        if budget is None
+        else f"each colour within {budget * 255:.3g}/255 of the image's"
+    )
+    return f"{rule}, {limit}"
 
 
 def fooling_sheet(header: Sequence[str], result: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -222,10 +249,7 @@ def fooling_sheet(header: Sequence[str], result: Mapping[str, Any], names: Seque
     the title's first lines; result: the job's result; names: the model's class names."""
     s = result["settings"]
     lines = list(header)
-    lines.append(
-        f"confidence {s['confidence']:g}, at most {s['steps']} steps of lr {s['lr']:g} "
-        f"(L2-normalised ascent on log p), colours kept valid; {s['size']} px"
-    )
+    lines.append(f"confidence {s['confidence']:g}, {fooling_steps_text(s)}; {s['size']} px")
     return {
         "file": GRID_FILE,
         "title": "\n".join(lines),

@@ -3,13 +3,16 @@ work behind `python -m experiments.class_model`).
 
 Each class c gets the image that maximises its raw score S_c(I) - lambda R(I) from zero (the mean
 colour), R = L2 (default), L1 or none, with an optional Gaussian blur every 4 steps
-(`deconvnet.optim.class_model`). Each tile is titled with the class name and the probability the
-model gives its own class model (softmax of the logits). A classifier with random weights (weights
-random, or hed: learned convolutions, random classifier) makes class scores meaningless: the
-title and result.json say "class scores of a RANDOM classifier: not meaningful".
+(`deconvnet.optim.class_model`); an item of `classes` that is itself a list of classes gets one
+image for all of them together (keras-vis' several filter_indices: `[[tabby, goldfish]]`, a
+cat-fish). Any supported model. Each tile is titled with the class name(s) and the probability the
+model gives its own class(es) on the image (softmax of the logits). A classifier with random
+weights (weights random, or hed: learned convolutions, random classifier) makes class scores
+meaningless: the title and result.json say "class scores of a RANDOM classifier: not meaningful".
 
-Files: `class<c>.png` (Keras deprocess, like the filter images: optimised from nothing, their
-raw colours are faint), `grid.png`, images.npz, result.json, config.yaml.
+Files: `class<c>.png` (a group: `class<c1>+<c2>.png`; Keras deprocess, like the filter images:
+optimised from nothing, their raw colours are faint), `grid.png`, images.npz, result.json,
+config.yaml.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class ClassPlan:
     """A checked request."""
 
     request: ModelRequest
-    classes: tuple[int, ...]
+    classes: tuple[int | tuple[int, ...], ...]  # a class, or a group of classes together
     regularizer: str
     weight: float
     steps: int
@@ -81,6 +84,39 @@ def check_class_list(
     return chosen
 
 
+def check_class_items(
+    value: object, names: Sequence[str], key: str = "classes"
+) -> list[int | tuple[int, ...]]:
+    """`check_class_list`, where an item may also be a list of classes (ints or names, each once)
+    maximised together in one image -> a class int per item, or a tuple of two or more for a
+    group (a group of one is that class). Each item once (a group: once as a set)."""
+    items = [value] if is_int(value) or isinstance(value, str) else as_list(value)
+    if not items:
+        raise ValueError(
+            f"{key}: expected a class int in 0..{len(names) - 1} or a class name, or a non-empty list "
+            f"of them and of lists of them (classes together), got {value!r}"
+        )
+    chosen: list[int | tuple[int, ...]] = []
+    for item in items:
+        group = as_list(item)
+        if group is None:
+            chosen += check_class_list(item, names, key, single=True)
+            continue
+        if not group:
+            raise ValueError(f"{key}: a group of classes together needs at least one class, got {item!r}")
+        classes = check_class_list(group, names, key)
+        chosen.append(classes[0] if len(classes) == 1 else tuple(classes))
+    seen = [frozenset(c) if isinstance(c, tuple) else c for c in chosen]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"{key}: each class once, and each group of classes once, got {value!r}")
+    return chosen
+
+
+def item_key(item: int | tuple[int, ...]) -> str:
+    """A class's or group's name in files and keys: '281', '281+1'."""
+    return "+".join(str(c) for c in (item if isinstance(item, tuple) else (item,)))
+
+
 def validate_class_model(
     model: object,
     weights: object,
@@ -96,13 +132,13 @@ def validate_class_model(
     device: object,
 ) -> ClassPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="class_model")
+    request = check_model(model, weights, seed, device)
     names = class_names(request.name)[: class_count(request.skeleton)]
     if regularizer not in CLASS_REGULARIZERS:
         raise ValueError(f"regularizer: expected one of {', '.join(CLASS_REGULARIZERS)}, got {regularizer!r}")
     return ClassPlan(
         request,
-        tuple(check_class_list(classes, names)),
+        tuple(check_class_items(classes, names)),
         str(regularizer),
         check_real("weight", weight),
         check_count("steps", steps),
@@ -114,13 +150,16 @@ def validate_class_model(
 
 
 def class_cell(
-    net: nn.Module, plan: ClassPlan, c: int, names: Sequence[str], progress: bool
+    net: nn.Module, plan: ClassPlan, item: int | tuple[int, ...], names: Sequence[str], progress: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Class c's model: arrays (images [1, 3, S, S], history [steps, 1]) and its record, with
-    the probability the model gives it (softmax of its logits)."""
+    """The model of class `item` (or of a group of classes together): arrays (images [1, 3, S, S],
+    history [steps, 1]) and its record, with the probability the model gives each of its classes
+    (softmax of its logits), their sum, each class's logit and rank among the logits (1: the
+    top), and the objective's logit (a group: the soft minimum of its logits)."""
+    group = list(item) if isinstance(item, tuple) else [item]
     made = class_model(
         net,
-        [c],
+        [item],
         size=plan.size,
         regularizer=plan.regularizer,
         weight=plan.weight,
@@ -137,11 +176,15 @@ def class_cell(
     p = torch.softmax(logits, dim=0)
     top = int(p.argmax())
     record = {
-        "class": c,
-        "class_name": names[c],
-        "file": f"class{c}.png",
-        "probability": float(p[c]),
-        "logit": float(logits[c]),
+        "class": group[0] if len(group) == 1 else group,
+        "class_name": " + ".join(names[c] for c in group),
+        "classes": group,
+        "file": f"class{item_key(item)}.png",
+        "probability": float(p[group].sum()),
+        "probabilities": [float(p[c]) for c in group],
+        "logit": float(-torch.logsumexp(-logits[group], dim=0)),
+        "logits": [float(logits[c]) for c in group],
+        "ranks": [int((logits > logits[c]).sum()) + 1 for c in group],
         "top_class": top,
         "top_class_name": names[top],
         "top_probability": float(p[top]),
@@ -157,7 +200,7 @@ def run_class_model(
     model: str = "vgg16",
     weights: str = "auto",
     seed: int = 0,
-    classes: int | str | Sequence[int | str] = DEFAULT_CLASSES,
+    classes: int | str | Sequence[int | str | Sequence[int | str]] = DEFAULT_CLASSES,
     regularizer: str = "l2",
     weight: float = 0.02,
     steps: int = 100,
@@ -169,7 +212,8 @@ def run_class_model(
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Class models of `classes`; files written into `out_dir` (module doc); the result dict.
+    """Class models of `classes` (an item that is a list of classes: one image for all of them
+    together); files written into `out_dir` (module doc); the result dict.
 
     weight: the regulariser's weight (`deconvnet.optim.class_model.penalty_steps`); blur: Gaussian
     sigma in pixels every 4 steps (0: none); seed: the model's; opt_seed: config key `seed`.
@@ -186,7 +230,8 @@ def run_class_model(
         log.warning("classes: %s (weights: %s)", note, job.weights.get("description"))
     with job.progress():
         cells = [
-            job.cell(f"class{c}", lambda: class_cell(job.net, plan, c, names, progress)) for c in plan.classes
+            job.cell(f"class{item_key(c)}", lambda: class_cell(job.net, plan, c, names, progress))
+            for c in plan.classes
         ]
     for cell in cells:
         save_tile(
@@ -205,7 +250,7 @@ def class_settings(plan: ClassPlan) -> dict[str, Any]:
     """result.json's settings, display and data."""
     return {
         "settings": {
-            "classes": list(plan.classes),
+            "classes": class_items(plan),
             "regularizer": plan.regularizer,
             "weight": plan.weight,
             "steps": plan.steps,
@@ -213,15 +258,23 @@ def class_settings(plan: ClassPlan) -> dict[str, Any]:
             "size": plan.size,
             "blur": plan.blur,
             "blur_every": BLUR_EVERY,
+            "together": "a list of classes: one image maximising the soft minimum of their logits, "
+            "-log sum exp(-S_c)",
             "seed": plan.seed,
             "start": "zeros (the dataset's mean colour)",
         },
         "display": {
             "images": KERAS_DEPROCESS,
-            "probability": "softmax of the model's logits on the class model, for its own class",
+            "probability": "softmax of the model's logits on the class model, for its own class "
+            "(a group: the sum over its classes; each in probabilities)",
         },
         "data": {"label": "no input image (class models start from the mean colour)"},
     }
+
+
+def class_items(plan: ClassPlan) -> list[int | list[int]]:
+    """The checked classes for JSON / YAML: an int per class, a list per group."""
+    return [list(c) if isinstance(c, tuple) else c for c in plan.classes]
 
 
 def class_config(plan: ClassPlan, weights: object) -> dict[str, Any]:
@@ -229,7 +282,7 @@ def class_config(plan: ClassPlan, weights: object) -> dict[str, Any]:
     r = plan.request
     return {
         "model": {"name": r.name, "weights": str(weights), "seed": r.seed},
-        "classes": list(plan.classes),
+        "classes": class_items(plan),
         "regularizer": plan.regularizer,
         "weight": plan.weight,
         "steps": plan.steps,

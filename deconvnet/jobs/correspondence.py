@@ -2,7 +2,12 @@
 `python -m experiments.correspondence`): the images and part boxes of a box file
 (`deconvnet.analysis.correspondence.load_box_file`; default conf/correspondence/faces.yaml:
 2 human portraits and 1 cat, not the paper's 5 dogs), each part occluded in each image and at
-random positions, Delta per part and layer against the random control.
+random positions, Delta per part and layer against the random control. Any supported model
+(each with its own preprocessing; the boxes are in the 224-px crop every supported model's
+preprocessing makes); layers by stage number or name, module path, "logits" (fc6 / fc7 on VGG /
+AlexNet), by default the paper's (5, fc7) on VGG / AlexNet and stage 5 and fc7's analogue
+elsewhere (`deconvnet.analysis.layers`). With HED weights the layers computed by its random
+classifier are marked random (`hidden_note`).
 
 Files: `table.md` (the table, markdown), `result.json` (model header, every setting, the box
 file, the table's numbers per part and layer, per-pair distances, the random boxes, provenance),
@@ -38,10 +43,10 @@ from deconvnet.analysis.correspondence import (
     occlude,
     part_distances,
 )
-from deconvnet.core.architecture import stage as stage_of
+from deconvnet.analysis.layers import default_layers, reads_classifier
 from deconvnet.core.validation import check_count, check_seed
 from deconvnet.data.paths import REPO_ROOT
-from deconvnet.figures.correspondence import table_markdown, write_tiles
+from deconvnet.figures.correspondence import layer_title, table_markdown, write_tiles
 from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.job import Job, Picture, check_pictures, model_header, prepare, title_lines
 from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
@@ -52,7 +57,11 @@ HIDDEN_NOTE = (
     "fc6 / fc7 are RANDOM layers with HED weights (HED has no classifier): their "
     "sign changes are those of a random projection of HED's learned pool5"
 )
-DEFAULT_LAYERS = (5, "fc7")
+# the same for other layers computed by HED's random classifier ("logits", "classifier.3", ...)
+CLASSIFIER_NOTE = (
+    "{layers} {verb} computed by HED's RANDOM classifier (HED has no classifier): their "
+    "sign changes are those of a random projection of HED's learned pool5"
+)
 
 
 @dataclass(frozen=True)
@@ -96,8 +105,9 @@ def validate_correspondence(
 ) -> CorrespondencePlan:
     """Every value checked before anything is built or written (ValueError / FileNotFoundError
     naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="correspondence")
-    checked_layers = check_layers(layers)
+    request = check_model(model, weights, seed, device)
+    skeleton = request.skeleton
+    checked_layers = default_layers(skeleton, 5) if layers is None else check_layers(skeleton, layers)
     box_file = load_box_file(box_file_path(boxes))
     crop = request.preprocessing.crop_size
     if box_file.image_size != crop:
@@ -154,7 +164,7 @@ def run_correspondence(
     weights: str = "auto",
     seed: int = 0,
     boxes: str = "faces",
-    layers: Layer | Sequence[Layer] = DEFAULT_LAYERS,
+    layers: Layer | Sequence[Layer] | None = None,
     random_draws: int = 10,
     draw_seed: int = 0,
     fill: float = 0.0,
@@ -166,13 +176,17 @@ def run_correspondence(
     """Table 1 for the box file `boxes` (a name in conf/correspondence/ or a path); files
     written into `out_dir` (module doc); the result dict.
 
+    layers: stage numbers or names, module paths, "logits" (and "fc6", "fc7" on VGG / AlexNet);
+    None: the model's default (`deconvnet.analysis.layers`: (5, "fc7") on VGG / AlexNet).
     seed: the model's; draw_seed: config key `seed` (the random boxes). Every value is checked
-    before the model is built (nothing written).
+    before the model is built (nothing written); config.yaml records the layers used.
     """
     plan = validate_correspondence(
         model, weights, seed, boxes, layers, random_draws, draw_seed, fill, batch_size, device
     )
-    config = config if config is not None else correspondence_config(plan, weights)
+    config = (
+        correspondence_config(plan, weights) if config is None else {**config, "layers": list(plan.layers)}
+    )
     job = Job(out_dir, "correspondence", plan.request, config, len(plan.boxes.parts), progress)
     size = plan.request.preprocessing.crop_size
     x = torch.cat([prepare(p.image, job.net, size) for p in plan.pictures]).to(plan.request.device)
@@ -210,7 +224,7 @@ def correspondence_result(
             "description": plan.boxes.description,
             "image_size": plan.boxes.image_size,
         },
-        "layer_names": {layer_key(layer): layer_name(net, layer) for layer in plan.layers},
+        "layer_names": {layer_key(layer): layer_title(net, layer) for layer in plan.layers},
         "feature_length": outcome.feature_length,
         "table": outcome.summary(),
         "table_file": TABLE_FILE,
@@ -282,11 +296,6 @@ def correspondence_config(plan: CorrespondencePlan, weights: object) -> dict[str
     }
 
 
-def layer_name(net: nn.Module, layer: Layer) -> str:
-    """'stage 5 (pool5)' or 'fc7'."""
-    return layer if isinstance(layer, str) else f"stage {layer} ({stage_of(net, layer).name})"
-
-
 # ------------------------------------------------------------------------------- the figure
 
 
@@ -307,9 +316,18 @@ def tile_colours(plan: CorrespondencePlan, x: Tensor, randoms: Mapping[str, Any]
 
 
 def hidden_note(plan: CorrespondencePlan, wdict: Mapping[str, Any]) -> str | None:
-    """HIDDEN_NOTE when fc6 / fc7 are read from a model with HED weights, else None."""
-    hidden = any(isinstance(layer, str) for layer in plan.layers)
-    return HIDDEN_NOTE if hidden and wdict.get("weights") == "hed" else None
+    """With HED weights (learned convolutions, random classifier), for the layers the classifier's
+    weights compute: HIDDEN_NOTE for fc6 / fc7, CLASSIFIER_NOTE naming any other; else None
+    (random weights: the title says every layer is random; ImageNet: none is)."""
+    if wdict.get("weights") != "hed":
+        return None
+    random_layers = [str(layer) for layer in plan.layers if reads_classifier(plan.request.skeleton, layer)]
+    if not random_layers:
+        return None
+    if set(random_layers) <= {"fc6", "fc7"}:
+        return HIDDEN_NOTE
+    verb = "is" if len(random_layers) == 1 else "are"
+    return CLASSIFIER_NOTE.format(layers=", ".join(random_layers), verb=verb)
 
 
 def boxes_sheet(

@@ -40,6 +40,7 @@ from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import deep_dream, probe
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.dream import octave_sizes
+from deconvnet.optim.points import map_point
 
 DEFAULT_IMAGES = ("cat",)
 
@@ -50,7 +51,7 @@ class DreamPlan:
 
     request: ModelRequest
     pictures: tuple[Picture, ...]
-    stage: int
+    stage: int | str  # a stage number or a module path
     channel: int | None
     octaves: int
     scale: float
@@ -73,6 +74,11 @@ def _check_octaves(request: ModelRequest, size: int, stage: int, octaves: int, s
         )
 
 
+def stage_name(plan: DreamPlan) -> str:
+    """The stage's name (e.g. 'pool4', 'layer3'), or the module path as given."""
+    return stage_of(plan.request.skeleton, plan.stage).name if is_int(plan.stage) else str(plan.stage)
+
+
 def validate_dream(
     model: object,
     weights: object,
@@ -90,15 +96,18 @@ def validate_dream(
     device: object,
 ) -> DreamPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="deep_dream")
-    if not is_int(stage) or not 1 <= stage <= 5:
-        raise ValueError(f"stage: expected an int in 1..5, got {stage!r}")
-    count = stage_of(request.skeleton, stage).channels
+    request = check_model(model, weights, seed, device)
+    if not (is_int(stage) or isinstance(stage, str)):
+        raise ValueError(f"stage: expected a stage 1..5, a stage name or a module path, got {stage!r}")
+    point, named = map_point(request.skeleton, stage)
+    channel = named if channel is None else channel
+    count = point.channels
     if channel is not None and (not is_int(channel) or not 0 <= channel < count):
         raise ValueError(
             f"channel: expected null (every channel) or an int in 0..{count - 1} "
-            f"(stage {stage}'s channels), got {channel!r}"
+            f"({point.label}'s channels), got {channel!r}"
         )
+    stage = point.key
     octaves = check_count("octaves", octaves)
     if check_positive("scale", scale) <= 1:
         raise ValueError(f"scale: expected an octave scale > 1, got {scale!r}")
@@ -107,7 +116,7 @@ def validate_dream(
     return DreamPlan(
         request,
         tuple(check_pictures(images)),
-        int(stage),
+        stage,
         None if channel is None else int(channel),
         octaves,
         float(scale),
@@ -175,7 +184,7 @@ def run_deep_dream(
     octaves: int = 4,
     scale: float = 1.4,
     jitter: int = 32,
-    steps: int = 10,
+    steps: int = 20,
     step_size: float = 1.5,
     size: int | None = None,
     opt_seed: int = 0,
@@ -226,7 +235,7 @@ def run_deep_dream(
 def dream_settings(plan: DreamPlan) -> dict[str, Any]:
     return {
         "stage": plan.stage,
-        "stage_name": stage_of(plan.request.skeleton, plan.stage).name,
+        "stage_name": stage_name(plan),
         "channel": plan.channel,
         "octaves": plan.octaves,
         "scale": plan.scale,
@@ -260,7 +269,7 @@ def dream_config(plan: DreamPlan, weights: object) -> dict[str, Any]:
 
 def dream_title(plan: DreamPlan, wdict: Mapping[str, Any]) -> list[str]:
     """The sheet title's first lines: Deep Dream at the stage (or one channel), the model, its weights."""
-    name = stage_of(plan.request.skeleton, plan.stage).name
+    name = stage_name(plan)
     what = f"stage {plan.stage} ({name})" + ("" if plan.channel is None else f" channel {plan.channel}")
     return title_lines(f"Deep Dream at {what}", plan.request, wdict)
 

@@ -103,7 +103,7 @@ def validate_filters(
     device: object,
 ) -> FiltersPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="filters")
+    request = check_model(model, weights, seed, device)
     chosen = [int(s) for s in check_stages(stages)]
     return FiltersPlan(
         request,

@@ -1,8 +1,10 @@
 """Fooling images (Nguyen, Yosinski & Clune 2015; the cs231n exercise) of one or more images
 (`run_fooling`, the work behind `python -m experiments.fooling`).
 
-Each image is pushed, within valid colours, until the model gives the target class at least
-`confidence` (`deconvnet.optim.fooling_image`: L2-normalised ascent on log softmax). Panels: image
+Each image is pushed, within valid colours and at most `max_change` per colour value from the
+image (default 8/255), until the model gives the target class at least `confidence`
+(`deconvnet.optim.fooling_image`: sign-gradient steps of lr colour units, default 1/255, on log
+softmax; step "normalized": the L2-normalised ascent). Any supported model. Panels: image
 | fooling image | difference, shown as 0.5 + amplify * (fooling - image) in [0, 1] colour units
 (mid-grey = no change; clipped), titled with the target's probability before and after and the
 perturbation's L-inf / L2 (colour units, from the method's report). When the confidence is not
@@ -44,6 +46,7 @@ from deconvnet.jobs.job import (
 )
 from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import fooling_image
+from deconvnet.optim.fooling import MAX_CHANGE, check_fooling_step
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,9 @@ class FoolingPlan:
     target: int
     confidence: float
     steps: int
-    lr: float
+    lr: float  # resolved: the step rule's default where the request said None
+    step: str
+    max_change: float | None
     size: int
     amplify: float
     seed: int
@@ -79,21 +84,28 @@ def validate_fooling(
     amplify: object,
     opt_seed: object,
     device: object,
+    step: object = "sign",
+    max_change: object = MAX_CHANGE,
 ) -> FoolingPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="fooling")
+    request = check_model(model, weights, seed, device)
     names = class_names(request.name)[: class_count(request.skeleton)]
     (chosen,) = check_class_list(target, names, "target", single=True)
     confidence_value = check_real("confidence", confidence)
     if not 0 < confidence_value < 1:
         raise ValueError(f"confidence: expected a probability in (0, 1), got {confidence!r}")
+    pictures = tuple(check_pictures(images))
+    steps_value = check_count("steps", steps)
+    lr_value, step_rule, budget = check_fooling_step(lr, step, max_change)
     return FoolingPlan(
         request,
-        tuple(check_pictures(images)),
+        pictures,
         chosen,
         confidence_value,
-        check_count("steps", steps),
-        check_positive("lr", lr),
+        steps_value,
+        lr_value,
+        step_rule,
+        budget,
         check_image_size(request, size),
         check_positive("amplify", amplify),
         check_seed(opt_seed),
@@ -118,6 +130,8 @@ def fooling_cell(
             seed=plan.seed,
             progress=progress,
             details=True,
+            step=plan.step,
+            max_change=plan.max_change,
         )
     report = made.report
     if not report["reached"]:
@@ -157,24 +171,27 @@ def run_fooling(
     target: int | str = DEFAULT_TARGET,
     confidence: float = 0.99,
     steps: int = 200,
-    lr: float = 0.01,
+    lr: float | None = None,
     size: int | None = None,
     amplify: float = 10.0,
     opt_seed: int = 0,
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    step: str = "sign",
+    max_change: float | None = MAX_CHANGE,
 ) -> dict[str, Any]:
     """Fool the model into `target` with every image; files written into `out_dir` (module doc);
     the result dict.
 
-    size None: the weights' crop size; seed: the model's; opt_seed: config key `seed`. Every value
-    is checked before the model is built (ValueError / FileNotFoundError naming the key; nothing
-    written).
+    step: "sign" (lr in colour units per step, None: 1/255) or "normalized" (lr: RMS change of a
+    normalised value, None: 0.01); max_change: the largest change of a colour value ([0, 1]
+    colour units; None: only valid colours). size None: the weights' crop size; seed: the
+    model's; opt_seed: config key `seed`. Every value is checked before the model is built
+    (ValueError / FileNotFoundError naming the key; nothing written).
     """
-    plan = validate_fooling(
-        model, weights, seed, images, target, confidence, steps, lr, size, amplify, opt_seed, device
-    )
+    checked = (images, target, confidence, steps, lr, size, amplify, opt_seed, device, step, max_change)
+    plan = validate_fooling(model, weights, seed, *checked)
     config = config if config is not None else fooling_config(plan, weights)
     job = Job(out_dir, "fooling", plan.request, config, len(plan.pictures), progress)
     note = classifier_note(job.weights)
@@ -219,6 +236,8 @@ def fooling_settings(plan: FoolingPlan, names: Sequence[str]) -> dict[str, Any]:
         "confidence": plan.confidence,
         "steps": plan.steps,
         "lr": plan.lr,
+        "step": plan.step,
+        "max_change": plan.max_change,
         "size": plan.size,
         "amplify": plan.amplify,
         "seed": plan.seed,
@@ -235,6 +254,8 @@ def fooling_config(plan: FoolingPlan, weights: object) -> dict[str, Any]:
         "confidence": plan.confidence,
         "steps": plan.steps,
         "lr": plan.lr,
+        "step": plan.step,
+        "max_change": plan.max_change,
         "size": plan.size,
         "amplify": plan.amplify,
         "seed": plan.seed,
@@ -257,4 +278,6 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         opt_seed=config["seed"],
         device=config["device"],
         config=dict(config),
+        step=config["step"],
+        max_change=config["max_change"],
     )

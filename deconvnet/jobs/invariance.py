@@ -7,10 +7,18 @@ transformed image at layer 1, (c) the same at layer 7 (fc7), (d) the probability
 `deconvnet.analysis.invariance.invariance`'s; its module doc states every choice the paper leaves
 open (what is transformed, the fill, directions, interpolation, the default amounts).
 
+Any supported model: layers are stage numbers or names, module paths, "logits" (and fc6 / fc7
+on VGG / AlexNet); by default the paper's (1, fc7) on VGG / AlexNet, elsewhere stage 1 and fc7's
+analogue, the vector the logits are computed from (`deconvnet.analysis.layers`). Images get each
+model's own preprocessing (EfficientNet-Lite0: (255 x - 127) / 128), so fill 0 is that
+normalisation's mean colour (mid grey 127/255 on Lite0).
+
 Where the classifier is random (random weights, and HED: learned VGG16 convolutions, no
 classifier), the probability column says "class scores of a RANDOM classifier: not meaningful"
-and the fc6 / fc7 columns say that they are random layers (a random projection of the learned
-pool5 maps); the title names the weights exactly (`weights_label`).
+and every column of a layer computed by the classifier's weights (fc6, fc7, logits, the
+classifier's modules) says that it is a random layer (with HED a random projection of the learned
+pool5 maps); the title names the weights exactly (`weights_label`). With ImageNet weights
+(EfficientNet-Lite0, offline) nothing is marked: the probability column is a real classifier's.
 
 Files: `invariance.png` (the figure), `<transform>_examples.png` (column (a): rows = images,
 columns = the amounts shown, colours clipped to [0, 1]), `invariance.npz` (`inputs` [B, 3, S, S]
@@ -36,12 +44,13 @@ import torch
 from torch import Tensor, nn
 
 from deconvnet.analysis import invariance as inv
-from deconvnet.core.architecture import stage as stage_of
+from deconvnet.analysis.layers import default_layers, reads_classifier
 from deconvnet.core.probe import point_key
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import as_list, check_count
-from deconvnet.data.models import class_names
-from deconvnet.figures.invariance import draw_examples, draw_invariance, examples_file
+from deconvnet.data.datasets import IMAGENET_MEAN
+from deconvnet.data.models import Preprocessing, class_names
+from deconvnet.figures.invariance import draw_examples, draw_invariance, examples_file, layer_title
 from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.class_model import check_class_list
 from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, jsonable
@@ -63,7 +72,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "invariance"
 FIGURE_FILE, ARRAYS_FILE = "invariance.png", "invariance.npz"
 DEFAULT_IMAGES = ("cat", "coffee", "motorcycle", "astronaut", "horse")
-# fc6 / fc7 of a model whose classifier is random (HED): learned pool5 maps, randomly projected
+# a layer computed by the classifier's weights where they are random (random weights, HED)
 RANDOM_HIDDEN_NOTE = "a RANDOM layer (the classifier's weights are random)"
 
 
@@ -140,10 +149,13 @@ def validate_invariance(
     device: object,
 ) -> InvariancePlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="invariance")
+    request = check_model(model, weights, seed, device)
     names = inv.check_transforms(_plain_list(transforms))
     amounts = check_value_config(values)
-    chosen = inv.check_layers(_plain_list(layers))
+    skeleton = request.skeleton
+    chosen = (
+        default_layers(skeleton, 1) if layers is None else inv.check_layers(skeleton, _plain_list(layers))
+    )
     pictures = check_pictures(images)
     classes = class_names(request.name)[: class_count(request.skeleton)]
     return InvariancePlan(
@@ -197,7 +209,7 @@ def run_invariance(
     images: str | Sequence[str] = DEFAULT_IMAGES,
     transforms: str | Sequence[str] = inv.TRANSFORMS,
     values: Mapping[str, Sequence[float] | None] | None = None,
-    layers: int | str | Sequence[int | str] = inv.DEFAULT_LAYERS,
+    layers: int | str | Sequence[int | str] | None = None,
     labels: Sequence[int | str] | None = None,
     fill: float = 0.0,
     size: int | None = None,
@@ -210,10 +222,11 @@ def run_invariance(
     """Fig. 5 for `images` (sample names or paths); files written into `out_dir` (module doc);
     the result dict.
 
-    values: {transform: amounts or None (the paper's, `PAPER_VALUES`)}; layers: stages 1..5,
-    "fc6", "fc7" (a curve column each); labels: None (each original's predicted class) or one
-    class per image; size None: the weights' crop size; shown: amounts drawn in column (a).
-    Every value is checked before the model is built (nothing written).
+    values: {transform: amounts or None (the paper's, `PAPER_VALUES`)}; layers: a curve column
+    each (module doc; None: the model's default); labels: None (each original's predicted class)
+    or one class per image; size None: the weights' crop size; shown: amounts drawn in column
+    (a). Every value is checked before the model is built (nothing written); config.yaml
+    records the layers used.
     """
     plan = validate_invariance(
         model,
@@ -230,7 +243,7 @@ def run_invariance(
         shown,
         device,
     )
-    config = config if config is not None else invariance_config(plan, weights)
+    config = invariance_config(plan, weights) if config is None else {**config, "layers": list(plan.layers)}
     job = Job(out_dir, EXPERIMENT, plan.request, config, len(plan.transforms), progress)
     x = torch.cat([prepare(p.image, job.net, plan.size) for p in plan.pictures])
     x = x.to(plan.request.device)
@@ -311,7 +324,7 @@ def invariance_settings(plan: InvariancePlan) -> dict[str, Any]:
         if plan.labels is not None
         else "each original image's predicted class (argmax of its logits)",
         "fill": plan.fill,
-        "fill_means": inv.FILL,
+        "fill_means": fill_meaning(plan.request.preprocessing),
         "size": plan.size,
         "batch_size": plan.batch_size,
         "shown": plan.shown,
@@ -354,11 +367,18 @@ def example_tiles(x: Tensor, plan: InvariancePlan, transform: str) -> Tensor:
     return colours(moved.float(), plan.request.preprocessing).unflatten(0, (count, len(picks)))
 
 
-def layer_name(skeleton: nn.Module, layer: int | str) -> str:
-    """'layer 1 (pool1)' for a stage, 'layer 7 (fc7)' for the classifier's hidden layers."""
-    if isinstance(layer, str):
-        return f"layer {layer[2:]} ({layer})"
-    return f"layer {layer} ({stage_of(skeleton, layer).name})"
+def fill_meaning(prep: Preprocessing) -> str:
+    """What fill 0.0 is for these weights: the dataset's mean colour for torchvision's
+    normalisation (`inv.FILL`), else the normalisation's own mean (EfficientNet-Lite0: 127/255)."""
+    if tuple(prep.mean) == IMAGENET_MEAN:
+        return inv.FILL
+    return f"fill in the normalised input space (0.0 = {mean_colour(prep)})"
+
+
+def mean_colour(prep: Preprocessing) -> str:
+    """'the normalisation's mean colour, RGB (127, 127, 127)/255'."""
+    rgb = ", ".join(f"{255 * m:.0f}" for m in prep.mean)
+    return f"the normalisation's mean colour, RGB ({rgb})/255"
 
 
 def figure_spec(plan: InvariancePlan, wdict: Mapping[str, Any], note: str | None) -> dict[str, Any]:
@@ -370,7 +390,10 @@ def figure_spec(plan: InvariancePlan, wdict: Mapping[str, Any], note: str | None
         note,
     )
     label = "the given label" if plan.labels is not None else "the class predicted on the original"
-    fill = "the dataset's mean colour" if plan.fill == 0 else "in the normalised input"
+    prep = plan.request.preprocessing
+    fill = "in the normalised input"
+    if plan.fill == 0:
+        fill = "the dataset's mean colour" if tuple(prep.mean) == IMAGENET_MEAN else mean_colour(prep)
     lines.append(
         f"{len(plan.pictures)} images at {plan.size} px; uncovered area filled with "
         f"{plan.fill:g} ({fill}); distance ||phi(x) - phi(T x)||_2; probability of "
@@ -379,10 +402,11 @@ def figure_spec(plan: InvariancePlan, wdict: Mapping[str, Any], note: str | None
     letters = "abcdefghij"
     columns = [f"({letters[0]}) the images under the transformation"]
     alarms = [False]
+    skeleton = plan.request.skeleton
     for i, layer in enumerate(plan.layers):
-        random_layer = note is not None and isinstance(layer, str)
+        random_layer = note is not None and reads_classifier(skeleton, layer)
         columns.append(
-            f"({letters[i + 1]}) {layer_name(plan.request.skeleton, layer)}: distance"
+            f"({letters[i + 1]}) {layer_title(skeleton, layer)}: distance"
             + (f"\n{RANDOM_HIDDEN_NOTE}" if random_layer else "")
         )
         alarms.append(random_layer)

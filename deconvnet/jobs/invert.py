@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from deconvnet.core.probe import point_key
-from deconvnet.core.validation import check_count, check_positive, check_real, check_seed, check_stages
+from deconvnet.core.probe import check_point, point_key
+from deconvnet.core.validation import (
+    as_list,
+    check_count,
+    check_positive,
+    check_real,
+    check_seed,
+    check_stages,
+    is_int,
+)
 from deconvnet.figures.sheet import COLOURS, colours, save_tile
 from deconvnet.figures.synthesis import invert_sheet
 from deconvnet.jobs.job import (
@@ -33,7 +41,7 @@ from deconvnet.jobs.job import (
 )
 from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 from deconvnet.optim import invert
-from deconvnet.optim.invert import TV_WEIGHTS
+from deconvnet.optim.invert import DEFAULT_TV_WEIGHT, TV_WEIGHTS
 
 DEFAULT_STAGES = (1, 2, 3, 4, 5)
 HEAD_POINTS = ("fc6", "fc7")
@@ -54,6 +62,22 @@ class InvertPlan:
     seed: int
 
 
+def check_points(request: ModelRequest, stages: object) -> list[int | str]:
+    """Stages 1..5 or points of `deconvnet.core.probe` ("fc7", "logits", "layer3.1", ...) the
+    model has, each once (ValueError naming `stages`)."""
+    items = [stages] if is_int(stages) or isinstance(stages, str) else as_list(stages)
+    names = sorted({str(p) for p in items if isinstance(p, str)})
+    check_stages(items, names)  # ints 1..5, non-empty, each once
+    for p in items:
+        try:
+            check_point(request.skeleton, p)
+        except ValueError as error:
+            raise ValueError(f"stages: {str(error).removeprefix('stage: ')}") from None
+        if p == "input":
+            raise ValueError("stages: 'input' has nothing to invert")
+    return [int(p) if is_int(p) else str(p) for p in items]
+
+
 def validate_invert(
     model: object,
     weights: object,
@@ -69,8 +93,8 @@ def validate_invert(
     device: object,
 ) -> InvertPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="invert")
-    points = check_stages(stages, HEAD_POINTS)
+    request = check_model(model, weights, seed, device)
+    points = check_points(request, stages)
     deepest = None if any(isinstance(p, str) for p in points) else max(points)
     size = check_image_size(request, size, deepest)
     tv = None if tv_weight is None else check_real("tv_weight", tv_weight)
@@ -174,7 +198,8 @@ def invert_settings(plan: InvertPlan) -> dict[str, Any]:
         "size": plan.size,
         "tv_weight": plan.tv_weight,
         "tv_weights_used": {
-            str(p): TV_WEIGHTS[p] if plan.tv_weight is None else plan.tv_weight for p in plan.stages
+            str(p): TV_WEIGHTS.get(p, DEFAULT_TV_WEIGHT) if plan.tv_weight is None else plan.tv_weight
+            for p in plan.stages
         },
         "jitter": plan.jitter,
         "seed": plan.seed,

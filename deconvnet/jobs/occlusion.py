@@ -50,7 +50,7 @@ class OcclusionPlan:
 
     request: ModelRequest
     pictures: tuple[Picture, ...]
-    target: int | None
+    target: tuple[int | None, ...]  # one per picture (None: its predicted class)
     patch: int
     stride: int
     fill: float
@@ -59,6 +59,23 @@ class OcclusionPlan:
     data: dict[str, Any]
     method: str
     batch_size: int
+    stage: int = 5  # the stage whose strongest map (b) and (c) show
+
+
+def check_targets(target: object, count: int, classes: int) -> tuple[int | None, ...]:
+    """null, one class int for every image, or a list of one class int per image -> a tuple of
+    `count` targets (None: that image's predicted class); ValueError naming `target`."""
+    items = list(target) if isinstance(target, (list, tuple)) else [target] * count
+    accepted = (
+        f"null (each image's predicted class), a class int in 0..{classes - 1}, or a list of "
+        f"{count} of them (one per image)"
+    )
+    if len(items) != count:
+        raise ValueError(f"target: expected {accepted}, got {len(items)} targets for {count} images")
+    for item in items:
+        if item is not None and (not is_int(item) or not 0 <= int(item) < classes):
+            raise ValueError(f"target: expected {accepted}, got {item!r}")
+    return tuple(None if item is None else int(item) for item in items)
 
 
 def validate_occlusion(
@@ -76,25 +93,24 @@ def validate_occlusion(
     method: object,
     batch_size: object,
     device: object,
+    stage: object = 5,
 ) -> OcclusionPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device, chain_only="occlusion")
+    request = check_model(model, weights, seed, device)
+    if not is_int(stage) or not 1 <= stage <= 5:
+        raise ValueError(f"stage: expected the stage of panels (b) and (c), an int in 1..5, got {stage!r}")
     size = check_image_size(request, size, 5)
     patch, stride, fill = check_occluder(torch.empty(1, 3, size, size), patch, stride, fill)
-    classes = len(class_names(request.name))
-    if target is not None and (not is_int(target) or not 0 <= int(target) < classes):
-        raise ValueError(
-            f"target: expected null (each image's predicted class) or a class int "
-            f"in 0..{classes - 1}, got {target!r}"
-        )
+    pictures = tuple(check_pictures(images))
+    targets = check_targets(target, len(pictures), len(class_names(request.name)))
     data = check_data(data)
     require_whole_dataset(data, "occlusion")
     if data["kind"] == "samples" and data.get("size") is None:
         data["size"] = size  # the gallery at the images' size: panel (c) tiles them together
     return OcclusionPlan(
         request,
-        tuple(check_pictures(images)),
-        None if target is None else int(target),
+        pictures,
+        targets,
         patch,
         stride,
         fill,
@@ -103,13 +119,15 @@ def validate_occlusion(
         data,
         check_method(method),
         check_count("batch_size", batch_size),
+        int(stage),
     )
 
 
 def scan_cell(
     net: nn.Module, plan: OcclusionPlan, progress: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The dataset's top-k images of every stage-5 channel: arrays values / image / y / x [C, k]."""
+    """The dataset's top-k images of every channel of the plan's stage: arrays values / image / y /
+    x [C, k]."""
     from deconvnet.data.datasets import batches
 
     dataset, summary = make_dataset(plan.data, net, progress)
@@ -117,10 +135,10 @@ def scan_cell(
         net,
         (b.to(plan.request.device) for b in batches(dataset, 16)),
         k=plan.top_k,
-        stages=(5,),
+        stages=(plan.stage,),
         progress=progress,
         total=len(batches(dataset, 16)),
-    )[5]
+    )[plan.stage]
     arrays = {name: getattr(top, name).cpu().numpy() for name in ("values", "image", "y", "x")}
     return arrays, {"data": summary, "ids": list(dataset.ids)}
 
@@ -129,33 +147,34 @@ def image_cell(
     net: nn.Module,
     plan: OcclusionPlan,
     x: Tensor,
+    target: int | None,
     dataset: Any,
     top: Mapping[str, np.ndarray],
     progress: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """One image's maps [1, ny, nx], its projection and the scan's projections [k+1, 3, H, W]."""
+    """One image's maps [1, ny, nx], and the strongest map projected in it and in the scan's top k
+    by the deconvnet and by guided backprop ([k+1, 3, H, W] each)."""
     made = occlusion(
         net,
         x,
-        plan.target,
+        target,
         plan.patch,
         plan.stride,
         plan.fill,
         method=plan.method,
         batch_size=plan.batch_size,
         progress=progress,
+        stage=plan.stage,
     )
     channel = int(made.channel[0])
-    shown = [reconstruct(net, x, 5, keep=channel)]
     gallery = [int(i) for i in top["image"][channel]]
-    for index in gallery:
-        image = dataset[index][0].unsqueeze(0).to(x.device)
-        shown.append(reconstruct(net, image, 5, keep=channel))
+    images = torch.cat([x, *(dataset[i][0].unsqueeze(0).to(x.device) for i in gallery)])
     arrays = {
         "probability": made.probability.numpy(),
         "feature": made.feature.numpy(),
         "label": made.label.numpy(),
-        "projections": torch.cat(shown).cpu().numpy(),
+        "projections": reconstruct(net, images, plan.stage, keep=channel).cpu().numpy(),
+        "guided": reconstruct(net, images, plan.stage, keep=channel, rule="guided").cpu().numpy(),
     }
     record = {
         "target": int(made.target[0]),
@@ -192,6 +211,7 @@ def run_occlusion(
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    stage: int = 5,
 ) -> dict[str, Any]:
     """Fig. 7 for each image into `out_dir` (module doc); the result dict. Every value is checked
     before the model is built (nothing written)."""
@@ -210,6 +230,7 @@ def run_occlusion(
         method,
         batch_size,
         device,
+        stage,
     )
     config = config if config is not None else occlusion_config(plan, weights)
     job = Job(out_dir, "occlusion", plan.request, config, len(plan.pictures) + 1, progress)
@@ -225,9 +246,9 @@ def image_rows(job: Job, plan: OcclusionPlan, progress: bool) -> list[dict[str, 
     top = job.done.arrays("scan")
     dataset, _ = make_dataset(plan.data, job.net, progress)
     rows = []
-    for picture in plan.pictures:
+    for picture, target in zip(plan.pictures, plan.target):
         x = prepare(picture.image, job.net, plan.size).to(plan.request.device)
-        cell = job.cell(picture.label, lambda: image_cell(job.net, plan, x, dataset, top, progress))
+        cell = job.cell(picture.label, lambda: image_cell(job.net, plan, x, target, dataset, top, progress))
         colours_x = colours(x.cpu(), plan.request.preprocessing)[0]
         save_tile(colours_x, job.out / f"input_{picture.label}.png")
         job.keep(f"{picture.label}__input", x)
@@ -269,7 +290,7 @@ def occlusion_result(
 def occlusion_settings(plan: OcclusionPlan) -> dict[str, Any]:
     """result.json's "settings": every value used and what the maps mean."""
     return {
-        "target": plan.target,
+        "target": None if all(t is None for t in plan.target) else list(plan.target),
         "patch": plan.patch,
         "stride": plan.stride,
         "fill": plan.fill,
@@ -279,7 +300,8 @@ def occlusion_settings(plan: OcclusionPlan) -> dict[str, Any]:
         "batch_size": plan.batch_size,
         "data": plan.data,
         "fill_meaning": "normalised input space: 0.0 is the dataset's mean colour (grey)",
-        "feature": "total activation of the stage-5 map with the largest single activation "
+        "stage": plan.stage,
+        "feature": f"total activation of the stage-{plan.stage} map with the largest single activation "
         "on the unoccluded image",
     }
 
@@ -290,7 +312,7 @@ def occlusion_config(plan: OcclusionPlan, weights: object) -> dict[str, Any]:
     return {
         "model": {"name": r.name, "weights": str(weights), "seed": r.seed},
         "images": [p.info["source"] for p in plan.pictures],
-        "target": plan.target,
+        "target": None if all(t is None for t in plan.target) else list(plan.target),
         "patch": plan.patch,
         "stride": plan.stride,
         "fill": plan.fill,
@@ -299,6 +321,7 @@ def occlusion_config(plan: OcclusionPlan, weights: object) -> dict[str, Any]:
         "data": plan.data,
         "method": plan.method,
         "batch_size": plan.batch_size,
+        "stage": plan.stage,
         "device": str(r.device),
     }
 
@@ -320,4 +343,5 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         batch_size=config["batch_size"],
         device=config["device"],
         config=dict(config),
+        stage=config.get("stage", 5),
     )

@@ -1,7 +1,8 @@
 """The sanity-check job (`run_sanity`, the work behind `python -m experiments.sanity`): Adebayo et
 al.'s (NeurIPS 2018) model parameter randomisation test of the gradient-family methods on a few
-photos, with the choices of `deconvnet.analysis.sanity` (unit target fixed on the original model,
-torchvision's re-initialisation, the four similarities, the pass criterion).
+photos, on every supported model, with the choices of `deconvnet.analysis.sanity` (target fixed
+on the original model, the architecture's own re-initialisation of every parameterised node of
+the graph in execution order, batch norms included, the four similarities, the pass criterion).
 
 Files in the job folder:
 - `curves.png`: one panel per similarity metric (columns) and mode (rows: cascading,
@@ -10,12 +11,15 @@ Files in the job folder:
   the target's stage) are shaded and sit at exactly 1.0. The title names the weights exactly
   (`weights_label`) and the target.
 - `cascade_<image>.png`: Adebayo's Fig. 2 for one image: rows = methods, columns = input,
-  original map, then the map after each cascading step that changes it; every map shown as
-  `deconvnet.analysis.similarity.normalized` (sum |.| over colour / 99th percentile).
+  original map, then the map after each SHOWN cascading step (`shown_layers`; null: every step
+  that changes the map when there are at most 20, else the step completing each module block,
+  `deconvnet.figures.sanity.cascade_columns`: ResNet-50's 107 layers show as its 16 residual
+  blocks, the stem and the head); every map shown as `deconvnet.analysis.similarity.normalized`
+  (sum |.| over colour / 99th percentile). Every step is computed whatever is shown.
 - `images.npz` (float32): `inputs` [B, 3, S, S] (normalised input space); `original__<method>` the
   raw original maps [B, 3, S, S] (Grad-CAM [B, S, S]); `similarity__<mode>` [steps, methods,
   images, 4] (METRICS order; NaN where undefined); per step `<mode>__<layer>__similarity`
-  [methods, images, 4] and, for cascading steps that change the map, `<mode>__<layer>__maps` the
+  [methods, images, 4] and, for the shown cascading steps, `<mode>__<layer>__maps` the
   normalised maps [methods, images, S, S]. The randomised maps' raw values are not kept.
 - `result.json` (model header, every setting, targets, per-step records, the curves, the
   verdicts with the pass rule, provenance), `config.yaml`; `partial/` while running (a rerun
@@ -33,7 +37,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deconvnet.analysis.randomize import MODES, Randomized, check_layers, check_modes, check_seed, layers_used
+from deconvnet.analysis.randomize import (
+    MODES,
+    Randomized,
+    check_layers,
+    check_modes,
+    check_seed,
+    init_description,
+    layers_used,
+)
 from deconvnet.analysis.sanity import (
     DEFAULT_METHODS,
     PASS_BELOW,
@@ -54,8 +66,8 @@ from deconvnet.analysis.sanity import (
 )
 from deconvnet.analysis.similarity import METRIC_TITLES, METRICS, normalized
 from deconvnet.core.targets import Unit
-from deconvnet.core.validation import check_real
-from deconvnet.figures.sanity import draw_cascade, draw_curves
+from deconvnet.core.validation import as_list, check_real
+from deconvnet.figures.sanity import COLUMN_RULE, cascade_columns, draw_cascade, draw_curves
 from deconvnet.figures.sheet import COLOURS, colours
 from deconvnet.jobs.job import (
     Job,
@@ -71,11 +83,6 @@ from deconvnet.jobs.request import ModelRequest, check_model, model_arguments
 
 DEFAULT_IMAGES = ("cat", "coffee")
 CURVES_FILE = "curves.png"
-INIT = {
-    "vgg": "torchvision VGG init: Conv2d kaiming_normal_(fan_out, relu), Linear normal(0, 0.01), biases 0",
-    "alexnet": "torchvision AlexNet = PyTorch defaults: kaiming_uniform_(a=sqrt(5)), bias "
-    "uniform(+-1/sqrt(fan_in))",
-}
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class SanityPlan:
     pass_layer: str | None
     pass_below: float
     pass_metric: str
+    shown: tuple[str, ...]
+    shown_given: tuple[str, ...] | None
 
     @property
     def target(self) -> Unit | None:
@@ -120,17 +129,17 @@ def validate_sanity(
     pass_below: object,
     pass_metric: object,
     device: object,
+    shown_layers: object = None,
 ) -> SanityPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
     from deconvnet.jobs.saliency import parse_unit
 
-    request = check_model(model, weights, seed, device, chain_only="sanity")
+    request = check_model(model, weights, seed, device)
     skeleton = request.skeleton
     size = check_image_size(request, size)
     chosen = parse_unit(unit, skeleton, (size, size))
-    settings = check_settings(
-        methods, samples, noise, steps, cam_stage, noise_seed, None if chosen is None else chosen[0]
-    )
+    stage = None if chosen is None else chosen[0]
+    settings = check_settings(skeleton, methods, samples, noise, steps, cam_stage, noise_seed, stage)
     chosen_modes = check_modes(modes)
     evaluated = [layer.name for layer in check_layers(skeleton, layers)]
     metric = check_pass_metric(pass_metric)
@@ -138,6 +147,7 @@ def validate_sanity(
     if below > 1:
         raise ValueError(f"pass_below: expected a number in -1..1 (a similarity), got {pass_below!r}")
     chosen_pass = check_pass_layer(pass_layer, evaluated, chosen_modes, skeleton)
+    shown = check_shown_layers(shown_layers, skeleton, evaluated, chosen_modes, stage)
     pictures = check_pictures(images, "images")
     return SanityPlan(
         request,
@@ -151,7 +161,46 @@ def validate_sanity(
         chosen_pass,
         below,
         metric,
+        shown,
+        None if shown_layers is None else shown,
     )
+
+
+def check_shown_layers(
+    shown_layers: object,
+    skeleton: nn.Module,
+    evaluated: Sequence[str],
+    modes: Sequence[str],
+    stage: int | None,
+) -> tuple[str, ...]:
+    """The cascading steps the cascade figure shows, top first: null -> `cascade_columns` of the
+    evaluated cascading steps that change the maps; else a name or a non-empty list of such steps,
+    each once; () without cascading (ValueError naming shown_layers otherwise)."""
+    if "cascading" not in modes:
+        if shown_layers is not None:
+            raise ValueError(
+                f"shown_layers: the cascade figure shows cascading steps; modes {list(modes)} has "
+                "none (give shown_layers=null)"
+            )
+        return ()
+    every = check_layers(skeleton, None)
+    steps = plan_steps(
+        every, check_layers(skeleton, list(evaluated)), ("cascading",), layers_used(skeleton, stage)
+    )
+    changing = [s.layer for s in steps if s.affects_map]
+    if shown_layers is None:
+        return tuple(cascade_columns(changing))
+    names = [shown_layers] if isinstance(shown_layers, str) else as_list(shown_layers)
+    if (
+        not names
+        or any(not isinstance(n, str) or n not in changing for n in names)
+        or len(set(names)) < len(names)
+    ):
+        raise ValueError(
+            f"shown_layers: expected null (automatic: {COLUMN_RULE}) or a non-empty list of distinct "
+            f"cascading steps that change the maps ({', '.join(changing)}), got {shown_layers!r}"
+        )
+    return tuple(n for n in changing if n in names)
 
 
 def check_pass_layer(
@@ -196,6 +245,7 @@ def sanity_config(plan: SanityPlan, weights: object) -> dict[str, Any]:
         "pass_layer": plan.pass_layer,
         "pass_below": plan.pass_below,
         "pass_metric": plan.pass_metric,
+        "shown_layers": None if plan.shown_given is None else list(plan.shown_given),
         "device": str(r.device),
     }
 
@@ -231,7 +281,7 @@ def step_cell(
     changes the maps their normalised versions [M, B, S, S]; its record)."""
     similarity, maps = run_step(randomized, step, x, targets, plan.settings, original)
     arrays = {"similarity": similarity}
-    if maps is not None and step.mode == "cascading":
+    if maps is not None and step.mode == "cascading" and step.layer in plan.shown:
         arrays["maps"] = np.stack([np.stack([normalized(r) for r in maps[m]]) for m in plan.settings.methods])
     record = {
         "mode": step.mode,
@@ -264,13 +314,14 @@ def run_sanity(
     samples: int = 8,
     noise: float = 0.15,
     steps: int = 8,
-    cam_stage: int = 4,
+    cam_stage: int | str | None = None,
     rand_seed: int = 0,
     noise_seed: int = 0,
     pass_layer: str | None = None,
     pass_below: float = PASS_BELOW,
     pass_metric: str = PASS_METRIC,
     device: str = "cpu",
+    shown_layers: str | Sequence[str] | None = None,
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -280,8 +331,8 @@ def run_sanity(
     SmoothGrad's noise; unit: [stage] (each image's strongest unit of that stage in the original
     model), [stage, channel], [stage, channel, y, x], or None (each image's predicted class of
     the original model); size None: the weights' crop size; layers None: every learnable layer;
-    pass_layer None: the first convolution of stage 3. Every value is checked before the model
-    is built (nothing written).
+    cam_stage None: the stage below the unit's, 5 for a class; pass_layer None: the first conv
+    of stage 3; shown_layers None: `cascade_columns`. Every value is checked before any work.
     """
     plan = validate_sanity(
         model,
@@ -303,6 +354,7 @@ def run_sanity(
         pass_below,
         pass_metric,
         device,
+        shown_layers,
     )
     config = config if config is not None else sanity_config(plan, weights)
     steps_ = sanity_steps(plan)
@@ -376,7 +428,7 @@ def draw_sanity(
             {
                 s.layer: job.images(s.key, "maps")[:, b]
                 for s in steps_
-                if s.mode == "cascading" and s.affects_map
+                if s.mode == "cascading" and s.layer in plan.shown
             },
         )
 
@@ -401,11 +453,10 @@ def sanity_result(
     if plan.pass_layer is not None:
         verdict = verdicts(similarity, by_mode, methods, plan.pass_layer, plan.pass_below, plan.pass_metric)
     skeleton = plan.request.skeleton
-    arch = "vgg" if plan.request.name.startswith("vgg") else "alexnet"
     figures = [CURVES_FILE] + [f"cascade_{p.label}.png" for p in plan.pictures]
     return {
         **model_header("sanity", plan.request, job.weights, note),
-        "settings": sanity_settings(plan, arch),
+        "settings": sanity_settings(plan, skeleton),
         "target": describe_target(plan),
         "images": [
             {"label": p.label, **p.info, "target": t} for p, t in zip(plan.pictures, first["targets"])
@@ -419,6 +470,11 @@ def sanity_result(
         "display": {
             "inputs": COLOURS,
             "maps": "normalized: sum |.| over colour / 99th percentile, clipped to [0, 1]",
+            "cascade_steps_shown": list(plan.shown),
+            "cascade_steps_changing_the_maps": [
+                s.layer for s in by_mode.get("cascading", []) if s.affects_map
+            ],
+            "cascade_rule": COLUMN_RULE if plan.shown_given is None else "shown_layers as given",
         },
         "curves": curves,
         "pass_rule": None
@@ -468,7 +524,7 @@ def describe_target(plan: SanityPlan) -> str:
     )
 
 
-def sanity_settings(plan: SanityPlan, arch: str) -> dict[str, Any]:
+def sanity_settings(plan: SanityPlan, skeleton: nn.Module) -> dict[str, Any]:
     """Every setting, in words where it is a choice."""
     s = plan.settings
     return {
@@ -487,8 +543,10 @@ def sanity_settings(plan: SanityPlan, arch: str) -> dict[str, Any]:
         },
         "integrated_gradients": {"steps": s.steps, "baseline": "zeros (the mean colour)"},
         "gradcam": {"stage": s.cam_stage},
-        "reinitialization": INIT[arch] + "; one torch.Generator per layer seeded with "
+        "reinitialization": init_description(skeleton) + "; one torch.Generator per layer seeded with "
         "layer_seed(seed, position), float32 on the CPU, then cast",
+        "learnable_layers": "every parameterised node of the traced graph (convolutions, batch "
+        "norms, linear layers) in execution order, top first",
         "cascading": "step k re-initialises the top k learnable layers",
         "independent": "step k re-initialises layer k alone",
         "layers_above_the_target": "not used by the map: similarity exactly 1.0, nothing "
@@ -523,5 +581,6 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         pass_below=config["pass_below"],
         pass_metric=config["pass_metric"],
         device=config["device"],
+        shown_layers=config.get("shown_layers"),
         config=dict(config),
     )

@@ -9,7 +9,7 @@ from deconvnet.core.probe import probe
 from deconvnet.optim.class_model import class_model
 from deconvnet.optim.dream import deep_dream
 from deconvnet.optim.engine import STEP_RULES, Optimized, optimize
-from deconvnet.optim.filters import UnitCrop, unit_crop, visualize_filters, visualize_units
+from deconvnet.optim.filters import visualize_filters, visualize_units
 from deconvnet.optim.fooling import fooling_image
 from deconvnet.optim.invert import invert
 from deconvnet.optim.objectives import (
@@ -26,6 +26,7 @@ from deconvnet.optim.objectives import (
     unit,
 )
 from deconvnet.optim.params import FourierImage, PixelImage
+from deconvnet.optim.points import MapPoint, UnitCrop, map_point, unit_crop
 from deconvnet.optim.regularizers import Blur, Clamp, ClipContribution, ClipNorm, Decay, Shrink
 from deconvnet.optim.transforms import Jitter, Pad, RandomScale, standard_transforms
 
@@ -37,7 +38,9 @@ __all__ = [
     "STEP_RULES",
     "Optimized",
     "optimize",
+    "MapPoint",
     "UnitCrop",
+    "map_point",
     "unit_crop",
     "visualize_filters",
     "visualize_units",

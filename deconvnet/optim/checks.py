@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import min_input_size
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import check_count, is_int
 from deconvnet.data.models import Preprocessing, preprocessing
+from deconvnet.optim.points import MapPoint, map_point
 from deconvnet.optim.regularizers import Blur, Decay
 
 PARAMS = ("pixels", "fourier")
@@ -29,15 +29,17 @@ def _check_indices(value: object, count: int, name: str, expected: str, outside:
     return [int(c) for c in values]
 
 
-def check_channels(model: nn.Module, stage: int, channels: object, name: str = "channels") -> list[int]:
-    """One int or a non-empty list of ints within the stage's channels -> list of ints."""
-    count = stage_of(model, stage).channels
+def check_channels(model: nn.Module, stage: object, channels: object, name: str = "channels") -> list[int]:
+    """One int or a non-empty list of ints within the channels of a feature map (`map_point`:
+    a stage, a stage name or a module path) -> list of ints."""
+    point = stage if isinstance(stage, MapPoint) else map_point(model, stage)[0]
+    count = point.channels
     return _check_indices(
         channels,
         count,
         name,
-        f"an int or a non-empty list of ints in 0..{count - 1} (stage {stage}'s channels)",
-        f"stage {stage}'s channels",
+        f"an int or a non-empty list of ints in 0..{count - 1} ({point.label}'s channels)",
+        f"{point.label}'s channels",
     )
 
 
@@ -53,11 +55,11 @@ def check_classes(model: nn.Module, classes: object, name: str = "classes") -> l
     )
 
 
-def check_size(model: nn.Module, size: object, stage: int | None = None, name: str = "size") -> int:
-    """An image side the model (or its part up to `stage`) accepts."""
+def check_size(model: nn.Module, size: object, stage: int | str | None = None, name: str = "size") -> int:
+    """An image side the model (or its part up to `stage`: a stage or a module path) accepts."""
     smallest = min_input_size(model, stage)
     if not is_int(size) or size < smallest:
-        part = f"stage {stage}" if stage is not None else "the whole model"
+        part = f"stage {stage}" if isinstance(stage, int) else stage or "the whole model"
         raise ValueError(
             f"{name}: expected an int >= {smallest} (the smallest input "
             f"{type(model).__name__} accepts up to {part}), got {size!r}"

@@ -12,8 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvnet.core.architecture import stage as stage_of
-from deconvnet.core.geometry import receptive_field, stage_sizes
 from deconvnet.core.validation import check_count, check_images, is_int
 from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
@@ -27,6 +25,7 @@ from deconvnet.optim.checks import (
 )
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.params import FourierImage, PixelImage, fourier_noise, grey_noise
+from deconvnet.optim.points import MapPoint, map_point, map_size, pre_window, unit_crop
 from deconvnet.optim.starts import SPREADS, live_starts, wake, warn_dead
 
 
@@ -62,17 +61,18 @@ def start_images(
 def noise_starts(
     model: nn.Module,
     objective: obj.Objective,
+    point: MapPoint,
     channels: Sequence[int],
     size: int,
     seed: int,
     param: str,
     lr: float,
     crop: tuple[int, int, int, int] | None = None,
-    unit: tuple[int, int, int] | None = None,
+    unit: tuple[int, int] | None = None,
 ) -> tuple[Tensor, list[float], list[int]]:
     """Each channel's seeded noise at the first spread of `starts.SPREADS` where its objective
     has a gradient (`starts.live_starts`), cropped to (top, left, bottom, right) if given; where
-    none has, woken on the stage's pre-ReLU map (`starts.wake`; of unit = (stage, y, x) only the
+    none has, woken on the point's pre-activation map (`starts.wake`; of unit = (y, x) only the
     positions that reach the unit). -> (starts, spread per channel, wake steps per channel, -1
     where still without a gradient)."""
     candidates = [start_images(model, channels, size, size, seed, param, spread) for spread in SPREADS]
@@ -84,30 +84,18 @@ def noise_starts(
     start, chosen = live_starts(
         model, objective, candidates, lambda s: make_param(model, s, h, w, param).image().detach()
     )
-    stage = unit[0] if unit else next(p for p in objective.points if isinstance(p, int))
-    window = pool_window(model, *unit) if unit else None
+    window = pre_window(model, point, *unit) if unit else None
     start, woken = wake(
         model,
         chosen,
         start,
-        lambda b: obj.preactivation(stage, channels[b], window),
+        lambda b: obj.preactivation(point.key, channels[b], window),
         lambda s: make_param(model, s, h, w, param),
         lr,
         seed,
         step_values=3 * size * size if crop is not None else None,
     )
     return start, [SPREADS[max(k, 0)] for k in chosen], woken
-
-
-def pool_window(model: nn.Module, stage: int, y: int, x: int) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) in the stage's pre-ReLU map of the positions that reach unit
-    (y, x) of its output: the max pool's window, or the unit itself where the stage ends in a ReLU."""
-    layer = model.features[stage_of(model, stage).index]
-    if not isinstance(layer, nn.MaxPool2d):
-        return y, x, y + 1, x + 1
-    k, s, p = (layer.kernel_size, layer.stride, layer.padding)
-    k, s, p = (v if isinstance(v, int) else v[0] for v in (k, s, p))
-    return max(y * s - p, 0), max(x * s - p, 0), y * s - p + k, x * s - p + k
 
 
 def check_start(start: object, model: nn.Module, count: int, size: int, param: str) -> Tensor | None:
@@ -136,11 +124,11 @@ def make_param(model: nn.Module, start: Tensor, height: int, width: int, param: 
     return FourierImage(start, height, width, preprocessing(model))
 
 
-def _check_border(border: object, map_size: tuple[int, int], stage: int) -> int:
+def _check_border(border: object, map_size: tuple[int, int], label: str) -> int:
     border = check_count("border", border, low=0)
     if 2 * border >= min(map_size):
         raise ValueError(
-            f"border: {border} leaves nothing of stage {stage}'s "
+            f"border: {border} leaves nothing of {label}'s "
             f"{map_size[0]}x{map_size[1]} map at this size; expected 0.."
             f"{(min(map_size) - 1) // 2}"
         )
@@ -161,11 +149,11 @@ def merge(parts: list[Optimized]) -> Optimized:
 
 @dataclass(frozen=True)
 class _FilterPlan:
-    """`visualize_filters`' checked request: the stage's number, the channels, the image size, the
+    """`visualize_filters`' checked request: the feature map, the channels, the image size, the
     border left out of the objective, the parameterisation, the regularisers and the given start
     [K, 3, size, size] (None: seeded noise)."""
 
-    number: int
+    point: MapPoint
     channels: list[int]
     size: int
     border: int
@@ -176,7 +164,7 @@ class _FilterPlan:
 
 def _plan_filters(
     model: nn.Module,
-    stage: int,
+    stage: object,
     channels: object,
     size: object,
     border: object,
@@ -185,25 +173,18 @@ def _plan_filters(
     start: object,
 ) -> _FilterPlan:
     """`visualize_filters`' arguments checked, in its order (ValueError naming the argument)."""
-    info = stage_of(model, stage)
-    channels = check_channels(model, stage, channels)
-    size = check_size(model, size, stage)
-    border = _check_border(border, stage_sizes(model, size, size)[stage], stage)
+    point, named = map_point(model, stage)
+    channels = check_channels(model, point, named if channels is None and named is not None else channels)
+    size = check_size(model, size, point.key)
+    border = _check_border(border, map_size(model, point, size, size), point.label)
     param = check_param(param)
     regs = regularizer_preset(regularizers)
     given = check_start(start, model, len(channels), size, param)
-    return _FilterPlan(info.number, channels, size, border, param, regs, given)
+    return _FilterPlan(point, channels, size, border, param, regs, given)
 
 
 def _filter_batches(
-    model: nn.Module,
-    stage: int,
-    plan: _FilterPlan,
-    batch_size: int,
-    negate: bool,
-    seed: int,
-    lr: float,
-    **options: Any,
+    model: nn.Module, plan: _FilterPlan, batch_size: int, negate: bool, seed: int, lr: float, **options: Any
 ) -> tuple[list[Optimized], list[float], list[int]]:
     """The channels optimised `batch_size` at a time, each batch from its part of the given start
     or from seeded noise that has a gradient (`noise_starts`) -> (each batch's Optimized, start
@@ -212,10 +193,10 @@ def _filter_batches(
     channels, size, param, given = plan.channels, plan.size, plan.param, plan.given
     parts, spreads, wakes = [], [], []
     for offset, group in zip(range(0, len(channels), batch_size), batches(channels, batch_size)):
-        objective = obj.channel(plan.number, list(group), border=plan.border)
+        objective = obj.channel(plan.point.key, list(group), border=plan.border)
         if given is None:
-            first, spread, woken = noise_starts(model, objective, group, size, seed, param, lr)
-            warn_dead(woken, group, f"stage {stage} channels")
+            first, spread, woken = noise_starts(model, objective, plan.point, group, size, seed, param, lr)
+            warn_dead(woken, group, f"{plan.point.label} channels")
             spreads += spread
             wakes += woken
         else:
@@ -228,7 +209,7 @@ def _filter_batches(
                 lr=lr,
                 regularizers=plan.regularizers,
                 seed=seed,
-                description=f"stage {stage} filters",
+                description=f"{plan.point.label} filters",
                 **options,
             )
         )
@@ -237,8 +218,8 @@ def _filter_batches(
 
 def visualize_filters(
     model: nn.Module,
-    stage: int,
-    channels: int | Sequence[int],
+    stage: int | str,
+    channels: int | Sequence[int] | None = None,
     size: int = 128,
     steps: int = 64,
     seed: int = 0,
@@ -256,7 +237,8 @@ def visualize_filters(
     details: bool = False,
 ) -> Tensor | Optimized:
     """Images that maximise (or, with `negate`, minimise) the mean of each channel's map at
-    `stage` -> [K, 3, size, size] in the model's normalised input space.
+    `stage` (any feature map: docs/graph.md#points; "blocks.4:42" names the channel) -> [K, 3,
+    size, size] in the model's normalised input space.
 
     The Keras example's recipe by default: start from grey noise (U - 0.5) * 0.25, L2-normalised
     gradient ascent (each step moves every image by lr * sqrt(3 size^2) in L2). `border` leaves
@@ -270,7 +252,6 @@ def visualize_filters(
     plan = _plan_filters(model, stage, channels, size, border, param, regularizers, start)
     parts, spreads, wakes = _filter_batches(
         model,
-        stage,
         plan,
         batch_size,
         negate,
@@ -289,7 +270,7 @@ def visualize_filters(
         size=plan.size,
         border=plan.border,
         negate=negate,
-        objective=f"channel mean (stage {stage})",
+        objective=f"channel mean ({plan.point.label})",
         start="given image" if plan.given is not None else f"{plan.param} noise, seed {seed}",
         start_spread=spreads or None,
         wake_steps=wakes or None,
@@ -297,29 +278,7 @@ def visualize_filters(
     return result if details else result.images
 
 
-@dataclass(frozen=True)
-class UnitCrop:
-    """Where a unit's receptive field lies: `box` (top, left, bottom, right) of the field clipped
-    to the image, the `crop` (top, left, bottom, right) that is optimised (the box, extended up and
-    left to the stage's stride grid so the crop's maps line up with the full image's), and the
-    unit's (y, x) in the crop's map."""
-
-    box: tuple[int, int, int, int]
-    crop: tuple[int, int, int, int]
-    position: tuple[int, int]
-
-
-def unit_crop(model: nn.Module, stage: int, size: int, y: int, x: int) -> UnitCrop:
-    """The exact crop for unit (y, x) of `stage` on a size x size image."""
-    rf = receptive_field(model, stage)
-    top, left, bottom, right = rf.box(y, x)
-    box = (max(top, 0), max(left, 0), min(bottom, size), min(right, size))
-    jy, jx = rf.jump
-    crop = ((box[0] // jy) * jy, (box[1] // jx) * jx, box[2], box[3])
-    return UnitCrop(box, crop, (y - crop[0] // jy, x - crop[1] // jx))
-
-
-def _check_position(position: object, map_size: tuple[int, int], stage: int) -> tuple[int, int]:
+def _check_position(position: object, map_size: tuple[int, int], label: str) -> tuple[int, int]:
     h, w = map_size
     if position is None:
         return h // 2, w // 2
@@ -331,18 +290,18 @@ def _check_position(position: object, map_size: tuple[int, int], stage: int) -> 
     ):
         raise ValueError(
             f"position: expected (y, x) with y in 0..{h - 1} and x in 0..{w - 1} "
-            f"(stage {stage}'s {h}x{w} map), got {position!r}"
+            f"({label}'s {h}x{w} map), got {position!r}"
         )
     return int(position[0]), int(position[1])
 
 
 @dataclass(frozen=True)
 class _UnitPlan:
-    """`visualize_units`' checked request: the stage's number, the channels, the image size, the
-    unit (y, x) in the stage's map, the part of the image optimised (top, left, bottom, right) and
+    """`visualize_units`' checked request: the feature map, the channels, the image size, the
+    unit (y, x) in its map, the part of the image optimised (top, left, bottom, right) and
     the unit's (y, x) in its map, the receptive field's box, the regularisers."""
 
-    number: int
+    point: MapPoint
     channels: list[int]
     size: int
     unit: tuple[int, int]
@@ -354,7 +313,7 @@ class _UnitPlan:
 
 def _plan_units(
     model: nn.Module,
-    stage: int,
+    stage: object,
     channels: object,
     size: object,
     position: object,
@@ -363,28 +322,19 @@ def _plan_units(
 ) -> _UnitPlan:
     """`visualize_units`' arguments checked, in its order (ValueError naming the argument), and
     where the unit's receptive field lies (the whole image optimised unless `crop`)."""
-    info = stage_of(model, stage)
-    channels = check_channels(model, stage, channels)
-    size = check_size(model, size, stage)
-    y, x = _check_position(position, stage_sizes(model, size, size)[stage], stage)
-    where = unit_crop(model, stage, size, y, x)
+    point, named = map_point(model, stage)
+    channels = check_channels(model, point, named if channels is None and named is not None else channels)
+    size = check_size(model, size, point.key)
+    y, x = _check_position(position, map_size(model, point, size, size), point.label)
+    where = unit_crop(model, point, size, y, x)
     top, left, bottom, right = where.crop if crop else (0, 0, size, size)
     uy, ux = where.position if crop else (y, x)
     regs = regularizer_preset(regularizers)
-    return _UnitPlan(
-        info.number, channels, size, (y, x), (top, left, bottom, right), (uy, ux), where.box, regs
-    )
+    return _UnitPlan(point, channels, size, (y, x), (top, left, bottom, right), (uy, ux), where.box, regs)
 
 
 def _unit_batches(
-    model: nn.Module,
-    stage: int,
-    plan: _UnitPlan,
-    batch_size: int,
-    negate: bool,
-    seed: int,
-    lr: float,
-    **options: Any,
+    model: nn.Module, plan: _UnitPlan, batch_size: int, negate: bool, seed: int, lr: float, **options: Any
 ) -> tuple[list[Optimized], list[float], list[int]]:
     """The units optimised `batch_size` channels at a time, each from the full image's seeded
     noise cropped (`noise_starts`), each step the full image's L2 length -> (each batch's
@@ -394,12 +344,12 @@ def _unit_batches(
     top, left, bottom, right = plan.crop
     parts, spreads, wakes = [], [], []
     for group in batches(plan.channels, batch_size):
-        objective = obj.unit(plan.number, list(group), uy, ux)
+        objective = obj.unit(plan.point.key, list(group), uy, ux)
         start, spread, woken = noise_starts(
-            model, objective, group, size, seed, "pixels", lr, plan.crop, (plan.number, uy, ux)
+            model, objective, plan.point, group, size, seed, "pixels", lr, plan.crop, (uy, ux)
         )
         # (crop=False passes the whole image as its crop: the same step length either way)
-        warn_dead(woken, group, f"stage {stage} units ({y}, {x}) of channels")
+        warn_dead(woken, group, f"{plan.point.label} units ({y}, {x}) of channels")
         spreads += spread
         wakes += woken
         parts.append(
@@ -411,7 +361,7 @@ def _unit_batches(
                 step_values=3 * size * size,
                 regularizers=plan.regularizers,
                 seed=seed,
-                description=f"stage {stage} units",
+                description=f"{plan.point.label} units",
                 **options,
             )
         )
@@ -420,8 +370,8 @@ def _unit_batches(
 
 def visualize_units(
     model: nn.Module,
-    stage: int,
-    channels: int | Sequence[int],
+    stage: int | str,
+    channels: int | Sequence[int] | None = None,
     size: int = 224,
     steps: int = 64,
     seed: int = 0,
@@ -450,7 +400,6 @@ def visualize_units(
     plan = _plan_units(model, stage, channels, size, position, crop, regularizers)
     parts, spreads, wakes = _unit_batches(
         model,
-        stage,
         plan,
         batch_size,
         negate,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from deconvnet.core.probe import check_point, probe
+from deconvnet.core.probe import POINTS_DOC, PRE, check_point, probe
 from deconvnet.core.validation import check_images, check_real
 from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
@@ -28,6 +28,7 @@ PIXEL_NORM_GREY_LEVELS = 80.0  # Mahendran & Vedaldi's B
 # chosen by eye on HED VGG16 at 128 px, 80 steps: 1.0 at stage 5 gave a flat grey image (feature
 # error 0.079), 0.05 the cat's eyes and fur (0.061); stage 4 0.5 -> 0.178, 0.1 -> 0.064
 TV_WEIGHTS = {1: 0.05, 2: 0.05, 3: 0.05, 4: 0.1, 5: 0.05, "fc6": 0.05, "fc7": 0.05, "logits": 0.05}
+DEFAULT_TV_WEIGHT = 0.05  # any other point (a module path)
 
 
 def _check_invert(
@@ -37,14 +38,14 @@ def _check_invert(
     image [1, 3, H, W], the TV weight: TV_WEIGHTS of the stage when None)."""
     point = check_point(model, stage)
     if point == "input":
-        raise ValueError(
-            "stage: 'input' has nothing to invert; expected a stage 1..5, 'fc6', 'fc7' or 'logits'"
-        )
-    depth = int(point[3:]) if str(point).startswith("pre") else point  # "pre3": stage 3's depth
-    image = check_images(image, model, "image", depth if isinstance(depth, int) else None)
+        raise ValueError(f"stage: 'input' has nothing to invert; expected {POINTS_DOC}")
+    depth = int(point[3:]) if point in PRE else point  # "pre3": stage 3's depth
+    bounded = None if depth in TV_WEIGHTS and not isinstance(depth, int) else depth  # not the head
+    image = check_images(image, model, "image", bounded)
     if image.shape[0] != 1:
         raise ValueError(f"image: expected one image [1, 3, H, W], got a batch of {image.shape[0]}")
-    tv_weight = TV_WEIGHTS[depth] if tv_weight is None else check_real("tv_weight", tv_weight)
+    default = TV_WEIGHTS.get(depth, DEFAULT_TV_WEIGHT)
+    tv_weight = default if tv_weight is None else check_real("tv_weight", tv_weight)
     check_real("alpha_weight", alpha_weight)
     return point, image, tv_weight
 
@@ -89,9 +90,9 @@ def invert(
     progress: bool = False,
     details: bool = False,
 ) -> Tensor | Optimized:
-    """Invert `image` [1, 3, H, W] (normalised) from its representation at `stage` (1..5,
-    "pre1".."pre5" before the stage's ReLU, "fc6", "fc7" or "logits") -> [1, 3, H, W] in the
-    normalised space.
+    """Invert `image` [1, 3, H, W] (normalised) from its representation at `stage` (any point of
+    `deconvnet.core.probe` but "input": 1..5, a stage name, a module path, "pre1".."pre5" before
+    the stage's ReLU, "logits", "fc6" / "fc7" on VGG) -> [1, 3, H, W] in the normalised space.
 
     Adam with a cosine-decayed rate from grey noise (seeded); tv_weight None takes TV_WEIGHTS of
     the stage. details=True returns the Optimized; its report has "feature_error", the final

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deconvnet.core.probe import pre_point, split_channel
+
 Activations = dict
 PerImage = int | Sequence[int]
 
@@ -89,8 +91,15 @@ def _pick_channel(activations: Activations, stage: int | str, channels: PerImage
     return a[torch.arange(a.shape[0], device=a.device), index]
 
 
-def channel(stage: int, channel: PerImage, border: int = 0) -> Objective:
-    """Mean of the channel's map without `border` units on each side (Keras example: 2)."""
+def channel(stage: int | str, channel: PerImage | None = None, border: int = 0) -> Objective:
+    """Mean of the channel's map without `border` units on each side (Keras example: 2).
+    `stage` is any point of a feature map; lucent's "blocks.4:42" names the channel too."""
+    stage, named = split_channel(stage)
+    channel = named if channel is None else channel
+    if channel is None:
+        raise ValueError(
+            "channel: expected a channel (an int, one per image, or '<point>:<channel>'), got None"
+        )
 
     def fn(a: Activations) -> Tensor:
         m = _pick_channel(a, stage, channel)
@@ -101,7 +110,7 @@ def channel(stage: int, channel: PerImage, border: int = 0) -> Objective:
     return Objective(fn, frozenset({stage}), f"channel(stage={stage}, {channel}, border={border})")
 
 
-def unit(stage: int, channel: PerImage, y: int, x: int) -> Objective:
+def unit(stage: int | str, channel: PerImage, y: int, x: int) -> Objective:
     """One unit's activation a[c, y, x] (the same position for every image)."""
 
     def fn(a: Activations) -> Tensor:
@@ -111,12 +120,12 @@ def unit(stage: int, channel: PerImage, y: int, x: int) -> Objective:
 
 
 def preactivation(
-    stage: int, channel: PerImage, window: tuple[int, int, int, int] | None = None
+    stage: int | str, channel: PerImage, window: tuple[int, int, int, int] | None = None
 ) -> Objective:
-    """The largest value of the channel's map out of the stage's last convolution, before its
-    ReLU ("pre<stage>"), within window (top, left, bottom, right) of that map if given: it has a
+    """The largest value of the channel's map before the point's last ReLU (`probe.pre_point`:
+    on VGG the stage's last convolution), within window (top, left, bottom, right) of that map if given: it has a
     gradient where the stage's own output is 0 everywhere, and once it is > 0 so is the output."""
-    point = f"pre{stage}"
+    point = pre_point(stage)
 
     def fn(a: Activations) -> Tensor:
         m = _pick_channel(a, point, channel)

@@ -325,10 +325,15 @@ BAD_INPUTS = [
         r"boxes\['nose'\], image 0: expected \[top, left, height, width\] \(ints",
     ),
     (_bad(boxes={"": [(0, 0, 4, 4), (0, 0, 4, 4)]}), r"boxes: part names must be non-empty"),
-    (_bad(layers="fc8"), r"layers: expected a stage 1\.\.5, 'fc6', 'fc7' .*got 'fc8'"),
-    (_bad(layers=[0]), r"layers: expected a stage 1\.\.5, 'fc6', 'fc7' .*got 0"),
-    (_bad(layers=[]), r"layers: expected a stage 1\.\.5, 'fc6', 'fc7' or a non-empty list"),
-    (_bad(layers=[5, 5]), r"layers: each stage once, got 5 more than once"),
+    (
+        _bad(layers="fc8"),
+        r"layers: 'fc8' is neither a stage nor a module path of this model's graph; expected a "
+        r"stage 1\.\.5 or its name, a module path .*\(this model's stages 1\.\.5: pool1, pool2, relu3",
+    ),
+    (_bad(layers=[0]), r"layers: expected a stage 1\.\.5 or its name, .*got 0"),
+    (_bad(layers=[5, "features.99"]), r"layers: 'features\.99' is neither a stage nor a module path"),
+    (_bad(layers=[]), r"layers: expected a stage 1\.\.5 .* or a non-empty list of them, got \[\]"),
+    (_bad(layers=[5, 5]), r"layers: each layer once, got 5 more than once"),
     (_bad(random_draws=0), r"random_draws: expected an int >= 1, got 0"),
     (_bad(seed=-1), r"seed: expected an int >= 0 \(the random boxes' draws\), got -1"),
     (_bad(fill=float("nan")), r"fill: expected a finite number"),
@@ -650,13 +655,14 @@ def _job_bad_values(root: Path) -> list:
             FileNotFoundError,
             r"image: .*not a bundled sample",
         ),
-        ({"layers": ["fc8"]}, ValueError, r"layers: expected a stage 1\.\.5, 'fc6', 'fc7'"),
+        ({"layers": ["fc8"]}, ValueError, r"layers: 'fc8' is neither a stage nor a module path"),
         ({"random_draws": 0}, ValueError, r"random_draws: expected an int >= 1, got 0"),
         ({"draw_seed": -1}, ValueError, r"seed: expected an int >= 0"),
         ({"fill": "grey"}, ValueError, r"fill: expected a finite number"),
         ({"batch_size": 0}, ValueError, r"batch_size: expected an int >= 1"),
         ({"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
-        ({"model": "resnet18"}, ValueError, r"model: the correspondence job runs on VGG"),
+        ({"model": "resnet18"}, ValueError, r"layers: 'fc6' is neither .*stages 1\.\.5: relu, layer1"),
+        ({"model": "mobilenet_v2", "layers": [5, "features.30"]}, ValueError, r"layers: 'features\.30' is"),
         ({"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
         ({"seed": -3}, ValueError, r"seed: expected an int in \[0, 2\*\*64\)"),
     ]
@@ -707,15 +713,15 @@ def test_the_default_config_composes():
         cfg = compose("correspondence", return_hydra_config=True)
         other = compose("correspondence", overrides=["layers=[3,fc6]", "boxes=/x/b.json"])
     assert cfg.model.name == "vgg16" and cfg.hydra.job.chdir is False
-    assert (
-        cfg.boxes,
-        list(cfg.layers),
-        cfg.random_draws,
-        cfg.seed,
-        cfg.fill,
-        cfg.batch_size,
-        cfg.device,
-    ) == ("faces", [5, "fc7"], 10, 0, 0.0, 1, "cpu")
+    assert (cfg.boxes, cfg.layers, cfg.random_draws, cfg.seed, cfg.fill, cfg.batch_size, cfg.device) == (
+        "faces",
+        None,
+        10,
+        0,
+        0.0,
+        1,
+        "cpu",
+    )  # layers: the model's default
     assert list(other.layers) == [3, "fc6"] and other.boxes == "/x/b.json"
     assert corr_job.box_file_path(cfg.boxes) == CONF_DIR / "correspondence" / "faces.yaml"
 
@@ -746,8 +752,191 @@ def test_cli_runs_and_a_bad_value_is_one_line(tmp_path):
     )
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and lines[0].startswith("error: layers: expected a stage 1..5, 'fc6', 'fc7'"), (
-        done.stderr
-    )
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: layers: 'fc9' is neither a stage nor a module path"
+    ), done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "bad" / "config.yaml").exists()
+
+
+# ------------------------------------------------------------------- any supported model
+#
+# ResNet-18, MobileNetV2 and EfficientNet-Lite0 with seeded random weights in float64 at 64 px,
+# against a hand-made reference: each image occluded by numpy-style slicing, the model's own
+# forward on each image alone with forward hooks on the layers' modules (removed afterwards) and
+# `model(x)` for the logits, signs and Hamming distances counted with numpy.
+
+GRAPH_SIDE = 64
+GRAPH_BOXES = {"eye": [(10, 12, 16, 14), (30, 40, 12, 10)]}
+GRAPH_LAYERS = {  # a stage number, a stage name, a module path, the logits' input, the logits
+    "resnet18": (3, "layer4", "layer2.1", "avgpool", "logits"),
+    "mobilenet_v2": (2, "features.13", "features.10", "classifier.0", "logits"),
+    "efficientnet_lite0": (1, "blocks.4", "blocks.5.1", "global_pool", "logits"),
+}
+
+
+def _seeded_graph_model(name: str) -> nn.Module:
+    """A supported graph model with seeded random weights, eval mode, float64."""
+    if name == "efficientnet_lite0":
+        return deconvnet.load_model(name, weights="random", seed=0).double()
+    import torchvision.models as tvm
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return getattr(tvm, name)().eval().double()
+
+
+def _hooked(model: nn.Module, image: torch.Tensor, layers) -> dict:
+    """{layer: flattened output of ONE image [1, 3, H, W]} by forward hooks on the layers'
+    modules (a stage number: its module path), "logits" = model(image); hooks removed after."""
+    found, hooks = {}, []
+    for layer in layers:
+        if layer == "logits":
+            continue
+        path = deconvnet.stage(model, layer).path if isinstance(layer, int) else layer
+
+        def keep(module, inputs, output, layer=layer):
+            found[layer] = output.detach()[0].flatten().numpy().copy()
+
+        hooks.append(model.get_submodule(path).register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            found["logits"] = model(image)[0].numpy().copy()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def _graph_brute_force(model: nn.Module, x: torch.Tensor, boxes, layers, fill: float = 0.0) -> dict:
+    """layer -> [N, N] Hamming distances of numpy sign(eps) vectors, eps = features of image k
+    minus those of image k with its box set to `fill` by slicing, pair by pair."""
+    eps = []
+    for k, (top, left, height, width) in enumerate(boxes):
+        occluded = x[k : k + 1].clone()
+        occluded[..., top : top + height, left : left + width] = fill
+        before, after = _hooked(model, x[k : k + 1], layers), _hooked(model, occluded, layers)
+        eps.append({layer: before[layer] - after[layer] for layer in layers})
+    out = {}
+    for layer in layers:
+        signs = [np.sign(e[layer]) for e in eps]
+        out[layer] = np.array([[int(np.sum(a != b)) for b in signs] for a in signs], dtype=np.int64)
+    return out
+
+
+@pytest.mark.parametrize("name", list(GRAPH_LAYERS))
+def test_graph_models_delta_equals_a_hand_made_occlusion_and_the_models_forward(name):
+    model = _seeded_graph_model(name)
+    layers = GRAPH_LAYERS[name]
+    x = torch.cat([deconvnet.load_image(n, name) for n in ("astronaut", "cat")])
+    x = F.interpolate(x, size=(GRAPH_SIDE, GRAPH_SIDE), mode="bilinear", antialias=True, align_corners=False)
+    x = x.double()
+    fill = 0.5 if name == "mobilenet_v2" else 0.0
+    result = corr.correspondence(
+        model, x, GRAPH_BOXES, layers, random_draws=1, seed=2, fill=fill, progress=False
+    )
+    assert result.layers == layers
+    checked = [(GRAPH_BOXES["eye"], result.distances["eye"])]
+    if name == "resnet18":  # the random draw too (float64 depthwise convolutions are slow on CPUs)
+        checked.append(
+            (result.random_boxes["eye"][0], {k: v[0] for k, v in result.random_distances["eye"].items()})
+        )
+    for boxes, got in checked:
+        want = _graph_brute_force(model, x, boxes, layers, fill)
+        for layer in layers:
+            np.testing.assert_array_equal(got[corr.layer_key(layer)], want[layer])
+            assert want[layer][0, 1] > 0
+    lengths = {corr.layer_key(layer): len(_hooked(model, x[:1], layers)[layer]) for layer in layers}
+    assert result.feature_length == lengths
+
+
+def test_graph_models_default_layers_are_stage_5_and_the_logits_input():
+    model = _seeded_graph_model("resnet18")
+    x = torch.cat([deconvnet.load_image(n, model) for n in ("astronaut", "cat")])[
+        ..., :GRAPH_SIDE, :GRAPH_SIDE
+    ]
+    result = corr.correspondence(model, x.double(), GRAPH_BOXES, random_draws=1, progress=False)
+    assert result.layers == (5, "avgpool") and list(result.distances["eye"]) == ["stage5", "avgpool"]
+    want = _graph_brute_force(model, x.double(), GRAPH_BOXES["eye"], (5, "avgpool"))
+    np.testing.assert_array_equal(result.distances["eye"]["avgpool"], want["avgpool"])
+
+
+def test_graph_bad_layers_are_refused_before_any_forward(monkeypatch):
+    model = _seeded_graph_model("mobilenet_v2")
+    calls = []
+    monkeypatch.setattr(corr, "probe", lambda *a, **k: calls.append(1))
+    x = torch.zeros(2, 3, GRAPH_SIDE, GRAPH_SIDE, dtype=torch.float64)
+    for layers, message in [
+        ("fc7", r"layers: 'fc7' is neither a stage nor a module path .*stages 1\.\.5: features\.1, "),
+        ([5, "features.19"], r"layers: 'features\.19' is neither"),
+        ([5, "logits", 5], r"layers: each layer once, got 5 more than once"),
+        ([1.5], r"layers: expected a stage 1\.\.5 .*got 1\.5"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            corr.correspondence(model, x, GRAPH_BOXES, layers, progress=False)
+    assert calls == []
+
+
+# --------------------------------------------------------------- the job on a graph model
+
+
+@pytest.fixture(scope="module")
+def graph_job(tmp_path_factory):
+    """MobileNetV2 (random weights) with its default layers, at its 224-px crop."""
+    root = tmp_path_factory.mktemp("correspondence_graph")
+    boxes = _box_file(root / "in", parts={"p1": {"cat": [10, 20, 30, 40], "coffee": [100, 100, 24, 24]}})
+    job = JOB | {"model": "mobilenet_v2", "layers": None}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PROVENANCE_ENV, json.dumps(FIXED_PROVENANCE))
+        result = corr_job.run_correspondence(root / "job", boxes=str(boxes), **job)
+    return root / "job", result
+
+
+def test_the_job_on_a_graph_model_equals_the_library(graph_job):
+    out, result = graph_job
+    model = deconvnet.load_model("mobilenet_v2", weights="random", seed=0)
+    x = torch.cat([deconvnet.load_image(n, model) for n in ("cat", "coffee")])
+    boxes = {"p1": [(10, 20, 30, 40), (100, 100, 24, 24)]}
+    want = corr.correspondence(model, x, boxes, random_draws=1, seed=1, progress=False)
+    assert want.layers == (5, "classifier.0")
+    assert result["model"] == "mobilenet_v2" and result["table"] == json.loads(json.dumps(want.summary()))
+    assert result["config"]["layers"] == [5, "classifier.0"]  # written resolved
+    assert yaml.safe_load((out / "config.yaml").read_text())["layers"] == [5, "classifier.0"]
+    assert result["layer_names"] == {
+        "stage5": "stage 5 (features.18)",
+        "classifier.0": "classifier.0 (the logits' input)",
+    }
+    assert result["feature_length"] == {"stage5": 1280 * 7 * 7, "classifier.0": 1280}
+    assert result["classifier_note"] is None  # random weights: the title says so, no HED note
+    assert "RANDOM WEIGHTS — NOT PRETRAINED" in result["sheets"][0]["title"]
+    text = (out / "table.md").read_text()
+    assert "| occlusion | stage 5 (features.18) | classifier.0 (the logits' input) |" in text
+    with np.load(out / "images.npz") as arrays:
+        np.testing.assert_array_equal(arrays["p1__classifier.0"], want.distances["p1"]["classifier.0"])
+
+
+def test_the_hed_note_names_the_layers_its_random_classifier_computes(job):
+    boxes = str(job[2])
+    hed = {"weights": "hed"}
+    notes = {
+        tuple(layers): corr_job.hidden_note(
+            corr_job.validate_correspondence("vgg16", "hed", 0, boxes, layers, 1, 0, 0.0, 1, "cpu"), hed
+        )
+        for layers in (
+            [5, "fc7"],
+            [5, "fc6", "fc7"],
+            [5, "logits"],
+            [5, "classifier.3", "logits"],
+            [5, "avgpool"],
+        )
+    }
+    assert notes[(5, "fc7")] == notes[(5, "fc6", "fc7")] == corr_job.HIDDEN_NOTE
+    assert notes[(5, "logits")].startswith("logits is computed by HED's RANDOM classifier (HED has no")
+    assert notes[(5, "classifier.3", "logits")].startswith(
+        "classifier.3, logits are computed by HED's RANDOM"
+    )
+    assert notes[(5, "avgpool")] is None  # pool5 averaged: HED's learned maps, no classifier weight
+    plan = corr_job.validate_correspondence("resnet18", "random", 0, boxes, None, 1, 0, 0.0, 1, "cpu")
+    assert plan.layers == (5, "avgpool")
+    assert corr_job.hidden_note(plan, {"weights": "random"}) is None
+    assert corr_job.hidden_note(plan, {"weights": "imagenet"}) is None

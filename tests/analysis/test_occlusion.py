@@ -199,3 +199,31 @@ def test_bad_images_and_unsupported_pooling(vgg):
     model.features[4] = nn.MaxPool2d(2, 2, ceil_mode=True)
     with pytest.raises(ValueError, match=r"features\[4\].*ceil_mode=True.*method='brute'"):
         deconvnet.occlusion(model, torch.randn(1, 3, 64, 64))
+
+
+def test_the_occlusion_job_runs_on_a_graph_model(tmp_path):
+    """The job takes every supported model: ResNet-18 (random weights) at 64 px writes its figure,
+    maps and result, the maps the same as `deconvnet.occlusion` on the job's own input."""
+    import json
+
+    import numpy as np
+
+    from deconvnet.jobs.occlusion import run_occlusion
+
+    data = {"kind": "samples", "photos": ["chelsea", "coffee"], "limit": 3}
+    result = run_occlusion(
+        tmp_path, model="resnet18", weights="random", images="cat", size=64, patch=24, stride=20,
+        top_k=2, data=data, progress=False,
+    )  # fmt: skip
+    assert (tmp_path / "occlusion.png").is_file() and (tmp_path / "result.json").is_file()
+    cell = json.loads((tmp_path / "result.json").read_text())["cells"][0]
+    assert cell["top"] == cell["left"] == [0, 20, 40]
+    assert result["cells"][0]["channel"] == cell["channel"]
+    with np.load(tmp_path / "images.npz") as arrays:
+        x = torch.from_numpy(arrays["cat__input"])
+        probability = arrays["cat__probability"]
+        projections = arrays["cat__projections"]
+    model = deconvnet.load_model("resnet18", weights="random", seed=0)
+    again = deconvnet.occlusion(model, x, patch=24, stride=20, method="brute")
+    assert np.allclose(probability, again.probability.numpy(), rtol=1e-4, atol=1e-7)
+    assert projections.shape == (3, 3, 64, 64)  # this image's projection and the scan's top 2

@@ -60,7 +60,7 @@ def _by_hand(model: nn.Module, names: list[str], seed: int, inplace: bool = Fals
     made = model if inplace else copy.deepcopy(model)
     for layer in learnable_layers(made):
         if layer.name in names:
-            module = getattr(made, layer.part)[layer.index]
+            module = made.get_submodule(layer.path)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(layer_seed(seed, layer.position))
                 module.reset_parameters()
@@ -227,12 +227,7 @@ def test_layers_are_named_top_first():
     ]
     layers = learnable_layers(v)
     assert [l.position for l in layers] == list(range(15, -1, -1))
-    assert (layers[3].part, layers[3].index, layers[0].part, layers[0].index) == (
-        "features",
-        28,
-        "classifier",
-        6,
-    )
+    assert (layers[3].path, layers[0].path) == ("features.28", "classifier.6")
     assert randomize.layer_names(a) == ["fc8", "fc7", "fc6", "conv5", "conv4", "conv3", "conv2", "conv1"]
     assert randomize.layers_used(v, 3) == {
         "conv1_1",
@@ -276,7 +271,7 @@ def test_reinitialisation_is_torchvisions_own():
         a = alexnet()
     for layer in learnable_layers(a)[::3]:  # AlexNet: PyTorch's reset_parameters
         weight, bias = randomize.fresh_parameters(a, layer, seed)
-        module = copy.deepcopy(getattr(a, layer.part)[layer.index]).to_empty(device="cpu")
+        module = copy.deepcopy(a.get_submodule(layer.path)).to_empty(device="cpu")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(layer_seed(seed, layer.position))
             module.reset_parameters()
@@ -289,7 +284,7 @@ def test_independent_randomisation_changes_only_its_layer_and_restores(net):
     for name in ("conv3", "fc7"):
         state = work.with_random([name]).state_dict()
         layer = next(l for l in learnable_layers(net) if l.name == name)
-        prefix = f"{layer.part}.{layer.index}."
+        prefix = f"{layer.path}."
         changed = {k for k in original if not torch.equal(original[k], state[k])}
         assert changed == {prefix + "weight", prefix + "bias"}
     state = work.with_random([]).state_dict()
@@ -314,7 +309,7 @@ def _hand_models(net: nn.Module, steps: list, seed: int):
             continue
         assert list(step.randomized) == [step.layer]
         layer = next(l for l in learnable_layers(net) if l.name == step.layer)
-        module = getattr(hand, layer.part)[layer.index]
+        module = hand.get_submodule(layer.path)
         saved = copy.deepcopy(module.state_dict())
         yield s, _by_hand(hand, [step.layer], seed, inplace=True)
         module.load_state_dict(saved)
@@ -450,7 +445,7 @@ def test_bad_inputs_raise_value_errors_naming_them(net, kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"model": "resnet"}, ValueError, "model"),
+        ({"model": "resnet99"}, ValueError, "model"),
         ({"unit": [7]}, ValueError, "unit: the stage must be an int in 1..5"),
         ({"unit": [4], "cam_stage": 5}, ValueError, "cam_stage: Grad-CAM at stage 5"),
         ({"layers": ["conv9"]}, ValueError, "layers: unknown layer 'conv9'"),
@@ -579,7 +574,8 @@ def test_default_config_composes():
     assert cfg.model.name == "vgg16" and cfg.hydra.job.chdir is False
     assert list(cfg.methods) == list(SIX) and list(cfg.unit) == [5]
     assert list(cfg.modes) == ["cascading", "independent"] and cfg.layers is None
-    assert (cfg.size, cfg.samples, cfg.steps, cfg.cam_stage, cfg.pass_below) == (128, 8, 8, 4, 0.5)
+    assert (cfg.size, cfg.samples, cfg.steps, cfg.cam_stage, cfg.pass_below) == (128, 8, 8, None, 0.5)
+    assert cfg.shown_layers is None
 
 
 @pytest.mark.slow

@@ -112,7 +112,9 @@ def test_default_configs_compose():
         1.4,
         32,
     )
-    assert cfgs["fooling"].target == 368 and cfgs["fooling"].confidence == 0.99
+    fool = cfgs["fooling"]
+    assert fool.target == 368 and fool.confidence == 0.99
+    assert (fool.step, fool.lr, fool.max_change) == ("sign", None, 8 / 255)
     assert list(other.stages) == [3, "fc6"] and other.image == "coffee"
     names = deconvnet.class_names("vgg16")
     assert [names[c] for c in c.classes] == ["dumbbell", "cup", "dalmatian", "bell pepper"]
@@ -380,6 +382,81 @@ def test_a_random_classifier_is_named_as_such(runs):
     assert job_module.classifier_note({"weights": "imagenet"}) is None
 
 
+# ------------------------------------------- class models and fooling on any supported model
+
+GRAPH_MODEL = {"model": "resnet18", "weights": "random", "seed": 0, "progress": False}
+
+
+def test_class_model_job_on_a_graph_model_with_classes_together(tmp_path):
+    """resnet18 (random): a class and a group of classes together, each image equal to the
+    library's, its record's probabilities, logits and ranks from the model's own forward."""
+    result = class_model_job.run_class_model(
+        tmp_path, **GRAPH_MODEL, classes=[1, ["tabby", "goldfish"]], size=64, steps=2
+    )
+    assert {"class1.png", "class281+1.png", "grid.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert result["settings"]["classes"] == [1, [281, 1]] == result["config"]["classes"]
+    assert result["classifier_note"] == RANDOM_CLASSIFIER_NOTE  # random weights: random classifier
+    net = deconvnet.load_model("resnet18", weights="random", seed=0)
+    names = deconvnet.class_names("resnet18")
+    with np.load(tmp_path / "images.npz") as arrays:
+        for cell, item, group in zip(result["cells"], [1, (281, 1)], [[1], [281, 1]]):
+            want = deconvnet.class_model(net, [item], size=64, steps=2)
+            got = torch.from_numpy(arrays[cell["key"]])
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
+            with torch.no_grad():
+                logits = net(got).double()[0]
+            p = torch.softmax(logits, dim=0)
+            order = logits.argsort(descending=True).tolist()
+            assert cell["classes"] == group
+            np.testing.assert_allclose(cell["probabilities"], p[group].numpy(), rtol=1e-4, atol=1e-9)
+            np.testing.assert_allclose(cell["logits"], logits[group].numpy(), rtol=1e-4, atol=1e-6)
+            assert cell["ranks"] == [order.index(c) + 1 for c in group]
+            assert cell["top_class"] == order[0]
+    group_cell = result["cells"][1]
+    assert group_cell["class"] == [281, 1] and group_cell["class_name"] == "tabby + goldfish"
+    title = result["sheets"][0]["rows"][0]["tiles"][1]["title"]
+    assert title.startswith("281 + 1 together\ntabby + goldfish\np = ") and names[281] == "tabby"
+
+
+def test_fooling_job_on_a_graph_model_keeps_its_budget(tmp_path):
+    """resnet18 (random): the sign rule by default, each colour value within 8/255."""
+    result = fooling_job.run_fooling(tmp_path, **GRAPH_MODEL, images="cat", target=368, size=64, steps=12)
+    s = result["settings"]
+    assert (s["step"], s["lr"], s["max_change"]) == ("sign", 1 / 255, 8 / 255)
+    net = deconvnet.load_model("resnet18", weights="random", seed=0)
+    std = torch.tensor(deconvnet.preprocessing(net).std).view(1, 3, 1, 1)
+    x = photo_input("cat", net, 64)
+    (cell,) = result["cells"]
+    with np.load(tmp_path / "images.npz") as arrays:
+        got = torch.from_numpy(arrays["cat"])
+    change = float(((got - x) * std).abs().max())
+    assert change <= 8 / 255 + 1e-6 and change > 7 / 255  # 12 steps of 1/255 reach the budget
+    assert cell["report"]["linf_colour"] == pytest.approx(change, rel=1e-4)
+    assert "sign-gradient steps of 1/255" in result["sheets"][0]["title"]
+    assert "within 8/255 of the image's" in result["sheets"][0]["title"]
+
+
+def test_jobs_on_the_real_classifier_have_no_random_note(tmp_path):
+    """EfficientNet-Lite0 with its ImageNet weights: no "random classifier" note; the cat is
+    fooled into a gibbon at 0.99 within 8/255 (the model's own forward)."""
+    real = {"model": "efficientnet_lite0", "weights": "imagenet", "seed": 0, "progress": False}
+    fooled = fooling_job.run_fooling(tmp_path / "fool", **real, images="cat", target=368)
+    made = class_model_job.run_class_model(tmp_path / "class", **real, classes=[281], size=64, steps=2)
+    net = deconvnet.load_model("efficientnet_lite0", weights="imagenet")
+    x = photo_input("cat", net, 224)
+    with np.load(tmp_path / "fool" / "images.npz") as arrays:
+        got = torch.from_numpy(arrays["cat"])
+    with torch.no_grad():
+        p = torch.softmax(net(got).double(), dim=1)[0, 368]
+    assert float(p) >= 0.99 and fooled["all_reached"] is True
+    assert float(((got - x) * 128 / 255).abs().max()) <= 8 / 255 + 1e-6  # Lite0: std 128/255
+    for result in (fooled, made):
+        assert result["random_classifier"] is False and result["classifier_note"] is None
+        assert "CLASSIFIER" not in result["sheets"][0]["title"] and result["weights"]["weights"] == "imagenet"
+    tile = made["sheets"][0]["rows"][0]["tiles"][0]
+    assert "random classifier" not in tile["title"] and tile["alarm"] is False
+
+
 # ------------------------------------------------------- determinism, resuming, redrawing
 
 
@@ -491,7 +568,7 @@ BAD_VALUES = [
     ("filters", {"param": "cppn"}, ValueError, r"param: expected one of pixels, fourier"),
     ("filters", {"opt_seed": -1}, ValueError, r"seed: expected an int >= 0"),
     ("filters", {"device": "tpu"}, ValueError, r"device: expected 'cpu', 'cuda'"),
-    ("filters", {"model": "resnet18"}, ValueError, r"model: the filters job runs on VGG"),
+    ("filters", {"model": "resnet18", "channels": 65}, ValueError, r"channels: expected a count in 1\.\.64"),
     ("filters", {"weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16 convolutions only"),
     ("filters", {"weights": "/no/such/ckpt.pth"}, FileNotFoundError, r"weights: checkpoint file"),
     ("filters", {"seed": -3}, ValueError, r"seed: expected an int in \[0, 2\*\*64\)"),
@@ -503,10 +580,26 @@ BAD_VALUES = [
     ("class_model", {"weight": -1}, ValueError, r"weight: expected a finite number >= 0"),
     ("class_model", {"blur": -1.0}, ValueError, r"blur: expected a finite number >= 0"),
     ("class_model", {"size": 40}, ValueError, r"size: expected an int >= 63"),
+    ("class_model", {"classes": [[1, 1]]}, ValueError, r"classes: each class once, got \[1, 1\]"),
+    ("class_model", {"classes": [[]]}, ValueError, r"classes: a group of classes together needs at least"),
+    (
+        "class_model",
+        {"classes": [1, [1]]},
+        ValueError,
+        r"classes: each class once, and each group of classes once",
+    ),
+    (
+        "class_model",
+        {"classes": [[1, 2], [2, 1]]},
+        ValueError,
+        r"classes: each class once, and each group of classes once",
+    ),
+    ("class_model", {"classes": [[1, [2]]]}, ValueError, r"classes: expected a class int in 0\.\.999"),
     ("deep_dream", {"images": []}, ValueError, r"images: expected a sample name or image path"),
     ("deep_dream", {"images": "no_such_sample"}, FileNotFoundError, r"image: .*not a bundled"),
     ("deep_dream", {"images": ["cat", "cat"]}, ValueError, r"images: each image needs its own"),
-    ("deep_dream", {"stage": 0}, ValueError, r"stage: expected an int in 1\.\.5, got 0"),
+    ("deep_dream", {"stage": 0}, ValueError, r"stage: expected a stage 1\.\.5 or its name, .*got 0"),
+    ("deep_dream", {"stage": "fc"}, ValueError, r"stage: 'fc' is neither a stage nor a module path"),
     ("deep_dream", {"channel": 384}, ValueError, r"channel: expected null .* 0\.\.383"),
     ("deep_dream", {"octaves": 0}, ValueError, r"octaves: expected an int >= 1"),
     ("deep_dream", {"octaves": 9}, ValueError, r"octaves: 9 octaves of scale 1\.4 shrink"),
@@ -514,7 +607,7 @@ BAD_VALUES = [
     ("deep_dream", {"jitter": -1}, ValueError, r"jitter: expected an int >= 0"),
     ("deep_dream", {"step_size": 0}, ValueError, r"step_size: expected a finite number > 0"),
     ("invert", {"image": ["cat", "coffee"]}, ValueError, r"image: expected a sample name or"),
-    ("invert", {"stages": ["fc8"]}, ValueError, r"stages: expected a stage 1\.\.5, 'fc6', 'fc7'"),
+    ("invert", {"stages": ["fc8"]}, ValueError, r"stages: 'fc8' is neither a stage nor a module path"),
     ("invert", {"tv_weight": -1}, ValueError, r"tv_weight: expected a finite number >= 0"),
     ("invert", {"size": 62}, ValueError, r"size: expected an int >= 63"),
     ("fooling", {"target": 1000}, ValueError, r"target: expected a class int in 0\.\.999"),
@@ -523,6 +616,11 @@ BAD_VALUES = [
     ("fooling", {"confidence": 1.0}, ValueError, r"confidence: expected a probability in"),
     ("fooling", {"amplify": 0}, ValueError, r"amplify: expected a finite number > 0"),
     ("fooling", {"steps": 2.5}, ValueError, r"steps: expected an int >= 1"),
+    ("fooling", {"step": "fgsm"}, ValueError, r"step: expected one of sign, normalized, got 'fgsm'"),
+    ("fooling", {"lr": 0}, ValueError, r"lr: expected a finite number > 0 or None"),
+    ("fooling", {"max_change": 0}, ValueError, r"max_change: expected None \(no limit\) or a colour"),
+    ("fooling", {"max_change": 1.5}, ValueError, r"max_change: expected None \(no limit\) or a colour"),
+    ("fooling", {"model": "resnet18", "weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16"),
 ]
 
 
@@ -566,8 +664,8 @@ CLI_TINY = {
 CLI_BAD = {
     "filters": ("param=cppn", "error: param: expected one of pixels, fourier, got 'cppn'"),
     "class_model": ("regularizer=l3", "error: regularizer: expected one of l2, l1, none"),
-    "deep_dream": ("stage=6", "error: stage: expected an int in 1..5, got 6"),
-    "invert": ("stages=[fc9]", "error: stages: expected a stage 1..5, 'fc6', 'fc7'"),
+    "deep_dream": ("stage=6", "error: stage: expected a stage 1..5 or its name"),
+    "invert": ("stages=[fc9]", "error: stages: 'fc9' is neither a stage nor a module path"),
     "fooling": ("confidence=2", "error: confidence: expected a probability in (0, 1), got 2"),
 }
 
