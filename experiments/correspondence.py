@@ -11,8 +11,8 @@ distances), config.yaml (resolved; Hydra's own copy is in `.hydra/`).
     python -m experiments.correspondence model=alexnet layers=[3,5,fc7] random_draws=20
     python -m experiments.correspondence boxes=/path/to/my_boxes.yaml
 
-Config keys (conf/correspondence.yaml): model=vgg16|alexnet with model.weights and model.seed;
-boxes (a box file: a name in conf/correspondence/ or a path); layers (1..5, fc6, fc7; a list);
+Config keys (conf/correspondence.yaml): model=<any supported model> with model.weights and model.seed;
+boxes (a box file: a name in conf/correspondence/ or a path); layers (stages, stage names, module paths, logits; fc6, fc7 on VGG / AlexNet; a list; null = the model's default);
 random_draws; seed (the random boxes'); fill (the occluder's value); batch_size; device. Every
 value is checked before the model is built; a bad one ends the run with one line
 `error: <key>: expected ..., got ...` and exit status 1. Finished parts are kept in `partial/`:

@@ -9,7 +9,7 @@ is in `.hydra/`).
     python -m experiments.deep_dream model=alexnet stage=5 channel=12 octaves=3
     python -m experiments.deep_dream -m stage=3,4,5              # a folder a job
 
-Config keys (conf/deep_dream.yaml): model=vgg16|alexnet with model.weights and model.seed; images
+Config keys (conf/deep_dream.yaml): model=<any supported model> with model.weights and model.seed; images
 (sample names / paths, or one); stage (1..5); channel (null = all); octaves; scale; jitter; steps
 (per octave); step_size; size (null = 224); seed (the jitter's); device. result.json: energy 0.5
 ||a||^2 before / after. Every value is checked before the model is built; a bad one ends the run

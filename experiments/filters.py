@@ -10,7 +10,7 @@ config.yaml (resolved; Hydra's own copy is in `.hydra/`).
     python -m experiments.filters model=alexnet stages=[2,5] channels=[0,3,7] size=128
     python -m experiments.filters -m param=pixels,fourier     # a folder a job
 
-Config keys (conf/filters.yaml): model=vgg16|alexnet with model.weights and model.seed; stages
+Config keys (conf/filters.yaml): model=<any supported model> with model.weights and model.seed; stages
 (1..5 or a list); channels (a count n: the first n channels, or a list); size; steps; lr; seed (the
 starts' and jitter's); param=pixels|fourier; device=cpu|cuda. Regularised variant: Yosinski's decay
 + blur, pad + jitter of size // 16 px (`deconvnet.jobs.filters`). Every value is checked

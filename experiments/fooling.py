@@ -9,7 +9,7 @@ images.npz (raw images, normalised input space, float32), grid.png, result.json 
     python -m experiments.fooling model=alexnet confidence=0.9 steps=100 amplify=20
     python -m experiments.fooling -m target=1,368                # a folder a job
 
-Config keys (conf/fooling.yaml): model=vgg16|alexnet with model.weights and model.seed; images
+Config keys (conf/fooling.yaml): model=<any supported model> with model.weights and model.seed; images
 (sample names / paths, or one); target (a class int or name); confidence (0..1); steps (at most);
 lr; size (null = 224); amplify (the difference panel's factor); seed; device. A confidence not
 reached is said in the panel and result.json; a random classifier (weights random or hed) is

@@ -12,10 +12,10 @@ config.yaml (resolved; Hydra's own copy is in `.hydra/`).
     python -m experiments.invariance transforms=[rotate] values.rotate=[0,45,90,135,180]
     python -m experiments.invariance model=alexnet layers=[2,5,fc6,fc7] images=[cat,coffee]
 
-Config keys (conf/invariance.yaml): model=vgg16|alexnet with model.weights and model.seed; images
+Config keys (conf/invariance.yaml): model=<any supported model> with model.weights and model.seed; images
 (sample names or paths); transforms (translate, scale, rotate); values.translate / values.scale /
 values.rotate (null = the paper's ranges: -60..60 px every 10, 1.0..1.8 every 0.1, 0..360
-degrees every 15); layers (1..5, fc6, fc7); labels (null = each original's predicted class, or
+degrees every 15); layers (stages, stage names, module paths, logits; fc6, fc7 on VGG / AlexNet; null = the model's default); labels (null = each original's predicted class, or
 one class per image); fill (the uncovered area in the normalised input; 0 = the mean colour);
 size (null = 224); batch_size; shown (amounts drawn per row in column (a)); device. Every value
 is checked before the model is built; a bad one ends the run with one line

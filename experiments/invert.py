@@ -10,7 +10,7 @@ Hydra's own copy is in `.hydra/`).
     python -m experiments.invert model=alexnet stages=[2,5,fc7] steps=100 size=160
     python -m experiments.invert -m image=cat,coffee             # a folder a job
 
-Config keys (conf/invert.yaml): model=vgg16|alexnet with model.weights and model.seed; image (a
+Config keys (conf/invert.yaml): model=<any supported model> with model.weights and model.seed; image (a
 sample name or path); stages (1..5, fc6, fc7; a list); steps; lr; size (null = 224); tv_weight
 (null = per stage); jitter; seed (the start's); device. Each inversion is titled with its relative
 feature error. Every value is checked before the model is built; a bad one ends the run with one

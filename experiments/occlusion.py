@@ -9,7 +9,7 @@ images.npz (raw maps: `<image>__probability`, `__feature`, `__label` [1, ny, nx]
     python -m experiments.occlusion model=alexnet images=[cat,coffee] patch=32 stride=8
     python -m experiments.occlusion -m images=cat,coffee             # a folder a job
 
-Config keys (conf/occlusion.yaml): model=vgg16|alexnet with model.weights and model.seed; images;
+Config keys (conf/occlusion.yaml): model=<any supported model> with model.weights and model.seed; images;
 target (null = predicted class); patch; stride; fill; size; top_k; data (the scan's dataset);
 method=incremental|brute; batch_size; device. Every value is checked before the model is built;
 a bad one ends the run with one line `error: <key>: expected ..., got ...` and exit status 1.

@@ -11,7 +11,7 @@ similarities), result.json (every setting, the curves, which methods pass) and c
     python -m experiments.sanity model=alexnet model.weights=random size=96 modes=cascading
     python -m experiments.sanity model.weights=hed layers=[conv5_3,conv4_1,conv3_1,conv1_1]
 
-Config keys (conf/sanity.yaml): model=vgg16|alexnet with model.weights and model.seed; images;
+Config keys (conf/sanity.yaml): model=<any supported model> with model.weights and model.seed; images;
 methods; unit ([stage], [stage, channel], [stage, channel, y, x], or null: the predicted class);
 modes (cascading, independent); layers (null = every learnable layer); size; samples, noise,
 noise_seed (SmoothGrad); steps (integrated gradients); cam_stage (Grad-CAM); seed (the

@@ -23,11 +23,11 @@ def _mosaic(projections: np.ndarray, guided: np.ndarray | None) -> np.ndarray:
     first, then the k dataset projections, in a row (the guided ones in a second row), each
     scaled by the 99.5th percentile of its |r| (a few extreme pixels would leave the rest grey)."""
     rows = [projections] if guided is None else [projections, guided]
-    shown = torch.cat([_percentile_display(torch.from_numpy(r)) for r in rows])
+    shown = torch.cat([percentile_display(torch.from_numpy(r)) for r in rows])
     return tile_grid(shown, len(rows), len(projections), pad=6).permute(1, 2, 0).numpy()
 
 
-def _percentile_display(r: torch.Tensor) -> torch.Tensor:
+def percentile_display(r: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] -> [B, 3, H, W] in [0, 1]: 0.5 + 0.5 r / q, q the 99.5th percentile of the
     image's |r| (its max where that is 0), clipped."""
     flat = r.abs().flatten(1).double()
