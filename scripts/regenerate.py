@@ -135,12 +135,12 @@ FIGURES: dict[str, Figure] = {
     ),
     "class_model": Figure(
         "class_model",
-        "Class models (Simonyan et al. 2014, L2 regulariser, blur) of the real classifier "
+        "Class models (Simonyan et al. 2014, L2 regulariser, 100 steps at 224 px) of the real classifier "
         "EfficientNet-Lite0 (ImageNet weights): four ImageNet classes (Simonyan et al.'s dumbbell, "
         "cup, dalmatian, bell pepper) and tabby + goldfish together (keras-vis' several classes: "
         "a cat-fish), each titled with the probabilities the model gives them",
         model="efficientnet_lite0",
-        overrides=("classes=[543,968,251,945,[281,1]]", "blur=1.0"),
+        overrides=("classes=[543,968,251,945,[281,1]]",),
         quick=("classes=[1,368]", "size=64", "steps=3"),
     ),
     "filters_efficientnet_lite0": Figure(

@@ -44,7 +44,8 @@ NATURAL = ("cat", "astronaut", "coffee", "chelsea", "rocket")
 F64_ATOL = 1e-9  # float64 equalities (observed: 0 to 4e-16)
 FEATURE_ERROR_BOUND = 0.2  # invert, AlexNet stage 1 at 64 px, 60 steps: observed ~0.1
 HOT_SCALE = 500.0  # last Linear layer x500: logits of random AlexNet become large enough
-FOOL = dict(target=500, lr=0.1, steps=60)  # reaches 0.99 after 21 steps (x50: only ~0.01-0.2)
+OLD_RULE = dict(step="normalized", max_change=None)  # the L2-normalised ascent, valid colours only
+FOOL = dict(target=500, lr=0.1, steps=60, **OLD_RULE)  # reaches 0.99 after 21 steps (x50: only ~0.01-0.2)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -495,7 +496,7 @@ def test_fooling_too_few_steps_warns(hot_alex):
     image = photo(hot_alex, 64)
     with pytest.warns(UserWarning, match="steps"):
         result = deconvnet.fooling_image(
-            hot_alex, image, FOOL["target"], steps=2, lr=FOOL["lr"], details=True
+            hot_alex, image, FOOL["target"], steps=2, lr=FOOL["lr"], details=True, **OLD_RULE
         )
     assert result.report["reached"] is False
     p = torch.softmax(logits(hot_alex, result.images), dim=1)[0, FOOL["target"]]
@@ -513,7 +514,7 @@ def test_fooling_steps_is_the_number_of_steps(hot_alex):
     one_step = (x0 + lr * math.sqrt(x0.numel()) * g / g.norm()).clamp(low, high).detach()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got = deconvnet.fooling_image(hot_alex, image, FOOL["target"], steps=1, lr=lr)
+        got = deconvnet.fooling_image(hot_alex, image, FOOL["target"], steps=1, lr=lr, **OLD_RULE)
     torch.testing.assert_close(got, one_step, rtol=1e-5, atol=1e-5)
 
 
@@ -525,7 +526,7 @@ def test_fooling_report_agrees_with_its_image(hot_alex, fooled):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = deconvnet.fooling_image(
-            hot_alex, image, FOOL["target"], steps=steps, lr=FOOL["lr"], details=True
+            hot_alex, image, FOOL["target"], steps=steps, lr=FOOL["lr"], details=True, **OLD_RULE
         )
     p = float(torch.softmax(logits(hot_alex, result.images), dim=1)[0, FOOL["target"]])
     reached = p >= 0.99
