@@ -44,7 +44,6 @@ from deconvnet.optim import invert
 from deconvnet.optim.invert import DEFAULT_TV_WEIGHT, TV_WEIGHTS
 
 DEFAULT_STAGES = (1, 2, 3, 4, 5)
-HEAD_POINTS = ("fc6", "fc7")
 
 
 @dataclass(frozen=True)
