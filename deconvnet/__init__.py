@@ -14,6 +14,7 @@ top = deconvnet.scan_topk(model, batches, k=9)           # {stage: TopK [C, 9]},
 """
 
 from deconvnet.analysis.correspondence import Correspondence, correspondence
+from deconvnet.analysis.faithfulness import Faithfulness, deletion, insertion
 from deconvnet.analysis.invariance import Invariance, invariance
 from deconvnet.analysis.occlusion import Occlusion, occlusion
 from deconvnet.analysis.sanity import sanity_check
@@ -58,9 +59,13 @@ from deconvnet.gradient import (
     attribute,
     explain,
     gradcam,
+    gradcam_plus_plus,
     gradient_x_image,
     guided_gradcam,
     integrated_gradients,
+    layercam,
+    lrp,
+    scorecam,
     smoothgrad,
 )
 from deconvnet.optim import (
@@ -76,6 +81,9 @@ from deconvnet.optim import (
 
 __all__ = [
     "Correspondence",
+    "Faithfulness",
+    "deletion",
+    "insertion",
     "Invariance",
     "Occlusion",
     "correspondence",
@@ -97,10 +105,14 @@ __all__ = [
     "explain",
     "diverging_values",
     "gradcam",
+    "gradcam_plus_plus",
     "gradient_x_image",
     "guided_gradcam",
     "integrated_gradients",
+    "layercam",
+    "lrp",
     "saliency_map",
+    "scorecam",
     "smoothgrad",
     "to_diverging",
     "to_grayscale",

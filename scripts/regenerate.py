@@ -217,6 +217,25 @@ FIGURES: dict[str, Figure] = {
         overrides=("size=128", "samples=8", "steps=8"),
         quick=("images=cat", "size=64", "samples=2", "steps=2", "layers=[fc6,conv5,conv3,conv1]"),
     ),
+    "faithfulness": Figure(
+        "faithfulness",
+        "Faithfulness table on EfficientNet-Lite0 (ImageNet weights): every method's map of each "
+        "gallery photo's predicted class, deletion AUC (lower is better) and insertion AUC "
+        "(higher is better; Petsiuk et al. 2018, 50 steps, deleted to the mean colour, inserted "
+        "over the blurred photo) with each "
+        "gradient-family method's sanity-check verdict (cascading re-initialisation down to the "
+        "first convolution of stage 3); table.md, curves.png, grid.png",
+        model="efficientnet_lite0",
+        quick=(
+            "images=cat",
+            "steps=2",
+            "methods=[gradient,gradcam,lrp,occlusion,random]",
+            "samples=2",
+            "integrated_steps=2",
+            "patch=112",
+            "stride=112",
+        ),  # fmt: skip
+    ),
     "invariance": Figure(
         "invariance",
         "Fig. 5 on EfficientNet-Lite0 (ImageNet weights): invariance of five photos to "

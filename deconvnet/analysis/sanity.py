@@ -79,7 +79,7 @@ from deconvnet.core.targets import Channel, Rows, Unit, resolve_target
 from deconvnet.core.validation import as_list, check_count, check_device, check_images, check_real, is_int
 from deconvnet.gradient.explained import resolve_explained
 from deconvnet.gradient.gradcam import check_cam_point
-from deconvnet.gradient.methods import METHODS, explain, options_for
+from deconvnet.gradient.methods import CAM_METHODS, METHODS, explain, options_for
 
 DEFAULT_METHODS = (
     "gradient",
@@ -89,7 +89,6 @@ DEFAULT_METHODS = (
     "gradcam",
     "integrated_gradients",
 )
-CAM_METHODS = ("gradcam", "guided_gradcam")
 TARGETS = "None (each image's predicted class), a class int, a deconvnet Unit or Channel"
 PASS_METRIC, PASS_BELOW = "spearman_abs", 0.5
 
@@ -105,6 +104,7 @@ class MapSettings:
     steps: int = 50
     cam_stage: int | str = 4
     noise_seed: int = 0
+    scorecam_top: int | None = None  # Score-CAM's channels kept (Faster-ScoreCAM), None: all
 
     def options(self, method: str) -> dict[str, Any]:
         """The keyword options of these settings that `method` takes (`options_for`): SmoothGrad's
@@ -115,6 +115,7 @@ class MapSettings:
             "seed": self.noise_seed,
             "steps": self.steps,
             "stage": self.cam_stage,
+            "top": self.scorecam_top,
         }
         return options_for(method, every)
 
@@ -197,6 +198,7 @@ def check_settings(
     cam_stage: object,
     noise_seed: object,
     stage: int | str | None,
+    scorecam_top: object = None,
 ) -> MapSettings:
     """Every map option checked (ValueError naming the argument); `stage`: the target's (None:
     a class target)."""
@@ -211,6 +213,7 @@ def check_settings(
         check_count("steps", steps),
         chosen_cam,
         int(noise_seed),
+        None if scorecam_top is None else check_count("scorecam_top", scorecam_top),
     )
 
 
@@ -468,26 +471,26 @@ def sanity_check(
     steps: int = 50,
     cam_stage: int | str | None = None,
     noise_seed: int = 0,
+    scorecam_top: int | None = None,
     device: str = "cpu",
     keep_maps: bool = False,
     progress: bool = True,
 ) -> SanityResult:
     """Adebayo et al.'s model parameter randomisation test (module doc) of images [B, 3, H, W].
 
-    methods: names of `deconvnet.gradient.METHODS`; target: TARGETS (default each image's
-    strongest stage-5 unit of the original model); modes: "cascading", "independent" or both;
-    layers: the steps, by layer name (None: every learnable layer; a cascading step at layer L
-    still re-initialises every layer above L); seed: the re-initialisation's; samples / noise /
-    noise_seed: SmoothGrad's; steps: integrated gradients'; cam_stage: Grad-CAM's (None: the
-    stage below a unit target's, 5 for a class target; module doc); device: "cpu" or "cuda".
-    Every argument is checked (ValueError naming it) before any work.
-    Returns a SanityResult whose similarity[mode] is [S, M, B, 4]; keep_maps=True keeps every map.
-    """
+    methods: names of `deconvnet.gradient.METHODS`; target: TARGETS (default each image's strongest
+    stage-5 unit of the original model); modes: "cascading", "independent" or both; layers: the
+    steps, by layer name (None: every learnable layer; a cascading step at layer L still
+    re-initialises every layer above L); seed: the re-initialisation's; samples / noise / noise_seed:
+    SmoothGrad's; steps: integrated gradients'; cam_stage: the CAMs' (None: the stage below a unit
+    target's, 5 for a class target); scorecam_top: Score-CAM's `top`; device: "cpu" or "cuda".
+    Every argument is checked (ValueError naming it) before any work. Returns a SanityResult whose
+    similarity[mode] is [S, M, B, 4]; keep_maps=True keeps every map."""
     target_device = check_device(device)
     images = check_images(images, model)
     check_target(model, target, images)
-    stage = target_stage(target)
-    settings = check_settings(model, methods, samples, noise, steps, cam_stage, noise_seed, stage)
+    options = (samples, noise, steps, cam_stage, noise_seed, stage := target_stage(target), scorecam_top)
+    settings = check_settings(model, methods, *options)
     chosen, evaluated = check_modes(modes), check_layers(model, layers)
     if not isinstance(keep_maps, bool) or not isinstance(progress, bool):
         raise ValueError(f"keep_maps / progress: expected True or False, got {keep_maps!r} / {progress!r}")

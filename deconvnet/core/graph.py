@@ -18,6 +18,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from deconvnet.core.modes import eval_function
+
 LINEAR_KINDS = ("identity", "flatten", "getitem", "unsqueeze", "scale", "shift")
 RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
@@ -63,18 +65,14 @@ class LeafTracer(fx.Tracer):
 def trace(model: nn.Module) -> fx.Graph:
     """The model's forward as an fx.Graph (traced in eval mode: the mirror is of the eval function);
     every module's own training flag is restored afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     try:
-        return LeafTracer().trace(model)
+        with eval_function(model):
+            return LeafTracer().trace(model)
     except Exception as error:  # torch.fx raises many types: say what failed and why
         raise ValueError(
             f"model: {type(model).__name__} could not be traced with torch.fx ({type(error).__name__}: "
             f"{error}); the mirror needs a traceable model built from {SUPPORTED}"
         ) from error
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def node_scopes(node: fx.Node) -> tuple[str, ...]:

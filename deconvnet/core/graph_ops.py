@@ -98,16 +98,19 @@ def activate(x: Tensor, kind: str, op: Op, record: GraphRecord | None) -> Tensor
     return F.relu(x) if kind == "relu" else F.relu6(x)
 
 
-def conv_forward(op: Op, xs: list[Tensor], record: GraphRecord | None) -> Tensor:
+def conv_with(op: Op, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The convolution of a "conv" / "conv_same" node with the given weight and bias:
+    x [N, C, H, W] -> [N, C', h, w] (TF-same nodes pad x as their module does)."""
     m = op.module
+    if op.kind == "conv_same":
+        x = F.pad(x, same_padding(tuple(x.shape[-2:]), m))
+        return F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
     padding = 0 if m.padding == "valid" else m.padding
-    return F.conv2d(xs[0], m.weight, m.bias, m.stride, padding, m.dilation, m.groups)
+    return F.conv2d(x, weight, bias, m.stride, padding, m.dilation, m.groups)
 
 
-def conv_same_forward(op: Op, xs: list[Tensor], record: GraphRecord | None) -> Tensor:
-    m = op.module
-    x = F.pad(xs[0], same_padding(tuple(xs[0].shape[-2:]), m))
-    return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+def conv_forward(op: Op, xs: list[Tensor], record: GraphRecord | None) -> Tensor:
+    return conv_with(op, xs[0], op.module.weight, op.module.bias)
 
 
 def maxpool_forward(op: Op, xs: list[Tensor], record: GraphRecord | None) -> Tensor:
@@ -143,7 +146,7 @@ FORWARD: dict[str, Callable[[Op, list[Tensor], GraphRecord | None], Tensor]] = {
     "input": lambda op, xs, record: xs[0],
     "output": lambda op, xs, record: xs[0],
     "conv": conv_forward,
-    "conv_same": conv_same_forward,
+    "conv_same": conv_forward,
     "bn": lambda op, xs, record: batch_norm(xs[0], op.module),
     "bn_act": lambda op, xs, record: activate(batch_norm(xs[0], op.module), op.args["act"], op, record),
     "relu": lambda op, xs, record: activate(xs[0], "relu", op, record),
@@ -231,20 +234,22 @@ def tied_weight(op: Op, g: Tensor, record: GraphRecord) -> tuple[Tensor, Tensor]
     return g.contiguous(memory_format=torch.channels_last), mirror_weight(op, record, True)
 
 
-def conv_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:
+def conv_transpose_with(op: Op, g: Tensor, weight: Tensor, size: tuple[int, int]) -> Tensor:
+    """W^T g for a "conv" / "conv_same" node with the given weight: g [M, C', h, w] -> [M, C, H, W]
+    at the input size `size`; for TF-same padding the transposed convolution runs onto the padded
+    map and the padding is cropped (its adjoint)."""
     m = op.module
-    padding = (0, 0) if m.padding == "valid" else pair(m.padding)
-    g, weight = tied_weight(op, g, record)
-    return [transposed_conv(g, m, record.shapes[op.name][-2:], padding, weight)]
+    if op.kind == "conv":
+        return transposed_conv(g, m, size, (0, 0) if m.padding == "valid" else pair(m.padding), weight)
+    height, width = size
+    left, right, top, bottom = same_padding((height, width), m)
+    padded = transposed_conv(g, m, (height + top + bottom, width + left + right), (0, 0), weight)
+    return padded[..., top : top + height, left : left + width]
 
 
-def conv_same_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:
-    """Transposed convolution onto the padded map, then the padding cropped (its adjoint)."""
-    height, width = record.shapes[op.name][-2:]
-    left, right, top, bottom = same_padding((height, width), op.module)
+def conv_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:
     g, weight = tied_weight(op, g, record)
-    padded = transposed_conv(g, op.module, (height + top + bottom, width + left + right), (0, 0), weight)
-    return [padded[..., top : top + height, left : left + width]]
+    return [conv_transpose_with(op, g, weight, tuple(record.shapes[op.name][-2:]))]
 
 
 def bn_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Tensor) -> list[Tensor]:
@@ -339,7 +344,7 @@ def getitem_adjoint(op: Op, g: Tensor, record: GraphRecord, rule: str, image: Te
 ADJOINT: dict[str, Callable[[Op, Tensor, GraphRecord, str, Tensor], list[Tensor]]] = {
     "output": lambda op, g, record, rule, image: [g],
     "conv": conv_adjoint,
-    "conv_same": conv_same_adjoint,
+    "conv_same": conv_adjoint,
     "bn": bn_adjoint,
     "bn_act": bn_act_adjoint,
     "relu": act_adjoint,

@@ -27,6 +27,13 @@ DISPLAYS: dict[str, str] = {
     "integrated_gradients": "diverging",
     "gradient_x_image": "diverging",
     "gradcam": "heatmap",
+    "gradcam_plus_plus": "heatmap",
+    "layercam": "heatmap",
+    "scorecam": "heatmap",
+    "lrp": "diverging",
+    "lrp_epsilon_plus_flat": "diverging",
+    "lrp_epsilon_alpha2_beta1": "diverging",
+    "lrp_epsilon_plus": "diverging",
 }
 DISPLAY_DESCRIPTIONS: dict[str, str] = {
     "saliency": "Simonyan et al. saliency max|.| over colour, shown in grayscale clipped at its "
@@ -34,7 +41,8 @@ DISPLAY_DESCRIPTIONS: dict[str, str] = {
     "signed": "signed RGB, zero at mid-grey, scaled by max|.| of the map (to_display)",
     "diverging": "sum over colour, red positive / blue negative, clipped at the 99th percentile "
     "of |.| (to_diverging)",
-    "heatmap": "Grad-CAM / its max in matplotlib 'jet', alpha 0.5 over the input",
+    "heatmap": "the CAM (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) / its max in matplotlib 'jet', "
+    "alpha 0.5 over the input",
 }
 HEATMAP_ALPHA = 0.5
 

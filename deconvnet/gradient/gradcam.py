@@ -4,9 +4,13 @@ A = the stage's output maps (on VGG16 the pooled map of a conv block: stage 5 is
 224; Selvaraju et al. take relu5_3, 14x14, whose channel weights are exactly 1/4 of pool5's).
 weights_k = spatial mean of d score / d A_k; map = relu(sum_k weights_k A_k), upsampled to the
 input bilinearly (align_corners=False). Guided Grad-CAM = guided backprop x that map.
+Grad-CAM++ (`gradcam_plus_plus`) and LayerCAM (`layercam`) share everything here but the channel
+weighting (`Weighting`): docs/methods.md#gradient-family.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +64,21 @@ def check_cam_stage(model: nn.Module, stage: object, rows: Rows) -> tuple[int | 
     return info.number, info.index if is_chain(model) else ModelGraph.of(model).paths[info.path]
 
 
+Weighting = Callable[[Tensor, Tensor], Tensor]
+"""How a CAM method weighs the stage's maps: (grads, acts) [M, C, h, w] -> [M, 1, h, w], the map
+before its ReLU (grads: d score / d A of each row, acts: A of the row's image)."""
+
+
+def gradcam_weighting(grads: Tensor, acts: Tensor) -> Tensor:
+    """Grad-CAM: sum_k w_k A_k with w_k = spatial mean of g_k; [M, C, h, w] x 2 -> [M, 1, h, w]."""
+    return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True)
+
+
+def cam_at_input(cam: Tensor, size: tuple[int, int]) -> Tensor:
+    """relu of weighted maps [M, 1, h, w], upsampled bilinearly (align_corners=False) -> [M, H, W]."""
+    return F.interpolate(F.relu(cam), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def cam_maps(
     gradient_pass: GradientPass,
     forward: Forward,
@@ -67,15 +86,29 @@ def cam_maps(
     point: tuple[int, int | str],
     size: tuple[int, int],
     chunk_size: int,
+    weighting: Weighting = gradcam_weighting,
 ) -> Tensor:
-    """Resolved rows -> [M, H, W] Grad-CAM maps at the input size, at `point` (check_cam_stage)."""
+    """Resolved rows -> [M, H, W] CAM maps at the input size, at `point` (check_cam_stage):
+    relu(weighting(d score / d A, A)) at the stage's resolution, upsampled."""
     stage, index = point
     grads = gradient_pass.backward(forward, rows, until=index, chunk_size=chunk_size)
     maps = forward.record.outputs[stage] if stage is not None else forward.record.values[index]
     acts = maps[rows.image.to(grads.device)]
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * acts).sum(1, keepdim=True))
-    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return cam_at_input(weighting(grads, acts), size)
+
+
+def gradient_cam(
+    model: nn.Module, images: Tensor, target: object, stage: object, chunk_size: int, weighting: Weighting
+) -> Tensor:
+    """A gradient-weighted CAM of each target at `stage`, from one forward pass: images
+    [B, 3, H, W] -> [B, H, W] ([K, H, W] for K targets of one image) on images.device."""
+    x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
+    point = check_cam_stage(model, stage, rows)
+    gradient_pass.keep = (point[1],) if point[0] is None else ()
+    with torch.no_grad():
+        forward, rows = forward_resolved(gradient_pass, x, rows)
+        out = cam_maps(gradient_pass, forward, rows, point, tuple(x.shape[-2:]), chunk_size, weighting)
+    return out.to(images.device)
 
 
 @full_float32()
@@ -84,13 +117,7 @@ def gradcam(
 ) -> Tensor:
     """Grad-CAM of each target at `stage`: images [B, 3, H, W] -> [B, H, W] ([K, H, W] for K
     targets of one image), non-negative, at the input size."""
-    x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
-    point = check_cam_stage(model, stage, rows)
-    gradient_pass.keep = (point[1],) if point[0] is None else ()
-    with torch.no_grad():
-        forward, rows = forward_resolved(gradient_pass, x, rows)
-        out = cam_maps(gradient_pass, forward, rows, point, tuple(x.shape[-2:]), chunk_size)
-    return out.to(images.device)
+    return gradient_cam(model, images, target, stage, chunk_size, gradcam_weighting)
 
 
 @full_float32()

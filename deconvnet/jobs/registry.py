@@ -15,6 +15,7 @@ from deconvnet.jobs import (
     class_model,
     correspondence,
     deep_dream,
+    faithfulness,
     fig1,
     fig2,
     filters,
@@ -81,6 +82,7 @@ JOBS: dict[str, JobKind] = _kinds(
     JobKind("invariance", invariance.run_from_config, _files(invariance.render_invariance)),
     JobKind("correspondence", correspondence.run_from_config, None),
     JobKind("sanity", sanity.run_from_config, None),
+    JobKind("faithfulness", faithfulness.run_from_config, _files(faithfulness.render_faithfulness)),
 )
 
 

@@ -54,7 +54,7 @@ from deconvnet.data.models import class_names, preprocessing, weights_label
 from deconvnet.figures.saliency import DISPLAY_DESCRIPTIONS, DISPLAYS, draw_grid, read_tile, redraw_grid, show
 from deconvnet.gradient.explained import describe_explained, resolve_explained
 from deconvnet.gradient.integrated import ZERO_BASELINE, completeness
-from deconvnet.gradient.methods import METHODS, explain, options_for
+from deconvnet.gradient.methods import CAM_METHODS, CLASS_ONLY_METHODS, METHODS, explain, options_for
 from deconvnet.gradient.passes import GradientPass
 from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, Checkpoints, JobFolder
 from deconvnet.jobs.provenance import provenance
@@ -63,7 +63,6 @@ from deconvnet.jobs.request import ModelRequest, check_model, load_logged, model
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGES = ("cat", "coffee", "astronaut", "motorcycle")
-CAM_METHODS = ("gradcam", "guided_gradcam")
 RANDOM_CLASSIFIER_NOTE = "class scores of a RANDOM classifier: not meaningful"
 GRID_FILE, MAPS_FILE = "grid.png", "maps.npz"
 
@@ -146,11 +145,12 @@ def parse_images(images: object) -> list[str]:
     return [str(item) for item in items]
 
 
-def parse_methods(methods: object) -> list[str]:
-    """null -> every method of METHODS in order; a name -> [it]; a list of names -> it."""
+def parse_methods(methods: object, unit: bool = False) -> list[str]:
+    """null -> every method of METHODS in order (for a `unit` target those that explain units);
+    a name -> [it]; a list of names -> it."""
     accepted = f"one of {', '.join(METHODS)}, a list of them, or null (all)"
     if methods is None:
-        return list(METHODS)
+        return [m for m in METHODS if not (unit and m in CLASS_ONLY_METHODS)]
     items = [methods] if isinstance(methods, str) else _listed(methods)
     if not items:
         raise ValueError(f"methods: expected {accepted}, got {methods!r}")
@@ -160,6 +160,9 @@ def parse_methods(methods: object) -> list[str]:
     repeated = sorted({m for m in items if items.count(m) > 1})
     if repeated:
         raise ValueError(f"methods: each method once, got {', '.join(repeated)} more than once")
+    if unit and set(items) & set(CLASS_ONLY_METHODS):
+        only = ", ".join(m for m in items if m in CLASS_ONLY_METHODS)
+        raise ValueError(f"methods: {only} explains class targets only; drop it or give a class target")
     return list(items)
 
 
@@ -228,8 +231,8 @@ def validate(
     """Check every value before anything heavy runs; ValueError / FileNotFoundError naming the
     key, before the model is built and before anything is written."""
     request = check_model(model, weights, seed, device)  # the architecture only: no weights
-    method_names = parse_methods(methods)
     chosen_target, chosen_unit = parse_explained(target, unit, request)
+    method_names = parse_methods(methods, chosen_unit is not None)
     samples = check_count("samples", samples)
     noise = check_real("noise", noise)
     steps = check_count("steps", steps)

@@ -619,9 +619,16 @@ def test_each_method_accepts_its_signatures_keyword_parameters():
     for name, method in deconvnet.METHODS.items():
         function = getattr(method, "func", method)
         fixed = getattr(method, "keywords", {})
-        parameters = list(inspect.signature(function).parameters)
+        signature = inspect.signature(function).parameters
+        parameters = [p for p, v in signature.items() if v.kind is not inspect.Parameter.VAR_KEYWORD]
         assert parameters[:3] == ["model", "images", "target"], name
-        assert OPTIONS[name] == tuple(p for p in parameters[3:] if p not in fixed), name
+        named = tuple(p for p in parameters[3:] if p not in fixed)
+        assert OPTIONS[name][: len(named)] == named, name
+        if len(parameters) == len(signature):  # no **keywords: exactly the named parameters
+            assert OPTIONS[name] == named, name
+    # lrp's **rule_options: the options of the composite its entry fixes (every one for "lrp")
+    assert OPTIONS["lrp"] == ("composite", "chunk_size", "epsilon", "gamma", "stabilizer", "low", "high")
+    assert OPTIONS["lrp_epsilon_plus"] == ("chunk_size", "epsilon", "stabilizer")
     assert OPTIONS["smoothgrad_guided"] == ("samples", "noise", "squared", "seed", "batch_size", "chunk_size")
     assert OPTIONS["gradcam"] == OPTIONS["guided_gradcam"] == ("stage", "chunk_size")
     assert OPTIONS["integrated_gradients"] == ("baseline", "steps", "batch_size", "chunk_size")
