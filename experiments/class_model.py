@@ -10,7 +10,8 @@ config.yaml (resolved; Hydra's own copy is in `.hydra/`).
     python -m experiments.class_model -m regularizer=l2,l1,none   # a folder a job
 
 Config keys (conf/class_model.yaml): model=<any supported model> with model.weights and model.seed; classes
-(ints or names, or one); regularizer=l2|l1|none; weight; steps; lr; size; blur (sigma every 4
+(ints or names, or one; an item that is a list of classes makes one image for them together, the
+soft minimum of their logits); regularizer=l2|l1|none; weight; steps; lr; size; blur (sigma every 4
 steps, 0 none); seed; device. Weights random or hed have a random classifier: "class scores of a
 RANDOM classifier: not meaningful" in the title and result.json. Every value is checked before the
 model is built; a bad one ends the run with one line `error: <key>: expected ..., got ...` and exit

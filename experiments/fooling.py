@@ -11,7 +11,10 @@ images.npz (raw images, normalised input space, float32), grid.png, result.json 
 
 Config keys (conf/fooling.yaml): model=<any supported model> with model.weights and model.seed; images
 (sample names / paths, or one); target (a class int or name); confidence (0..1); steps (at most);
-lr; size (null = 224); amplify (the difference panel's factor); seed; device. A confidence not
+step (sign: every colour value moves by lr along the gradient's sign | normalized: the old
+L2-normalised step); lr (null = the rule's default: 1/255 per colour value for sign);
+max_change (the largest change of any colour value, 8/255 by default; null = no budget); size
+(null = 224); amplify (the difference panel's factor); seed; device. A confidence not
 reached is said in the panel and result.json; a random classifier (weights random or hed) is
 labelled as such. Every value is checked before the model is built; a bad one ends the run with one
 line `error: <key>: expected ..., got ...` and exit status 1. Finished cells are kept in

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import check_count, check_real, is_int
 from deconvnet.optim import objectives as obj
-from deconvnet.optim.checks import batches, check_param, check_size, model_device
+from deconvnet.optim.checks import batches, check_classes, check_param, check_size, model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.filters import make_param, merge, start_images
 from deconvnet.optim.regularizers import Blur, Decay, Shrink
@@ -47,12 +47,10 @@ def check_class_groups(model: nn.Module, classes: object, name: str = "classes")
         group = [item] if is_int(item) else item
         if not isinstance(group, (list, tuple, range)) or not group:
             raise ValueError(f"{name}: expected {accepted}; got the item {item!r}")
-        for c in group:
-            if not is_int(c) or not 0 <= c < count:
-                raise ValueError(f"{name}: {c!r} is outside the model's classes 0..{count - 1}")
+        group = check_classes(model, group, name)  # each class within the model's
         if len(set(group)) != len(group):
             raise ValueError(f"{name}: each class once within a group of classes together, got {item!r}")
-        groups.append(tuple(int(c) for c in group))
+        groups.append(tuple(group))
     return groups
 
 
