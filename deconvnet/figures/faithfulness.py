@@ -9,20 +9,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from deconvnet.figures.saliency import heatmap
 from deconvnet.figures.sheet import save_tile
 
 TILES_DIR = "tiles"
+TILE_PX = 112  # the largest side of a tile
 
 
 def scores_tile(out: Path, method: str, label: str, scores: Tensor, shown: Tensor) -> str:
     """Save scores [H, W] over the photo shown [3, H, W] (in [0, 1]) as a jet heatmap: the scores
-    between their 1st and 99th percentiles scaled to [0, 1] (the order the metrics follow);
-    returns the tile's path relative to `out`."""
+    between their 1st and 99th percentiles scaled to [0, 1] (the order the metrics follow), at
+    most TILE_PX on a side (area average: the committed grid stays small); returns the tile's
+    path relative to `out`."""
     low, high = torch.quantile(scores.double().flatten(), torch.tensor([0.01, 0.99], dtype=torch.float64))
     scaled = ((scores.double() - low) / (high - low) if high > low else torch.zeros_like(scores)).clamp(0, 1)
+    factor = max(1, -(-max(scaled.shape[-2:]) // TILE_PX))
+    if factor > 1:
+        scaled = F.avg_pool2d(scaled[None, None], factor, ceil_mode=True)[0, 0]
+        shown = F.avg_pool2d(shown[None].double(), factor, ceil_mode=True)[0]
     name = f"{TILES_DIR}/{method}__{label}.png"
     (out / TILES_DIR).mkdir(parents=True, exist_ok=True)
     save_tile(heatmap(scaled, shown), out / name)
