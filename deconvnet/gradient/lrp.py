@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvnet.core.geometry import stage_sizes
 from deconvnet.core.graph import Op
-from deconvnet.core.graph_mirror import point_node
+from deconvnet.core.graph_mirror import GraphMirror
 from deconvnet.core.graph_model import ModelGraph
-from deconvnet.core.graph_ops import GraphRecord, adjoint, forward, rows_of, unfolded
+from deconvnet.core.graph_ops import GraphRecord, adjoint, rows_of, unfolded
 from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Rows, resolve_target
 from deconvnet.core.validation import check_count, check_images, check_model_values, check_real
@@ -41,7 +40,7 @@ from deconvnet.gradient.lrp_rules import (
     norm_relevance,
     stabilize,
 )
-from deconvnet.gradient.passes import CHUNK_SIZE
+from deconvnet.gradient.passes import CHUNK_SIZE, target_signal
 
 AFFINE_KINDS = ("conv", "conv_same", "linear")
 PASS_KINDS = ("relu", "relu6", "bn", "bn_act")  # zennit: Pass on activations and batch norms
@@ -148,31 +147,9 @@ def first_layer(graph: ModelGraph) -> str:
     return next(op.name for op in graph.ops if op.kind in AFFINE_KINDS)
 
 
-def record_all(graph: ModelGraph, top: str, images: Tensor) -> tuple[dict[str, Tensor], GraphRecord]:
-    """One forward pass [B, 3, H, W] up to node `top`, keeping every node's value (the rules read
-    the inputs of every layer) and the pooling switches."""
-    record = GraphRecord(sizes=[tuple(images.shape[-2:])], masks_wanted=False)
-    values: dict[str, Tensor] = {}
-    for op in graph.ops[: graph.position[top] + 1]:
-        xs = [values[name] for name in op.inputs]
-        values[op.name] = images if op.kind == "input" else forward(op, xs, record)
-    return values, record
-
-
 def seed_relevance(values: dict[str, Tensor], top: str, rows: Rows) -> Tensor:
     """[M, ...] relevance at the top node: the target's value there, zero elsewhere."""
-    out = rows_of(values[top], rows.image)
-    m = torch.arange(len(rows), device=out.device)
-    if rows.kind == "class":
-        return F.one_hot(rows.classes.to(out.device), out.shape[1]).to(out.dtype) * out
-    seed = torch.zeros_like(out)
-    channel = rows.channel.to(out.device)
-    if rows.kind == "channel":
-        seed[m, channel] = out[m, channel]
-    else:
-        y, x = rows.y.to(out.device), rows.x.to(out.device)
-        seed[m, channel, y, x] = out[m, channel, y, x]
-    return seed
+    return target_signal(values[top], rows) * rows_of(values[top], rows.image)
 
 
 @dataclass
@@ -255,11 +232,14 @@ def lrp(
     weight = next(model.parameters())
     rules = check_composite(model, composite, rule_options, weight.dtype)
     rows = resolve_target(model, target, images.shape[0], stage_sizes(model, *images.shape[-2:]))
-    graph = ModelGraph.of(model)
-    top = graph.output if rows.kind == "class" else point_node(model, graph, rows.stage)[0]
+    # the mirror's forward pass up to the target's node, keeping every node's value (the rules
+    # read every layer's input) and the pooling switches; "deconvnet": no ReLU masks are kept
+    mirror = GraphMirror(model, None if rows.kind == "class" else rows.stage, "deconvnet")
+    graph, top = mirror.graph, mirror.top
     x = images.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        values, record = record_all(graph, top, x)
+        record = mirror.record(x, keep=tuple(op.name for op in mirror.ops))
+        values = record.values
         rows = rows.resolve(values[graph.output] if rows.kind == "class" else None, values[top])
         relevance_pass = RelevancePass(graph, values, record, rules, top, first_layer(graph))
         out = torch.cat(

@@ -79,17 +79,7 @@ class GradientPass:
 
     def graph_seed(self, forward: Forward, rows: Rows) -> Tensor:
         """The rows' seeds [M, ...] at the graph mirror's top node (the logits or a stage)."""
-        output = forward.record.output
-        m, device = len(rows), output.device
-        if rows.kind == "class":
-            return F.one_hot(rows.classes, output.shape[1]).to(device, output.dtype)
-        signal = output.new_zeros(m, *output.shape[1:])
-        if rows.kind == "channel":
-            signal[torch.arange(m, device=device), rows.channel.to(device)] = 1.0
-        else:
-            index = (torch.arange(m), rows.channel, rows.y, rows.x)
-            signal[tuple(t.to(device) for t in index)] = 1.0
-        return signal
+        return target_signal(forward.record.output, rows)
 
     def seed(self, forward: Forward, rows: Rows) -> Region:
         """The rows' seeds as a Region at the top level of the features mirror."""
@@ -130,6 +120,21 @@ class GradientPass:
             zero = torch.zeros_like(part.image)
             pieces.append(reframe(region, zero, zero, size).signal)
         return torch.cat(pieces)
+
+
+def target_signal(output: Tensor, rows: Rows) -> Tensor:
+    """Resolved rows -> [M, ...] one at each row's target in a node's output [N, ...] (a class of
+    the logits, a unit, or a whole channel's map), zero elsewhere."""
+    m, device = len(rows), output.device
+    if rows.kind == "class":
+        return F.one_hot(rows.classes, output.shape[1]).to(device, output.dtype)
+    signal = output.new_zeros(m, *output.shape[1:])
+    if rows.kind == "channel":
+        signal[torch.arange(m, device=device), rows.channel.to(device)] = 1.0
+    else:
+        index = (torch.arange(m), rows.channel, rows.y, rows.x)
+        signal[tuple(t.to(device) for t in index)] = 1.0
+    return signal
 
 
 def mean_of_maps(
