@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deconvnet.data.models import WeightsUnavailableError
-from deconvnet.jobs.folder import JobLock
+from deconvnet.jobs.folder import JobLock, failure_marked
 
 # Errors caused by what the user asked for: reported as one short line, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, WeightsUnavailableError)
@@ -54,8 +54,8 @@ def user_errors(logger: logging.Logger) -> Iterator[None]:
 
 def run_registered(name: str, cfg: DictConfig) -> None:
     """The body of every entry point: the registered job `name` (`check_job`) run with the
-    resolved config in this Hydra job's own folder, logging kept clear of tqdm bars, user errors
-    as one line."""
+    resolved config in this Hydra job's own folder, logging kept clear of tqdm bars, a failure
+    after the job began recorded in its result.json (`failure_marked`), user errors as one line."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from deconvnet.jobs.registry import check_job
@@ -64,5 +64,5 @@ def run_registered(name: str, cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     with user_errors(logging.getLogger(f"experiments.{name}")):
         out = hydra_output_dir()
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), failure_marked(out):
             kind.run(out, config)

@@ -16,7 +16,16 @@ state is recorded once, when this command starts (`code_commit`: the last commit
 and README.md, `code_dirty`), and handed to every job; jobs run with fixed threads and instruction set
 (`JOB_ENV`); runtimes, times, host, command lines and absolute paths go to the untracked
 `results/RUNS.json` and `results/<name>/run.json`, and Hydra's record names folders relative to
-the repository (`.`) or to the output folder (`<out>`).
+the repository (`.`) or to the output folder (`<out>`). The run record names the CPU (model,
+instruction set): other CPUs round float32 differently, and `python scripts/compare_results.py
+<theirs> results` says per figure whether another run matches within tolerances.
+
+Progress and resuming: before each figure a line `[k/n] <figure>: elapsed mm:ss, estimate mm:ss
+left` (each remaining figure at its runtime in RUNS.json, else at the mean of this run's). The
+untracked `<out>/.regenerate_state.json` records each finished figure's code state and command; a
+rerun keeps a figure that finished with the same committed code (a tree with uncommitted changes
+never counts as the same), the same versions and threads and the same command, and runs the others:
+an interrupted run goes on where it stopped. `--restart` runs every figure again.
 """
 
 from __future__ import annotations
@@ -281,6 +290,7 @@ STABLE_PROVENANCE = ("versions", "code_commit", "code_dirty")
 TEXT_SUFFIXES = (".json", ".yaml")
 MANIFEST_JSON, MANIFEST_MD = "MANIFEST.json", "MANIFEST.md"
 RUNS_JSON, RUN_JSON = "RUNS.json", "run.json"  # untracked (.gitignore)
+STATE_JSON = ".regenerate_state.json"  # untracked: the figures finished, with their code and command
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -301,6 +311,11 @@ def job_overrides(name: str, quick: bool) -> list[str]:
     fig = FIGURES[name]
     model = "alexnet" if quick else fig.model
     return [*MODEL_OVERRIDES[model], *fig.overrides, *(fig.quick if quick else ())]
+
+
+def figure_command(name: str, quick: bool) -> str:
+    """The command a user would type for one figure: `python -m <module> <overrides...>`."""
+    return " ".join(["python", "-m", JOBS[FIGURES[name].job].module, *job_overrides(name, quick)])
 
 
 def job_env(record: dict[str, Any], threads: int) -> dict[str, str]:
@@ -376,7 +391,7 @@ def run_job(name: str, out_root: Path, quick: bool, env: dict[str, str]) -> dict
     shutil.rmtree(staging, ignore_errors=True)
     module = JOBS[fig.job].module
     command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={staging}"]
-    shown = " ".join(["python", "-m", module, *overrides])
+    shown = figure_command(name, quick)
     print(f"\n=== {name}: {shown}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True)
@@ -481,10 +496,69 @@ def write_runs(out_root: Path, record: dict[str, Any]) -> None:
     )
 
 
+# ------------------------------------------------------------------------------ progress, resume
+
+
+def minutes(seconds: float) -> str:
+    """`mm:ss` (minutes not capped at 60)."""
+    whole = max(0, round(seconds))
+    return f"{whole // 60:02d}:{whole % 60:02d}"
+
+
+def progress_line(
+    k: int, n: int, name: str, elapsed: float, todo: list[str], known: dict[str, float], done: list[float]
+) -> str:
+    """`[k/n] name: elapsed mm:ss, estimate mm:ss left`: each figure of `todo` (this one included)
+    at its last known runtime (`known`, seconds), else at the mean of this run's runtimes `done`."""
+    mean = sum(done) / len(done) if done else None
+    guesses = [known.get(f) or mean for f in todo]
+    estimate = "unknown" if None in guesses else minutes(sum(guesses))
+    return f"[{k}/{n}] {name}: elapsed {minutes(elapsed)}, estimate {estimate} left"
+
+
+def finished_figures(
+    state: dict[str, Any], record: dict[str, Any], commands: dict[str, str]
+) -> dict[str, str]:
+    """{figure: when it finished} of the figures in `commands` ({figure: command}) that `state`
+    (the state file's content) says finished with `record`'s code state and exactly that command.
+
+    The code state is the record's stable provenance (versions incl. threads, code_commit,
+    code_dirty); a tree with uncommitted changes, or without a commit, matches nothing: what
+    its changes were is not recorded, so nothing made from it counts as the same.
+    """
+    code = split_provenance(record)[0]
+    if code.get("code_dirty") is not False or not code.get("code_commit"):
+        return {}
+    done = state.get("figures", {})
+    return {
+        name: str(done[name].get("finished"))
+        for name, command in commands.items()
+        if name in done and done[name].get("code") == code and done[name].get("command") == command
+    }
+
+
+def record_finished(out_root: Path, name: str, record: dict[str, Any], command: str) -> None:
+    """Add one finished figure, its code state and command to the state file (STATE_JSON)."""
+    state = read_json(out_root / STATE_JSON)
+    state.setdefault("figures", {})[name] = {
+        "code": split_provenance(record)[0],
+        "command": command,
+        "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    write_json(out_root / STATE_JSON, state)
+
+
+def kept_figures(out_root: Path, record: dict[str, Any], commands: dict[str, str]) -> dict[str, str]:
+    """`finished_figures` of the state file in `out_root` whose folder is still there."""
+    done = finished_figures(read_json(out_root / STATE_JSON), record, commands)
+    return {name: when for name, when in done.items() if (out_root / name / "result.json").is_file()}
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), default=list(FIGURES))
     parser.add_argument("--out", type=Path, default=REPO / "results")
@@ -495,26 +569,65 @@ def main() -> None:
         default=JOB_THREADS,
         help=f"threads of every job (default {JOB_THREADS}; in the manifest)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help=f"run every figure, also those that finished earlier with this code (<out>/{STATE_JSON})",
+    )
+    return parser.parse_args()
+
+
+def run_figures(names: list[str], out: Path, args: argparse.Namespace, record: dict[str, Any]) -> list[dict]:
+    """Run the figures not kept from an earlier run, with a progress line before each; their
+    manifest entries. The manifest, RUNS.json and the state file are written after every figure."""
+    commands = {name: figure_command(name, args.quick) for name in names}
+    kept = {} if args.restart else kept_figures(out, record, commands)
+    if not args.restart and record.get("code_dirty") is not False and (out / STATE_JSON).is_file():
+        print(
+            "uncommitted changes (or no git): every figure runs, none is kept from earlier runs", flush=True
+        )
+    known = {k: v.get("seconds") for k, v in read_json(out / RUNS_JSON).get("figures", {}).items()}
+    env = job_env(record, args.threads)
+    entries: list[dict] = []
+    runtimes: list[float] = []
+    started = time.perf_counter()
+    for k, name in enumerate(names, 1):
+        if name in kept:
+            print(f"[{k}/{len(names)}] {name}: kept, finished earlier at {kept[name]}", flush=True)
+            continue
+        todo = [n for n in names[k - 1 :] if n not in kept]
+        elapsed = time.perf_counter() - started
+        print(progress_line(k, len(names), name, elapsed, todo, known, runtimes), flush=True)
+        entries.append(run_job(name, out, args.quick, env))
+        runtimes.append(time.perf_counter() - started - elapsed)
+        write_manifest(out, entries, record, args.threads)  # after every figure: work is kept
+        write_runs(out, record)
+        record_finished(out, name, record, commands[name])
+    if kept:
+        print(f"\nkept {', '.join(kept)} (finished earlier with this code; --restart runs them again)")
+    return entries
+
+
+def main() -> None:
+    """Regenerate the chosen figures into --out (module docstring)."""
+    args = parse_args()
     torch.set_num_threads(args.threads)  # versions() in the record names the jobs' thread count
     record = provenance()  # the tree as it was when this command started, for every job
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = job_env(record, args.threads)
-    entries = []
+    names = list(dict.fromkeys(args.only))
     try:
-        for name in args.only:
-            entries.append(run_job(name, out, args.quick, env))
-            write_manifest(out, entries, record, args.threads)  # after every figure: work is kept
-            write_runs(out, record)
+        entries = run_figures(names, out, args, record)
     except subprocess.CalledProcessError as error:
         raise SystemExit(
             f"error: {error.cmd[2]} failed with exit status {error.returncode}; "
-            "results of the figures finished before it are kept"
+            "results of the figures finished before it are kept (a rerun on a tree without "
+            "uncommitted changes goes on from there)"
         ) from None
     finally:
         shutil.rmtree(out / ".staging", ignore_errors=True)
-    print(f"\nwrote {', '.join(e['figure'] for e in entries)} into {out} (manifest: {out / MANIFEST_MD})")
+    wrote = ", ".join(e["figure"] for e in entries) or "nothing"
+    print(f"\nwrote {wrote} into {out} (manifest: {out / MANIFEST_MD})")
 
 
 if __name__ == "__main__":

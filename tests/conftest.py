@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 from torchvision.models import alexnet, vgg16
 
 import deconvnet
@@ -87,6 +88,28 @@ def seeded_randn(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.f
     """Standard normal values of the given shape from their own generator seeded with `seed`
     (the global RNG is left alone)."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+class ConvolutionRecorder(TorchFunctionMode):
+    """Records, for every convolution, transposed convolution and linear layer run inside it,
+    (function name, cudnn.allow_tf32, cuda.matmul.allow_tf32, input channels last) as PyTorch
+    sees them at that call: which precision and memory layout a method's passes really ran in."""
+
+    NAMES = ("conv2d", "conv_transpose2d", "linear", "matmul")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, bool, bool, bool]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES and args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            # channels last and not also plain (as 1 x 1 maps are); broadcast tensors are neither
+            nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            self.calls.append((name, *flags, nhwc))
+        return func(*args, **(kwargs or {}))
 
 
 def _seeded(builder, seed: int = 0):

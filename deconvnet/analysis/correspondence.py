@@ -58,8 +58,18 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deconvnet.analysis.layers import Layer, check_layers, deepest_point, default_layers
+from deconvnet.core.precision import full_float32
 from deconvnet.core.probe import point_key, probe
-from deconvnet.core.validation import as_list, check_count, check_device, check_images, check_seed, is_int
+from deconvnet.core.validation import (
+    as_list,
+    check_bool,
+    check_count,
+    check_device,
+    check_images,
+    check_module,
+    check_seed,
+    is_int,
+)
 from deconvnet.data.paths import REPO_ROOT
 from deconvnet.optim.checks import model_device
 
@@ -131,6 +141,7 @@ def check_fill(value: object) -> float:
 def check_work_device(model: nn.Module, device: object) -> torch.device:
     """None -> the model's device; else `device`, which must be where the model's weights are
     (the caller's model is never moved)."""
+    check_module(model)
     weights_at, _ = model_device(model)
     if device is None:
         return weights_at
@@ -308,6 +319,7 @@ def layer_key(layer: Layer) -> str:
 # ------------------------------------------------------------------------------ the analysis
 
 
+@full_float32()
 def correspondence(
     model: nn.Module,
     images: Tensor,
@@ -339,7 +351,7 @@ def correspondence(
     draws = check_count("random_draws", random_draws)
     seed = check_seed(seed, "the random boxes' draws")
     fill = check_fill(fill)
-    batch_size = check_count("batch_size", batch_size)
+    batch_size, progress = check_count("batch_size", batch_size), check_bool("progress", progress)
     x = images.detach().to(device=where, dtype=model_device(model)[1])
     randoms = draw_random_boxes(parts, height, width, draws, seed)
     total = n * (1 + len(parts) * (1 + draws))

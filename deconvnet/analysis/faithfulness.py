@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deconvnet.core.layout import channels_last_on_cpu
 from deconvnet.core.modes import eval_function
 from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Channel, Unit, resolve_target
@@ -163,9 +164,7 @@ def laid_out(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """On the CPU, the images channels-last ([B, 3, H, W], strides of [B, H, W, 3]): the masked
     inputs built from them keep that layout, with which oneDNN's convolutions and max pooling
     run faster on a batch; on other devices the images as they are. Only rounding changes."""
-    if pair[0].device.type != "cpu":
-        return pair
-    return tuple(t.contiguous(memory_format=torch.channels_last) for t in pair)
+    return tuple(channels_last_on_cpu(t) for t in pair)
 
 
 def _curves(

@@ -63,10 +63,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deconvnet.analysis.layers import check_layers, default_layers
+from deconvnet.core.layout import channels_last_on_cpu
 from deconvnet.core.precision import full_float32
 from deconvnet.core.probe import probe
 from deconvnet.core.targets import class_count
-from deconvnet.core.validation import check_count, check_device, check_images, is_int
+from deconvnet.core.validation import check_bool, check_count, check_device, check_images, is_int
 
 TRANSFORMS = ("translate", "scale", "rotate")
 PAPER_VALUES: dict[str, tuple[float, ...]] = {
@@ -288,8 +289,7 @@ def _points(layers: Sequence[int | str]) -> list[int | str]:
 
 def _forward(model: nn.Module, x: Tensor, layers: Sequence[int | str]) -> dict[int | str, Tensor]:
     """One forward pass (no graph): {layer: [N, ...], "logits": [N, classes]}."""
-    if x.device.type == "cpu":  # oneDNN's fast path
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = channels_last_on_cpu(x)  # oneDNN's fast path
     with torch.inference_mode():
         return probe(model, x, _points(layers))
 
@@ -400,6 +400,7 @@ def invariance(
     chosen = default_layers(model, 1) if layers is None else check_layers(model, layers)
     fill = check_fill(fill)
     check_count("batch_size", batch_size)
+    check_bool("progress", progress)
     check_images(images, model)
     target = check_labels(model, labels, images.shape[0])
     place, dtype = _target(model, device)

@@ -44,7 +44,7 @@ from deconvnet.core.graph_model import ModelGraph
 from deconvnet.core.precision import full_float32
 from deconvnet.core.probe import head_logits
 from deconvnet.core.targets import resolve_target
-from deconvnet.core.validation import check_count, check_images, check_real, is_int
+from deconvnet.core.validation import INT64_MAX, check_bool, check_count, check_images, check_real, is_int
 
 METHODS = ("incremental", "brute")
 
@@ -83,8 +83,10 @@ def check_occluder(images: Tensor, patch: object, stride: object, fill: object) 
         raise ValueError(
             f"patch: expected an int side length in 1..{min(h, w)} (the images are {h}x{w}), got {patch!r}"
         )
-    if not is_int(stride) or int(stride) < 1:
-        raise ValueError(f"stride: expected an int >= 1 (pixels between occluder positions), got {stride!r}")
+    if not is_int(stride) or not 1 <= int(stride) <= INT64_MAX:
+        raise ValueError(
+            f"stride: expected an int >= 1 (pixels between occluder positions; at most 2**63 - 1), got {stride!r}"
+        )
     return int(patch), int(stride), check_real("fill", fill, low=-float("inf"))
 
 
@@ -225,6 +227,7 @@ def occlusion(
     check_images(images, model)
     patch, stride, fill = check_occluder(images, patch, stride, fill)
     method, batch_size = check_method(method), check_count("batch_size", batch_size)
+    check_bool("progress", progress)
     classes = resolve_classes(model, target, images.shape[0])
     stage = stage_of(model, stage).number
     check_passes(model, method, *images.shape[-2:], stage)

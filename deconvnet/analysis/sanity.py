@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deconvnet.analysis.randomize import (
+    MAX_SEED,
     MODES,
     Layer,
     Randomized,
@@ -75,6 +76,7 @@ from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.geometry import stage_sizes
 from deconvnet.core.graph_model import ModelGraph
+from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Channel, Rows, Unit, resolve_target
 from deconvnet.core.validation import as_list, check_count, check_device, check_images, check_real, is_int
 from deconvnet.gradient.explained import resolve_explained
@@ -204,8 +206,10 @@ def check_settings(
     a class target)."""
     names = check_methods(methods)
     chosen_cam = check_cam_stage(model, cam_stage, stage, names)
-    if not is_int(noise_seed) or noise_seed < 0:
-        raise ValueError(f"noise_seed: expected an int >= 0 (SmoothGrad's noise), got {noise_seed!r}")
+    if not is_int(noise_seed) or not 0 <= noise_seed <= MAX_SEED:
+        raise ValueError(
+            f"noise_seed: expected an int in 0..2**63-1 (SmoothGrad's noise), got {noise_seed!r}"
+        )
     return MapSettings(
         names,
         check_count("samples", samples),
@@ -457,6 +461,7 @@ def pass_rule(pass_layer: str, below: float = PASS_BELOW, metric: str = PASS_MET
 # ---------------------------------------------------------------------------------- the check
 
 
+@full_float32()
 def sanity_check(
     model: nn.Module,
     images: Tensor,

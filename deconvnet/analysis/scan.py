@@ -6,16 +6,21 @@ maximum of channel c (ties inside the map: the first position in row-major order
 stage's map are candidates (n = 0, the default, is the paper's procedure: the whole map).
 Over the whole dataset the k highest candidates are kept, so the k entries of a
 channel are k distinct images (docs/fig2.md, step 2). Ties between images go to the lower
-image number, so the result does not depend on how the images were split into batches.
+image number, so the selection does not depend on how the images were split into batches, up to
+rounding: a CPU's convolution kernels may sum in another order for another batch shape, so the
+same image in a batch of another size can get values a few ulps apart (float32 ~1e-6 relative,
+float64 ~1e-15), and images whose values lie that close can swap. Scans that run the same batches
+compute every image in the same shapes and agree bit for bit.
 
 Memory does not grow with the dataset: a running [C, k] top-k per stage is merged with each batch's
 [C, B] candidates (stable sort of the concatenation, keep the first k).
 
 Scale out: `scan_topk(..., first_image=n)` numbers a shard's images from n, and `merge_scans` merges
-the shards' results into exactly the result of one scan over all of them (ties to the lower global
-image number, shard order irrelevant). `scan_topk(..., initial=partial)` continues a scan from a
-checkpoint of its running top-k (`deconvnet.jobs.scan` saves one every N images): continued and
-uninterrupted scans end with the same result. A batch may also be a `NumberedBatch` (images with
+the shards' results into exactly the result of one scan over all of them in the same batches (ties
+to the lower global image number, shard order irrelevant; `deconvnet.jobs` cuts shards at whole
+batches). `scan_topk(..., initial=partial)` continues a scan from a checkpoint of its running top-k
+(`deconvnet.jobs.scan` saves one every N images, after whole batches): continued and uninterrupted
+scans over the same batches end with the same result. A batch may also be a `NumberedBatch` (images with
 their own image numbers), so a loader can leave out images that failed to decode.
 
 Results are written with `save_topk` (atomic: temp file + `os.replace`, flagged `complete`) and read
@@ -40,7 +45,7 @@ from deconvnet.core.architecture import Stage
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import min_input_size, stage_sizes
 from deconvnet.core.precision import full_float32
-from deconvnet.core.validation import check_model_values
+from deconvnet.core.validation import INT64_MAX, check_bool, check_callable, check_count, check_model_values
 from deconvnet.data.datasets import NumberedBatch
 from deconvnet.data.files import atomic_write
 
@@ -152,7 +157,7 @@ class TopK:
 def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k: expected an int >= 1 (images kept per channel), got {k!r}")
-    return int(k)
+    return check_count("k", k)
 
 
 def check_stages(model: nn.Module, stages: Iterable[int]) -> list[Stage]:
@@ -389,9 +394,14 @@ def border_ring_shares(
 
 
 def _check_first_image(first_image: Any) -> int:
-    if isinstance(first_image, bool) or not isinstance(first_image, numbers.Integral) or first_image < 0:
+    if (
+        isinstance(first_image, bool)
+        or not isinstance(first_image, numbers.Integral)
+        or not 0 <= first_image <= INT64_MAX
+    ):
         raise ValueError(
-            f"first_image: expected an int >= 0 (the number of the first image), got {first_image!r}"
+            f"first_image: expected an int >= 0 (the number of the first image; at most 2**63 - 1), "
+            f"got {first_image!r}"
         )
     return int(first_image)
 
@@ -427,14 +437,21 @@ def _initial_counts(initial: dict[int, TopK] | None, first_image: int) -> tuple[
     return some.images_scanned, some.first_image
 
 
-def _check_batches(batches: Any, total: int | None) -> int | None:
-    """The number of batches for the progress bar (`total`, else len(batches) when it has one);
-    ValueError if `batches` is a single tensor."""
-    if torch.is_tensor(batches):
-        raise ValueError(
-            "batches: expected an iterable of [B, 3, H, W] tensors, got a single tensor; "
-            "pass [tensor] to scan it as one batch"
+def _check_batches(batches: Any, total: Any, progress: Any, on_batch: Any) -> int | None:
+    """The number of batches for the progress bar (`total`: None or an int >= 1, else
+    len(batches) when it has one); ValueError if `batches` is a single tensor or not iterable,
+    `progress` not a bool, `on_batch` neither None nor callable."""
+    if torch.is_tensor(batches) or not isinstance(batches, Iterable):
+        got = (
+            "a single tensor; pass [tensor] to scan it as one batch"
+            if torch.is_tensor(batches)
+            else repr(batches)
         )
+        raise ValueError(f"batches: expected an iterable of [B, 3, H, W] tensors, got {got:.80}")
+    if total is not None:
+        check_count("total", total)
+    check_bool("progress", progress)
+    check_callable("on_batch", on_batch)
     if total is None and hasattr(batches, "__len__"):
         total = len(batches)  # type: ignore[arg-type]
     return total
@@ -567,7 +584,7 @@ def scan_topk(
     border = _check_border(exclude_border)
     chosen = check_stages(model, stages)
     next_image = _check_first_image(first_image)
-    total = _check_batches(batches, total)
+    total = _check_batches(batches, total, progress, on_batch)
     state = _RunningScan.begin(model, StagePass(model, chosen), k, border, next_image, initial)
     with state.stage_pass.eval_mode():
         _scan_batches(state, batches, total, progress, on_batch)
@@ -582,7 +599,8 @@ def merge_scans(results: Sequence[Mapping[int, TopK]]) -> dict[int, TopK]:
     results: {stage: TopK} per shard (`scan_topk(..., first_image=offset)`), in any order; same
     stages, channels and k; their image ranges [first_image, end) must not overlap. Per channel
     the k highest values over all shards are kept, ties to the lower image number: exactly what
-    one scan over the shards' images in image-number order keeps. Returns {stage: TopK} on the CPU.
+    one scan over the shards' images in image-number order, in the same batches, keeps. Returns
+    {stage: TopK} on the CPU.
     """
     shards = _check_shards(results)
     merged: dict[int, TopK] = {}

@@ -169,19 +169,19 @@ def stages(model: nn.Module) -> list[Stage]:
     return list(graph.stages)
 
 
-def stage(model: nn.Module, number: int | str) -> Stage:
-    """Stage `number` (1..5), or the stage of that name or module path; ValueError naming the
+def stage(model: nn.Module, stage: int | str) -> Stage:
+    """Stage `stage` (1..5), or the stage of that name or module path; ValueError naming the
     accepted values otherwise."""
-    if isinstance(number, str):
-        found = [s for s in stages(model) if number in (s.name, s.path)]
+    if isinstance(stage, str):
+        found = [s for s in stages(model) if stage in (s.name, s.path)]
         if not found:
             names = ", ".join(
                 f"{s.name}" + (f" ({s.path})" if s.path != s.name else "") for s in stages(model)
             )
-            raise ValueError(f"stage: {number!r} is not a stage of this model (its stages: {names})")
+            raise ValueError(f"stage: {stage!r} is not a stage of this model (its stages: {names})")
         return found[0]
-    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number not in STAGES:
+    if isinstance(stage, bool) or not isinstance(stage, numbers.Integral) or stage not in STAGES:
         raise ValueError(
-            f"stage: expected an int in 1..5 (the paper's layers), a stage name or path, got {number!r}"
+            f"stage: expected an int in 1..5 (the paper's layers), a stage name or path, got {stage!r}"
         )
-    return stages(model)[int(number) - 1]
+    return stages(model)[int(stage) - 1]

@@ -69,13 +69,45 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
 
     Parent directories are created. Returns the path written.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(
+            f"path: expected a file name ending in .png (str or path), got {type(path).__name__}"
+        )
     target = Path(path).expanduser()
     if target.suffix.lower() != ".png":
         raise ValueError(f"path: expected a file name ending in .png, got {str(path)!r}")
-    picture = to_pil(image)
+    picture = _pil(image, "image")
     target.parent.mkdir(parents=True, exist_ok=True)
     picture.save(target, format="PNG")
     return target
+
+
+MAX_GRID = 10_000  # the most rows, columns or pixels of padding a grid has
+
+
+def _checked_tiles(tiles: object) -> tuple[int, int, int, int]:
+    """A non-empty tensor [N, C, h, w] of finite values -> its shape; ValueError naming `tiles`."""
+    if not isinstance(tiles, torch.Tensor) or tiles.dim() != 4:
+        shape = list(tiles.shape) if isinstance(tiles, torch.Tensor) else type(tiles).__name__
+        raise ValueError(f"tiles: expected a tensor [N, C, h, w], got {shape}")
+    if tiles.numel() == 0:
+        raise ValueError(f"tiles: expected at least one non-empty tile, got shape {list(tiles.shape)}")
+    if tiles.is_floating_point() and not bool(torch.isfinite(tiles).all()):
+        raise ValueError("tiles: contains NaN or inf; expected finite values")
+    return tuple(tiles.shape)
+
+
+def _checked_fill(fill: object, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """One finite number or one per channel -> a tensor [] or [channels]; ValueError naming `fill`."""
+    accepted = f"one value or {channels} (one per channel), finite numbers"
+    items = fill.tolist() if isinstance(fill, torch.Tensor) else fill
+    items = list(items) if isinstance(items, (list, tuple)) else [items]
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in items):
+        raise ValueError(f"fill: expected {accepted}, got {fill!r:.60}")
+    values = torch.as_tensor(fill, dtype=dtype)
+    if values.dim() > 1 or (values.dim() == 1 and values.numel() not in (1, channels)):
+        raise ValueError(f"fill: expected {accepted}, got {fill!r:.60}")
+    return values
 
 
 def tile_grid(tiles: torch.Tensor, rows: int, cols: int, pad: int = 2, fill: Fill = 1.0) -> torch.Tensor:
@@ -85,21 +117,16 @@ def tile_grid(tiles: torch.Tensor, rows: int, cols: int, pad: int = 2, fill: Fil
     between tiles, none around the border. Cells beyond N are left as `fill`. `fill` is one value or
     one per channel.
     """
-    if not isinstance(tiles, torch.Tensor) or tiles.dim() != 4:
-        shape = list(tiles.shape) if isinstance(tiles, torch.Tensor) else type(tiles).__name__
-        raise ValueError(f"tiles: expected a tensor [N, C, h, w], got {shape}")
-    for name, value in (("rows", rows), ("cols", cols)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad: expected an int >= 0, got {pad!r}")
-    n, channels, height, width = tiles.shape
+    n, channels, height, width = _checked_tiles(tiles)
+    for name, value in (("rows", rows), ("cols", cols), ("pad", pad)):
+        low = 0 if name == "pad" else 1
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r:.60}")
+        if value > MAX_GRID:
+            raise ValueError(f"{name}: expected an int in [{low}, {MAX_GRID}], got {value!r}")
     if n > rows * cols:
         raise ValueError(f"tiles: {n} tiles do not fit a {rows} x {cols} grid (at most {rows * cols})")
-    dtype = tiles.dtype if tiles.is_floating_point() else torch.float32
-    fill_values = torch.as_tensor(fill, dtype=dtype)
-    if fill_values.dim() > 1 or (fill_values.dim() == 1 and fill_values.numel() not in (1, channels)):
-        raise ValueError(f"fill: expected one value or {channels} (one per channel), got {fill!r}")
+    fill_values = _checked_fill(fill, channels, tiles.dtype if tiles.is_floating_point() else torch.float32)
     grid = torch.empty(
         channels,
         rows * height + (rows - 1) * pad,
@@ -241,18 +268,23 @@ def to_diverging(r: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
 
 def to_pil(x: torch.Tensor) -> Image.Image:
     """A `[3, H, W]` or `[1, 3, H, W]` tensor with values in [0, 1] as an 8-bit RGB PIL image."""
-    check_image_tensor(x, "x")
+    return _pil(x, "x")
+
+
+def _pil(x: torch.Tensor, name: str) -> Image.Image:
+    """`to_pil` of the argument `name` (named in its errors)."""
+    check_image_tensor(x, name)
     if x.dim() == 4:
         if x.shape[0] != 1:
-            raise ValueError(f"x: expected a single image [1, 3, H, W], got batch of {x.shape[0]}")
+            raise ValueError(f"{name}: expected a single image [1, 3, H, W], got batch of {x.shape[0]}")
         x = x[0]
     x = x.detach().float().cpu()
     if not torch.isfinite(x).all():
-        raise ValueError("x: contains NaN or inf; expected values in [0, 1]")
+        raise ValueError(f"{name}: contains NaN or inf; expected values in [0, 1]")
     low, high = float(x.min()), float(x.max())
     if low < -1e-6 or high > 1 + 1e-6:
         raise ValueError(
-            f"x: expected values in [0, 1] (use denormalize() or display.to_display() first), "
+            f"{name}: expected values in [0, 1] (use denormalize() or display.to_display() first), "
             f"got range [{low:.4g}, {high:.4g}]"
         )
     levels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -9,6 +9,7 @@ level it gives the window the deconvnet has to compute in (docs/stages.md#recept
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from torch import nn
@@ -18,6 +19,7 @@ from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.graph_model import ModelGraph, graph_windows
 
+MAX_SIDE = 100_000  # the largest input side the geometry considers
 DEFAULT_SIDE = 224  # TF-same padding depends on the map size: fields are given at this input
 
 SUPPORTED_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d)
@@ -189,12 +191,25 @@ def receptive_field(
     On a graph it is the union over every path (docs/graph.md#receptive-fields-on-a-graph).
     `input_size` matters only for TF-same padding (EfficientNet-Lite0), whose left padding
     depends on the map size; every other model's field is the same at any size."""
+    h, w = _check_input_size(input_size)
     if is_chain_stage(model, stage):
         w = windows(stage_layers(model, stage_of(model, stage).number))[0]
         return ReceptiveField(w.size, w.jump, w.start)
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     field = graph_windows(ModelGraph.of(model), graph_node(model, stage), h, w)[ModelGraph.of(model).input]
     return ReceptiveField(field.size, field.jump, field.start)
+
+
+def _check_input_size(input_size: object) -> tuple[int, int]:
+    """An int side or (height, width), each an int in [1, MAX_SIDE] -> (height, width)."""
+    sides = list(input_size) if isinstance(input_size, (list, tuple)) else [input_size, input_size]
+    valid = len(sides) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in sides
+    )
+    if not valid:
+        raise ValueError(
+            f"input_size: expected an int or (height, width), each in [1, {MAX_SIDE}], got {input_size!r:.60}"
+        )
+    return int(sides[0]), int(sides[1])
 
 
 def min_side(layers: list[nn.Module]) -> int:
@@ -202,8 +217,8 @@ def min_side(layers: list[nn.Module]) -> int:
     n = 1
     while min(level_sizes(layers, n, n)[-1]) < 1:  # an empty level empties every later one
         n += 1
-        if n > 100_000:
-            raise ValueError("model: no input size up to 100000 gives a non-empty output")
+        if n > MAX_SIDE:
+            raise ValueError(f"model: no input size up to {MAX_SIDE} gives a non-empty output")
     return n
 
 

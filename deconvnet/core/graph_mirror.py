@@ -19,6 +19,7 @@ from deconvnet.core.geometry import graph_node, is_chain_stage
 from deconvnet.core.graph_model import ModelGraph, graph_windows
 from deconvnet.core.graph_ops import GraphRecord, adjoint, bn_scale, check_rule, forward, unfolded
 from deconvnet.core.graph_regions import merge, region_adjoint
+from deconvnet.core.layout import channels_last_on_cpu
 from deconvnet.core.mirror import Mirror, Seeds
 from deconvnet.core.precision import full_float32
 from deconvnet.core.validation import check_model_values
@@ -85,8 +86,7 @@ class GraphMirror(nn.Module):
     def record(self, images: Tensor, float_masks: bool = False, keep: tuple[str, ...] = ()) -> GraphRecord:
         """One forward pass [B, 3, H, W] -> GraphRecord (stage outputs in `.outputs`, the top
         node's output in `.output`, nodes named in `keep` in `.values`); the model is untouched."""
-        if images.device.type == "cpu":  # oneDNN: every map channels last, as the mirror's signals
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = channels_last_on_cpu(images)  # oneDNN: every map channels last, as the mirror's
         record = GraphRecord(sizes=[tuple(images.shape[-2:])], masks_wanted=self.rule != "deconvnet")
         record.float_masks = float_masks
         last_use = {}

@@ -73,6 +73,8 @@ class ModelGraph:
     @staticmethod
     def of(model: nn.Module) -> ModelGraph:
         """The model's graph, traced on first use and kept while the model lives."""
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         graph = _GRAPHS.get(model)
         if graph is None:
             graph = ModelGraph(model)

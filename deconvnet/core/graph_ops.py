@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deconvnet.core.graph import Op
+from deconvnet.core.layout import prefers_channels_last
 
 RULES = ("deconvnet", "backprop", "guided")
 
@@ -229,7 +230,7 @@ def transposed_conv(
 
 def tied_weight(op: Op, g: Tensor, record: GraphRecord) -> tuple[Tensor, Tensor]:
     """(signal, weight) in the layout the transposed convolution runs fastest in on this device."""
-    if g.device.type != "cpu":
+    if not prefers_channels_last(g):
         return g, mirror_weight(op, record, False)
     return g.contiguous(memory_format=torch.channels_last), mirror_weight(op, record, True)
 

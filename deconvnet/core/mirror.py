@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from deconvnet.core.architecture import stages as stages_of
 from deconvnet.core.geometry import level_sizes, spans, stage_layers, windows
 from deconvnet.core.graph_ops import check_rule
+from deconvnet.core.layout import channels_last_on_cpu, prefers_channels_last
 from deconvnet.core.precision import full_float32
-from deconvnet.core.validation import check_model_values
+from deconvnet.core.validation import INT64_MAX, check_finite_tensor, check_model_values, is_int
 from deconvnet.core.windows import Region, fit_to_map, gather_window, is_channels_last, reframe
 
 
@@ -81,12 +82,43 @@ class Seeds:
         return Seeds(self.image[part], self.channel[part], self.y[part], self.x[part], self.value[value_part])
 
 
+def _check_unpool(pooled: object, switches: object, size: object) -> None:
+    """`unpool`'s arguments: pooled a float tensor [N, C, h, w] of finite values, switches an
+    int64 tensor of its shape, size (H, W) two ints >= 1 (ValueError naming the argument)."""
+    check_finite_tensor("pooled", pooled)
+    if pooled.dim() != 4 or not pooled.is_floating_point():
+        raise ValueError(
+            f"pooled: expected a float tensor [N, C, h, w], got {pooled.dtype} {list(pooled.shape)}"
+        )
+    if not isinstance(switches, Tensor) or switches.dtype != torch.int64 or switches.shape != pooled.shape:
+        got = (
+            f"{switches.dtype} {list(switches.shape)}"
+            if isinstance(switches, Tensor)
+            else type(switches).__name__
+        )
+        raise ValueError(
+            f"switches: expected an int64 tensor of pooled's shape {list(pooled.shape)}, got {got}"
+        )
+    if not (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(is_int(v) and 1 <= v <= INT64_MAX for v in size)
+        and size[0] * size[1] <= INT64_MAX
+    ):
+        raise ValueError(f"size: expected (H, W), two ints >= 1, got {size!r:.60}")
+    if switches.numel() and not 0 <= int(switches.min()) <= int(switches.max()) < size[0] * size[1]:
+        raise ValueError(
+            f"switches: expected flat positions in 0..{size[0] * size[1] - 1} (size {tuple(size)})"
+        )
+
+
 def unpool(pooled: Tensor, switches: Tensor, size: tuple[int, int]) -> Tensor:
     """Exact adjoint of max-pool selection on whole maps.
 
     pooled, switches [N, C, h, w] -> [N, C, H, W]: every value lands at its switch, colliding
     switches (overlapping windows) are summed, zeros elsewhere.
     """
+    _check_unpool(pooled, switches, size)
     n, c = pooled.shape[:2]
     out = pooled.new_zeros(n, c, size[0] * size[1])
     out.scatter_add_(2, switches.flatten(2), pooled.flatten(2))
@@ -188,7 +220,7 @@ class Unpool(MirrorStage):
             record.switches[self.index], region.image, region.origin_y, region.origin_x, region.size, 0
         )
         k, c = region.signal.shape[:2]
-        if region.signal.device.type == "cpu":  # channels last, as the transposed convolutions
+        if prefers_channels_last(region.signal):  # channels last, as the transposed convolutions
             out = region.signal.new_zeros(k, height * width, c)
             out.scatter_add_(
                 1,
@@ -278,7 +310,7 @@ class TiedTransposedConv(MirrorStage):
         c = self._conv[0]
         sy, sx = self.span_y, self.span_x
         signal, weight = region.signal, c.weight
-        if signal.device.type == "cpu":  # oneDNN's transposed convolution is faster in NHWC
+        if prefers_channels_last(signal):  # oneDNN's transposed convolution is faster in NHWC
             signal = signal.contiguous(memory_format=torch.channels_last)
             weight = self._channels_last_weight(record)
         height, width = record.sizes[self.index]
@@ -363,8 +395,7 @@ class Mirror(nn.Module):
                         x.shape[:2] + (x.shape[2] * x.shape[3],), dtype=torch.bool, device=x.device
                     )
                     at_switch = at_switch.scatter_(2, switches.flatten(2), True).view_as(x)
-                    if x.device.type == "cpu":  # the layout of the CPU mirror's signals
-                        at_switch = at_switch.contiguous(memory_format=torch.channels_last)
+                    at_switch = channels_last_on_cpu(at_switch)  # the mirror signals' layout
                     record.switch_masks[i] = at_switch
                 x = pooled
             if i in self._stage_at:

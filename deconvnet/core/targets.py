@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from deconvnet.core.architecture import PROBE_SIDE, is_chain
+from deconvnet.core.architecture import PROBE_SIDE, Stage, is_chain
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.graph_model import ModelGraph
 from deconvnet.core.validation import is_int
@@ -163,8 +163,16 @@ def _check_class(c: object, classes: int) -> int:
     return int(c)
 
 
+def _target_stage(model: nn.Module, stage: object) -> Stage:
+    """The stage of a Unit / Channel target; its ValueError names `target` (the argument)."""
+    try:
+        return stage_of(model, stage)
+    except ValueError as error:
+        raise ValueError(f"target: {error}") from None
+
+
 def _check_unit(model: nn.Module, unit: Unit | Channel, sizes: dict[int, tuple[int, int]]) -> None:
-    info = stage_of(model, unit.stage)
+    info = _target_stage(model, unit.stage)
     if isinstance(unit, Unit) and unit.channel is None:
         if unit.y is not None or unit.x is not None:
             raise ValueError(
@@ -216,7 +224,7 @@ ACCEPTED = (
 def numbered_stages(model: nn.Module, target: object) -> object:
     """The target with every Unit / Channel stage given by name or path replaced by its number."""
     if isinstance(target, (Unit, Channel)) and isinstance(target.stage, str):
-        return dataclasses.replace(target, stage=stage_of(model, target.stage).number)
+        return dataclasses.replace(target, stage=_target_stage(model, target.stage).number)
     if isinstance(target, (list, tuple)):
         return type(target)(numbered_stages(model, t) for t in target)
     return target

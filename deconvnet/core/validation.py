@@ -7,6 +7,7 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -19,11 +20,56 @@ def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_count(name: str, value: object, low: int = 1) -> int:
-    """`value` as an int >= low, or ValueError naming `name`."""
+INT64_MAX = 2**63 - 1  # the largest count, index or seed a tensor or generator holds
+
+
+def check_count(name: str, value: object, low: int = 1, high: int = INT64_MAX) -> int:
+    """`value` as an int in [low, high], or ValueError naming `name`."""
     if not is_int(value) or value < low:
         raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name}: expected an int in [{low}, {high}], got {value!r}")
     return int(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """`value` as a bool (True / False, numpy's included), or ValueError naming `name`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r:.60}")
+    return bool(value)
+
+
+def check_callable(name: str, value: object, optional: bool = True) -> None:
+    """A callable (or None where `optional`), or ValueError naming `name`."""
+    if not (callable(value) or (optional and value is None)):
+        accepted = "a callable or None" if optional else "a callable"
+        raise ValueError(f"{name}: expected {accepted}, got {value!r:.60}")
+
+
+def check_callables(name: str, value: object) -> list:
+    """A list or tuple of callables (e.g. transforms, regularisers) as a list; ValueError naming
+    `name` otherwise."""
+    if not isinstance(value, (list, tuple)) or not all(callable(v) for v in value):
+        raise ValueError(f"{name}: expected a list or tuple of callables (possibly empty), got {value!r:.60}")
+    return list(value)
+
+
+def check_text(name: str, value: object) -> str:
+    """A non-empty str, or ValueError naming `name`."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name}: expected a non-empty str, got {value!r:.60}")
+    return value
+
+
+def check_finite_tensor(name: str, value: object) -> Tensor:
+    """A non-empty tensor with only finite values, or ValueError naming `name`."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.numel() == 0:
+        raise ValueError(f"{name}: the tensor is empty (shape {list(value.shape)})")
+    if value.is_floating_point() and not value.is_meta and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values; all values must be finite")
+    return value
 
 
 def check_real(name: str, value: object, low: float = 0.0) -> float:
@@ -38,8 +84,17 @@ def check_real(name: str, value: object, low: float = 0.0) -> float:
     return float(value)
 
 
-def check_model_values(model: nn.Module) -> nn.Module:
-    """ValueError when the model's parameters are on the meta device (a structure, no values)."""
+def check_module(model: object, name: str = "model") -> nn.Module:
+    """`model` if it is a torch.nn.Module, else ValueError naming `name`."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_model_values(model: nn.Module, name: str = "model") -> nn.Module:
+    """ValueError when `model` is not a torch.nn.Module or its parameters are on the meta device
+    (a structure, no values)."""
+    check_module(model, name)
     if any(p.is_meta for p in model.parameters()):
         raise ValueError(
             "model: its parameters are on the meta device (built under "
@@ -138,9 +193,15 @@ def check_positive(name: str, value: object) -> float:
     return number
 
 
-def check_seed(value: object, what: str = "the optimisation's random starts and transforms") -> int:
+def check_seed(
+    value: object, what: str = "the optimisation's random starts and transforms", name: str = "seed"
+) -> int:
+    """An int in [0, 2**63 - 1] (Python's or numpy's; a torch.Generator's range), or ValueError
+    naming `name` and what the seed draws (`what`)."""
     if not is_int(value) or value < 0:
-        raise ValueError(f"seed: expected an int >= 0 ({what}), got {value!r}")
+        raise ValueError(f"{name}: expected an int >= 0 ({what}), got {value!r:.60}")
+    if value > INT64_MAX:
+        raise ValueError(f"{name}: expected an int in [0, 2**63 - 1] ({what}), got {value!r}")
     return int(value)
 
 
@@ -188,4 +249,6 @@ def check_int(value: Any, name: str, low: int | None = None) -> int:
         raise ValueError(f"{name}: expected an int, got {value!r}")
     if low is not None and value < low:
         raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    if abs(value) > INT64_MAX:
+        raise ValueError(f"{name}: expected an int of at most 2**63 - 1 in size, got {value!r}")
     return int(value)

@@ -28,22 +28,33 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from deconvnet.core.validation import check_image_tensor
+from deconvnet.core.validation import check_device, check_finite_tensor, check_image_tensor
 from deconvnet.data.datasets import eval_transform
-from deconvnet.data.models import Preprocessing, preprocessing
+from deconvnet.data.models import Preprocessing, preprocessing_of
 from deconvnet.data.samples import SAMPLES, pil_from_sample, sample_names, to_rgb
 
 ImageSource = Union[str, os.PathLike, Image.Image]
 PreprocessingSource = Union[nn.Module, str, WeightsEnum, Preprocessing]
 
 
-def open_image(source: ImageSource) -> Image.Image:
-    """An RGB PIL image from a path, a sample name, or a PIL image (EXIF orientation applied)."""
+def open_image(source: ImageSource, name: str = "image") -> Image.Image:
+    """An RGB PIL image from a path, a sample name, or a PIL image (EXIF orientation applied);
+    errors name the argument `name`. An image without pixels (0 x 0) is a ValueError."""
+    picture = _read_image(source, name)
+    if min(picture.size) < 1:
+        raise ValueError(
+            f"{name}: the image has no pixels ({picture.size[0]}x{picture.size[1]}); expected at least 1x1"
+        )
+    return picture
+
+
+def _read_image(source: ImageSource, name: str) -> Image.Image:
+    """`open_image` without the size check."""
     if isinstance(source, Image.Image):
         return to_rgb(source)
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(
-            "image: expected a file path, a PIL image, or a sample name "
+            f"{name}: expected a file path, a PIL image, or a sample name "
             f"({', '.join(sample_names())}), got {type(source).__name__}"
         )
     path = Path(source).expanduser()
@@ -51,17 +62,17 @@ def open_image(source: ImageSource) -> Image.Image:
         return pil_from_sample(source)
     if not path.exists():
         raise FileNotFoundError(
-            f"image: {path} does not exist and is not a bundled sample name "
+            f"{name}: {path} does not exist and is not a bundled sample name "
             f"(samples: {', '.join(sample_names())})"
         )
     if path.is_dir():
-        raise ValueError(f"image: {path} is a directory; expected an image file")
+        raise ValueError(f"{name}: {path} is a directory; expected an image file")
     try:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"image: {path} is not a readable image file ({error})") from error
+        raise ValueError(f"{name}: {path} is not a readable image file ({error})") from error
 
 
 def describe_image(image: object) -> dict[str, Any]:
@@ -71,16 +82,18 @@ def describe_image(image: object) -> dict[str, Any]:
     return {"source": image, "kind": "sample", "path": None}
 
 
-def resolve_preprocessing(model_or_weights: PreprocessingSource) -> Preprocessing:
+def resolve_preprocessing(
+    model_or_weights: PreprocessingSource, name: str = "model_or_weights"
+) -> Preprocessing:
     """A `Preprocessing` from itself, a torchvision weights enum (e.g.
     `VGG16_Weights.IMAGENET1K_V1`), a model instance, or a model name ('vgg16', 'resnet50',
     'efficientnet_lite0', ...: `deconvnet.data.models.supported_models()`)."""
     if isinstance(model_or_weights, Preprocessing):
         return model_or_weights
     if isinstance(model_or_weights, (nn.Module, str, WeightsEnum)):
-        return preprocessing(model_or_weights)
+        return preprocessing_of(model_or_weights, name)
     raise ValueError(
-        "model_or_weights: expected a model, a model name, a torchvision weights enum or a "
+        f"{name}: expected a model, a model name, a torchvision weights enum or a "
         "Preprocessing, "
         f"got {type(model_or_weights).__name__}"
     )
@@ -89,6 +102,9 @@ def resolve_preprocessing(model_or_weights: PreprocessingSource) -> Preprocessin
 def preprocess(image: Image.Image, model_or_weights: PreprocessingSource) -> torch.Tensor:
     """Eval preprocessing of one PIL image -> float32 `[3, crop, crop]` (normalised): `to_rgb`, then
     `deconvnet.data.datasets.eval_transform` with the weights' `Preprocessing`."""
+    if not isinstance(image, Image.Image) or min(image.size) < 1:
+        got = f"{image.size[0]}x{image.size[1]}" if isinstance(image, Image.Image) else type(image).__name__
+        raise ValueError(f"image: expected a PIL image of at least 1x1 pixels, got {got}")
     prep = resolve_preprocessing(model_or_weights)
     transform = eval_transform(
         prep.resize_size, prep.crop_size, prep.mean, prep.std, prep.interpolation, prep.antialias
@@ -100,7 +116,9 @@ def load_image(
     source: ImageSource, model_or_weights: PreprocessingSource, device: str | torch.device | None = None
 ) -> torch.Tensor:
     """Read `source` and preprocess it for the model -> float32 `[1, 3, crop, crop]` on `device`."""
-    batch = preprocess(open_image(source), model_or_weights).unsqueeze(0)
+    if device is not None and not isinstance(device, torch.device):
+        check_device(device)
+    batch = preprocess(open_image(source, "source"), model_or_weights).unsqueeze(0)
     return batch if device is None else batch.to(device)
 
 
@@ -110,6 +128,7 @@ def denormalize(x: torch.Tensor, model_or_weights: PreprocessingSource) -> torch
     x: `[B, 3, H, W]` or `[3, H, W]`; the result has the same shape.
     """
     check_image_tensor(x, "x")
+    check_finite_tensor("x", x)
     prep = resolve_preprocessing(model_or_weights)
     mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)

@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import numbers
 import os
 import socket
 import warnings
@@ -65,7 +67,9 @@ import torchvision.models as tvm
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 from torchvision.models import WeightsEnum
+from torchvision.transforms import InterpolationMode
 
+from deconvnet.core.validation import is_int
 from deconvnet.data.hed import HED_FETCH_COMMAND, HED_SOURCE, hed_features_state
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,7 @@ OFFLINE_ENV = "DECONVNET_OFFLINE"
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 30.0
 _MAX_LISTED = 5
+MAX_PREPROCESSING_SIDE = 4096  # the largest resize / crop side (pixels) a Preprocessing takes
 
 IMAGENET_CATEGORIES: tuple[str, ...] = tuple(tvm.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 """The 1000 ImageNet class names in output order, as torchvision ships them (offline)."""
@@ -123,14 +128,30 @@ class Preprocessing:
     def __post_init__(self) -> None:
         for field in ("resize_size", "crop_size"):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Preprocessing.{field}: expected a positive int, got {value!r}")
+            if not is_int(value) or not 1 <= value <= MAX_PREPROCESSING_SIDE:
+                raise ValueError(
+                    f"Preprocessing.{field}: expected an int in [1, {MAX_PREPROCESSING_SIDE}], got {value!r:.60}"
+                )
         for field in ("mean", "std"):
             value = getattr(self, field)
-            if len(value) != 3:
-                raise ValueError(f"Preprocessing.{field}: expected 3 values (R, G, B), got {value!r}")
+            if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_finite(v) for v in value):
+                raise ValueError(
+                    f"Preprocessing.{field}: expected 3 finite numbers (R, G, B), got {value!r:.60}"
+                )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"Preprocessing.std: expected values > 0, got {self.std!r}")
+        modes = [mode.value for mode in InterpolationMode]
+        if self.interpolation not in modes:
+            raise ValueError(
+                f"Preprocessing.interpolation: expected one of {modes}, got {self.interpolation!r:.60}"
+            )
+        if not isinstance(self.antialias, bool):
+            raise ValueError(f"Preprocessing.antialias: expected True or False, got {self.antialias!r:.60}")
+
+
+def _finite(value: object) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -359,19 +380,34 @@ def display_name(name: str) -> str:
     return MODELS[name].display if name in MODELS else name.upper()
 
 
-def _spec_of(model_or_name: nn.Module | str) -> ModelSpec:
+def _spec_of(model_or_name: nn.Module | str, name: str = "model_or_name") -> ModelSpec:
+    """The registry entry of a model instance or a model name; ValueError naming `name` otherwise."""
     if isinstance(model_or_name, str):
-        return model_spec(model_or_name)
+        if model_or_name not in MODELS:
+            raise ValueError(
+                f"{name}: expected one of {supported_models()}, got {model_or_name!r} (or give the model itself)"
+            )
+        return MODELS[model_or_name]
+    if not isinstance(model_or_name, nn.Module):
+        raise ValueError(
+            f"{name}: expected a torch.nn.Module or a model name ({supported_models()}), "
+            f"got {type(model_or_name).__name__}"
+        )
     return model_spec(model_name(model_or_name))
 
 
 def preprocessing(model_or_name: nn.Module | str | WeightsEnum) -> Preprocessing:
     """Eval preprocessing read from a torchvision weights enum, or that of the ImageNet weights of a
     model / model name (works offline; efficientnet_lite0: its `BundledWeights.preprocessing`)."""
+    return preprocessing_of(model_or_name, "model_or_name")
+
+
+def preprocessing_of(model_or_name: nn.Module | str | WeightsEnum, name: str) -> Preprocessing:
+    """`preprocessing` of the argument `name` (named in its errors)."""
     if isinstance(model_or_name, WeightsEnum):
         weights: ModelWeights = model_or_name
     else:
-        weights = _spec_of(model_or_name).weights
+        weights = _spec_of(model_or_name, name).weights
     if isinstance(weights, BundledWeights):
         return weights.preprocessing
     transform = weights.transforms()
@@ -461,7 +497,7 @@ def load_model(
     `deconvnet.data.hed.HedWeightsError` (a FileNotFoundError: 'hed' file missing or not the expected one).
     """
     spec = model_spec(name)
-    check_model_seed(seed)
+    seed = check_model_seed(seed)
     target = _parse_device(device)
     kind, checkpoint = parse_weights(weights)
     if kind == "hed" and spec.name != "vgg16":
@@ -567,6 +603,10 @@ def weights_label(info: WeightsInfo | Mapping[str, Any]) -> str:
     the torchvision enum (or, efficientnet_lite0, the converted TensorFlow release), HED weights say
     what they are, random ones say NOT pretrained.
     """
+    if not isinstance(info, WeightsInfo) and not (isinstance(info, Mapping) and "weights" in info):
+        raise ValueError(
+            f"info: expected a WeightsInfo or its as_dict() (a mapping with 'weights'), got {info!r:.80}"
+        )
     data = info.as_dict() if isinstance(info, WeightsInfo) else dict(info)
     kind = data.get("weights")
     spec = MODELS.get(data.get("model")) if isinstance(data.get("model"), str) else None
@@ -585,6 +625,8 @@ def weights_label(info: WeightsInfo | Mapping[str, Any]) -> str:
 
 def weights_info(model: nn.Module) -> WeightsInfo:
     """The `WeightsInfo` attached by `load_model`, or an 'unknown' one for any other model."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     info = getattr(model, "weights_info", None)
     if isinstance(info, WeightsInfo):
         return info
@@ -601,10 +643,12 @@ def weights_info(model: nn.Module) -> WeightsInfo:
     )
 
 
-def check_model_seed(seed: object) -> None:
-    """ValueError unless `seed` is an int in [0, 2**64) (a model's random initialisation)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+def check_model_seed(seed: object) -> int:
+    """`seed` as an int in [0, 2**64) (a model's random initialisation; numpy ints too), else
+    ValueError."""
+    if not is_int(seed) or not 0 <= seed < 2**64:
         raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+    return int(seed)
 
 
 def _parse_device(device: str | torch.device) -> torch.device:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Rows
-from deconvnet.core.validation import check_count
+from deconvnet.core.validation import check_count, check_images
 from deconvnet.gradient.attribute import forward_resolved, prepare
 from deconvnet.gradient.explained import explained_score
 from deconvnet.gradient.passes import CHUNK_SIZE, GradientPass, mean_of_maps
@@ -69,6 +69,7 @@ def integrated_gradients(
     """
     check_count("steps", steps)
     check_count("batch_size", batch_size)
+    check_images(images, model)  # before the baseline, which is checked against the images
     base = check_baseline(baseline, images)
     x, rows, gradient_pass = prepare(model, images, target, "backprop", chunk_size)
     base = base.to(x.device, x.dtype)

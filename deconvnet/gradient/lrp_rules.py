@@ -25,6 +25,7 @@ from torch import Tensor
 
 from deconvnet.core.graph import Op
 from deconvnet.core.graph_ops import bn_scale, conv_transpose_with, conv_with
+from deconvnet.core.layout import channels_last_on_cpu
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -64,8 +65,7 @@ class Affine:
         """weight^T s: [M, ...] at the output -> [M, *shape] at the input (shape without batch)."""
         if self.op.kind == "linear":
             return s @ weight
-        if s.device.type == "cpu":  # oneDNN's fast route, as the mirror runs it
-            s = s.contiguous(memory_format=torch.channels_last)
+        s = channels_last_on_cpu(s)  # oneDNN's fast route, as the mirror runs it
         return conv_transpose_with(self.op, s, weight, tuple(shape[-2:]))
 
 

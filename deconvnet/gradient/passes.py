@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from deconvnet.core.architecture import is_chain
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.graph_mirror import GraphMirror
+from deconvnet.core.layout import channels_last_on_cpu
 from deconvnet.core.mirror import ForwardRecord, Mirror
 from deconvnet.core.targets import Rows
 from deconvnet.core.windows import Region, reframe
@@ -52,8 +53,7 @@ class GradientPass:
 
     def forward(self, images: Tensor) -> Forward:
         """[N, 3, H, W] -> Forward (no autograd graph; call under torch.no_grad)."""
-        if images.device.type == "cpu":  # oneDNN: every map channels last, no conversions
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = channels_last_on_cpu(images)  # oneDNN: every map channels last, no conversions
         if self.chain:
             record = self.mirror.record(images, float_masks=True)
         else:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deconvnet.core.layout import channels_last_on_cpu
 from deconvnet.core.modes import eval_function
 from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Rows
@@ -98,8 +99,7 @@ def masked_scores(
             low, high = torch.aminmax(up.flatten(1), dim=1)
             span = torch.where(high > low, high - low, 1)  # > 0 but for rounding: the maps vary
             batch = image * ((up - low[:, None, None, None]) / span[:, None, None, None])
-            if batch.device.type == "cpu":  # oneDNN: channels last is faster, as in the gradient pass
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = channels_last_on_cpu(batch)  # oneDNN: faster, as in the gradient pass
             logits = model(batch)
             picked = logits[:, classes]
             if weighting == "softmax":

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from deconvnet.core.precision import full_float32
-from deconvnet.core.validation import check_count, check_real
+from deconvnet.core.validation import check_count, check_real, check_seed
 from deconvnet.gradient.attribute import forward_resolved, prepare
 from deconvnet.gradient.passes import CHUNK_SIZE, mean_of_maps
 
@@ -56,8 +56,7 @@ def smoothgrad(
     check_count("batch_size", batch_size)
     if not isinstance(squared, bool):
         raise ValueError(f"squared: expected True or False, got {squared!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: expected an int, got {seed!r}")
+    seed = check_seed(seed, "SmoothGrad's noise")
     x, rows, gradient_pass = prepare(model, images, target, rule, chunk_size)
     generator = torch.Generator().manual_seed(seed)
     out = []

@@ -23,7 +23,7 @@ from torch import nn
 from deconvnet.analysis.layer_maps import check_channel, check_keep, check_stage, fig1_data
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.validation import check_device
-from deconvnet.data.images import load_image
+from deconvnet.data.images import open_image, preprocess
 from deconvnet.data.models import load_model, model_name, model_spec
 from deconvnet.figures.fig1 import draw_fig1
 from deconvnet.jobs.folder import RESULT_FILE, JobFolder
@@ -119,7 +119,8 @@ def run_fig1(
     name = model if isinstance(model, str) else model_name(model)
     count = _channel_count(name, stage)
     check_channel(channel, count, "channel", f"stage {stage}")
-    x = load_image(image, name)  # FileNotFoundError / ValueError before any heavy work
+    # the config key `image` named in a FileNotFoundError / ValueError before any heavy work
+    x = preprocess(open_image(image, "image"), name).unsqueeze(0)
     with JobFolder(out_dir) as folder:
         if isinstance(model, str):
             model = load_model(model, weights=weights, seed=seed, device=device)

@@ -3,17 +3,21 @@
 `JobFolder(out)` is what every job writes through: held by one job at a time (`JobLock`, an flock
 released by the kernel however the job ends), `config.yaml` first, finished cells checkpointed
 under `partial/` while the config stays the same (`Checkpoints`), every file written atomically
-(temp file + os.replace), and `result.json` whose status says "interrupted" or "failed" when the
-work raised (`failing`); a "running" status whose job no longer holds the lock reads as "stale"
+(temp file + os.replace), and `result.json` whose status says "interrupted" or "failed" (with the
+error) when the work raised, whichever job it was (`JobFolder.__exit__`; `failing` keeps the
+job's partial result with it); when even that write fails (a full disk), the old file stays and a
+warning says so, and the job's own error is raised; a "running" status whose job no longer holds the lock reads as "stale"
 (`job_status`). Provenance comes from `deconvnet.jobs.provenance`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +32,8 @@ CONFIG_FILE = "config.yaml"
 RESULT_FILE = "result.json"
 LOCK_FILE = ".job.lock"
 PARTIAL_FOLDER = "partial"
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------ files
 
@@ -160,12 +166,62 @@ def failure_status(
     "interrupted" (Ctrl-C) or "failed" (and the error), and re-raise."""
     try:
         yield
-    except KeyboardInterrupt:
-        write(path, {**result, "status": "interrupted"})
-        raise
     except BaseException as error:
-        write(path, {**result, "status": "failed", "error": f"{type(error).__name__}: {error}"})
+        record_failure(path, result, error, write)
         raise
+
+
+def failure_record(result: Mapping[str, Any], error: BaseException) -> dict[str, Any]:
+    """`result` with "status" "interrupted" (Ctrl-C) or "failed" and, for a failure, the error."""
+    if isinstance(error, KeyboardInterrupt):
+        return {**result, "status": "interrupted"}
+    return {**result, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
+def record_failure(
+    path: Path,
+    result: Mapping[str, Any],
+    error: BaseException,
+    write: Callable[[Path, Mapping[str, Any]], Any] = write_json,
+) -> None:
+    """Write `failure_record(result, error)` to `path`. When that write fails too (the disk is
+    still full), the old file stays as it was and a warning says so: the caller re-raises the
+    error that stopped the job, not this one."""
+    try:
+        write(path, failure_record(result, error))
+    except OSError as second:
+        log.warning("could not record the failure in %s: %s", path, second)
+
+
+@contextmanager
+def failure_marked(out: str | os.PathLike) -> Iterator[None]:
+    """Run a job into folder `out`; if it raises after writing its config.yaml (this run's work
+    has begun there), result.json says "failed" (with the error) or "interrupted", keeping what
+    the run wrote to it (status "running"), unless the job said so itself. A job stopped before
+    (bad values, a folder holding another job's files) leaves the folder as it was."""
+    began = time.time()
+    try:
+        yield
+    except BaseException as error:
+        folder = Path(out)
+        config = folder / CONFIG_FILE
+        if (
+            config.is_file()
+            and config.stat().st_mtime >= began
+            and job_status(folder) not in ("failed", "interrupted")
+        ):
+            record_failure(folder / RESULT_FILE, running_result(folder), error)
+        raise
+
+
+def running_result(folder: str | os.PathLike) -> dict[str, Any]:
+    """What the running job wrote to `folder`'s result.json so far (status "running"), else {}:
+    a finished result of an earlier run is not carried into this run's failure."""
+    try:
+        result = json.loads((Path(folder) / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return result if isinstance(result, dict) and result.get("status") == "running" else {}
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -236,13 +292,21 @@ class JobFolder:
     def __init__(self, out: str | os.PathLike) -> None:
         self.path = Path(out)
         self.lock = JobLock(self.path)
+        self.started = False  # set by `start`: from then on the folder's files are this job's
 
     def __enter__(self) -> JobFolder:
         self.lock.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.lock.__exit__(*exc)
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        """Release the lock; when the job raised after `start`, result.json first says "failed"
+        (with the error) or "interrupted", unless the job already said so (`failing`). A job that
+        stopped before `start` (a folder holding another job's files) leaves the folder as it was."""
+        try:
+            if error is not None and self.started and self.status() not in ("failed", "interrupted"):
+                record_failure(self.file(RESULT_FILE), running_result(self.path), error)
+        finally:
+            self.lock.__exit__(kind, error, trace)
 
     def file(self, name: str) -> Path:
         """The path of `name` inside the folder."""
@@ -252,6 +316,7 @@ class JobFolder:
         """The checkpoints kept from an earlier run with this same config (none otherwise), then
         config.yaml written with `config`."""
         checkpoints = Checkpoints(self.path, config)
+        self.started = True
         write_yaml(self.file(CONFIG_FILE), config)
         return checkpoints
 

@@ -9,12 +9,21 @@ from torch import nn
 
 from deconvnet.core.geometry import min_input_size
 from deconvnet.core.targets import class_count
-from deconvnet.core.validation import check_count, is_int
+from deconvnet.core.validation import (
+    check_bool,
+    check_callables,
+    check_count,
+    check_positive,
+    check_seed,
+    is_int,
+)
 from deconvnet.data.models import Preprocessing, preprocessing
+from deconvnet.optim.engine import check_step_rule
 from deconvnet.optim.points import MapPoint, map_point
 from deconvnet.optim.regularizers import Blur, Decay
 
 PARAMS = ("pixels", "fourier")
+MAX_SIDE = 4096  # the largest image side the methods optimise (a 4096 px batch of 16 is 3 GiB)
 
 
 def _check_indices(value: object, count: int, name: str, expected: str, outside: str) -> list[int]:
@@ -64,7 +73,33 @@ def check_size(model: nn.Module, size: object, stage: int | str | None = None, n
             f"{name}: expected an int >= {smallest} (the smallest input "
             f"{type(model).__name__} accepts up to {part}), got {size!r}"
         )
+    if size > MAX_SIDE:
+        raise ValueError(f"{name}: expected an int in [{smallest}, {MAX_SIDE}] (pixels), got {size!r}")
     return int(size)
+
+
+def check_run(
+    steps: object = 1,
+    lr: object = 1.0,
+    seed: object = 0,
+    batch_size: object = 1,
+    transforms: object = (),
+    step_rule: object = "normalized",
+    **flags: object,
+) -> int:
+    """The options the optimisation methods share, checked before any step (ValueError naming
+    the option): steps and batch_size ints >= 1, lr a finite number > 0, seed an int in
+    [0, 2**63 - 1], transforms a list or tuple of callables, step_rule one of STEP_RULES, and
+    every flag (progress, details, negate, ...) True or False. Returns the seed as an int."""
+    check_count("steps", steps)
+    check_positive("lr", lr)
+    seed = check_seed(seed)
+    check_count("batch_size", batch_size)
+    check_step_rule(step_rule)
+    check_callables("transforms", transforms)
+    for name, value in flags.items():
+        check_bool(name, value)
+    return seed
 
 
 def check_param(param: object) -> str:

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import check_count, check_real, is_int
 from deconvnet.optim import objectives as obj
-from deconvnet.optim.checks import batches, check_classes, check_param, check_size, model_device
+from deconvnet.optim.checks import batches, check_classes, check_param, check_run, check_size, model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.filters import make_param, merge, start_images
 from deconvnet.optim.regularizers import Blur, Decay, Shrink
@@ -96,6 +97,8 @@ def penalty_steps(regularizer: str, weight: float, lr: float) -> list:
     if regularizer not in CLASS_REGULARIZERS:
         raise ValueError(f"regularizer: expected one of {', '.join(CLASS_REGULARIZERS)}, got {regularizer!r}")
     weight = check_real("weight", weight)
+    if regularizer == "l2" and weight >= 1:
+        raise ValueError(f"weight: expected a number in [0, 1) for regularizer 'l2', got {weight!r}")
     if regularizer == "l2":
         return [Decay(weight)]
     if regularizer == "l1":
@@ -137,8 +140,9 @@ def _class_regularizers(
     """The steps after each ascent step: the penalty's proximal step (`penalty_steps`), then a
     blur every `blur_every` steps if blur_sigma > 0; none with param 'fourier'."""
     regs = penalty_steps(regularizer, weight, lr)
+    every = check_count("blur_every", blur_every)
     if check_real("blur_sigma", blur_sigma) > 0:
-        regs.append(Blur(blur_sigma, every=check_count("blur_every", blur_every)))
+        regs.append(Blur(blur_sigma, every=every))
     if param == "fourier":
         regs = []
     return regs
@@ -178,6 +182,7 @@ def _class_batches(
     return parts, starts
 
 
+@full_float32()
 def class_model(
     model: nn.Module,
     classes: int | Sequence[int | Sequence[int]],
@@ -206,9 +211,9 @@ def class_model(
     a Gaussian blur every `blur_every` steps. param='fourier' starts from lucid's random
     spectrum (its sigmoid bounds the colours; pixel regularisers are then not used).
     """
-    groups = check_class_groups(model, classes)
-    size = check_size(model, size)
+    groups, size = check_class_groups(model, classes), check_size(model, size)
     param = check_param(param)
+    check_run(steps, lr, seed, batch_size, transforms, negate=negate, progress=progress, details=details)
     regs = _class_regularizers(regularizer, weight, lr, blur_sigma, blur_every, param)
     model_device(model)
     parts, starts = _class_batches(

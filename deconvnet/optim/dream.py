@@ -11,15 +11,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvnet.core.geometry import min_input_size
-from deconvnet.core.validation import check_count, check_images, check_real
+from deconvnet.core.precision import full_float32
+from deconvnet.core.validation import check_count, check_images, check_positive, check_real
 from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
-from deconvnet.optim.checks import check_channels, model_device
+from deconvnet.optim.checks import check_channels, check_run, model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.params import PixelImage, valid_range
 from deconvnet.optim.points import map_point
 from deconvnet.optim.regularizers import Clamp
 from deconvnet.optim.transforms import Jitter
+
+MAX_OCTAVES = 100  # each octave is a run of `steps` steps; more is never meant
 
 
 def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tuple[int, int]]:
@@ -54,7 +57,7 @@ def _check_dream(
     channel = named if channel is None else channel
     if channel is not None:
         channel = check_channels(model, point, channel, "channel")[0]
-    octaves = check_count("octaves", octaves)
+    octaves = check_count("octaves", octaves, high=MAX_OCTAVES)
     if check_real("scale", scale) <= 1:
         raise ValueError(f"scale: expected an octave scale > 1, got {scale!r}")
     check_count("jitter", jitter, low=0)
@@ -109,6 +112,7 @@ def _dream_octaves(
     return run, histories
 
 
+@full_float32()
 def deep_dream(
     model: nn.Module,
     image: Tensor,
@@ -136,6 +140,8 @@ def deep_dream(
     [octaves * steps, 1].
     """
     key, image, channel, octaves, sizes = _check_dream(model, image, stage, channel, octaves, scale, jitter)
+    seed = check_run(steps, seed=seed, negate=negate, progress=progress, details=details)
+    check_positive("step_size", step_size)
     prep = preprocessing(model)
     device, dtype = model_device(model)
     base = image.detach().to(device=device, dtype=dtype)

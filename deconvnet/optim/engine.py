@@ -20,8 +20,20 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deconvnet.core.layout import channels_last_on_cpu
+from deconvnet.core.precision import full_float32
 from deconvnet.core.probe import check_point, probe
-from deconvnet.core.validation import check_count, check_real
+from deconvnet.core.validation import (
+    check_bool,
+    check_callable,
+    check_callables,
+    check_count,
+    check_model_values,
+    check_positive,
+    check_real,
+    check_seed,
+    check_text,
+)
 from deconvnet.optim.objectives import Objective
 from deconvnet.optim.transforms import Transform, compose
 
@@ -97,9 +109,9 @@ def values_and_gradient(model: nn.Module, objective: Objective, x: Tensor) -> tu
     """Objective values [B] and their gradient with respect to x [B, 3, H, W]."""
     part = x.detach()
     budget = None
-    if part.device.type == "cpu":  # oneDNN's fast path: every map channels last
-        part = part.contiguous(memory_format=torch.channels_last)
+    if part.device.type == "cpu":
         budget = CPU_CHUNK_BYTES
+    part = channels_last_on_cpu(part)  # oneDNN's fast path: every map channels last
     part.requires_grad_(True)
     value = objective(probe(model, part, objective.points, budget=budget))
     (grad,) = torch.autograd.grad(value.sum(), part)
@@ -123,8 +135,16 @@ def _check_optimize(
     regularizers: Sequence[Regularizer],
 ) -> int:
     """`optimize`'s arguments checked, in its order (ValueError naming the argument) -> steps."""
+    check_model_values(model)
+    if not isinstance(objective, Objective):
+        raise ValueError(f"objective: expected a deconvnet.optim Objective, got {type(objective).__name__}")
+    if not all(callable(getattr(param, name, None)) for name in ("parameters", "image")):
+        raise ValueError(
+            f"param: expected a parameterisation (deconvnet.optim.params PixelImage or "
+            f"FourierImage), got {type(param).__name__}"
+        )
     steps = check_count("steps", steps)
-    check_real("lr", lr)
+    check_positive("lr", lr)
     check_step_rule(step_rule)
     if not 0 <= check_real("momentum", momentum) < 1:
         raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
@@ -137,6 +157,23 @@ def _check_optimize(
     if regularizers and getattr(param, "kind", None) != "pixels":
         raise ValueError("regularizers: pixel regularisers need param='pixels'")
     return steps
+
+
+def _check_loop(
+    transforms: object,
+    regularizers: object,
+    seed: object,
+    stop: object,
+    progress: object,
+    description: object,
+) -> int:
+    """`optimize`'s loop options checked (ValueError naming the option) -> the seed as an int."""
+    check_callables("transforms", transforms)
+    check_callables("regularizers", regularizers)
+    check_callable("stop", stop)
+    check_bool("progress", progress)
+    check_text("description", description)
+    return check_seed(seed)
 
 
 def _ascend(
@@ -173,6 +210,7 @@ def _ascend(
     return history, stopped
 
 
+@full_float32()
 def optimize(
     model: nn.Module,
     objective: Objective,
@@ -204,6 +242,7 @@ def optimize(
     steps = _check_optimize(
         model, objective, param, steps, lr, step_rule, momentum, step_values, schedule, regularizers
     )
+    seed = _check_loop(transforms, regularizers, seed, stop, progress, description)
     tensor = param.parameters()[0]
     per_image = step_values if step_values is not None else tensor[0].numel()
     stepper = _Stepper(tensor, step_rule, lr, lr * math.sqrt(per_image), momentum)

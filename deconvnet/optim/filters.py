@@ -12,13 +12,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvnet.core.validation import check_count, check_images, is_int
+from deconvnet.core.precision import full_float32
+from deconvnet.core.validation import check_bool, check_count, check_images, is_int
 from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
 from deconvnet.optim.checks import (
     batches,
     check_channels,
     check_param,
+    check_run,
     check_size,
     model_device,
     regularizer_preset,
@@ -171,8 +173,11 @@ def _plan_filters(
     param: object,
     regularizers: object,
     start: object,
+    details: object,
 ) -> _FilterPlan:
-    """`visualize_filters`' arguments checked, in its order (ValueError naming the argument)."""
+    """`visualize_filters`' arguments checked, in its order (ValueError naming the argument); the
+    optimisation's own options are checked by `_filter_batches`."""
+    check_bool("details", details)
     point, named = map_point(model, stage)
     channels = check_channels(model, point, named if channels is None and named is not None else channels)
     size = check_size(model, size, point.key)
@@ -189,7 +194,11 @@ def _filter_batches(
     """The channels optimised `batch_size` at a time, each batch from its part of the given start
     or from seeded noise that has a gradient (`noise_starts`) -> (each batch's Optimized, start
     spread per channel, wake steps per channel; both empty for a given start). options: the rest
-    of `optimize`'s keyword arguments."""
+    of `optimize`'s keyword arguments, checked here before any work (`check_run`)."""
+    check_run(
+        options["steps"], lr, seed, batch_size, options["transforms"], options["step_rule"], negate=negate
+    )
+    check_bool("progress", options["progress"])
     channels, size, param, given = plan.channels, plan.size, plan.param, plan.given
     parts, spreads, wakes = [], [], []
     for offset, group in zip(range(0, len(channels), batch_size), batches(channels, batch_size)):
@@ -216,6 +225,7 @@ def _filter_batches(
     return parts, spreads, wakes
 
 
+@full_float32()
 def visualize_filters(
     model: nn.Module,
     stage: int | str,
@@ -249,7 +259,7 @@ def visualize_filters(
     `batch_size` at a time, each image its own objective; channel c's image depends only on
     (seed, c), so any batching gives the same images. `details=True` returns the `Optimized`.
     """
-    plan = _plan_filters(model, stage, channels, size, border, param, regularizers, start)
+    plan = _plan_filters(model, stage, channels, size, border, param, regularizers, start, details)
     parts, spreads, wakes = _filter_batches(
         model,
         plan,
@@ -319,9 +329,13 @@ def _plan_units(
     position: object,
     crop: bool,
     regularizers: object,
+    details: object,
 ) -> _UnitPlan:
     """`visualize_units`' arguments checked, in its order (ValueError naming the argument), and
-    where the unit's receptive field lies (the whole image optimised unless `crop`)."""
+    where the unit's receptive field lies (the whole image optimised unless `crop`); the
+    optimisation's own options are checked by `_unit_batches`."""
+    check_bool("crop", crop)
+    check_bool("details", details)
     point, named = map_point(model, stage)
     channels = check_channels(model, point, named if channels is None and named is not None else channels)
     size = check_size(model, size, point.key)
@@ -339,7 +353,11 @@ def _unit_batches(
     """The units optimised `batch_size` channels at a time, each from the full image's seeded
     noise cropped (`noise_starts`), each step the full image's L2 length -> (each batch's
     Optimized, start spread per channel, wake steps per channel). options: the rest of
-    `optimize`'s keyword arguments."""
+    `optimize`'s keyword arguments, checked here before any work (`check_run`)."""
+    check_run(
+        options["steps"], lr, seed, batch_size, options["transforms"], options["step_rule"], negate=negate
+    )
+    check_bool("progress", options["progress"])
     (y, x), (uy, ux), size = plan.unit, plan.position, plan.size
     top, left, bottom, right = plan.crop
     parts, spreads, wakes = [], [], []
@@ -368,6 +386,7 @@ def _unit_batches(
     return parts, spreads, wakes
 
 
+@full_float32()
 def visualize_units(
     model: nn.Module,
     stage: int | str,
@@ -397,7 +416,7 @@ def visualize_units(
     full-image run's field (`crop=False` runs that); transforms and blur or percentile clipping
     see only the crop.
     """
-    plan = _plan_units(model, stage, channels, size, position, crop, regularizers)
+    plan = _plan_units(model, stage, channels, size, position, crop, regularizers, details)
     parts, spreads, wakes = _unit_batches(
         model,
         plan,

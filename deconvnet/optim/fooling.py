@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deconvnet.core.precision import full_float32
 from deconvnet.core.probe import probe
 from deconvnet.core.validation import check_count, check_images, check_real
 from deconvnet.data.models import Preprocessing, preprocessing
 from deconvnet.optim import objectives as obj
-from deconvnet.optim.checks import check_classes, model_device
+from deconvnet.optim.checks import check_classes, check_run, model_device
 from deconvnet.optim.engine import Optimized, optimize, values_and_gradient
 from deconvnet.optim.params import PixelImage, valid_range
 from deconvnet.optim.regularizers import Clamp
@@ -188,6 +189,7 @@ def _sign_run(
     return Optimized(image.detach(), torch.stack(history), settings, stopped)
 
 
+@full_float32()
 def fooling_image(
     model: nn.Module,
     image: Tensor,
@@ -215,8 +217,8 @@ def fooling_image(
     """
     image, target, confidence, steps = _check_fooling(model, image, target, confidence, steps)
     lr, step, max_change = check_fooling_step(lr, step, max_change)
-    prep = preprocessing(model)
-    device, dtype = model_device(model)
+    seed = check_run(steps, seed=seed, progress=progress, details=details)
+    prep, (device, dtype) = preprocessing(model), model_device(model)
     image = image.detach().to(device=device, dtype=dtype)
     low, high = valid_range(prep, dtype, device)
     box = colour_box(image, prep, max_change)

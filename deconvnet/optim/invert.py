@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from deconvnet.core.precision import full_float32
 from deconvnet.core.probe import POINTS_DOC, PRE, check_point, probe
-from deconvnet.core.validation import check_images, check_real
+from deconvnet.core.validation import check_count, check_images, check_positive, check_real
 from deconvnet.data.models import preprocessing
 from deconvnet.optim import objectives as obj
-from deconvnet.optim.checks import model_device
+from deconvnet.optim.checks import check_run, model_device
 from deconvnet.optim.engine import Optimized, optimize
 from deconvnet.optim.params import PixelImage, grey_noise
 from deconvnet.optim.transforms import Jitter
@@ -50,6 +51,14 @@ def _check_invert(
     return point, image, tv_weight
 
 
+def _check_priors(alpha: object, beta: object, jitter: object) -> None:
+    """The priors' exponents (finite numbers > 0) and the jitter (an int >= 0), ValueError
+    naming the argument."""
+    check_positive("alpha", alpha)
+    check_positive("beta", beta)
+    check_count("jitter", jitter, low=0)
+
+
 def _invert_objective(
     point: int | str,
     phi0: Tensor,
@@ -75,6 +84,7 @@ def _feature_error(model: nn.Module, images: Tensor, point: int | str, phi0: Ten
     return float(error[0])
 
 
+@full_float32()
 def invert(
     model: nn.Module,
     image: Tensor,
@@ -99,8 +109,9 @@ def invert(
     ||phi(x) - phi0||^2 / ||phi0||^2.
     """
     point, image, tv_weight = _check_invert(model, image, stage, tv_weight, alpha_weight)
-    prep = preprocessing(model)
-    device, dtype = model_device(model)
+    _check_priors(alpha, beta, jitter)
+    seed = check_run(steps, lr, seed, progress=progress, details=details)
+    prep, (device, dtype) = preprocessing(model), model_device(model)
     image = image.detach().to(device=device, dtype=dtype)
     with torch.no_grad():
         phi0 = probe(model, image, [point])[point]

@@ -228,7 +228,12 @@ def test_several_transforms_the_paper_defaults_batches_and_determinism(photos64)
     assert both["translate"].values.tolist() == list(range(-60, 61, 10))  # the paper's range
     assert both["rotate"].layers == (5,)
     again = inv.invariance(model, x, "translate", None, 5, batch_size=13)
-    torch.testing.assert_close(again.distance[5], both["translate"].distance[5], rtol=1e-5, atol=1e-6)
+    # batches of 13 against batches of 1: other convolution shapes, which a CPU's kernels may sum
+    # in another order (float32: ~sqrt(3456) * 2^-24 ~ 3.5e-6 of the terms' scale per layer, ~8e-6
+    # over AlexNet's five). Bound: 1e-4 relative, elementwise and of the largest distance
+    # (measured: 5.0e-7 elementwise on AVX-512, AVX2 and SSE4.1 kernels; distances 0.05..0.19)
+    want = both["translate"].distance[5]
+    torch.testing.assert_close(again.distance[5], want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     repeat = inv.invariance(model, x, "translate", None, 5, batch_size=13)
     assert torch.equal(repeat.distance[5], again.distance[5])  # same inputs: same bytes
     assert torch.equal(repeat.probability, again.probability)

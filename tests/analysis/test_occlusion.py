@@ -109,12 +109,17 @@ def test_target_int_and_tensor(alex):
     assert_close_rel(per.probability[1], prob)
 
 
-def test_batch_size_does_not_change_the_maps(vgg):
+def test_batch_size_changes_the_maps_only_by_rounding(vgg):
+    """Batches of 1 and 16 positions: other convolution shapes, which a CPU's kernels may sum in
+    another order. float32 VGG16: 13 convolutions of up to 3 * 3 * 512 = 4608 products, each
+    rounding ~sqrt(4608) * 2^-24 ~ 4e-6 of its terms' scale, ~1.5e-5 over the 13; bound 1e-4 of
+    the map's largest value, as for the incremental method (measured: 1.8e-6 feature, 3.6e-7
+    probability on AVX-512 kernels; 1.5e-6 / 2.7e-7 AVX2; 1.2e-6 / 2.7e-7 SSE4.1)."""
     x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
     a = deconvnet.occlusion(vgg, x, patch=12, stride=12, batch_size=1)
     b = deconvnet.occlusion(vgg, x, patch=12, stride=12, batch_size=16)
-    assert_close_rel(a.feature, b.feature, 1e-5)
-    assert_close_rel(a.probability, b.probability, 1e-5)
+    assert_close_rel(a.feature, b.feature, 1e-4)
+    assert_close_rel(a.probability, b.probability, 1e-4)
 
 
 def test_float64_model_is_exact_to_float64_rounding(alex):

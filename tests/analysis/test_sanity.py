@@ -53,17 +53,41 @@ def _images(size: int = 64, count: int = 2) -> torch.Tensor:
     )
 
 
+# torchvision's AlexNet by hand, bottom first: (the paper's name, module path); a layer's position
+# (0 = the bottom) is its index here. Written out rather than read from `randomize`, so the tests
+# that re-initialise "by hand" pin the mapping instead of repeating the library's.
+ALEXNET_LAYERS = [
+    ("conv1", "features.0"),
+    ("conv2", "features.3"),
+    ("conv3", "features.6"),
+    ("conv4", "features.8"),
+    ("conv5", "features.10"),
+    ("fc6", "classifier.1"),
+    ("fc7", "classifier.4"),
+    ("fc8", "classifier.6"),
+]
+ALEXNET_PATH = dict(ALEXNET_LAYERS)
+# VGG16's three layers the init test draws: (module path, position)
+VGG16_LAYERS = {"conv1_1": ("features.0", 0), "conv5_3": ("features.28", 12), "fc8": ("classifier.6", 15)}
+
+
+def _layer_seed(seed: int, position: int) -> int:
+    """The per-layer seed as the module doc defines it: numpy's SeedSequence of [seed, position],
+    its first 64-bit word cut to 63 bits."""
+    word = np.random.SeedSequence([seed, position]).generate_state(1, np.uint64)[0]
+    return int(word) & (2**63 - 1)
+
+
 def _by_hand(model: nn.Module, names: list[str], seed: int, inplace: bool = False) -> nn.Module:
     """AlexNet (a copy, or `model` itself if inplace) with `names` re-initialised the way
     torchvision builds AlexNet (PyTorch's own reset_parameters) from the global RNG seeded per
     layer."""
     made = model if inplace else copy.deepcopy(model)
-    for layer in learnable_layers(made):
-        if layer.name in names:
-            module = made.get_submodule(layer.path)
+    for position, (name, path) in enumerate(ALEXNET_LAYERS):
+        if name in names:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(layer_seed(seed, layer.position))
-                module.reset_parameters()
+                torch.manual_seed(_layer_seed(seed, position))
+                made.get_submodule(path).reset_parameters()
     return made
 
 
@@ -249,16 +273,17 @@ def test_layers_are_named_top_first():
 
 def test_reinitialisation_is_torchvisions_own():
     seed = 11
-    want = np.random.SeedSequence([seed, 12]).generate_state(1, np.uint64)[0]
-    assert layer_seed(seed, 12) == int(want) & (2**63 - 1)
+    assert [layer_seed(seed, p) for p in (0, 12)] == [_layer_seed(seed, p) for p in (0, 12)]
     with torch.device("meta"):
         v = vgg16()
     layers = {l.name: l for l in learnable_layers(v)}
     for name in ("conv5_3", "conv1_1", "fc8"):  # torchvision's VGG.__init__ code, global RNG
+        path, position = VGG16_LAYERS[name]
+        assert (layers[name].path, layers[name].position) == (path, position)
         weight, bias = randomize.fresh_parameters(v, layers[name], seed)
         reference = torch.empty(weight.shape)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(layer_seed(seed, layers[name].position))
+            torch.manual_seed(_layer_seed(seed, position))
             if name.startswith("conv"):
                 nn.init.kaiming_normal_(reference, mode="fan_out", nonlinearity="relu")
                 fan_out = weight.shape[0] * weight[0, 0].numel()
@@ -269,11 +294,14 @@ def test_reinitialisation_is_torchvisions_own():
         assert torch.equal(weight, reference) and not bias.any()
     with torch.device("meta"):
         a = alexnet()
+    pinned = [(name, path, position) for position, (name, path) in enumerate(ALEXNET_LAYERS)][::-1]
+    assert [(l.name, l.path, l.position) for l in learnable_layers(a)] == pinned
     for layer in learnable_layers(a)[::3]:  # AlexNet: PyTorch's reset_parameters
         weight, bias = randomize.fresh_parameters(a, layer, seed)
-        module = copy.deepcopy(a.get_submodule(layer.path)).to_empty(device="cpu")
+        position = [name for name, _ in ALEXNET_LAYERS].index(layer.name)
+        module = copy.deepcopy(a.get_submodule(ALEXNET_PATH[layer.name])).to_empty(device="cpu")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(layer_seed(seed, layer.position))
+            torch.manual_seed(_layer_seed(seed, position))
             module.reset_parameters()
         assert torch.equal(weight, module.weight) and torch.equal(bias, module.bias)
 
@@ -298,7 +326,7 @@ def _hand_models(net: nn.Module, steps: list, seed: int):
     """(step index, the model re-initialised by hand for it): cascading steps re-initialise
     their layers on one copy cumulatively (fc layers included); an independent step
     re-initialises its one layer, which is put back afterwards."""
-    everything = randomize.layer_names(net)
+    everything = [name for name, _ in ALEXNET_LAYERS][::-1]  # top first
     hand, done = copy.deepcopy(net), set()
     for s, step in enumerate(steps):
         if step.mode == "cascading":
@@ -308,8 +336,7 @@ def _hand_models(net: nn.Module, steps: list, seed: int):
             done.update(names)
             continue
         assert list(step.randomized) == [step.layer]
-        layer = next(l for l in learnable_layers(net) if l.name == step.layer)
-        module = hand.get_submodule(layer.path)
+        module = hand.get_submodule(ALEXNET_PATH[step.layer])
         saved = copy.deepcopy(module.state_dict())
         yield s, _by_hand(hand, [step.layer], seed, inplace=True)
         module.load_state_dict(saved)
@@ -329,7 +356,9 @@ def test_every_step_equals_a_model_reinitialised_by_hand(net, checked):
                 want = _maps(hand, x, targets, method)
                 kept = result.maps[steps[s].key]
                 got = result.maps["original"][method] if kept is None else kept[method]
-                torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+                # the same arithmetic in the same shapes (one image per call, weights equal bit
+                # for bit): equal bit for bit on every CPU
+                assert torch.equal(got, want), (steps[s].key, method)
                 for b in range(2):
                     reference = _reference_similarities(result.maps["original"][method][b], want[b])
                     np.testing.assert_allclose(
@@ -369,7 +398,7 @@ def test_a_class_target_uses_every_layer(net):
     predicted = int(net(x).argmax())
     assert got.targets[0]["kind"] == "class" and got.targets[0]["class"] == predicted
     want = deconvnet.explain(_by_hand(net, ["fc8"], 4), x, "gradient", predicted)
-    torch.testing.assert_close(got.maps[step.key]["gradient"], want, rtol=0, atol=1e-6)
+    assert torch.equal(got.maps[step.key]["gradient"], want)  # the same arithmetic, same shapes
 
 
 def test_the_callers_model_is_unchanged_and_results_are_deterministic(net, checked):

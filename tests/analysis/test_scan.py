@@ -1,11 +1,15 @@
 """scan_topk against a brute-force reference, plus its contract: ties, inputs, model untouched, files.
 
-The reference runs `model.features` one image at a time, module by module, keeps each stage's
-output, and builds each channel's top-k by sorting (value descending, then image number) the
-per-image maxima found with numpy's argmax (first position in row-major order).
+The reference runs `model.features` module by module on the same batches as the scan, keeps each
+stage's output, and builds each channel's top-k by sorting (value descending, then image number)
+the per-image maxima found with numpy's argmax (first position in row-major order).
 
-Models are random-initialised torchvision models with `features` in float64: batched and
-one-image convolutions then agree to ~1e-16, so ranks and positions can be compared exactly.
+Same batches: every image goes through convolutions of the same shape in the scan and in the
+reference, so values, ranks, positions and ties agree bit for bit on every CPU. A convolution of
+another batch shape may sum its products in another order (the kernels a CPU picks depend on the
+shape), so only the test of other batchings compares across shapes, with a stated bound.
+
+Models are random-initialised torchvision models with `features` in float64.
 """
 
 from __future__ import annotations
@@ -60,17 +64,18 @@ def random_batches(sizes: list[tuple[int, int]], seed: int) -> list[torch.Tensor
     return [torch.randn(b, 3, s, s, generator=generator, dtype=torch.float64) for b, s in sizes]
 
 
-def reference_stage_maps(model: nn.Module, images: list[torch.Tensor]) -> dict[int, list[np.ndarray]]:
-    """{stage: [C, h, w] output per image}, one image per forward pass, module by module."""
+def reference_stage_maps(model: nn.Module, batches: list[torch.Tensor]) -> dict[int, list[np.ndarray]]:
+    """{stage: [C, h, w] output per image}, one forward pass per batch [B, 3, H, W] (the scan's
+    batches, so the same convolution shapes), module by module."""
     index_to_stage = {s.index: s.number for s in stage_table(model)}
     maps: dict[int, list[np.ndarray]] = {n: [] for n in ALL_STAGES}
     with torch.no_grad():
-        for image in images:
-            x = image.unsqueeze(0).clone()
+        for batch in batches:
+            x = batch.clone()
             for index, layer in enumerate(model.features):
                 x = layer(x)
                 if index in index_to_stage:
-                    maps[index_to_stage[index]].append(x[0].clone().numpy())
+                    maps[index_to_stage[index]] += [m.clone().numpy() for m in x]
     return maps
 
 
@@ -105,7 +110,7 @@ def assert_matches_reference(
     result: dict[int, TopK], model: nn.Module, batches, k: int, border: int = 0, stages=ALL_STAGES
 ) -> None:
     images = [image for batch in batches for image in batch]
-    maps = reference_stage_maps(model, images)
+    maps = reference_stage_maps(model, batches)
     for number in stages:
         expected = reference_topk(maps[number], k, border)
         got = result[number]
@@ -113,7 +118,7 @@ def assert_matches_reference(
         for key in ("image", "y", "x"):
             assert got[key].dtype == torch.int64
             np.testing.assert_array_equal(got[key].numpy(), expected[key], err_msg=f"stage {number} {key}")
-        np.testing.assert_allclose(got.values.numpy(), expected["values"], rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(got.values.numpy(), expected["values"], err_msg=f"stage {number}")
         # k distinct images per channel, values descending
         for row in got.image.tolist():
             assert len(set(row)) == len(row)
@@ -162,11 +167,13 @@ def test_zero_and_random_images_vgg16_match_brute_force(vgg):
 
 def test_duplicate_images_tie_to_lower_image_number(alexnet):
     a, b, c, d = random_batches([(4, 64)], seed=4)[0]
-    # image numbers: A=0, B=1, A=2 | C=3, A=4 | A=5, D=6
-    batches = [torch.stack([a, b, a]), torch.stack([c, a]), torch.stack([a, d])]
-    copies = [0, 2, 4, 5]
-    result = scan_topk(alexnet, batches, k=7, progress=False)
-    assert_matches_reference(result, alexnet, batches, k=7)
+    # image numbers: A=0, B=1 | A=2, C=3 | A=4, D=5 | A=6, B=7. Every copy of A is the first image
+    # of a batch of 2: the same convolution shapes, so the copies' values are equal bit for bit
+    # on every CPU (in batches of other shapes they may differ in the last bits)
+    batches = [torch.stack([a, b]), torch.stack([a, c]), torch.stack([a, d]), torch.stack([a, b])]
+    copies = [0, 2, 4, 6]
+    result = scan_topk(alexnet, batches, k=8, progress=False)
+    assert_matches_reference(result, alexnet, batches, k=8)
     for number in ALL_STAGES:
         top = result[number]
         for c_index, row in enumerate(top.image.tolist()):
@@ -176,21 +183,35 @@ def test_duplicate_images_tie_to_lower_image_number(alexnet):
         assert torch.equal(top.values[held].view(-1, 4), top.values[held].view(-1, 4)[:, :1].expand(-1, 4))
 
 
-def test_result_does_not_depend_on_batching(alexnet):
+def test_other_batchings_change_the_values_only_by_rounding(alexnet):
+    """The same images split [5], [1] * 5 and [2, 3]: the values agree to within rel = 1e-12 of
+    each stage's largest value, and the same images and positions are kept.
+
+    Bound: a convolution of another batch shape may sum each output's products (up to
+    3 * 3 * 384 = 3456 in AlexNet's conv4) in another order, about sqrt(3456) * 2^-53 ~ 7e-15 of
+    their scale per layer in float64 (measured on AlexNet and VGG16 features: 0 to 4e-15 with
+    AVX-512, AVX2 and SSE4.1 kernels).
+    Ranks and positions then agree as long as no two competing values lie within 2 * rel of each
+    other, which is checked on the reference maps (ties at exactly 0, dead ReLU maps, stay ties)."""
+    rel = 1e-12
     images = random_batches([(5, 64)], seed=5)[0]
-    images[3] = images[1]
-    splits = [[5], [1] * 5, [2, 3]]
-    results = []
-    for split in splits:
-        batches = list(torch.split(images, split))
-        results.append(scan_topk(alexnet, batches, k=3, progress=False))
+    maps = reference_stage_maps(alexnet, [images])
+    for number in ALL_STAGES:
+        stacked = np.stack(maps[number])  # [N, C, h, w]
+        scale = np.abs(stacked).max()
+        per_image = np.sort(stacked.max(axis=(2, 3)), axis=0)  # [N, C]: competing images
+        top_two = np.sort(stacked.reshape(*stacked.shape[:2], -1), axis=2)[:, :, -2:]  # positions
+        for pairs in (np.diff(per_image, axis=0), np.diff(top_two, axis=2)):
+            assert ((pairs == 0) | (pairs > 2 * rel * scale)).all(), f"stage {number}: a near tie"
+    results = [
+        scan_topk(alexnet, list(torch.split(images, s)), k=3, progress=False) for s in ([5], [1] * 5, [2, 3])
+    ]
     for other in results[1:]:
         for number in ALL_STAGES:
             for key in ("image", "y", "x"):
                 assert torch.equal(other[number][key], results[0][number][key])
-            torch.testing.assert_close(
-                other[number].values, results[0][number].values, rtol=1e-12, atol=1e-12
-            )
+            want = results[0][number].values
+            torch.testing.assert_close(other[number].values, want, rtol=0, atol=rel * float(want.abs().max()))
 
 
 def test_fewer_images_than_k_keeps_all_images(vgg):

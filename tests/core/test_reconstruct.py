@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -329,10 +330,61 @@ def test_the_rest_of_the_vgg_family_is_supported_and_exact(name):
             want = _hooked_reference(model, x, stage, channel, "deconvnet")
             assert want.abs().max() > 0
             torch.testing.assert_close(row[None], want, rtol=1e-10, atol=1e-12)
-    # the rest of the pipeline takes it too: preprocessing, images, the scan
+    # the rest of the pipeline takes it too: preprocessing, images, the scan (against the stage's
+    # own output of the same [1, 3, H, W] pass: values and first-maximum positions bit for bit)
     assert deconvnet.load_image("coffee", model).shape == (1, 3, 224, 224)
-    top = deconvnet.scan_topk(model.float(), [x.float()], k=1, stages=(5,), progress=False)
-    assert top[5].values.shape[0] == stage_of(model, 5).channels
+    model, x = model.float(), x.float()
+    top = deconvnet.scan_topk(model, [x], k=1, stages=(2, 5), progress=False)
+    for stage in (2, 5):
+        with torch.no_grad():
+            out = model.features[: stage_of(model, stage).index + 1](x)[0]  # [C, h, w]
+        a, width = out.flatten(1).numpy(), out.shape[2]
+        first = a.argmax(axis=1)  # numpy: the first maximum in row-major order
+        assert top[stage].values.shape == (stage_of(model, stage).channels, 1)
+        assert np.array_equal(top[stage].values[:, 0].numpy(), a[np.arange(a.shape[0]), first])
+        assert np.array_equal((top[stage].y * width + top[stage].x)[:, 0].numpy(), first)
+        assert not top[stage].image.any()
+
+
+# docs/stages.md, "VGG11, VGG13, VGG19": receptive fields of pool1..pool5 (px)
+VGG_FIELDS = {"vgg11": [4, 10, 30, 70, 150], "vgg13": [6, 16, 36, 76, 156], "vgg19": [6, 16, 52, 124, 268]}
+
+
+@pytest.mark.parametrize("name", sorted(VGG_FIELDS))
+def test_the_rest_of_the_vgg_family_receptive_fields_against_autograd(name):
+    """The documented fields, and each stage's field against autograd: in a copy with equal
+    positive weights, no biases and average pools of the max pools' geometry, every path from a
+    pixel to a unit has positive weight, so d unit / d pixel > 0 exactly on the unit's field
+    clipped to the image. Two units per stage: the first (its field starts outside the image)
+    and the last (its field starts inside); 160 px holds both ends of VGG19's 268 px pool5 field."""
+    model = deconvnet.load_model(name, weights="random", seed=1)
+    fields = [deconvnet.receptive_field(model, s) for s in range(1, 6)]
+    assert [(f.size, f.jump) for f in fields] == [
+        ((n, n), (2**s, 2**s)) for s, n in enumerate(VGG_FIELDS[name], start=1)
+    ]
+    positive = copy.deepcopy(model.features)
+    for i, m in enumerate(positive):
+        if isinstance(m, nn.Conv2d):
+            nn.init.constant_(m.weight, 1.0 / m.weight[0].numel())
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MaxPool2d):
+            positive[i] = nn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode)
+    size = 160
+    x = torch.ones(2, 3, size, size, requires_grad=True)
+    outputs, a = {}, x
+    for i, m in enumerate(positive):
+        a = m(a)
+        outputs[i] = a
+    for s, field in enumerate(fields, start=1):
+        out = outputs[stage_of(model, s).index]
+        last = (out.shape[2] - 1, out.shape[3] - 1)
+        unit = out[0, :, 0, 0].sum() + out[1, :, last[0], last[1]].sum()  # image 0: first, 1: last
+        grad = torch.autograd.grad(unit, x, retain_graph=True)[0]
+        for b, (y, xx) in enumerate([(0, 0), last]):
+            top, left, bottom, right = field.box(y, xx)
+            want = torch.zeros(size, size, dtype=torch.bool)
+            want[max(top, 0) : min(bottom, size), max(left, 0) : min(right, size)] = True
+            assert torch.equal(grad[b].abs().sum(0) > 0, want), (name, s, (y, xx))
 
 
 @pytest.mark.parametrize("name", ["vgg11_bn", "vgg16_bn"])

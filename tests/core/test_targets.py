@@ -68,7 +68,7 @@ def test_bad_target_for_the_batch(alexnet_float64, x1):
 
 
 def test_unit_of_an_unknown_stage(alexnet_float64, x1):
-    with pytest.raises(ValueError, match=r"^stage:"):
+    with pytest.raises(ValueError, match=r"^target: stage:"):
         deconvnet.attribute(alexnet_float64, x1, Unit(6, 0))
 
 

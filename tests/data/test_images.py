@@ -197,7 +197,7 @@ def test_unknown_plain_name_is_file_not_found():
 def test_non_image_file_is_a_value_error_naming_it(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("hello")
-    with pytest.raises(ValueError, match=f"image: {path} is not a readable image file"):
+    with pytest.raises(ValueError, match=f"source: {path} is not a readable image file"):
         load_image(path, PREP)
 
 

@@ -69,6 +69,12 @@ def _stage_output(model, x: torch.Tensor, stage: int) -> torch.Tensor:
         return model.features[: deconvnet.stage(model, stage).index + 1](x)
 
 
+def _median(values: list[float]) -> float:
+    """The middle value of an odd count, the mean of the middle two of an even count."""
+    s = sorted(values)
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Every experiment once on its tiny settings, with a fixed provenance record."""
@@ -215,9 +221,7 @@ def test_filters_equal_an_independent_run(runs, alexnet_random):
             np.testing.assert_allclose(e["photos_max"], on_photos.amax(0).numpy(), rtol=1e-4)
             ratio = own / on_photos.mean(0).double()
             np.testing.assert_allclose(e["ratio"], ratio.numpy(), rtol=1e-4)
-            assert (
-                e["median_ratio"] == pytest.approx(float(ratio.median()), rel=1e-4) or len(channels) % 2 == 0
-            )
+            assert e["median_ratio"] == pytest.approx(_median(ratio.tolist()), rel=1e-4)
             assert e["above_photos_max"] == int((own > on_photos.amax(0)).sum())
     assert result["settings"]["channels"] == {"1": [0, 2, 5], "5": [0, 2, 5]}
     assert "pad 4 + jitter 4 px" in result["settings"]["variants"]["regularized"]
@@ -225,6 +229,20 @@ def test_filters_equal_an_independent_run(runs, alexnet_random):
     assert regularized["transforms"] == [repr(Pad(4)), repr(Jitter(4))]
     assert "Decay(rate=0.0001)" in regularized["regularizers"]
     assert result["cells"][0]["settings"]["regularizers"] == []
+
+
+def test_excitation_median_of_an_even_count_is_the_mean_of_the_middle_two(alexnet_random):
+    """The job above asks for 3 channels (an odd count); 4 here: the median is the mean of the two
+    middle ratios, not either of them (torch.median would give the lower one)."""
+    channels = [0, 2, 5, 7]
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    photos = 0.1 + torch.rand(5, 64, generator=torch.Generator().manual_seed(4))  # [P, C] means
+    e = filters_job.excitation(alexnet_random, 1, channels, images, photos)
+    own = _stage_output(alexnet_random, images, 1).mean(dim=(2, 3))[torch.arange(4), channels].double()
+    ratio = (own / photos[:, channels].mean(dim=0).double()).tolist()
+    middle = sorted(ratio)[1:3]
+    assert e["median_ratio"] == pytest.approx(sum(middle) / 2, rel=1e-4)
+    assert all(abs(e["median_ratio"] - m) > 1e-3 * abs(m) for m in middle)  # neither middle value
 
 
 def test_filters_mosaic_is_the_keras_layout_of_the_deprocessed_images(runs, alexnet_random):

@@ -47,13 +47,17 @@ def _equal(a: dict[int, TopK], b: dict[int, TopK]) -> bool:
     )
 
 
-def _brute_force(model, images: torch.Tensor, stage: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, image) [C, k]: each image alone through features, its per-channel maximum; sorted
-    by value (descending), ties to the lower image number."""
+def _brute_force(
+    model, images: torch.Tensor, stage: int, k: int, batch: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, image) [C, k]: the images through features in consecutive batches of `batch` (the
+    scan's batches: the same convolution shapes, so the same values bit for bit on every CPU;
+    another batch shape may round differently), each image's per-channel maximum; sorted by value
+    (descending), ties to the lower image number."""
     index = stage_of(model, stage).index
     with torch.no_grad():
-        maxima = torch.stack(
-            [model.features[: index + 1](image[None])[0].flatten(1).max(1).values for image in images]
+        maxima = torch.cat(
+            [model.features[: index + 1](part).flatten(2).max(2).values for part in images.split(batch)]
         )  # [N, C]
     rows_v, rows_i = [], []
     for c in range(maxima.shape[1]):
@@ -157,7 +161,7 @@ def test_numbered_batches_leave_out_images_and_keep_numbers(alexnet_float64):
         NumberedBatch(images[[4, 5]], torch.tensor([4, 5]), 6),
     ]
     got = scan_topk(alexnet_float64, numbered, k=3, stages=(2,), progress=False)[2]
-    values, order = _brute_force(alexnet_float64, images[keep], 2, 3)
+    values, order = _brute_force(alexnet_float64, images[keep], 2, 3, batch=2)  # [0, 2], [4, 5]
     assert torch.equal(got.image, torch.tensor(keep)[order]) and torch.equal(got.values, values)
     assert (got.images_scanned, got.end) == (4, 6)
     bad = [NumberedBatch(images[:2], torch.tensor([1, 0]), 2)]
@@ -209,13 +213,20 @@ def test_truncated_jpegs_are_skipped_counted_and_named(tmp_path, workers):
     assert all("truncated" in f["reason"] for f in named)
     topk = load_topk(tmp_path / "job" / "topk.pt").result
     assert not set(topk[1].image.flatten().tolist()) & {0, 5}
-    # the same scan over only the good files, renumbered: the same values
+    # the same scan over only the good files, renumbered: the same values, bit for bit. In batches
+    # of 1 both jobs run every image through the same [1, 3, H, W] convolutions; in batches of 2
+    # they would not ([1], [2, 3], [4], [6, 7] against [1, 2], [3, 4], [6, 7]), and a CPU's
+    # kernels may round differently for another batch shape (float32: ~1e-6 of the values)
+    one_by_one = {**TINY_SCAN, "batch_size": 1}
+    skipped = run_scan(tmp_path / "skipped", **{**one_by_one, "data": data})
+    assert skipped["decode_failures"]["count"] == 2
+    topk = load_topk(tmp_path / "skipped" / "topk.pt").result
     good = tmp_path / "good"
     good.mkdir()
     for f in sorted(root.iterdir()):
         if f.name not in ("000.jpg", "005.jpg"):
             (good / f.name).write_bytes(f.read_bytes())
-    clean = run_scan(tmp_path / "clean", **{**TINY_SCAN, "data": {"kind": "folder", "root": str(good)}})
+    clean = run_scan(tmp_path / "clean", **{**one_by_one, "data": {"kind": "folder", "root": str(good)}})
     assert clean["decode_failures"]["count"] == 0
     reference = load_topk(tmp_path / "clean" / "topk.pt").result
     renumber = torch.tensor([1, 2, 3, 4, 6, 7])

@@ -5,6 +5,8 @@ the pieces that make the tracked files a function of code and inputs only."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_regenerate, png_pixels
+from conftest import FIXED_PROVENANCE, load_regenerate, png_pixels
 from PIL import Image
 
 from deconvnet.data.paths import REPO_ROOT
-from deconvnet.jobs.provenance import PROVENANCE_ENV, code_state, provenance
+from deconvnet.jobs.provenance import ISA_FLAGS, PROVENANCE_ENV, code_state, cpuinfo_fields, provenance
 
 regenerate = load_regenerate()
 FIGURES = list(regenerate.FIGURES)
@@ -285,6 +287,132 @@ def test_quick_runs_every_figure_on_alexnet_with_its_own_overrides():
     assert regenerate.job_overrides("fig2_alexnet", quick=False)[0] == "model=alexnet"
 
 
+def test_the_run_record_names_the_cpu_in_untracked_files_only(tmp_path):
+    text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) 8480+\n"
+    text += "flags\t\t: fpu avx2 avx512f amx_tile\n\nprocessor\t: 1\nmodel name\t: other\n"
+    assert cpuinfo_fields(text) == {
+        "vendor_id": "GenuineIntel",
+        "model name": "Intel(R) Xeon(R) 8480+",
+        "flags": "fpu avx2 avx512f amx_tile",
+    }
+    assert cpuinfo_fields("") == {}
+    record = provenance()
+    cpu = record["cpu"]
+    assert {"model", "vendor", "machine", "cores", "torch_capability", "isa_flags"} == set(cpu)
+    assert cpu["torch_capability"] in ("DEFAULT", "NO AVX", "AVX2", "AVX512", "Z VECTOR", "VSX", "SVE256")
+    assert cpu["isa_flags"] is None or set(cpu["isa_flags"]) <= set(ISA_FLAGS)
+    # a job's record: the CPU goes to run.json and RUNS.json, never to the tracked result.json
+    staging, out = tmp_path / ".staging" / "fig1", tmp_path
+    staging.mkdir(parents=True)
+    (staging / "result.json").write_text(json.dumps({"provenance": record, "k": 1}))
+    result = regenerate.tidy_job(staging, out / "fig1", out, {"figure": "fig1"})
+    assert result == {"provenance": {k: record[k] for k in ("versions", "code_commit", "code_dirty")}, "k": 1}
+    assert "cpu" not in (staging / "result.json").read_text()
+    assert json.loads((staging / "run.json").read_text())["provenance"]["cpu"] == cpu
+    regenerate.write_runs(out, record)
+    assert json.loads((out / "RUNS.json").read_text())["last_run"]["cpu"] == cpu
+
+
+def test_progress_line_estimates_from_known_runtimes_else_this_runs_mean():
+    line = regenerate.progress_line
+    known = {"fig2": 300.0, "saliency": 60.0}
+    # fig2 300 s + saliency 60 s + invert at the mean of this run's (30 + 50) / 2 = 40 s
+    assert line(2, 5, "fig2", 75.4, ["fig2", "saliency", "invert"], known, [30.0, 50.0]) == (
+        "[2/5] fig2: elapsed 01:15, estimate 06:40 left"
+    )
+    assert line(1, 3, "invert", 0.0, ["invert", "fig2"], known, []) == (
+        "[1/3] invert: elapsed 00:00, estimate unknown left"
+    )
+    assert line(3, 3, "fig2", 3725.0, ["fig2"], known, []) == "[3/3] fig2: elapsed 62:05, estimate 05:00 left"
+
+
+def test_finished_figures_are_those_of_the_same_committed_code_and_command(tmp_path):
+    code = {"versions": {"torch": "x", "threads": 2}, "code_commit": "abc", "code_dirty": False}
+    record = {**code, "timestamp": "now", "cpu": {"model": "any"}}  # what only this run has: ignored
+    command = "python -m experiments.fig1 model=alexnet"
+    state = {
+        "figures": {
+            "fig1": {"code": code, "command": command, "finished": "T1"},
+            "reconstruct": {
+                "code": code,
+                "command": "python -m experiments.reconstruct stage=2",
+                "finished": "T2",
+            },
+            "saliency": {"code": {**code, "code_commit": "old"}, "command": "s", "finished": "T3"},
+            "filters": {
+                "code": {**code, "versions": {"torch": "y", "threads": 2}},
+                "command": "f",
+                "finished": "T4",
+            },
+        }
+    }
+    commands = {"fig1": command, "reconstruct": "python -m experiments.reconstruct stage=3", "saliency": "s"}
+    commands |= {"filters": "f", "invert": "i"}
+    assert regenerate.finished_figures(state, record, commands) == {"fig1": "T1"}
+    # uncommitted changes, or no git: nothing counts as the same code state
+    assert regenerate.finished_figures(state, {**record, "code_dirty": True}, commands) == {}
+    dirty_state = {
+        "figures": {"fig1": {"code": {**code, "code_dirty": True}, "command": command, "finished": "T"}}
+    }
+    assert regenerate.finished_figures(dirty_state, {**record, "code_dirty": True}, commands) == {}
+    assert (
+        regenerate.finished_figures(state, {**record, "code_commit": None, "code_dirty": None}, commands)
+        == {}
+    )
+    assert regenerate.finished_figures({}, record, commands) == {}
+    # the state file: a recorded figure is kept while its folder is there
+    regenerate.record_finished(tmp_path, "fig1", record, command)
+    assert regenerate.kept_figures(tmp_path, record, {"fig1": command}) == {}
+    (tmp_path / "fig1").mkdir()
+    (tmp_path / "fig1" / "result.json").write_text("{}")
+    kept = regenerate.kept_figures(tmp_path, record, {"fig1": command})
+    assert list(kept) == ["fig1"] and kept["fig1"][:4].isdigit()
+
+
+def _regenerate(out: Path, *args: str) -> str:
+    """Run regenerate.py --quick into `out` with a fixed, clean code state; its stdout."""
+    env = dict(os.environ, **{PROVENANCE_ENV: json.dumps(FIXED_PROVENANCE)})
+    done = subprocess.run(
+        [sys.executable, "scripts/regenerate.py", "--quick", "--out", str(out), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_regenerate_shows_progress_keeps_finished_figures_and_restarts(tmp_path):
+    out = tmp_path / "results"
+    progress = r"\[{k}/{n}\] {name}: elapsed \d\d:\d\d, estimate (unknown|\d\d:\d\d) left"
+    first = _regenerate(out, "--only", "fig1")
+    assert re.search(progress.format(k=1, n=1, name="fig1"), first)
+    state = json.loads((out / ".regenerate_state.json").read_text())
+    assert state["figures"]["fig1"]["code"] == FIXED_PROVENANCE
+    assert state["figures"]["fig1"]["command"] == regenerate.figure_command("fig1", quick=True)
+    before = _mtimes(out / "fig1")
+
+    # an interrupted run of two figures, run again: the finished one is kept, the other runs
+    second = _regenerate(out, "--only", "fig1", "reconstruct")
+    assert re.search(r"\[1/2\] fig1: kept, finished earlier at \d{4}-", second)
+    assert re.search(progress.format(k=2, n=2, name="reconstruct"), second)
+    assert "=== fig1" not in second and "=== reconstruct" in second
+    assert _mtimes(out / "fig1") == before
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert [f["figure"] for f in manifest["figures"]] == ["fig1", "reconstruct"]
+
+    third = _regenerate(out, "--only", "fig1", "--restart")
+    assert re.search(progress.format(k=1, n=1, name="fig1"), third) and "=== fig1" in third
+    assert _mtimes(out / "fig1")["result.json"] != before["result.json"]
+
+
 def test_render_takes_a_sweep_glob_skips_files_and_names_unfinished_jobs(tmp_path):
     sweep = tmp_path / "multirun" / "10-00-00"
     for name, result in (
@@ -341,3 +469,30 @@ def test_render_refuses_a_folder_without_results(tmp_path):
     )
     assert done.returncode != 0
     assert f"error: no result.json in {tmp_path}" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_full_quality_vgg16_figure_regenerated_twice_gives_the_same_bytes(tmp_path):
+    """The byte-identical claim at full quality (the runs above are --quick AlexNet runs): the
+    `reconstruct` figure (VGG16 with the HED weights, all five stages) regenerated twice into two
+    folders, every tracked file equal. The code state is fixed (FIXED_PROVENANCE), so an edit of
+    the working tree between the two runs cannot make their manifests differ."""
+    env = dict(os.environ, **{PROVENANCE_ENV: json.dumps(FIXED_PROVENANCE)})
+    outs = [tmp_path / name / "results" for name in ("a", "b")]
+    for out in outs:
+        done = subprocess.run(
+            [sys.executable, "scripts/regenerate.py", "--only", "reconstruct", "--out", str(out)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = outs
+    tracked = _tracked(a)
+    assert tracked == _tracked(b)
+    assert {"MANIFEST.json", "reconstruct/result.json"} <= set(tracked)
+    assert any(f.startswith("reconstruct/") and f.endswith(".png") for f in tracked)
+    assert "--quick" not in (a / "MANIFEST.md").read_text()
+    assert [f for f in tracked if (a / f).read_bytes() != (b / f).read_bytes()] == []
