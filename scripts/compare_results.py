@@ -5,8 +5,9 @@
 Why tolerances: scripts/regenerate.py pins threads and instruction set, which makes two runs on one
 machine byte-identical, but another CPU still rounds float32 sums differently (~1e-7 relative per
 operation). This checker says, for every `<figure>/` folder and for the top-level MANIFEST files,
-whether theirs matches the committed one: MATCH, DIFFERS (a file differs beyond its bound, exists
-on one side only, or was made by other code or versions: the `provenance` records differ) or
+whether theirs matches the committed one: MATCH, DIFFERS (a file differs beyond its bound or
+exists on one side only; with --strict-provenance also when it was made by other code or versions,
+the `provenance` records differ, which is otherwise a note: the results are what is compared) or
 MISSING (the figure or one of its committed files is absent), with the worst deviation found (as a
 multiple of its bound: <= 1 matches). Exit status 0 when every figure matches, 1 otherwise, 2 for
 bad arguments. Figures made by iterative optimisation (class_model, fooling, filters*, invert,
@@ -296,11 +297,28 @@ def file_deviations(a: Path, b: Path, bounds: Bounds, where: str) -> list[Deviat
             return npz_deviations(a, b, bounds, where)
         if a.suffix in (".json", ".yaml", ".yml", ".pt"):
             return list(value_deviations(load_structured(a), load_structured(b), bounds, where))
+        if a.name == "MANIFEST.md":
+            return manifest_text_deviations(a.read_text(), b.read_text(), bounds, where)
         if a.suffix in (".md", ".txt", ".csv"):
             return [text_deviation(a.read_text(), b.read_text(), bounds, where)]
     except (OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError, yaml.YAMLError) as error:
         return [differs(where, f"unreadable: {type(error).__name__}: {str(error)[:80]}")]
     return [differs(where, "bytes differ")]  # not byte-equal (filecmp above)
+
+
+def manifest_text_deviations(a: str, b: str, bounds: Bounds, where: str) -> list[Deviation]:
+    """MANIFEST.md: its "Code: commit ..." line is provenance (compared as such), the rest text."""
+    lines_a, lines_b = a.splitlines(), b.splitlines()
+    code_a, code_b = ([x for x in lines if x.startswith("Code: ")] for lines in (lines_a, lines_b))
+    rest_a, rest_b = (
+        "\n".join(x for x in lines if not x.startswith("Code: ")) for lines in (lines_a, lines_b)
+    )
+    code = (
+        Deviation(0.0, f"{where}/provenance/code")
+        if code_a == code_b
+        else differs(f"{where}/provenance/code", "another commit or versions")
+    )
+    return [code, text_deviation(rest_a, rest_b, bounds, where)]
 
 
 def is_provenance(deviation: Deviation) -> bool:
@@ -321,6 +339,7 @@ class FigureReport:
     compared: int = 0
     worst: Deviation = EXACT
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # other code or versions, when not strict
 
 
 def volatile(relative: Path) -> bool:
@@ -344,10 +363,16 @@ def figure_files(folder: Path, top_level: bool, skip: frozenset[str] = frozenset
 
 
 def compare_figure(
-    name: str, theirs: Path, committed: Path, bounds: Bounds, skip: frozenset[str] = frozenset()
+    name: str,
+    theirs: Path,
+    committed: Path,
+    bounds: Bounds,
+    skip: frozenset[str] = frozenset(),
+    strict_provenance: bool = False,
 ) -> FigureReport:
     """Compare one figure folder (or, for MANIFEST, the results folders' own files); files named
-    in `skip` left out."""
+    in `skip` left out. Other code or versions (the provenance records differ) is a note, or with
+    `strict_provenance` a failure."""
     top = name == MANIFEST
     folder_a, folder_b = (theirs, committed) if top else (theirs / name, committed / name)
     report = FigureReport(name)
@@ -367,7 +392,8 @@ def compare_figure(
         {f"{d.where}/".split("/provenance/", 1)[1].rstrip("/") or "keys" for d in failing if is_provenance(d)}
     )
     if other_code:  # said once, and left out of the worst deviation: it is not a result
-        report.failures.append(f"made by other code or versions (provenance): {', '.join(other_code[:6])}")
+        said = f"made by other code or versions (provenance): {', '.join(other_code[:6])}"
+        (report.failures if strict_provenance else report.notes).append(said)
     report.failures += [
         f"{d.where}: {d.detail} ({d.ratio:.3g} x bound)" for d in failing if not is_provenance(d)
     ]
@@ -396,7 +422,12 @@ def check_results_folder(folder: Path, argument: str) -> None:
 
 
 def compare_results(
-    theirs: Path, committed: Path, bounds: Bounds, only: list[str] | None = None, local_data: bool = False
+    theirs: Path,
+    committed: Path,
+    bounds: Bounds,
+    only: list[str] | None = None,
+    local_data: bool = False,
+    strict_provenance: bool = False,
 ) -> list[FigureReport]:
     """Every figure of either folder (or those in `only`) and MANIFEST, compared: one report each
     (the local data, LOCAL_DATA, compared only with `local_data`)."""
@@ -410,7 +441,7 @@ def compare_results(
     if only is None and (committed / "MANIFEST.json").is_file():
         names = [MANIFEST, *names]
     skip = frozenset() if local_data else LOCAL_DATA
-    return [compare_figure(name, theirs, committed, bounds, skip) for name in names]
+    return [compare_figure(name, theirs, committed, bounds, skip, strict_provenance) for name in names]
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -435,6 +466,7 @@ def summary(reports: list[FigureReport], bounds: Bounds, details: int = 5) -> st
         )
         lines.append(f"{r.name:<{width}}  {r.status:<7}  {r.compared:>5}  {shown if r.compared else '-'}")
     for r in reports:
+        lines += [f"note: {r.name} {n}" for n in r.notes]
         if r.failures:
             note = (
                 " (iterative optimisation: expected to differ on another CPU)" if r.name in OPTIMISED else ""
@@ -462,6 +494,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also compare the large local data git ignores (tiles.npz, ...) where both sides have it",
     )
     parser.add_argument("--details", type=int, default=5, help="failing files listed per figure (default 5)")
+    parser.add_argument(
+        "--strict-provenance",
+        action="store_true",
+        help="figures made by other code or versions (their provenance differs) count as DIFFERS; "
+        "by default that is a note and only the results are compared",
+    )
     defaults = Bounds()
     for name, help_text in (
         ("rtol", "relative bound of numbers"),
@@ -499,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 f"--{bad[0].replace('_', '-')} must be a finite number > 0, got {values[bad[0]]}"
             )
-        reports = compare_results(args.theirs, args.committed, Bounds(**values), args.only, args.local_data)
+        reports = compare_results(
+            args.theirs, args.committed, Bounds(**values), args.only, args.local_data, args.strict_provenance
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -193,12 +193,17 @@ def test_other_code_or_versions_are_said_once_and_do_not_hide_the_results(folder
     result["provenance"]["versions"]["torch"] = "0.0"
     path.write_text(json.dumps(result))
     report = _report(theirs, committed, "fig1")
-    assert report.status == "DIFFERS" and report.worst.ratio == 0
-    assert report.failures == ["made by other code or versions (provenance): code_commit, versions/torch"]
+    assert report.status == "MATCH" and report.worst.ratio == 0 and not report.failures
+    assert report.notes == ["made by other code or versions (provenance): code_commit, versions/torch"]
+    strict = compare.compare_figure(
+        "fig1", theirs, committed, compare.Bounds(), compare.LOCAL_DATA, strict_provenance=True
+    )
+    assert strict.status == "DIFFERS" and strict.failures == report.notes
     result["kept"]["value"] *= 1.01
     path.write_text(json.dumps(result))
     report = _report(theirs, committed, "fig1")
-    assert report.worst.where == "result.json/kept/value" and len(report.failures) == 2
+    assert report.worst.where == "result.json/kept/value" and len(report.failures) == 1
+    assert report.status == "DIFFERS" and report.notes
 
 
 def test_markdown_tables_are_compared_as_their_numbers(folders):
