@@ -6,8 +6,8 @@ under `partial/` while the config stays the same (`Checkpoints`), every file wri
 (temp file + os.replace), and `result.json` whose status says "interrupted" or "failed" (with the
 error) when the work raised, whichever job it was (`JobFolder.__exit__`; `failing` keeps the
 job's partial result with it); when even that write fails (a full disk), the old file stays and a
-warning says so, and the job's own error is raised; a "running" status whose job no longer holds the lock reads as "stale"
-(`job_status`). Provenance comes from `deconvnet.jobs.provenance`.
+warning says so, and the job's own error is raised; a "running" status whose job no longer holds
+the lock reads as "stale" (`job_status`). Provenance comes from `deconvnet.jobs.provenance`.
 """
 
 from __future__ import annotations
@@ -203,15 +203,17 @@ def failure_marked(out: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except BaseException as error:
-        folder = Path(out)
-        config = folder / CONFIG_FILE
-        if (
-            config.is_file()
-            and config.stat().st_mtime >= began
-            and job_status(folder) not in ("failed", "interrupted")
-        ):
-            record_failure(folder / RESULT_FILE, running_result(folder), error)
+        config = Path(out) / CONFIG_FILE
+        if config.is_file() and config.stat().st_mtime >= began:
+            mark_failed(out, error)
         raise
+
+
+def mark_failed(folder: str | os.PathLike, error: BaseException) -> None:
+    """result.json of `folder` says "failed" (with `error`) or "interrupted", keeping what the
+    running job wrote to it, unless the job said so itself (`failing`)."""
+    if job_status(folder) not in ("failed", "interrupted"):
+        record_failure(Path(folder) / RESULT_FILE, running_result(folder), error)
 
 
 def running_result(folder: str | os.PathLike) -> dict[str, Any]:
@@ -303,8 +305,8 @@ class JobFolder:
         (with the error) or "interrupted", unless the job already said so (`failing`). A job that
         stopped before `start` (a folder holding another job's files) leaves the folder as it was."""
         try:
-            if error is not None and self.started and self.status() not in ("failed", "interrupted"):
-                record_failure(self.file(RESULT_FILE), running_result(self.path), error)
+            if error is not None and self.started:
+                mark_failed(self.path, error)
         finally:
             self.lock.__exit__(kind, error, trace)
 

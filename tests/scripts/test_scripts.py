@@ -369,16 +369,17 @@ def test_finished_figures_are_those_of_the_same_committed_code_and_command(tmp_p
     assert list(kept) == ["fig1"] and kept["fig1"][:4].isdigit()
 
 
-def _regenerate(out: Path, *args: str) -> str:
-    """Run regenerate.py --quick into `out` with a fixed, clean code state; its stdout."""
+def _regenerate(out: Path, *args: str, quick: bool = True, timeout: int = 600) -> str:
+    """Run regenerate.py (--quick unless `quick` is False) into `out` with a fixed, clean code
+    state; its stdout."""
     env = dict(os.environ, **{PROVENANCE_ENV: json.dumps(FIXED_PROVENANCE)})
     done = subprocess.run(
-        [sys.executable, "scripts/regenerate.py", "--quick", "--out", str(out), *args],
+        [sys.executable, "scripts/regenerate.py", *(["--quick"] if quick else []), "--out", str(out), *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -477,18 +478,9 @@ def test_a_full_quality_vgg16_figure_regenerated_twice_gives_the_same_bytes(tmp_
     `reconstruct` figure (VGG16 with the HED weights, all five stages) regenerated twice into two
     folders, every tracked file equal. The code state is fixed (FIXED_PROVENANCE), so an edit of
     the working tree between the two runs cannot make their manifests differ."""
-    env = dict(os.environ, **{PROVENANCE_ENV: json.dumps(FIXED_PROVENANCE)})
     outs = [tmp_path / name / "results" for name in ("a", "b")]
     for out in outs:
-        done = subprocess.run(
-            [sys.executable, "scripts/regenerate.py", "--only", "reconstruct", "--out", str(out)],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
+        _regenerate(out, "--only", "reconstruct", quick=False, timeout=900)
     a, b = outs
     tracked = _tracked(a)
     assert tracked == _tracked(b)
