@@ -73,6 +73,9 @@ MODEL_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 # committed PNGs stay modest: large receptive fields shown at 64 px, sheets at most 1400 px wide
 SMALL_PNG = ("display.max_tile_px=64", "display.sheet_max_width=1400")
+# the optimisation figures compute in float64: their gradient ascent amplifies rounding, and
+# float32 rounding differs between CPUs (docs/reproducibility.md#optimised-images)
+FLOAT64 = ("dtype=float64",)
 FIGURES: dict[str, Figure] = {
     "fig1": Figure(
         "fig1",
@@ -139,7 +142,7 @@ FIGURES: dict[str, Figure] = {
         "without and with regularisers (Yosinski decay + blur, pad + jitter) side "
         "by side in the Keras example's mosaic; result.json: how strongly each "
         "image excites its channel compared with the sample photos",
-        overrides=("size=64", "steps=32", "channels=16"),
+        overrides=(*FLOAT64, "size=64", "steps=32", "channels=16"),
         quick=("stages=[1,5]", "channels=4", "size=64", "steps=3"),
     ),
     "class_model": Figure(
@@ -149,7 +152,7 @@ FIGURES: dict[str, Figure] = {
         "cup, dalmatian, bell pepper) and tabby + goldfish together (keras-vis' several classes: "
         "a cat-fish), each titled with the probabilities the model gives them",
         model="efficientnet_lite0",
-        overrides=("classes=[543,968,251,945,[281,1]]",),
+        overrides=(*FLOAT64, "classes=[543,968,251,945,[281,1]]"),
         quick=("classes=[1,368]", "size=64", "steps=3"),
     ),
     "filters_efficientnet_lite0": Figure(
@@ -158,7 +161,7 @@ FIGURES: dict[str, Figure] = {
         "visualisations of the first 16 channels of its 28-px stage (stage 3, blocks.2, the "
         "middle of the network as the example's residual network), without and with regularisers",
         model="efficientnet_lite0",
-        overrides=("stages=[3]", "size=128", "steps=32", "channels=16"),
+        overrides=(*FLOAT64, "stages=[3]", "size=128", "steps=32", "channels=16"),
         quick=("stages=[1,5]", "channels=4", "size=64", "steps=3"),
     ),
     "deep_dream": Figure(
@@ -167,7 +170,7 @@ FIGURES: dict[str, Figure] = {
         "(blocks.4, ImageNet weights), three octaves of scale 1.4, 20 steps each; energy "
         "before / after",
         model="efficientnet_lite0",
-        overrides=("octaves=3",),
+        overrides=(*FLOAT64, "octaves=3"),
         quick=("size=96", "octaves=2", "steps=2", "stage=3", "jitter=8"),
     ),
     "invert": Figure(
@@ -175,7 +178,7 @@ FIGURES: dict[str, Figure] = {
         "One photo inverted from each of EfficientNet-Lite0's five stages and its logits "
         "(Mahendran & Vedaldi 2015, ImageNet weights), each titled with its relative feature error",
         model="efficientnet_lite0",
-        overrides=("size=128", "steps=80", "stages=[1,2,3,4,5,logits]"),
+        overrides=(*FLOAT64, "size=128", "steps=80", "stages=[1,2,3,4,5,logits]"),
         quick=("stages=[2,5]", "size=64", "steps=3"),
     ),
     "fooling": Figure(
@@ -186,6 +189,7 @@ FIGURES: dict[str, Figure] = {
         "amplified difference, probabilities before / after, L-inf / L2 of the change in colour "
         "units",
         model="efficientnet_lite0",
+        overrides=FLOAT64,
         quick=("size=64", "steps=3"),
     ),
     # The paper's other experiments, on the real classifier EfficientNet-Lite0.

@@ -130,9 +130,10 @@ def validate_class_model(
     blur: object,
     opt_seed: object,
     device: object,
+    dtype: object = "float32",
 ) -> ClassPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, dtype=dtype)
     names = class_names(request.name)[: class_count(request.skeleton)]
     if regularizer not in CLASS_REGULARIZERS:
         raise ValueError(f"regularizer: expected one of {', '.join(CLASS_REGULARIZERS)}, got {regularizer!r}")
@@ -211,6 +212,7 @@ def run_class_model(
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Class models of `classes` (an item that is a list of classes: one image for all of them
     together); files written into `out_dir` (module doc); the result dict.
@@ -220,7 +222,7 @@ def run_class_model(
     Every value is checked before the model is built (ValueError naming the key; nothing written).
     """
     plan = validate_class_model(
-        model, weights, seed, classes, regularizer, weight, steps, lr, size, blur, opt_seed, device
+        model, weights, seed, classes, regularizer, weight, steps, lr, size, blur, opt_seed, device, dtype
     )
     config = config if config is not None else class_config(plan, weights)
     job = Job(out_dir, "class_model", plan.request, config, len(plan.classes), progress)
@@ -291,6 +293,7 @@ def class_config(plan: ClassPlan, weights: object) -> dict[str, Any]:
         "blur": plan.blur,
         "seed": plan.seed,
         "device": str(r.device),
+        "dtype": str(r.dtype).removeprefix("torch."),
     }
 
 
@@ -309,4 +312,5 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         opt_seed=config["seed"],
         device=config["device"],
         config=dict(config),
+        dtype=config.get("dtype", "float32"),
     )

@@ -94,9 +94,10 @@ def validate_dream(
     size: object,
     opt_seed: object,
     device: object,
+    dtype: object = "float32",
 ) -> DreamPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, dtype=dtype)
     if not (is_int(stage) or isinstance(stage, str)):
         raise ValueError(f"stage: expected a stage 1..5, a stage name or a module path, got {stage!r}")
     point, named = map_point(request.skeleton, stage)
@@ -138,7 +139,7 @@ def dream_cell(
     net: nn.Module, plan: DreamPlan, picture: Picture, progress: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One image's dream: arrays (images [1, 3, S, S], input, history) and its record."""
-    x = prepare(picture.image, net, plan.size).to(plan.request.device)
+    x = plan.request.place(prepare(picture.image, net, plan.size))
     made = deep_dream(
         net,
         x,
@@ -191,6 +192,7 @@ def run_deep_dream(
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Dream every image; files written into `out_dir` (module doc); the result dict.
 
@@ -213,6 +215,7 @@ def run_deep_dream(
         size,
         opt_seed,
         device,
+        dtype,
     )
     config = config if config is not None else dream_config(plan, weights)
     job = Job(out_dir, "deep_dream", plan.request, config, len(plan.pictures), progress)
@@ -264,6 +267,7 @@ def dream_config(plan: DreamPlan, weights: object) -> dict[str, Any]:
         "size": plan.size,
         "seed": plan.seed,
         "device": str(r.device),
+        "dtype": str(r.dtype).removeprefix("torch."),
     }
 
 
@@ -291,4 +295,5 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         opt_seed=config["seed"],
         device=config["device"],
         config=dict(config),
+        dtype=config.get("dtype", "float32"),
     )

@@ -101,9 +101,10 @@ def validate_filters(
     opt_seed: object,
     param: object,
     device: object,
+    dtype: object = "float32",
 ) -> FiltersPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, dtype=dtype)
     chosen = [int(s) for s in check_stages(stages)]
     return FiltersPlan(
         request,
@@ -147,8 +148,9 @@ def photo_channel_means(
 ) -> dict[int, Tensor]:
     """Every sample photo at size x size -> {stage: [photos, C] spatial mean of each channel}."""
     photos = torch.cat([prepare(open_image(n), net, size) for n in sample_names()])
+    dtype = next(net.parameters()).dtype
     with torch.no_grad():
-        acts = probe(net, photos.to(device), stages)
+        acts = probe(net, photos.to(device=device, dtype=dtype), stages)
     return {s: acts[s].mean(dim=(2, 3)).double().cpu() for s in stages}
 
 
@@ -157,9 +159,9 @@ def excitation(
 ) -> dict[str, Any]:
     """How strongly each image [K, 3, S, S] excites its own channel (spatial mean of its map)
     against that channel's mean and max over the photos ([P, C] from `photo_channel_means`)."""
-    device = next(net.parameters()).device
+    weight = next(net.parameters())
     with torch.no_grad():
-        maps = probe(net, images.to(device), [stage])[stage].mean(dim=(2, 3)).double().cpu()
+        maps = probe(net, images.to(weight), [stage])[stage].mean(dim=(2, 3)).double().cpu()
     index = torch.tensor(list(channels))
     own = maps[torch.arange(len(index)), index]
     mean, peak = photos[:, index].mean(dim=0), photos[:, index].amax(dim=0)
@@ -229,6 +231,7 @@ def run_filters(
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Filter visualisations per stage, plain and regularized; files written into `out_dir`
     (module doc); returns the result dict.
@@ -237,7 +240,9 @@ def run_filters(
     `seed`). Every value is checked before the model is built (ValueError naming the key; nothing
     written).
     """
-    plan = validate_filters(model, weights, seed, stages, channels, size, steps, lr, opt_seed, param, device)
+    plan = validate_filters(
+        model, weights, seed, stages, channels, size, steps, lr, opt_seed, param, device, dtype
+    )
     config = config if config is not None else filters_config(plan, weights)
     job = Job(out_dir, "filters", plan.request, config, 2 * len(plan.stages), progress)
     photos = photo_channel_means(job.net, plan.size, plan.stages, plan.request.device)
@@ -285,6 +290,7 @@ def filters_config(plan: FiltersPlan, weights: object) -> dict[str, Any]:
         "seed": plan.seed,
         "param": plan.param,
         "device": str(r.device),
+        "dtype": str(r.dtype).removeprefix("torch."),
     }
 
 
@@ -326,4 +332,5 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         opt_seed=config["seed"],
         device=config["device"],
         config=dict(config),
+        dtype=config.get("dtype", "float32"),
     )

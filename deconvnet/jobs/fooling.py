@@ -86,9 +86,10 @@ def validate_fooling(
     device: object,
     step: object = "sign",
     max_change: object = MAX_CHANGE,
+    dtype: object = "float32",
 ) -> FoolingPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, dtype=dtype)
     names = class_names(request.name)[: class_count(request.skeleton)]
     (chosen,) = check_class_list(target, names, "target", single=True)
     confidence_value = check_real("confidence", confidence)
@@ -117,7 +118,7 @@ def fooling_cell(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One image's fooling image: arrays (images [1, 3, S, S], input, history) and its record
     (the method's report: probabilities, predictions, L-inf / L2, reached)."""
-    x = prepare(picture.image, net, plan.size).to(plan.request.device)
+    x = plan.request.place(prepare(picture.image, net, plan.size))
     with warnings.catch_warnings():  # "not reached" is logged here and written in result.json
         warnings.simplefilter("ignore")
         made = fooling_image(
@@ -180,6 +181,7 @@ def run_fooling(
     progress: bool = True,
     step: str = "sign",
     max_change: float | None = MAX_CHANGE,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Fool the model into `target` with every image; files written into `out_dir` (module doc);
     the result dict.
@@ -191,7 +193,7 @@ def run_fooling(
     (ValueError / FileNotFoundError naming the key; nothing written).
     """
     checked = (images, target, confidence, steps, lr, size, amplify, opt_seed, device, step, max_change)
-    plan = validate_fooling(model, weights, seed, *checked)
+    plan = validate_fooling(model, weights, seed, *checked, dtype=dtype)
     config = config if config is not None else fooling_config(plan, weights)
     job = Job(out_dir, "fooling", plan.request, config, len(plan.pictures), progress)
     note = classifier_note(job.weights)
@@ -260,6 +262,7 @@ def fooling_config(plan: FoolingPlan, weights: object) -> dict[str, Any]:
         "amplify": plan.amplify,
         "seed": plan.seed,
         "device": str(r.device),
+        "dtype": str(r.dtype).removeprefix("torch."),
     }
 
 
@@ -280,4 +283,5 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         config=dict(config),
         step=config["step"],
         max_change=config["max_change"],
+        dtype=config.get("dtype", "float32"),
     )

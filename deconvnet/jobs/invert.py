@@ -90,9 +90,10 @@ def validate_invert(
     jitter: object,
     opt_seed: object,
     device: object,
+    dtype: object = "float32",
 ) -> InvertPlan:
     """Every value checked before anything is built or written (ValueError naming the key)."""
-    request = check_model(model, weights, seed, device)
+    request = check_model(model, weights, seed, device, dtype=dtype)
     points = check_points(request, stages)
     deepest = None if any(isinstance(p, str) for p in points) else max(points)
     size = check_image_size(request, size, deepest)
@@ -154,6 +155,7 @@ def run_invert(
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Invert `image` from each stage (1..5, "fc6", "fc7"); files written into `out_dir`
     (module doc); the result dict.
@@ -163,11 +165,11 @@ def run_invert(
     grey-noise start). Every value is checked before the model is built (nothing written).
     """
     plan = validate_invert(
-        model, weights, seed, image, stages, steps, lr, size, tv_weight, jitter, opt_seed, device
+        model, weights, seed, image, stages, steps, lr, size, tv_weight, jitter, opt_seed, device, dtype
     )
     config = config if config is not None else invert_config(plan, weights)
     job = Job(out_dir, "invert", plan.request, config, len(plan.stages), progress)
-    x = prepare(plan.picture.image, job.net, plan.size).to(plan.request.device)
+    x = plan.request.place(prepare(plan.picture.image, job.net, plan.size))
     with job.progress():
         cells = [
             job.cell(point_key(p), lambda: invert_cell(job.net, plan, x, p, progress)) for p in plan.stages
@@ -220,6 +222,7 @@ def invert_config(plan: InvertPlan, weights: object) -> dict[str, Any]:
         "jitter": plan.jitter,
         "seed": plan.seed,
         "device": str(r.device),
+        "dtype": str(r.dtype).removeprefix("torch."),
     }
 
 
@@ -238,4 +241,5 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         opt_seed=config["seed"],
         device=config["device"],
         config=dict(config),
+        dtype=config.get("dtype", "float32"),
     )

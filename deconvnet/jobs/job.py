@@ -130,8 +130,12 @@ def check_pictures(images: object, key: str = "images", single: bool = False) ->
 
 def prepare(image: Image.Image, model: str | nn.Module, size: int) -> Tensor:
     """The weights' eval preprocessing (resize, centre crop), then resized to size x size
-    (bilinear, antialiased) if that differs -> [1, 3, size, size] float32, normalised."""
+    (bilinear, antialiased) if that differs -> [1, 3, size, size] normalised, in the model's
+    float type (float32 for a name). The resize runs in that type: in float32 its rounding
+    differs between CPU kernels, which a float64 optimisation would then carry."""
     x = preprocess(image, model).unsqueeze(0)
+    if isinstance(model, nn.Module):
+        x = x.to(next(model.parameters()).dtype)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x

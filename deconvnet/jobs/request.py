@@ -38,20 +38,40 @@ class ModelRequest:
     seed: int
     device: torch.device
     skeleton: nn.Module
+    dtype: torch.dtype = torch.float32
 
     @property
     def preprocessing(self) -> Preprocessing:
         return preprocessing(self.name)
 
+    def place(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the request's device in its float type (the model's once loaded)."""
+        return tensor.to(device=self.device, dtype=self.dtype)
+
 
 CHAIN_MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "alexnet")
+# config key `dtype`: the float type the optimisation jobs compute in. float64 makes their images
+# the same on any CPU (docs/reproducibility.md#optimised-images)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_dtype(value: object, key: str = "dtype") -> torch.dtype:
+    """The torch float type named by `value` ('float32' | 'float64'), or ValueError naming `key`."""
+    if not isinstance(value, str) or value not in DTYPES:
+        raise ValueError(f"{key}: expected one of {', '.join(DTYPES)}, got {value!r}")
+    return DTYPES[value]
 
 
 def check_model(
-    model: object, weights: object, seed: object, device: object, chain_only: str | None = None
+    model: object,
+    weights: object,
+    seed: object,
+    device: object,
+    chain_only: str | None = None,
+    dtype: object = "float32",
 ) -> ModelRequest:
-    """ValueError / FileNotFoundError naming the key for a bad model, weights, seed or device.
-    chain_only: the name of a job that runs on VGG and AlexNet only (for now), which then
+    """ValueError / FileNotFoundError naming the key for a bad model, weights, seed, device or
+    dtype. chain_only: the name of a job that runs on VGG and AlexNet only (for now), which then
     refuses every other model before anything is loaded."""
     spec = model_spec(model)  # unknown model -> ValueError listing the supported ones
     if chain_only is not None and spec.name not in CHAIN_MODELS:
@@ -64,15 +84,18 @@ def check_model(
         raise ValueError(f"weights: 'hed' holds VGG16 convolutions only, not {spec.name}")
     check_model_seed(seed)
     target = check_device(device)
+    float_type = check_dtype(dtype)
     with torch.device("meta"):
         skeleton = spec.constructor(weights=None)
-    return ModelRequest(spec.name, str(weights), int(seed), target, skeleton)
+    return ModelRequest(spec.name, str(weights), int(seed), target, skeleton, float_type)
 
 
 def load_logged(request: ModelRequest, shown: str = "Images") -> tuple[nn.Module, dict[str, Any]]:
     """The model on its device, and its weights record (logged: a warning for random weights,
     saying that the `shown` things will not show learned features)."""
     net = load_model(request.name, weights=request.weights, seed=request.seed, device=request.device)
+    if request.dtype != torch.float32:
+        net = net.to(request.dtype)
     info = weights_info(net)
     if info.weights in ("random", "unknown"):
         log.warning("weights: %s. %s will not show learned features.", info.description, shown)

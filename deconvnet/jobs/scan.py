@@ -24,11 +24,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from deconvnet.analysis import scan as scan_module
@@ -84,10 +86,18 @@ class ScanOptions:
     checkpoint_every: int
     exclude_border: int
     data: dict[str, Any]
+    threads: int | None = None
 
     @classmethod
     def check(
-        cls, stages: Any, k: Any, batch_size: Any, checkpoint_every: Any, exclude_border: Any, data: Any
+        cls,
+        stages: Any,
+        k: Any,
+        batch_size: Any,
+        checkpoint_every: Any,
+        exclude_border: Any,
+        data: Any,
+        threads: Any = None,
     ) -> ScanOptions:
         """Every check that needs nothing loaded; ValueError naming the option otherwise."""
         return cls(
@@ -97,7 +107,24 @@ class ScanOptions:
             checkpoint_every=check_int(checkpoint_every, "checkpoint_every", 1),
             exclude_border=check_int(exclude_border, "exclude_border", 0),
             data=check_data(data),
+            threads=None if threads is None else check_int(threads, "threads", 1),
         )
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` inside (None: left as it is), restored after.
+    On some CPUs (AVX2 kernels, measured) a convolution's float rounding depends on the count, so
+    shards and a one-job scan equal bit for bit only when computed with the same `threads`."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -289,16 +316,18 @@ def run_scan(
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Scan one shard of a dataset into `out_dir` (result.json, topk.pt); returns result.json.
 
     data: a data config (`deconvnet.jobs.data_config.check_data`) with `shard`, `num_shards` and
-    `workers`. Bad values raise ValueError / FileNotFoundError before the model is loaded.
+    `workers`; threads: torch's intra-op threads while scanning (None: as set; see
+    `intra_op_threads`). Bad values raise ValueError / FileNotFoundError before the model is loaded.
     """
     from deconvnet.data.models import load_model
 
     clock = time.perf_counter()
-    opts = ScanOptions.check(stages, k, batch_size, checkpoint_every, exclude_border, data)
+    opts = ScanOptions.check(stages, k, batch_size, checkpoint_every, exclude_border, data, threads)
     out = Path(out_dir)
     with JobFolder(out) as folder:
         net = load_model(model, weights=weights, seed=seed, device=device)
@@ -318,9 +347,10 @@ def run_scan(
         start, stop = shard_range(len(dataset), shard, shards, opts.batch_size)
         arguments = {"model": model, "weights": str(weights), "seed": seed, "device": device, **opts.__dict__}
         shard_record = {"index": shard, "num_shards": shards, "first_image": start, "end_image": stop}
+        shard_record["threads"] = opts.threads or torch.get_num_threads()
         result = _running_result(arguments, fingerprint, info, summary, shard_record, config, provenance)
         folder.write_result(result)
-        with folder.failing(result):
+        with folder.failing(result), intra_op_threads(opts.threads):
             workers = int(opts.data.get("workers", 0))
             outcome = scan_dataset(
                 net, dataset, opts, start, stop, workers, out / CHECKPOINT_FILE, fingerprint, progress
@@ -465,6 +495,17 @@ def _check_one_scan(jobs: list[tuple[Path, dict[str, Any]]]) -> int:
     return shards
 
 
+def _warn_mixed_threads(jobs: list[tuple[Path, dict[str, Any]]]) -> None:
+    """A warning when the shards ran with different intra-op thread counts (see `intra_op_threads`)."""
+    counts = {folder.name: result["shard"].get("threads") for folder, result in jobs}
+    if len(set(counts.values())) > 1:
+        log.warning(
+            "merge_scans: the shards ran with different thread counts %s: on some CPUs the merged "
+            "values then differ from one scan by float rounding (set threads=<n> for every shard)",
+            counts,
+        )
+
+
 def merge_scan_jobs(
     job_dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -475,6 +516,7 @@ def merge_scan_jobs(
     `out_dir`: topk.pt equal to one scan over the whole dataset, and result.json."""
     jobs = _shard_jobs(job_dirs)
     shards = _check_one_scan(jobs)
+    _warn_mixed_threads(jobs)
     out = Path(out_dir)
     with JobFolder(out) as folder:
         check_folder(out, "merge_scans", _merged_fingerprint(jobs[0][1]))
@@ -504,6 +546,7 @@ def merge_scan_jobs(
                     "index": r["shard"]["index"],
                     "folder": str(f.resolve()),
                     "images_scanned": r["images_scanned"],
+                    "threads": r["shard"].get("threads"),
                 }
                 for f, r in sorted(jobs, key=lambda j: j[1]["shard"]["index"])
             ],
@@ -607,6 +650,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         progress=bool(config["progress"]),
         config=dict(config),
         provenance=record_provenance(),
+        threads=config.get("threads"),
     )
 
 

@@ -263,6 +263,7 @@ def optimize(
         "transforms": _describe(transforms),
         "regularizers": _describe(regularizers),
         "seed": seed,
+        "dtype": str(tensor.dtype).removeprefix("torch."),
     }
     with torch.no_grad():
         images = param.image().detach().clone()

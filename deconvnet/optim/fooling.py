@@ -185,6 +185,7 @@ def _sign_run(
         "transforms": [],
         "regularizers": [repr(box)],
         "seed": options["seed"],
+        "dtype": str(start.dtype).removeprefix("torch."),
     }
     return Optimized(image.detach(), torch.stack(history), settings, stopped)
 

@@ -8,6 +8,7 @@ are marked slow.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import warnings
@@ -287,6 +288,40 @@ def test_class_models_equal_an_independent_run(runs, alexnet_random):
             assert f"{c} {names[c]}" in title and f"p(own class) = {float(p[c]):.3g}" in title
     assert result["settings"]["regularizer"] == "l2" and result["settings"]["blur"] == 1.0
     assert "Blur(sigma=1.0, every=4)" in result["cells"][0]["settings"]["regularizers"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_dtype_float64_runs_the_model_and_the_image_in_float64(runs, name, tmp_path, alexnet_random):
+    """`dtype=float64` (what the committed optimisation figures use): every forward pass of the
+    job sees float64 weights and input, and the cells say so; the images equal the library's
+    on a float64 copy of the model, made here."""
+    run, kwargs = _settings(runs[1])[name]
+    seen: set[tuple[torch.dtype, torch.dtype]] = set()
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Conv2d):
+            seen.add((module.weight.dtype, args[0].dtype))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        result = run(tmp_path / name, **MODEL, **kwargs, dtype="float64")
+    finally:
+        hook.remove()
+    assert seen == {(torch.float64, torch.float64)}
+    assert {cell["settings"]["dtype"] for cell in result["cells"]} == {"float64"}
+    assert yaml.safe_load((tmp_path / name / "config.yaml").read_text())["dtype"] == "float64"
+    if name == "class_model":
+        want = deconvnet.class_model(
+            copy.deepcopy(alexnet_random).double(),
+            [1],
+            size=64,
+            steps=3,
+            weight=0.05,
+            blur_sigma=1.0,
+            blur_every=4,
+        )
+        with np.load(tmp_path / name / "images.npz") as arrays:
+            assert np.array_equal(arrays["class1"], want.float().numpy())
 
 
 def test_deep_dream_equals_an_independent_run(runs, alexnet_random):
@@ -639,6 +674,16 @@ BAD_VALUES = [
     ("fooling", {"max_change": 0}, ValueError, r"max_change: expected None \(no limit\) or a colour"),
     ("fooling", {"max_change": 1.5}, ValueError, r"max_change: expected None \(no limit\) or a colour"),
     ("fooling", {"model": "resnet18", "weights": "hed"}, ValueError, r"weights: 'hed' holds VGG16"),
+    *(
+        (name, {"dtype": bad}, ValueError, r"dtype: expected one of float32, float64, got " + shown)
+        for name, bad, shown in (
+            ("filters", "float16", "'float16'"),
+            ("class_model", torch.float64, "torch.float64"),
+            ("deep_dream", None, "None"),
+            ("invert", "double", "'double'"),
+            ("fooling", 64, "64"),
+        )
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ sorted by value then image number), and one uninterrupted scan over the same ima
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -291,6 +292,31 @@ def test_scan_job_shards_merged_equal_one_job(tmp_path):
         merge_scan_jobs([tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"], tmp_path / "m2")
 
 
+def test_threads_are_set_while_scanning_recorded_per_shard_and_mixed_counts_warned(tmp_path, caplog):
+    """On some CPUs (AVX2 kernels) a convolution's rounding depends on torch's thread count, so
+    `threads` pins it for the scan; merge_scans warns when its shards ran with different counts."""
+    seen: list[int] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    try:
+        for shard, threads in enumerate((1, 2)):
+            data = {**SAMPLES, "shard": shard, "num_shards": 2}
+            run_scan(tmp_path / "sweep" / str(shard), **{**TINY_SCAN, "data": data}, threads=threads)
+    finally:
+        hook.remove()
+    assert torch.get_num_threads() == before
+    assert set(seen) == {1, 2}
+    with caplog.at_level(logging.WARNING, logger="deconvnet"):
+        merged = merge_scan_jobs([tmp_path / "sweep"], tmp_path / "merged")
+    assert [s["threads"] for s in merged["shards"]] == [1, 2]
+    assert "different thread counts" in caplog.text
+    with pytest.raises(ValueError, match=r"threads: expected an int >= 1, got 0"):
+        run_scan(tmp_path / "bad", **TINY_SCAN, threads=0)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_finished_scan_is_not_redone_and_other_jobs_files_are_kept(tmp_path, monkeypatch):
     out = tmp_path / "job"
     first = run_scan(out, **TINY_SCAN)
@@ -460,6 +486,7 @@ CLI_SCAN = [
     "k=3",
     "batch_size=2",
     "progress=false",
+    "threads=1",  # joblib's workers default to fewer threads than one job: pinned for bit-equality
 ]
 
 
@@ -481,6 +508,7 @@ def test_launcher_sweep_of_two_shards_and_merge_equal_one_scan(tmp_path, launche
     _merged_equals_one(tmp_path, CLI_SCAN)
     shards = json.loads((tmp_path / "merged" / "result.json").read_text())["shards"]
     assert [s["images_scanned"] for s in shards] == [6, 8]  # 3 and 4 whole batches of 2
+    assert [s["threads"] for s in shards] == [1, 1]
 
 
 @pytest.mark.slow
@@ -490,6 +518,7 @@ def test_launcher_shards_decode_a_folder_with_dataloader_workers(tmp_path, launc
     (loky replaces the default multiprocessing context there)."""
     root = _jpeg_folder(tmp_path / "images", 10, truncated=(7,))
     cli = [*CLI_SCAN[:2], "data=folder", f"data.root={root}", "data.workers=2", *CLI_SCAN[5:]]
+    assert "threads=1" in cli
     sweep = _python(
         "-m",
         "experiments.scan",
