@@ -11,7 +11,8 @@ the `provenance` records differ, which is otherwise a note: the results are what
 MISSING (the figure or one of its committed files is absent), with the worst deviation found (as a
 multiple of its bound: <= 1 matches). Exit status 0 when every figure matches, 1 otherwise, 2 for
 bad arguments. Figures made by iterative optimisation (class_model, fooling, filters*, invert,
-deep_dream) amplify rounding with every step: on another CPU they are expected to differ.
+deep_dream) would amplify float32 rounding with every step; they are made in float64 and are
+compared like every other figure (docs/reproducibility.md#optimised-images).
 
 Rules:
 - Skipped: what only one run has (run.json, RUNS.json, *.log, .regenerate_state.json, .job.lock,
@@ -74,10 +75,6 @@ VOLATILE_DIRS = frozenset({".staging", "partial", "__pycache__"})
 # results/**/<name> in .gitignore: regenerated locally, not committed (tests check they are ignored)
 LOCAL_DATA = frozenset({"tiles.npz", "topk.pt", "maps.npz", "images.npz"})
 MANIFEST = "MANIFEST"  # the name of the top-level files' row
-# figures made by many optimisation steps, each of which amplifies the previous steps' rounding
-OPTIMISED = frozenset(
-    {"class_model", "fooling", "filters", "filters_efficientnet_lite0", "invert", "deep_dream"}
-)
 NUMBER = re.compile(r"(?<![\w.])-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w]|\.\d)")
 
 
@@ -468,10 +465,7 @@ def summary(reports: list[FigureReport], bounds: Bounds, details: int = 5) -> st
     for r in reports:
         lines += [f"note: {r.name} {n}" for n in r.notes]
         if r.failures:
-            note = (
-                " (iterative optimisation: expected to differ on another CPU)" if r.name in OPTIMISED else ""
-            )
-            lines += ["", f"{r.name} {r.status}{note}:"] + [f"  {f}" for f in r.failures[:details]]
+            lines += ["", f"{r.name} {r.status}:"] + [f"  {f}" for f in r.failures[:details]]
             lines += [f"  ... and {len(r.failures) - details} more"] if len(r.failures) > details else []
     ok = sum(r.status == "MATCH" for r in reports)
     return "\n".join([*lines, "", f"{ok} of {len(reports)} match"])

@@ -71,7 +71,8 @@ from torch import Tensor, nn
 from deconvnet.core.architecture import is_chain
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.graph_model import ModelGraph
-from deconvnet.core.validation import as_list, is_int
+from deconvnet.core.validation import as_list
+from deconvnet.core.validation import check_seed as check_seed_value
 
 MODES = ("cascading", "independent")
 MAX_SEED = 2**63 - 1
@@ -175,10 +176,8 @@ def check_modes(modes: object) -> tuple[str, ...]:
 
 
 def check_seed(seed: object) -> int:
-    """An int in 0..2**63-1 (the re-initialisation's seed)."""
-    if not is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed: expected an int in 0..2**63-1 (the re-initialisation), got {seed!r}")
-    return int(seed)
+    """An int in 0..2**63-1 (the re-initialisation's seed), or ValueError naming `seed`."""
+    return check_seed_value(seed, "the re-initialisation")
 
 
 # ------------------------------------------------------------------------- which layers when

@@ -59,7 +59,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deconvnet.analysis.randomize import (
-    MAX_SEED,
     MODES,
     Layer,
     Randomized,
@@ -79,6 +78,7 @@ from deconvnet.core.graph_model import ModelGraph
 from deconvnet.core.precision import full_float32
 from deconvnet.core.targets import Channel, Rows, Unit, resolve_target
 from deconvnet.core.validation import as_list, check_count, check_device, check_images, check_real, is_int
+from deconvnet.core.validation import check_seed as check_seed_value
 from deconvnet.gradient.explained import resolve_explained
 from deconvnet.gradient.gradcam import check_cam_point
 from deconvnet.gradient.methods import CAM_METHODS, METHODS, explain, options_for
@@ -206,10 +206,7 @@ def check_settings(
     a class target)."""
     names = check_methods(methods)
     chosen_cam = check_cam_stage(model, cam_stage, stage, names)
-    if not is_int(noise_seed) or not 0 <= noise_seed <= MAX_SEED:
-        raise ValueError(
-            f"noise_seed: expected an int in 0..2**63-1 (SmoothGrad's noise), got {noise_seed!r}"
-        )
+    check_seed_value(noise_seed, "SmoothGrad's noise", "noise_seed")
     return MapSettings(
         names,
         check_count("samples", samples),
