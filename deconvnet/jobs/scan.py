@@ -497,11 +497,12 @@ def _check_one_scan(jobs: list[tuple[Path, dict[str, Any]]]) -> int:
 
 def _warn_mixed_threads(jobs: list[tuple[Path, dict[str, Any]]]) -> None:
     """A warning when the shards ran with different intra-op thread counts (see `intra_op_threads`)."""
-    counts = {folder.name: result["shard"].get("threads") for folder, result in jobs}
+    counts = {result["shard"]["index"]: result["shard"].get("threads") for _, result in jobs}
     if len(set(counts.values())) > 1:
         log.warning(
-            "merge_scans: the shards ran with different thread counts %s: on some CPUs the merged "
-            "values then differ from one scan by float rounding (set threads=<n> for every shard)",
+            "merge_scans: the shards ran with different thread counts {shard: threads} %s: on "
+            "some CPUs the merged values then differ from one scan by float rounding (set "
+            "threads=<n> for every shard)",
             counts,
         )
 
