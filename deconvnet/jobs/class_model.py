@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deconvnet.core.precision import dtype_name
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import as_list, check_count, check_positive, check_real, check_seed, is_int
 from deconvnet.data.models import class_names
@@ -293,7 +294,7 @@ def class_config(plan: ClassPlan, weights: object) -> dict[str, Any]:
         "blur": plan.blur,
         "seed": plan.seed,
         "device": str(r.device),
-        "dtype": str(r.dtype).removeprefix("torch."),
+        "dtype": dtype_name(r.dtype),
     }
 
 

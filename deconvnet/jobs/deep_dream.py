@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import min_input_size
+from deconvnet.core.precision import dtype_name
 from deconvnet.core.validation import check_count, check_positive, check_seed, is_int
 from deconvnet.figures.sheet import COLOURS, colours, save_tile
 from deconvnet.figures.synthesis import dream_sheet
@@ -139,7 +140,7 @@ def dream_cell(
     net: nn.Module, plan: DreamPlan, picture: Picture, progress: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One image's dream: arrays (images [1, 3, S, S], input, history) and its record."""
-    x = plan.request.place(prepare(picture.image, net, plan.size))
+    x = prepare(picture.image, net, plan.size).to(plan.request.device)
     made = deep_dream(
         net,
         x,
@@ -267,7 +268,7 @@ def dream_config(plan: DreamPlan, weights: object) -> dict[str, Any]:
         "size": plan.size,
         "seed": plan.seed,
         "device": str(r.device),
-        "dtype": str(r.dtype).removeprefix("torch."),
+        "dtype": dtype_name(r.dtype),
     }
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from deconvnet.core.architecture import stage as stage_of
+from deconvnet.core.precision import dtype_name
 from deconvnet.core.validation import as_list, check_count, check_positive, check_seed, check_stages, is_int
 from deconvnet.data.images import open_image
 from deconvnet.data.samples import sample_names
@@ -148,9 +149,8 @@ def photo_channel_means(
 ) -> dict[int, Tensor]:
     """Every sample photo at size x size -> {stage: [photos, C] spatial mean of each channel}."""
     photos = torch.cat([prepare(open_image(n), net, size) for n in sample_names()])
-    dtype = next(net.parameters()).dtype
     with torch.no_grad():
-        acts = probe(net, photos.to(device=device, dtype=dtype), stages)
+        acts = probe(net, photos.to(device), stages)
     return {s: acts[s].mean(dim=(2, 3)).double().cpu() for s in stages}
 
 
@@ -290,7 +290,7 @@ def filters_config(plan: FiltersPlan, weights: object) -> dict[str, Any]:
         "seed": plan.seed,
         "param": plan.param,
         "device": str(r.device),
-        "dtype": str(r.dtype).removeprefix("torch."),
+        "dtype": dtype_name(r.dtype),
     }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from deconvnet.core.precision import dtype_name
 from deconvnet.core.targets import class_count
 from deconvnet.core.validation import check_count, check_positive, check_real, check_seed
 from deconvnet.data.models import class_names
@@ -118,7 +119,7 @@ def fooling_cell(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One image's fooling image: arrays (images [1, 3, S, S], input, history) and its record
     (the method's report: probabilities, predictions, L-inf / L2, reached)."""
-    x = plan.request.place(prepare(picture.image, net, plan.size))
+    x = prepare(picture.image, net, plan.size).to(plan.request.device)
     with warnings.catch_warnings():  # "not reached" is logged here and written in result.json
         warnings.simplefilter("ignore")
         made = fooling_image(
@@ -262,7 +263,7 @@ def fooling_config(plan: FoolingPlan, weights: object) -> dict[str, Any]:
         "amplify": plan.amplify,
         "seed": plan.seed,
         "device": str(r.device),
-        "dtype": str(r.dtype).removeprefix("torch."),
+        "dtype": dtype_name(r.dtype),
     }
 
 

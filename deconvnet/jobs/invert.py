@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from deconvnet.core.precision import dtype_name
 from deconvnet.core.probe import check_point, point_key
 from deconvnet.core.validation import (
     as_list,
@@ -169,7 +170,7 @@ def run_invert(
     )
     config = config if config is not None else invert_config(plan, weights)
     job = Job(out_dir, "invert", plan.request, config, len(plan.stages), progress)
-    x = plan.request.place(prepare(plan.picture.image, job.net, plan.size))
+    x = prepare(plan.picture.image, job.net, plan.size).to(plan.request.device)
     with job.progress():
         cells = [
             job.cell(point_key(p), lambda: invert_cell(job.net, plan, x, p, progress)) for p in plan.stages
@@ -222,7 +223,7 @@ def invert_config(plan: InvertPlan, weights: object) -> dict[str, Any]:
         "jitter": plan.jitter,
         "seed": plan.seed,
         "device": str(r.device),
-        "dtype": str(r.dtype).removeprefix("torch."),
+        "dtype": dtype_name(r.dtype),
     }
 
 

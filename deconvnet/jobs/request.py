@@ -44,10 +44,6 @@ class ModelRequest:
     def preprocessing(self) -> Preprocessing:
         return preprocessing(self.name)
 
-    def place(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` on the request's device in its float type (the model's once loaded)."""
-        return tensor.to(device=self.device, dtype=self.dtype)
-
 
 CHAIN_MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "alexnet")
 # config key `dtype`: the float type the optimisation jobs compute in. float64 makes their images

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deconvnet.core.layout import channels_last_on_cpu
-from deconvnet.core.precision import full_float32
+from deconvnet.core.precision import dtype_name, full_float32
 from deconvnet.core.probe import check_point, probe
 from deconvnet.core.validation import (
     check_bool,
@@ -263,7 +263,7 @@ def optimize(
         "transforms": _describe(transforms),
         "regularizers": _describe(regularizers),
         "seed": seed,
-        "dtype": str(tensor.dtype).removeprefix("torch."),
+        "dtype": dtype_name(tensor.dtype),
     }
     with torch.no_grad():
         images = param.image().detach().clone()

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from deconvnet.core.precision import full_float32
+from deconvnet.core.precision import dtype_name, full_float32
 from deconvnet.core.probe import probe
 from deconvnet.core.validation import check_count, check_images, check_real
 from deconvnet.data.models import Preprocessing, preprocessing
@@ -185,7 +185,7 @@ def _sign_run(
         "transforms": [],
         "regularizers": [repr(box)],
         "seed": options["seed"],
-        "dtype": str(start.dtype).removeprefix("torch."),
+        "dtype": dtype_name(start.dtype),
     }
     return Optimized(image.detach(), torch.stack(history), settings, stopped)
 
