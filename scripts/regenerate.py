@@ -76,6 +76,8 @@ SMALL_PNG = ("display.max_tile_px=64", "display.sheet_max_width=1400")
 # the optimisation figures compute in float64: their gradient ascent amplifies rounding, and
 # float32 rounding differs between CPUs (docs/reproducibility.md#optimised-images)
 FLOAT64 = ("dtype=float64",)
+# the atlas's --quick: two channels of two stages, tiny tiles and optimised images
+ATLAS_QUICK = ("stages=[1,5]", "channels=2", "k=2", "data.size=80", "tile_px=16", "optimize.steps=2")
 FIGURES: dict[str, Figure] = {
     "fig1": Figure(
         "fig1",
@@ -251,6 +253,23 @@ FIGURES: dict[str, Figure] = {
             "stride=112",
         ),  # fmt: skip
     ),
+    "atlas_vgg16_hed": Figure(
+        "atlas",
+        "An atlas of VGG16's units over the sample gallery (a subset: 16 channels per stage drawn "
+        "with seed 0): index.html, a page per stage and per channel with its top-9 patches, their "
+        "deconvnet and guided projections, its optimised images and a histogram of its per-image "
+        "maximum",
+        overrides=("channels=16",),
+        quick=ATLAS_QUICK,
+    ),
+    "atlas_efficientnet_lite0": Figure(
+        "atlas",
+        "An atlas of EfficientNet-Lite0's units (ImageNet weights) over the sample gallery (a subset: "
+        "16 channels per stage drawn with seed 0), pages as in atlas_vgg16_hed",
+        model="efficientnet_lite0",
+        overrides=("channels=16",),
+        quick=ATLAS_QUICK,
+    ),
     "invariance": Figure(
         "invariance",
         "Fig. 5 on EfficientNet-Lite0 (ImageNet weights): invariance of five photos to "
@@ -417,7 +436,9 @@ def run_job(name: str, out_root: Path, quick: bool, env: dict[str, str]) -> dict
         "shows": fig.shows,
         "command": shown,
         "folder": str(final.relative_to(out_root)),
-        "figures": sorted(str(p.relative_to(out_root)) for p in final.glob("*.png")),
+        "figures": sorted(
+            str(p.relative_to(out_root)) for p in [*final.glob("*.png"), *final.glob("index.html")]
+        ),
         "weights": weights,
         "pretrained": weights.get("pretrained") is True,
         "dataset": result.get("dataset") or result.get("data") or result.get("image"),

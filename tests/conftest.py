@@ -27,6 +27,22 @@ FIXED_PROVENANCE = {"versions": {"torch": "x"}, "code_commit": "abc", "code_dirt
 `PROVENANCE_ENV` so that two runs write byte-identical result files."""
 
 
+ATLAS_DATA = {"kind": "samples", "photos": ["chelsea", "coffee", "astronaut"], "size": 96, "limit": 10}
+# a tiny atlas (random AlexNet, 10 gallery images): the atlas job's and the browser's tests
+TINY_ATLAS = dict(
+    model="alexnet",
+    weights="random",
+    data=ATLAS_DATA,
+    stages=[1, 5],
+    channels=3,
+    k=4,
+    tile_px=32,
+    optimize={"size": 64, "steps": 2},
+    group_size=2,
+    progress=False,
+)
+
+
 def load_regenerate() -> Any:
     """scripts/regenerate.py as a module (it is a script, not part of the package)."""
     import importlib.util

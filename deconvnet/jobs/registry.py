@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deconvnet.jobs import (
+    atlas,
     class_model,
     correspondence,
     deep_dream,
@@ -83,6 +84,7 @@ JOBS: dict[str, JobKind] = _kinds(
     JobKind("correspondence", correspondence.run_from_config, None),
     JobKind("sanity", sanity.run_from_config, None),
     JobKind("faithfulness", faithfulness.run_from_config, _files(faithfulness.render_faithfulness)),
+    JobKind("atlas", atlas.run_from_config, _files(atlas.render_atlas)),
 )
 
 

@@ -1,0 +1,652 @@
+"""An atlas of every unit as a job: a static site of what each channel of a model responds to.
+
+`experiments/atlas.py` is the Hydra entry that calls `run_atlas`. The procedure (docs/atlas.md):
+
+1. the scan: one pass over the dataset for every stage (`deconvnet.jobs.scan.scan_dataset`,
+   resumable), or a saved / merged scan given as `scan` (same model, weights and dataset);
+2. the firing pass (`deconvnet.analysis.atlas.firing_histograms`): per channel how many images it
+   fires on and a histogram of its per-image maxima;
+3. per stage, its channels in groups of `group_size`: the top-k of every channel of the group
+   projected under each rule from ONE forward record per image (`project_tiles`), and the
+   group's optimised images made together (the filters recipe, `visualize_filters`, plain and
+   regularized); each channel's files are written as soon as its group is done;
+4. the stage pages and the index (`deconvnet.figures.atlas`).
+
+A channel is finished when its record `stage<s>/channel<cccc>.json` exists (written after its
+images and page); a rerun into the same folder with the same config skips finished channels, so a
+killed build resumes where it stopped. Nothing holds a timestamp: the same inputs and seed give
+the same bytes (result.json alone records timings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm.auto import tqdm
+
+from deconvnet.analysis.atlas import FiringHistogram, atlas_channels, channel_groups, firing_histograms
+from deconvnet.analysis.scan import TopK, load_topk, save_topk
+from deconvnet.analysis.top_projections import (
+    MapActivity,
+    StageTiles,
+    check_rules,
+    map_activity,
+    project_tiles,
+)
+from deconvnet.core.architecture import STAGES
+from deconvnet.core.geometry import receptive_field
+from deconvnet.core.validation import check_device, check_int, check_seed, check_stage_numbers
+from deconvnet.data.files import atomic_write
+from deconvnet.data.loader import ScanLoader
+from deconvnet.data.models import display_name, preprocessing, weights_label
+from deconvnet.figures.atlas import (
+    INDEX_PAGE,
+    channel_name,
+    channel_page,
+    channel_sprite,
+    index_page,
+    stage_page,
+    stage_page_name,
+)
+from deconvnet.figures.fig2 import dataset_line
+from deconvnet.figures.fig2_layout import DisplayOptions, display_size
+from deconvnet.figures.sheet import keras_deprocess
+from deconvnet.jobs.data_config import check_data, make_dataset, require_whole_dataset
+from deconvnet.jobs.filters import VARIANTS, describe_variant, variant_options
+from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, JobFolder, write_json
+from deconvnet.jobs.provenance import provenance as record_provenance
+from deconvnet.jobs.provenance import versions
+from deconvnet.jobs.request import model_arguments
+from deconvnet.jobs.scan import (
+    CHECKPOINT_FILE,
+    ScanOptions,
+    check_folder,
+    finished_job,
+    job_fingerprint,
+    saved_scan,
+    scan_dataset,
+    scan_fingerprint,
+    warn_failures,
+)
+from deconvnet.optim import visualize_filters
+
+__all__ = ["AtlasOptions", "record_path", "render_atlas", "run_atlas", "run_from_config"]
+
+log = logging.getLogger(__name__)
+
+TOPK_FILE = "topk.pt"
+FIRING_FILE = "firing.npz"
+PAGES_FILE = "atlas.json"  # what the pages show besides the channel records (`render_atlas`)
+HISTOGRAM_BINS = 20
+
+
+@dataclass(frozen=True)
+class AtlasOptions:
+    """The validated options of one atlas (see `run_atlas`)."""
+
+    stages: list[int]
+    rules: list[str]
+    tile_px: int
+    optimize_size: int
+    optimize_steps: int
+    seed: int
+    k: int
+    batch_size: int
+    group_size: int
+    data: dict[str, Any]
+
+    @classmethod
+    def check(
+        cls,
+        stages: Any,
+        rules: Any,
+        tile_px: Any,
+        optimize: Any,
+        seed: Any,
+        k: Any,
+        batch_size: Any,
+        group_size: Any,
+        data: Any,
+    ) -> AtlasOptions:
+        """Every check that needs nothing loaded; ValueError naming the option otherwise."""
+        size, steps = _check_optimize(optimize)
+        return cls(
+            stages=check_stage_numbers(stages),
+            rules=check_rules(rules),
+            tile_px=check_int(tile_px, "tile_px", 8),
+            optimize_size=size,
+            optimize_steps=steps,
+            seed=check_seed(seed),
+            k=check_int(k, "k", 1),
+            batch_size=check_int(batch_size, "batch_size", 1),
+            group_size=check_int(group_size, "group_size", 1),
+            data=check_data(data),
+        )
+
+
+def _check_optimize(optimize: Any) -> tuple[int, int]:
+    """(size, steps) of the `optimize` mapping; steps 0 = no optimised images."""
+    if optimize is None:
+        optimize = {}
+    if not isinstance(optimize, Mapping):
+        raise ValueError(f"optimize: expected a mapping with size and steps, got {optimize!r}")
+    unknown = sorted(set(optimize) - {"size", "steps"})
+    if unknown:
+        raise ValueError(f"optimize: unknown key(s) {unknown}; accepted: size, steps")
+    size = check_int(optimize.get("size", 64), "optimize.size", 16)
+    steps = check_int(optimize.get("steps", 32), "optimize.steps", 0)
+    return size, steps
+
+
+@dataclass
+class _Atlas:
+    """One `run_atlas` call under way: its folder, model, dataset, channels, scan and records."""
+
+    out: Path
+    model: str
+    opts: AtlasOptions
+    net: nn.Module
+    dataset: Any
+    data_summary: dict[str, Any]
+    info: dict[str, Any]
+    channels: dict[int, list[int]]
+    progress: bool
+    scan: dict[int, TopK] = field(default_factory=dict)
+    firing: dict[int, FiringHistogram] = field(default_factory=dict)
+    activity: dict[int, MapActivity] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _stage_dir(out: Path, stage: int) -> Path:
+    return out / f"stage{stage}"
+
+
+def record_path(out: Path, stage: int, channel: int) -> Path:
+    """A channel's record, written last: its presence marks the channel finished."""
+    return _stage_dir(out, stage) / f"{channel_name(channel)}.json"
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def _write_png(path: Path, image: Any) -> Path:
+    from PIL import Image
+
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    return atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
+
+
+def _save_firing(path: Path, firing: Mapping[int, FiringHistogram]) -> Path:
+    arrays = {"stages": np.array(sorted(firing))}
+    for s, h in firing.items():
+        arrays.update({f"images_{s}": np.array(h.images), f"fires_{s}": h.fires, f"top_{s}": h.top})
+        arrays[f"counts_{s}"] = h.counts
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as file:
+            np.savez_compressed(file, **arrays)
+
+    return atomic_write(path, write)
+
+
+def _load_firing(path: Path) -> dict[int, FiringHistogram]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {
+            int(s): FiringHistogram(
+                int(npz[f"images_{s}"]), npz[f"fires_{s}"], npz[f"top_{s}"], npz[f"counts_{s}"]
+            )
+            for s in npz["stages"]
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# the scan and the firing pass
+
+
+def _scan(job: _Atlas, saved: Any, checkpoint_every: int, device: str) -> list[dict[str, Any]]:
+    """The scan into job.scan (saved, or this folder's from an interrupted run, or run here
+    resumably); writes topk.pt; returns the decode failures."""
+    opts, path = job.opts, job.out / TOPK_FILE
+    if saved is not None:
+        job.scan, failures = saved.result, list(saved.meta.get("decode_failures", []))
+    elif path.is_file():
+        loaded = load_topk(path)
+        job.scan, failures = loaded.result, list(loaded.meta.get("decode_failures", []))
+        return failures
+    else:
+        scan_opts = ScanOptions(opts.stages, opts.k, opts.batch_size, checkpoint_every, 0, opts.data)
+        fingerprint = scan_fingerprint(job.model, job.info, opts.data, job.dataset.ids, scan_opts, device)
+        outcome = scan_dataset(
+            job.net,
+            job.dataset,
+            scan_opts,
+            0,
+            len(job.dataset),
+            int(opts.data.get("workers", 0)),
+            job.out / CHECKPOINT_FILE,
+            fingerprint,
+            job.progress,
+        )
+        job.scan, failures = outcome.result, [f.as_dict() for f in outcome.failures]
+    meta = {"model": job.model, "weights": dict(job.info), "dataset_ids": list(job.dataset.ids)}
+    save_topk(job.scan, path, meta={**meta, "exclude_border": 0, "decode_failures": failures})
+    (job.out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    warn_failures(failures)
+    return failures
+
+
+def _firing(job: _Atlas) -> None:
+    """The firing pass into job.firing (read back from firing.npz when an earlier run made it)."""
+    path = job.out / FIRING_FILE
+    if path.is_file():
+        job.firing = _load_firing(path)
+        return
+    loader = ScanLoader(job.dataset, job.opts.batch_size, workers=int(job.opts.data.get("workers", 0)))
+    job.firing = firing_histograms(job.net, loader, job.scan, HISTOGRAM_BINS, job.progress, len(loader))
+    _save_firing(path, job.firing)
+
+
+# ---------------------------------------------------------------------------------------------
+# pages' meta
+
+
+def _stage_meta(job: _Atlas, s: int) -> dict[str, Any]:
+    """Stage s for the pages: module name, receptive field, tile size, channels, activity."""
+    from deconvnet.core.architecture import stage as stage_of
+
+    rf = receptive_field(job.net, s)
+    options = DisplayOptions(min_tile_px=job.opts.tile_px, max_tile_px=job.opts.tile_px)
+    activity = job.activity[s]
+    return {
+        "stage": s,
+        "name": stage_of(job.net, s).name,
+        "rf_size": list(rf.size),
+        "rf_jump": list(rf.jump),
+        "tile": list(display_size(rf.size, options)),
+        "channels_total": activity.channels,
+        "channels": job.channels[s],
+        "dead": len(activity.dead),
+        "sparse": len(activity.sparse),
+        "k": activity.k,
+    }
+
+
+def _optimize_meta(opts: AtlasOptions) -> dict[str, Any]:
+    size = opts.optimize_size
+    return {
+        "size": size,
+        "steps": opts.optimize_steps,
+        "variants": {v: describe_variant(v, size, "pixels", short=True) for v in VARIANTS},
+        "recipe": (
+            f"the filters recipe: {opts.optimize_steps} steps of L2-normalised ascent on the channel's mean "
+            f"from seeded grey noise (seed {opts.seed}) at {size} px; plain: "
+            f"{describe_variant('plain', size, 'pixels')}; regularized: "
+            f"{describe_variant('regularized', size, 'pixels')}; shown with the Keras example's deprocess"
+        ),
+    }
+
+
+def _pages_meta(job: _Atlas) -> dict[str, Any]:
+    """Everything the pages need besides the channel records."""
+    opts = job.opts
+    return {
+        "model": job.model,
+        "model_label": display_name(job.model),
+        "weights_label": weights_label(job.info),
+        "dataset_label": dataset_line(job.data_summary, opts.k, 0),
+        "rules": list(opts.rules),
+        "k": opts.k,
+        "optimize": _optimize_meta(opts),
+        "tiles_note": (
+            "each column: one of the channel's top images (rank, image number and id, position of its "
+            "maximum in the stage's map, value); the image patch is the unit's receptive field (grey "
+            "outside the image); each projection (rules: "
+            + ", ".join(opts.rules)
+            + ") is that single activation projected to pixels and normalised on its own"
+        ),
+        "made_with": (
+            f"made by python -m experiments.atlas model={job.model}; deconvnet {versions().get('deconvnet', '')}"
+        ),
+        "stages": [_stage_meta(job, s) for s in opts.stages],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# channels
+
+
+def _optimized_images(job: _Atlas, s: int, group: list[int]) -> dict[str, np.ndarray]:
+    """{variant: uint8 [K, S, S, 3]}: the group's optimised images (none with optimize.steps=0)."""
+    opts = job.opts
+    if opts.optimize_steps == 0:
+        return {}
+    made = {}
+    for variant in VARIANTS:
+        images = visualize_filters(
+            job.net,
+            s,
+            group,
+            size=opts.optimize_size,
+            steps=opts.optimize_steps,
+            seed=opts.seed,
+            batch_size=len(group),
+            **variant_options(variant, opts.optimize_size, "pixels"),
+        )
+        shown = keras_deprocess(images.detach().float().cpu(), preprocessing(job.net))
+        made[variant] = (shown * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return made
+
+
+def _top_entries(t: StageTiles, mi: int, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The top-k of map mi of `t`, rank 1 first, each traceable to its image, position and value."""
+    entries = []
+    for r in range(t.image.shape[1]):
+        image = int(t.image[mi, r])
+        entries.append(
+            {
+                "rank": r + 1,
+                "image_index": image,
+                "image_id": ids[image],
+                "y": int(t.y[mi, r]),
+                "x": int(t.x[mi, r]),
+                "value": float(t.value[mi, r]),
+                "recomputed_value": float(t.recomputed[mi, r]),
+                "rf_box": list(t.box(mi, r)),
+            }
+        )
+    return entries
+
+
+def _neighbours(channels: Sequence[int], c: int) -> tuple[str | None, str | None]:
+    """The pages of the channels before and after c in its stage's list (None at the ends)."""
+    i = channels.index(c)
+    before = f"{channel_name(channels[i - 1])}.html" if i > 0 else None
+    after = f"{channel_name(channels[i + 1])}.html" if i + 1 < len(channels) else None
+    return before, after
+
+
+def _write_channel(
+    job: _Atlas, meta: Mapping[str, Any], t: StageTiles, mi: int, optimized: Mapping[str, np.ndarray]
+) -> None:
+    """One channel's sprite, optimised images, page, and last its record."""
+    s, c = t.stage, int(t.channels[mi])
+    name, folder = channel_name(c), _stage_dir(job.out, s)
+    stage = next(st for st in meta["stages"] if st["stage"] == s)
+    sprite = channel_sprite({r: t.recon[r][mi] for r in t.rules}, t.patch[mi], tuple(stage["tile"]))
+    _write_png(folder / f"{name}.png", sprite)
+    files: dict[str, Any] = {"sprite": f"{name}.png"}
+    if optimized:
+        files["optimized"] = {v: f"{name}_{v}.png" for v in optimized}
+        for v, images in optimized.items():
+            _write_png(folder / files["optimized"][v], images[mi])
+    record = {
+        "stage": s,
+        "stage_name": t.name,
+        "channel": c,
+        "rules": list(t.rules),
+        "tile": stage["tile"],
+        "dead": c in job.activity[s].dead,
+        "top": _top_entries(t, mi, list(job.dataset.ids)),
+        "firing": job.firing[s].channel(c),
+        "files": files,
+    }
+    _write_text(folder / f"{name}.html", channel_page(meta, record, *_neighbours(job.channels[s], c)))
+    write_json(record_path(job.out, s, c), record)
+
+
+def _build_group(job: _Atlas, meta: Mapping[str, Any], s: int, group: list[int]) -> None:
+    """Project the group's top-k (one forward record per image) and optimise its images together."""
+    opts = job.opts
+    tiles = project_tiles(
+        job.net,
+        job.dataset,
+        {s: job.scan[s]},
+        {s: group},
+        batch_size=opts.batch_size,
+        progress=False,
+        rules=opts.rules,
+    )[s]
+    optimized = _optimized_images(job, s, group)
+    for mi in range(len(group)):
+        _write_channel(job, meta, tiles, mi, optimized)
+
+
+def _build_channels(job: _Atlas, meta: Mapping[str, Any]) -> int:
+    """Every channel not finished yet, group by group, with a progress bar; the number built."""
+    todo = {
+        s: [c for c in job.channels[s] if not record_path(job.out, s, c).is_file()] for s in job.opts.stages
+    }
+    total = sum(len(v) for v in todo.values())
+    done = sum(len(v) for v in job.channels.values()) - total
+    if done:
+        log.info("atlas: %d channels already finished in %s; building the other %d", done, job.out, total)
+    with tqdm(total=total, disable=not job.progress, unit="channel", desc="atlas channels") as bar:
+        for s, channels in todo.items():
+            _stage_dir(job.out, s).mkdir(parents=True, exist_ok=True)
+            for group in channel_groups(channels, job.opts.group_size):
+                _build_group(job, meta, s, group)
+                bar.update(len(group))
+    return total
+
+
+def _write_pages(out: Path, meta: Mapping[str, Any], channel_pages: bool = False) -> list[Path]:
+    """The stage pages (by channel, by firing) and the index from the channel records (with
+    `channel_pages`, every channel's page too); the paths written."""
+    written = []
+    for stage in meta["stages"]:
+        s, channels = stage["stage"], stage["channels"]
+        records = [json.loads(record_path(out, s, c).read_text()) for c in channels]
+        for record in records if channel_pages else []:
+            page = _stage_dir(out, s) / f"{channel_name(record['channel'])}.html"
+            written.append(
+                _write_text(page, channel_page(meta, record, *_neighbours(channels, record["channel"])))
+            )
+        for by_firing in (False, True):
+            written.append(
+                _write_text(out / stage_page_name(s, by_firing), stage_page(meta, stage, records, by_firing))
+            )
+    written.append(_write_text(out / INDEX_PAGE, index_page(meta)))
+    return written
+
+
+def render_atlas(job_dir: str | os.PathLike) -> list[Path]:
+    """Redraw every page of a finished atlas from its files alone (no model): atlas.json and the
+    channel records. Returns the paths written."""
+    out = Path(job_dir)
+    source = out / PAGES_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"job_dir: no {PAGES_FILE} in {out} (not an atlas job folder)")
+    return _write_pages(out, json.loads(source.read_text()), channel_pages=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+
+
+def _arguments(model: str, weights: str, seed: int, channels: Any, opts: AtlasOptions, device: str) -> dict:
+    """The atlas's identity in result.json (the fingerprint leaves data.workers out)."""
+    plain = dict(opts.__dict__)
+    return {
+        "model": model,
+        "weights": str(weights),
+        "seed": seed,
+        "channels": channels,
+        "device": device,
+        **plain,
+    }
+
+
+def _load(
+    out: Path,
+    model: str,
+    weights: str,
+    seed: int,
+    channels: Any,
+    opts: AtlasOptions,
+    device: str,
+    progress: bool,
+) -> _Atlas:
+    """Model, dataset and channels, checked before anything is written."""
+    from deconvnet.data.models import load_model
+
+    net = load_model(model, weights=weights, seed=seed, device=device)
+    chosen = atlas_channels(net, opts.stages, channels, opts.seed)
+    dataset, summary = make_dataset(opts.data, net, progress=progress)
+    info = net.weights_info.as_dict()
+    return _Atlas(out, model, opts, net, dataset, summary, info, chosen, progress)
+
+
+def run_atlas(
+    out_dir: str | os.PathLike,
+    model: str = "vgg16",
+    weights: str = "auto",
+    seed: int = 0,
+    data: Mapping[str, Any] | None = None,
+    stages: Sequence[int] | int = STAGES,
+    channels: Any = None,
+    scan: str | os.PathLike | None = None,
+    rules: Sequence[str] = ("deconvnet", "guided"),
+    tile_px: int = 64,
+    optimize: Mapping[str, Any] | None = None,
+    opt_seed: int = 0,
+    k: int = 9,
+    batch_size: int = 8,
+    group_size: int = 16,
+    checkpoint_every: int = 1000,
+    device: str = "cpu",
+    progress: bool = True,
+    config: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the atlas of `model` over `data` into `out_dir` (module doc); returns result.json.
+
+    channels: None (all), a count drawn per stage with `opt_seed`, a list for every stage, or
+    {stage: list}. scan: a finished scan of this model, weights and dataset (a topk.pt, or the
+    folder of a scan, merge_scans, fig2 or atlas job). optimize: {size, steps} of the optimised
+    images (steps 0: none). Bad input (unknown stage, rule or channel, a scan of another model,
+    weights or dataset, a folder holding another job) raises ValueError before anything is
+    written; a rerun with the same config continues an interrupted build.
+    """
+    clock = time.perf_counter()
+    opts = AtlasOptions.check(stages, rules, tile_px, optimize, opt_seed, k, batch_size, group_size, data)
+    every = check_int(checkpoint_every, "checkpoint_every", 1)
+    require_whole_dataset(opts.data, "atlas")
+    out = Path(out_dir)
+    with JobFolder(out) as folder:
+        job = _load(out, model, weights, seed, channels, opts, device, progress)
+        saved = (
+            None if scan is None else saved_scan(scan, model, job.info, job.dataset, opts.stages, opts.k, 0)
+        )
+        arguments = _arguments(model, weights, seed, channels, opts, device)
+        source = None if scan is None else str(Path(scan).resolve())
+        result = {
+            "experiment": "atlas",
+            "status": "running",
+            "arguments": arguments,
+            "fingerprint": job_fingerprint(arguments, job.info, source),
+        }
+        done = finished_job(out, "atlas", result["fingerprint"])
+        if done is not None:
+            log.info("atlas: %s already holds this finished atlas; nothing to do", out)
+            return done
+        check_folder(out, "atlas", result["fingerprint"])
+        if config is not None:
+            folder.write_yaml(CONFIG_FILE, config)
+        result.update(_header(job, source, config, provenance))
+        folder.write_result({**result, "pid": os.getpid()})
+        with folder.failing(result):
+            return _build(job, result, saved, every, device, clock)
+
+
+def _header(job: _Atlas, source: str | None, config: Any, provenance: Any) -> dict[str, Any]:
+    """result.json's description of the job: config, model, weights, dataset, channels."""
+    return {
+        "config": dict(config) if config is not None else None,
+        "model": job.model,
+        "weights": dict(job.info),
+        "weights_label": weights_label(job.info),
+        "dataset": dict(job.data_summary),
+        "scan_source": source,
+        "channels": {str(s): c for s, c in job.channels.items()},
+        "versions": versions(),
+        "provenance": dict(provenance) if provenance is not None else None,
+    }
+
+
+def _build(
+    job: _Atlas, result: dict[str, Any], saved: Any, every: int, device: str, clock: float
+) -> dict[str, Any]:
+    """Scan, firing pass, channels, pages; result.json "complete" with the timings."""
+    timings = {"setup_s": time.perf_counter() - clock}
+    step = time.perf_counter()
+    failures = _scan(job, saved, every, device)
+    job.activity = {s: map_activity(job.scan[s]) for s in job.opts.stages}
+    timings["scan_s"] = time.perf_counter() - step
+    step = time.perf_counter()
+    _firing(job)
+    timings["firing_s"] = time.perf_counter() - step
+    step = time.perf_counter()
+    meta = _pages_meta(job)
+    write_json(job.out / PAGES_FILE, meta)
+    built = _build_channels(job, meta)
+    timings["channels_s"] = time.perf_counter() - step
+    step = time.perf_counter()
+    pages = [p.name for p in _write_pages(job.out, meta)]
+    timings["pages_s"] = time.perf_counter() - step
+    timings["total_s"] = time.perf_counter() - clock
+    result.update(
+        status="complete",
+        decode_failures={"count": len(failures), "images": failures},
+        map_activity={str(s): a.as_dict() for s, a in job.activity.items()},
+        channels_total=sum(len(c) for c in job.channels.values()),
+        channels_built_in_this_run=built,
+        timings_s=timings,
+        files=sorted([*pages, TOPK_FILE, FIRING_FILE, PAGES_FILE, RESULT_FILE]),
+    )
+    write_json(job.out / RESULT_FILE, result)
+    log.info(
+        "atlas: %d channels in %.1f s; open %s",
+        result["channels_total"],
+        timings["total_s"],
+        job.out / INDEX_PAGE,
+    )
+    return result
+
+
+def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`python -m experiments.atlas`: the device checked, then `run_atlas` with the config and the
+    provenance in result.json."""
+    check_device(config["device"])
+    return run_atlas(
+        out,
+        **model_arguments(config),
+        data=config["data"],
+        stages=config["stages"],
+        channels=config.get("channels"),
+        scan=config.get("scan"),
+        rules=config["rules"],
+        tile_px=config["tile_px"],
+        optimize=config.get("optimize"),
+        opt_seed=config["seed"],
+        k=config["k"],
+        batch_size=config["batch_size"],
+        group_size=config["group_size"],
+        checkpoint_every=config.get("checkpoint_every", 1000),
+        device=config["device"],
+        progress=bool(config.get("progress", True)),
+        config=dict(config),
+        provenance=record_provenance(),
+    )
