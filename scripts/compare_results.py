@@ -34,7 +34,8 @@ Rules:
   integer and boolean arrays with at most --int-fraction (0.1%) of their elements different
   (rounding breaks near-ties of max-pooling switches and rankings the other way: 2 of Fig. 1's
   50,176 switch counts; an array under 1,000 elements must be equal); text arrays as text.
-- Text (markdown such as table.md and MANIFEST.md, strings inside JSON / YAML): the same words;
+- Text (markdown such as table.md and MANIFEST.md, the atlas's HTML pages, strings inside JSON /
+  YAML): the same words;
   the numbers in it within max(rtol * max(|a|, |b|), one unit in the last printed digit) + atol
   (a value that rounds the other way: 0.1857 vs 0.1858). Folder labels `<out>/` (a regeneration
   outside the repository) read as `results/`.
@@ -296,7 +297,7 @@ def file_deviations(a: Path, b: Path, bounds: Bounds, where: str) -> list[Deviat
             return list(value_deviations(load_structured(a), load_structured(b), bounds, where))
         if a.name == "MANIFEST.md":
             return manifest_text_deviations(a.read_text(), b.read_text(), bounds, where)
-        if a.suffix in (".md", ".txt", ".csv"):
+        if a.suffix in (".md", ".txt", ".csv", ".html"):
             return [text_deviation(a.read_text(), b.read_text(), bounds, where)]
     except (OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError, yaml.YAMLError) as error:
         return [differs(where, f"unreadable: {type(error).__name__}: {str(error)[:80]}")]

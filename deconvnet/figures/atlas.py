@@ -181,12 +181,15 @@ def _optimized_block(record: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     if not files:
         return '<p class="note">no optimised images in this atlas (optimize.steps=0)</p>'
     figures = "".join(
-        f'<figure><img src="{_e(files[v])}" alt="{_e(v)} optimised image" width="{meta["optimize"]["size"]}">'
+        f'<figure><img src="{_e(files[v])}" alt="{_e(v)} optimised image" width="{2 * meta["optimize"]["size"]}">'
         f"<figcaption>{_e(meta['optimize']['variants'][v])}</figcaption></figure>"
         for v in VARIANTS
         if v in files
     )
-    return f'<div class="grid">{figures}</div><p class="note">{_e(meta["optimize"]["recipe"])}</p>'
+    return (
+        f'<div class="grid">{figures}</div><p class="note">{_e(meta["optimize"]["recipe"])}; shown at twice '
+        "their size</p>"
+    )
 
 
 def channel_page(

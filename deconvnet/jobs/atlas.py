@@ -79,7 +79,17 @@ from deconvnet.jobs.scan import (
 )
 from deconvnet.optim import visualize_filters
 
-__all__ = ["AtlasOptions", "record_path", "render_atlas", "run_atlas", "run_from_config"]
+__all__ = [
+    "AtlasJob",
+    "AtlasOptions",
+    "load_firing",
+    "optimized_images",
+    "record_path",
+    "render_atlas",
+    "run_atlas",
+    "run_from_config",
+    "write_channel",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +158,7 @@ def _check_optimize(optimize: Any) -> tuple[int, int]:
 
 
 @dataclass
-class _Atlas:
+class AtlasJob:
     """One `run_atlas` call under way: its folder, model, dataset, channels, scan and records."""
 
     out: Path
@@ -163,6 +173,8 @@ class _Atlas:
     scan: dict[int, TopK] = field(default_factory=dict)
     firing: dict[int, FiringHistogram] = field(default_factory=dict)
     activity: dict[int, MapActivity] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)  # how a worker loads the model: weights, seed, device
+    workers: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +214,7 @@ def _save_firing(path: Path, firing: Mapping[int, FiringHistogram]) -> Path:
     return atomic_write(path, write)
 
 
-def _load_firing(path: Path) -> dict[int, FiringHistogram]:
+def load_firing(path: Path) -> dict[int, FiringHistogram]:
     with np.load(path, allow_pickle=False) as npz:
         return {
             int(s): FiringHistogram(
@@ -216,7 +228,7 @@ def _load_firing(path: Path) -> dict[int, FiringHistogram]:
 # the scan and the firing pass
 
 
-def _scan(job: _Atlas, saved: Any, checkpoint_every: int, device: str) -> list[dict[str, Any]]:
+def _scan(job: AtlasJob, saved: Any, checkpoint_every: int, device: str) -> list[dict[str, Any]]:
     """The scan into job.scan (saved, or this folder's from an interrupted run, or run here
     resumably); writes topk.pt; returns the decode failures."""
     opts, path = job.opts, job.out / TOPK_FILE
@@ -248,11 +260,11 @@ def _scan(job: _Atlas, saved: Any, checkpoint_every: int, device: str) -> list[d
     return failures
 
 
-def _firing(job: _Atlas) -> None:
+def _firing(job: AtlasJob) -> None:
     """The firing pass into job.firing (read back from firing.npz when an earlier run made it)."""
     path = job.out / FIRING_FILE
     if path.is_file():
-        job.firing = _load_firing(path)
+        job.firing = load_firing(path)
         return
     loader = ScanLoader(job.dataset, job.opts.batch_size, workers=int(job.opts.data.get("workers", 0)))
     job.firing = firing_histograms(job.net, loader, job.scan, HISTOGRAM_BINS, job.progress, len(loader))
@@ -263,7 +275,7 @@ def _firing(job: _Atlas) -> None:
 # pages' meta
 
 
-def _stage_meta(job: _Atlas, s: int) -> dict[str, Any]:
+def _stage_meta(job: AtlasJob, s: int) -> dict[str, Any]:
     """Stage s for the pages: module name, receptive field, tile size, channels, activity."""
     from deconvnet.core.architecture import stage as stage_of
 
@@ -299,7 +311,7 @@ def _optimize_meta(opts: AtlasOptions) -> dict[str, Any]:
     }
 
 
-def _pages_meta(job: _Atlas) -> dict[str, Any]:
+def _pages_meta(job: AtlasJob) -> dict[str, Any]:
     """Everything the pages need besides the channel records."""
     opts = job.opts
     return {
@@ -328,7 +340,7 @@ def _pages_meta(job: _Atlas) -> dict[str, Any]:
 # channels
 
 
-def _optimized_images(job: _Atlas, s: int, group: list[int]) -> dict[str, np.ndarray]:
+def optimized_images(job: AtlasJob, s: int, group: list[int]) -> dict[str, np.ndarray]:
     """{variant: uint8 [K, S, S, 3]}: the group's optimised images (none with optimize.steps=0)."""
     opts = job.opts
     if opts.optimize_steps == 0:
@@ -378,8 +390,8 @@ def _neighbours(channels: Sequence[int], c: int) -> tuple[str | None, str | None
     return before, after
 
 
-def _write_channel(
-    job: _Atlas, meta: Mapping[str, Any], t: StageTiles, mi: int, optimized: Mapping[str, np.ndarray]
+def write_channel(
+    job: AtlasJob, meta: Mapping[str, Any], t: StageTiles, mi: int, optimized: Mapping[str, np.ndarray]
 ) -> None:
     """One channel's sprite, optimised images, page, and last its record."""
     s, c = t.stage, int(t.channels[mi])
@@ -407,8 +419,10 @@ def _write_channel(
     write_json(record_path(job.out, s, c), record)
 
 
-def _build_group(job: _Atlas, meta: Mapping[str, Any], s: int, group: list[int]) -> None:
-    """Project the group's top-k (one forward record per image) and optimise its images together."""
+def _build_group(job: AtlasJob, meta: Mapping[str, Any], s: int, group: list[int]) -> int:
+    """Project the group's top-k (one forward record per image) and optimise its images together;
+    write its channels that are not finished yet. The whole group is always computed, so a resumed
+    build computes every channel in the same batch as an uninterrupted one. Returns the number written."""
     opts = job.opts
     tiles = project_tiles(
         job.net,
@@ -419,27 +433,97 @@ def _build_group(job: _Atlas, meta: Mapping[str, Any], s: int, group: list[int])
         progress=False,
         rules=opts.rules,
     )[s]
-    optimized = _optimized_images(job, s, group)
-    for mi in range(len(group)):
-        _write_channel(job, meta, tiles, mi, optimized)
+    optimized = optimized_images(job, s, group)
+    missing = [mi for mi, c in enumerate(group) if not record_path(job.out, s, c).is_file()]
+    for mi in missing:
+        write_channel(job, meta, tiles, mi, optimized)
+    return len(missing)
 
 
-def _build_channels(job: _Atlas, meta: Mapping[str, Any]) -> int:
-    """Every channel not finished yet, group by group, with a progress bar; the number built."""
-    todo = {
-        s: [c for c in job.channels[s] if not record_path(job.out, s, c).is_file()] for s in job.opts.stages
+def _build_channels(job: AtlasJob, meta: Mapping[str, Any]) -> int:
+    """Every group of `group_size` channels (cut from each stage's whole list, so the groups never
+    change) that holds a channel not finished yet, in `job.workers` processes when > 1, with a
+    progress bar; the number of channels built."""
+    unfinished = {
+        s: {c for c in job.channels[s] if not record_path(job.out, s, c).is_file()} for s in job.opts.stages
     }
-    total = sum(len(v) for v in todo.values())
+    total = sum(len(v) for v in unfinished.values())
     done = sum(len(v) for v in job.channels.values()) - total
     if done:
         log.info("atlas: %d channels already finished in %s; building the other %d", done, job.out, total)
+    for s in unfinished:
+        _stage_dir(job.out, s).mkdir(parents=True, exist_ok=True)
+    tasks = [
+        (s, g)
+        for s in job.opts.stages
+        for g in channel_groups(job.channels[s], job.opts.group_size)
+        if unfinished[s].intersection(g)
+    ]
     with tqdm(total=total, disable=not job.progress, unit="channel", desc="atlas channels") as bar:
-        for s, channels in todo.items():
-            _stage_dir(job.out, s).mkdir(parents=True, exist_ok=True)
-            for group in channel_groups(channels, job.opts.group_size):
-                _build_group(job, meta, s, group)
-                bar.update(len(group))
+        if job.workers == 1 or len(tasks) < 2:
+            for s, group in tasks:
+                bar.update(_build_group(job, meta, s, group))
+        else:
+            _build_in_pool(job, meta, tasks, bar)
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# a bounded pool of worker processes
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(job: AtlasJob, meta: Mapping[str, Any], threads: int) -> None:
+    """A worker process: its share of the threads, the model and dataset loaded once, the scan and
+    the firing pass read from the job's folder."""
+    import torch
+
+    from deconvnet.data.models import load_model
+
+    torch.set_num_threads(threads)
+    net = load_model(job.model, **job.load)
+    dataset, _ = make_dataset(job.opts.data, net, progress=False)
+    worker = AtlasJob(
+        job.out, job.model, job.opts, net, dataset, job.data_summary, job.info, job.channels, False
+    )
+    worker.scan = load_topk(job.out / TOPK_FILE).result
+    worker.firing = load_firing(job.out / FIRING_FILE)
+    worker.activity = job.activity
+    _WORKER.update(job=worker, meta=meta)
+
+
+def _worker_group(s: int, group: list[int]) -> int:
+    return _build_group(_WORKER["job"], _WORKER["meta"], s, group)
+
+
+def _build_in_pool(
+    job: AtlasJob, meta: Mapping[str, Any], tasks: list[tuple[int, list[int]]], bar: Any
+) -> None:
+    """The groups in `job.workers` spawned processes, each with 1/workers of torch's threads; at
+    most `workers` groups in memory at once. An interrupt cancels the groups not started."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // job.workers)
+    spec = AtlasJob(job.out, job.model, job.opts, None, None, job.data_summary, job.info, job.channels, False)
+    spec.activity, spec.load = job.activity, job.load
+    pool = ProcessPoolExecutor(
+        job.workers,
+        multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(spec, meta, threads),
+    )
+    try:
+        for finished in as_completed([pool.submit(_worker_group, s, g) for s, g in tasks]):
+            bar.update(finished.result())
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _write_pages(out: Path, meta: Mapping[str, Any], channel_pages: bool = False) -> list[Path]:
@@ -498,7 +582,7 @@ def _load(
     opts: AtlasOptions,
     device: str,
     progress: bool,
-) -> _Atlas:
+) -> AtlasJob:
     """Model, dataset and channels, checked before anything is written."""
     from deconvnet.data.models import load_model
 
@@ -506,7 +590,7 @@ def _load(
     chosen = atlas_channels(net, opts.stages, channels, opts.seed)
     dataset, summary = make_dataset(opts.data, net, progress=progress)
     info = net.weights_info.as_dict()
-    return _Atlas(out, model, opts, net, dataset, summary, info, chosen, progress)
+    return AtlasJob(out, model, opts, net, dataset, summary, info, chosen, progress)
 
 
 def run_atlas(
@@ -524,7 +608,8 @@ def run_atlas(
     opt_seed: int = 0,
     k: int = 9,
     batch_size: int = 8,
-    group_size: int = 16,
+    group_size: int = 32,
+    workers: int = 1,
     checkpoint_every: int = 1000,
     device: str = "cpu",
     progress: bool = True,
@@ -536,17 +621,20 @@ def run_atlas(
     channels: None (all), a count drawn per stage with `opt_seed`, a list for every stage, or
     {stage: list}. scan: a finished scan of this model, weights and dataset (a topk.pt, or the
     folder of a scan, merge_scans, fig2 or atlas job). optimize: {size, steps} of the optimised
-    images (steps 0: none). Bad input (unknown stage, rule or channel, a scan of another model,
+    images (steps 0: none). workers: groups built in this many spawned processes at once, each with
+    its share of torch's threads (1: in this process). Bad input (unknown stage, rule or channel, a scan of another model,
     weights or dataset, a folder holding another job) raises ValueError before anything is
     written; a rerun with the same config continues an interrupted build.
     """
     clock = time.perf_counter()
     opts = AtlasOptions.check(stages, rules, tile_px, optimize, opt_seed, k, batch_size, group_size, data)
     every = check_int(checkpoint_every, "checkpoint_every", 1)
+    pool = check_int(workers, "workers", 1)
     require_whole_dataset(opts.data, "atlas")
     out = Path(out_dir)
     with JobFolder(out) as folder:
         job = _load(out, model, weights, seed, channels, opts, device, progress)
+        job.load, job.workers = {"weights": weights, "seed": seed, "device": device}, pool
         saved = (
             None if scan is None else saved_scan(scan, model, job.info, job.dataset, opts.stages, opts.k, 0)
         )
@@ -562,16 +650,21 @@ def run_atlas(
         if done is not None:
             log.info("atlas: %s already holds this finished atlas; nothing to do", out)
             return done
-        check_folder(out, "atlas", result["fingerprint"])
-        if config is not None:
-            folder.write_yaml(CONFIG_FILE, config)
-        result.update(_header(job, source, config, provenance))
-        folder.write_result({**result, "pid": os.getpid()})
+        _start(job, folder, result, _header(job, source, config, provenance))
         with folder.failing(result):
             return _build(job, result, saved, every, device, clock)
 
 
-def _header(job: _Atlas, source: str | None, config: Any, provenance: Any) -> dict[str, Any]:
+def _start(job: AtlasJob, folder: JobFolder, result: dict[str, Any], header: dict[str, Any]) -> None:
+    """Refuse a folder holding another job, then write config.yaml and the running result.json."""
+    check_folder(job.out, "atlas", result["fingerprint"])
+    if header["config"] is not None:
+        folder.write_yaml(CONFIG_FILE, header["config"])
+    result.update(header)
+    folder.write_result({**result, "pid": os.getpid()})
+
+
+def _header(job: AtlasJob, source: str | None, config: Any, provenance: Any) -> dict[str, Any]:
     """result.json's description of the job: config, model, weights, dataset, channels."""
     return {
         "config": dict(config) if config is not None else None,
@@ -587,7 +680,7 @@ def _header(job: _Atlas, source: str | None, config: Any, provenance: Any) -> di
 
 
 def _build(
-    job: _Atlas, result: dict[str, Any], saved: Any, every: int, device: str, clock: float
+    job: AtlasJob, result: dict[str, Any], saved: Any, every: int, device: str, clock: float
 ) -> dict[str, Any]:
     """Scan, firing pass, channels, pages; result.json "complete" with the timings."""
     timings = {"setup_s": time.perf_counter() - clock}
@@ -644,6 +737,7 @@ def run_from_config(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         k=config["k"],
         batch_size=config["batch_size"],
         group_size=config["group_size"],
+        workers=config.get("workers", 1),
         checkpoint_every=config.get("checkpoint_every", 1000),
         device=config["device"],
         progress=bool(config.get("progress", True)),
