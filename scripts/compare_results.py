@@ -15,7 +15,8 @@ deep_dream) would amplify float32 rounding with every step; they are made in flo
 compared like every other figure (docs/reproducibility.md#optimised-images).
 
 Rules:
-- Skipped: what only one run has (run.json, RUNS.json, *.log, .regenerate_state.json, .job.lock,
+- Skipped: `screenshots/` (pictures of atlas pages taken in a browser by
+  scripts/screenshot_atlas.py, not made by regenerate.py), what only one run has (run.json, RUNS.json, *.log, .regenerate_state.json, .job.lock,
   .staging/, partial/), and the large local data git ignores (tiles.npz, topk.pt, maps.npz,
   images.npz; never committed). --local-data compares it too where both sides have it: its raw
   arrays are more sensitive than the figures drawn from them (SSE4.1 vs AVX2 kernels moved a
@@ -400,9 +401,18 @@ def compare_figure(
     return report
 
 
+SCREENSHOTS = (
+    "screenshots"  # pictures of pages taken in a browser (scripts/screenshot_atlas.py), not regenerated
+)
+
+
 def figure_names(folder: Path) -> list[str]:
-    """The figure folders of a results folder (subfolders, hidden and staging ones left out)."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The figure folders of a results folder (subfolders; hidden, staging and screenshot ones left out)."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name != SCREENSHOTS
+    )
 
 
 def check_results_folder(folder: Path, argument: str) -> None:
