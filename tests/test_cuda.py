@@ -9,13 +9,17 @@ Fig. 2 runs in float32, as users run it, and must match the CPU run.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_ATLAS
 
 import deconvnet
 from deconvnet.analysis.scan import scan_topk
 from deconvnet.gradient.methods import CLASS_ONLY_METHODS, options_for
+from deconvnet.jobs.atlas import record_path, run_atlas
 from deconvnet.jobs.fig2 import load_fig2, run_fig2
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -80,6 +84,22 @@ def test_fig2_on_cuda_equals_cpu(tmp_path):
         for rule in ("deconvnet", "guided"):
             want, got = cpu[s]["recon"][rule], gpu[s]["recon"][rule]
             assert np.abs(want - got).max() <= 1e-4 * max(np.abs(want).max(), 1e-12)
+
+
+def test_atlas_on_cuda_equals_cpu(tmp_path):
+    """The same channels, top-k and firing counts on both devices; the pages build on the GPU."""
+    cpu = run_atlas(tmp_path / "cpu", device="cpu", **TINY_ATLAS)
+    gpu = run_atlas(tmp_path / "gpu", device="cuda", **TINY_ATLAS)
+    assert cpu["channels"] == gpu["channels"] and gpu["status"] == "complete"
+    for s, channels in cpu["channels"].items():
+        for c in channels:
+            a = json.loads(record_path(tmp_path / "cpu", int(s), c).read_text())
+            b = json.loads(record_path(tmp_path / "gpu", int(s), c).read_text())
+            assert [e["image_index"] for e in a["top"]] == [e["image_index"] for e in b["top"]]
+            assert [e["value"] for e in a["top"]] == pytest.approx(
+                [e["value"] for e in b["top"]], rel=1e-4, abs=1e-6
+            )
+            assert a["firing"]["fires"] == b["firing"]["fires"]
 
 
 @pytest.mark.parametrize("method", sorted(deconvnet.METHODS))

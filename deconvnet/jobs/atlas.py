@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -43,6 +47,7 @@ from deconvnet.analysis.top_projections import (
     project_tiles,
 )
 from deconvnet.core.architecture import STAGES
+from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import receptive_field
 from deconvnet.core.validation import check_device, check_int, check_seed, check_stage_numbers
 from deconvnet.data.files import atomic_write
@@ -195,8 +200,6 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def _write_png(path: Path, image: Any) -> Path:
-    from PIL import Image
-
     picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
     return atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
 
@@ -277,8 +280,6 @@ def _firing(job: AtlasJob) -> None:
 
 def _stage_meta(job: AtlasJob, s: int) -> dict[str, Any]:
     """Stage s for the pages: module name, receptive field, tile size, channels, activity."""
-    from deconvnet.core.architecture import stage as stage_of
-
     rf = receptive_field(job.net, s)
     options = DisplayOptions(min_tile_px=job.opts.tile_px, max_tile_px=job.opts.tile_px)
     activity = job.activity[s]
@@ -478,8 +479,6 @@ _WORKER: dict[str, Any] = {}
 def _start_worker(job: AtlasJob, meta: Mapping[str, Any], threads: int) -> None:
     """A worker process: its share of the threads, the model and dataset loaded once, the scan and
     the firing pass read from the job's folder."""
-    import torch
-
     from deconvnet.data.models import load_model
 
     torch.set_num_threads(threads)
@@ -503,11 +502,6 @@ def _build_in_pool(
 ) -> None:
     """The groups in `job.workers` spawned processes, each with 1/workers of torch's threads; at
     most `workers` groups in memory at once. An interrupt cancels the groups not started."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    import torch
-
     threads = max(1, torch.get_num_threads() // job.workers)
     spec = AtlasJob(job.out, job.model, job.opts, None, None, job.data_summary, job.info, job.channels, False)
     spec.activity, spec.load = job.activity, job.load
