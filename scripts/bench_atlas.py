@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deconvnet.analysis.scan import scan_topk
-from deconvnet.analysis.top_projections import project_tiles
+from deconvnet.analysis.scan import load_topk, scan_topk
+from deconvnet.analysis.top_projections import map_activity, project_tiles
 from deconvnet.data.models import load_model
 from deconvnet.jobs import atlas
 from deconvnet.jobs.atlas import record_path, run_atlas
 from deconvnet.jobs.data_config import make_dataset
+from deconvnet.jobs.scan import TOPK_FILE
 
 
 def atlas_run(folder: Path, args: argparse.Namespace) -> float:
@@ -91,9 +92,8 @@ def naive_run(folder: Path, reference: Path, args: argparse.Namespace) -> float:
     channels = {st["stage"]: st["channels"] for st in meta["stages"]}
     job = atlas.AtlasJob(folder, "vgg16", opts, net, dataset, summary, {}, channels, False)
     job.firing = atlas.load_firing(reference / atlas.FIRING_FILE)
-    job.activity = {
-        s: atlas.map_activity(atlas.load_topk(reference / atlas.TOPK_FILE).result[s]) for s in channels
-    }
+    scan = load_topk(reference / TOPK_FILE).result
+    job.activity = {s: map_activity(scan[s]) for s in channels}
     start = time.perf_counter()
     for s, chosen in channels.items():
         (folder / f"stage{s}").mkdir()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+import numpy as np
+
+__all__ = ["atomic_write", "atomic_write_npz"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -33,6 +35,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         temp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """`arrays` as a compressed .npz at `path` (as named: no .npz appended), written atomically."""
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as file:
+            np.savez_compressed(file, **arrays)
+
+    return atomic_write(path, write)
 
 
 def _flush_to_disk(path: Path) -> None:

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from deconvnet.analysis.atlas import FiringHistogram, atlas_channels, channel_groups, firing_histograms
-from deconvnet.analysis.scan import TopK, load_topk, save_topk
+from deconvnet.analysis.scan import TopK, load_topk
 from deconvnet.analysis.top_projections import (
     MapActivity,
     StageTiles,
@@ -50,7 +50,7 @@ from deconvnet.core.architecture import STAGES
 from deconvnet.core.architecture import stage as stage_of
 from deconvnet.core.geometry import receptive_field
 from deconvnet.core.validation import check_device, check_int, check_seed, check_stage_numbers
-from deconvnet.data.files import atomic_write
+from deconvnet.data.files import atomic_write, atomic_write_npz
 from deconvnet.data.loader import ScanLoader
 from deconvnet.data.models import display_name, preprocessing, weights_label
 from deconvnet.figures.atlas import (
@@ -66,21 +66,20 @@ from deconvnet.figures.fig2 import dataset_line
 from deconvnet.figures.fig2_layout import DisplayOptions, display_size
 from deconvnet.figures.sheet import keras_deprocess
 from deconvnet.jobs.data_config import check_data, make_dataset, require_whole_dataset
+from deconvnet.jobs.fig2 import save_png_atomic
 from deconvnet.jobs.filters import VARIANTS, describe_variant, variant_options
 from deconvnet.jobs.folder import CONFIG_FILE, RESULT_FILE, JobFolder, write_json
 from deconvnet.jobs.provenance import provenance as record_provenance
 from deconvnet.jobs.provenance import versions
 from deconvnet.jobs.request import model_arguments
 from deconvnet.jobs.scan import (
-    CHECKPOINT_FILE,
+    TOPK_FILE,
     ScanOptions,
     check_folder,
+    figure_job_scan,
     finished_job,
     job_fingerprint,
     saved_scan,
-    scan_dataset,
-    scan_fingerprint,
-    warn_failures,
 )
 from deconvnet.optim import visualize_filters
 
@@ -98,7 +97,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TOPK_FILE = "topk.pt"
 FIRING_FILE = "firing.npz"
 PAGES_FILE = "atlas.json"  # what the pages show besides the channel records (`render_atlas`)
 HISTOGRAM_BINS = 20
@@ -199,25 +197,16 @@ def _write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
 
 
-def _write_png(path: Path, image: Any) -> Path:
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    return atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
-
-
 def _save_firing(path: Path, firing: Mapping[int, FiringHistogram]) -> Path:
     arrays = {"stages": np.array(sorted(firing))}
     for s, h in firing.items():
         arrays.update({f"images_{s}": np.array(h.images), f"fires_{s}": h.fires, f"top_{s}": h.top})
         arrays[f"counts_{s}"] = h.counts
-
-    def write(temp: Path) -> None:
-        with open(temp, "wb") as file:
-            np.savez_compressed(file, **arrays)
-
-    return atomic_write(path, write)
+    return atomic_write_npz(path, arrays)
 
 
 def load_firing(path: Path) -> dict[int, FiringHistogram]:
+    """firing.npz back as {stage: FiringHistogram}."""
     with np.load(path, allow_pickle=False) as npz:
         return {
             int(s): FiringHistogram(
@@ -232,34 +221,17 @@ def load_firing(path: Path) -> dict[int, FiringHistogram]:
 
 
 def _scan(job: AtlasJob, saved: Any, checkpoint_every: int, device: str) -> list[dict[str, Any]]:
-    """The scan into job.scan (saved, or this folder's from an interrupted run, or run here
-    resumably); writes topk.pt; returns the decode failures."""
-    opts, path = job.opts, job.out / TOPK_FILE
-    if saved is not None:
-        job.scan, failures = saved.result, list(saved.meta.get("decode_failures", []))
-    elif path.is_file():
+    """The scan into job.scan (this folder's topk.pt when an interrupted run finished it, else
+    `figure_job_scan`: saved, or run here resumably); returns the decode failures."""
+    path = job.out / TOPK_FILE
+    if saved is None and path.is_file():
         loaded = load_topk(path)
-        job.scan, failures = loaded.result, list(loaded.meta.get("decode_failures", []))
-        return failures
-    else:
-        scan_opts = ScanOptions(opts.stages, opts.k, opts.batch_size, checkpoint_every, 0, opts.data)
-        fingerprint = scan_fingerprint(job.model, job.info, opts.data, job.dataset.ids, scan_opts, device)
-        outcome = scan_dataset(
-            job.net,
-            job.dataset,
-            scan_opts,
-            0,
-            len(job.dataset),
-            int(opts.data.get("workers", 0)),
-            job.out / CHECKPOINT_FILE,
-            fingerprint,
-            job.progress,
-        )
-        job.scan, failures = outcome.result, [f.as_dict() for f in outcome.failures]
-    meta = {"model": job.model, "weights": dict(job.info), "dataset_ids": list(job.dataset.ids)}
-    save_topk(job.scan, path, meta={**meta, "exclude_border": 0, "decode_failures": failures})
-    (job.out / CHECKPOINT_FILE).unlink(missing_ok=True)
-    warn_failures(failures)
+        job.scan = loaded.result
+        return list(loaded.meta.get("decode_failures", []))
+    opts = ScanOptions(job.opts.stages, job.opts.k, job.opts.batch_size, checkpoint_every, 0, job.opts.data)
+    job.scan, failures = figure_job_scan(
+        job.net, job.dataset, opts, job.out, job.model, job.info, device, saved, job.progress
+    )
     return failures
 
 
@@ -399,12 +371,12 @@ def write_channel(
     name, folder = channel_name(c), _stage_dir(job.out, s)
     stage = next(st for st in meta["stages"] if st["stage"] == s)
     sprite = channel_sprite({r: t.recon[r][mi] for r in t.rules}, t.patch[mi], tuple(stage["tile"]))
-    _write_png(folder / f"{name}.png", sprite)
+    save_png_atomic(sprite, folder / f"{name}.png")
     files: dict[str, Any] = {"sprite": f"{name}.png"}
     if optimized:
         files["optimized"] = {v: f"{name}_{v}.png" for v in optimized}
         for v, images in optimized.items():
-            _write_png(folder / files["optimized"][v], images[mi])
+            save_png_atomic(Image.fromarray(images[mi]), folder / files["optimized"][v])
     record = {
         "stage": s,
         "stage_name": t.name,

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from deconvnet.analysis.scan import LoadedTopK, border_ring_shares, check_exclude_border, save_topk
+from deconvnet.analysis.scan import LoadedTopK, border_ring_shares, check_exclude_border
 from deconvnet.analysis.top_projections import (
     MapActivity,
     StageTiles,
@@ -63,7 +63,7 @@ from deconvnet.analysis.top_projections import (
 )
 from deconvnet.core.architecture import STAGES
 from deconvnet.core.validation import check_device, check_int, check_stage_numbers
-from deconvnet.data.files import atomic_write
+from deconvnet.data.files import atomic_write, atomic_write_npz
 from deconvnet.data.models import display_name, weights_label
 from deconvnet.figures.fig2 import (
     SHEET_FILE,
@@ -84,16 +84,14 @@ from deconvnet.jobs.provenance import provenance as record_provenance
 from deconvnet.jobs.provenance import versions
 from deconvnet.jobs.request import model_arguments
 from deconvnet.jobs.scan import (
-    CHECKPOINT_FILE,
+    TOPK_FILE,
     ScanOptions,
     check_folder,
     dataset_image_size,
+    figure_job_scan,
     finished_job,
     job_fingerprint,
     saved_scan,
-    scan_dataset,
-    scan_fingerprint,
-    warn_failures,
 )
 
 __all__ = ["RunOptions", "assemble_sheet", "load_fig2", "render_fig2", "run_fig2", "save_tiles"]
@@ -102,7 +100,6 @@ log = logging.getLogger(__name__)
 
 TILES_NPZ = "tiles.npz"
 TILES_JSON = "tiles.json"
-TOPK_FILE = "topk.pt"
 NPZ_FORMAT = "deconvnet.fig2"  # the file format's name (unchanged since version 1), not a module path
 NPZ_VERSION = 2  # 2: reconstructions per rule (recon_<rule>_stage<s>), meta "rules"
 TILE_KEYS = ("patch", "channels", "image", "y", "x", "value", "recomputed")
@@ -213,12 +210,6 @@ def save_png_atomic(image: Image.Image, path: Path) -> Path:
     return atomic_write(path, lambda temp: image.save(temp, format="PNG"))
 
 
-def _write_npz(arrays: Mapping[str, np.ndarray], temp: Path) -> None:
-    """`np.savez_compressed` of `arrays` into the file `temp` (as named: no .npz appended)."""
-    with open(temp, "wb") as file:
-        np.savez_compressed(file, **arrays)
-
-
 def save_tiles(path: Path, tiles: Mapping[int, StageTiles], meta: Mapping[str, Any]) -> Path:
     """tiles.npz (format version 2): per stage `recon_<rule>_stage<s>` for each rule of
     meta["rules"], and patch/channels/image/y/x/value/recomputed `_stage<s>`, plus meta (JSON)."""
@@ -230,7 +221,7 @@ def save_tiles(path: Path, tiles: Mapping[int, StageTiles], meta: Mapping[str, A
             arrays[f"recon_{rule}_stage{s}"] = recon
         for key in TILE_KEYS:
             arrays[f"{key}_stage{s}"] = getattr(t, key)
-    return atomic_write(Path(path), lambda temp: _write_npz(arrays, temp))
+    return atomic_write_npz(path, arrays)
 
 
 def load_fig2(job_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
@@ -550,39 +541,21 @@ def _load_inputs(job: _Fig2Job) -> _Inputs:
 
 def _fig2_scan(job: _Fig2Job, inputs: _Inputs) -> tuple[dict[int, Any], list[dict[str, Any]]]:
     """The scan (saved, or run resumably here) and its decode failures; writes topk.pt."""
-    opts, dataset = job.opts, inputs.dataset
-    if inputs.saved is not None:
-        topk, failures = inputs.saved.result, list(inputs.saved.meta.get("decode_failures", []))
-    else:
-        scan_opts = ScanOptions(
-            opts.stages, opts.k, opts.batch_size, job.checkpoint_every, opts.exclude_border, opts.data
-        )
-        outcome = scan_dataset(
-            inputs.net,
-            dataset,
-            scan_opts,
-            0,
-            len(dataset),
-            int(opts.data.get("workers", 0)),
-            job.out / CHECKPOINT_FILE,
-            scan_fingerprint(job.model, inputs.info, opts.data, dataset.ids, scan_opts, job.device),
-            job.progress,
-        )
-        topk, failures = outcome.result, [f.as_dict() for f in outcome.failures]
-    save_topk(
-        topk,
-        job.out / TOPK_FILE,
-        meta={
-            "model": job.model,
-            "weights": dict(inputs.info),
-            "dataset_ids": list(dataset.ids),
-            "exclude_border": opts.exclude_border,
-            "decode_failures": failures,
-        },
+    opts = job.opts
+    scan_opts = ScanOptions(
+        opts.stages, opts.k, opts.batch_size, job.checkpoint_every, opts.exclude_border, opts.data
     )
-    (job.out / CHECKPOINT_FILE).unlink(missing_ok=True)  # this job's own checkpoint
-    warn_failures(failures)
-    return topk, failures
+    return figure_job_scan(
+        inputs.net,
+        inputs.dataset,
+        scan_opts,
+        job.out,
+        job.model,
+        inputs.info,
+        job.device,
+        inputs.saved,
+        job.progress,
+    )
 
 
 def _run_after_setup(

@@ -622,6 +622,47 @@ def saved_scan(
     return LoadedTopK({s: _first_k(loaded.result[s], k) for s in stages}, meta)
 
 
+def figure_job_scan(
+    net: nn.Module,
+    dataset: Any,
+    opts: ScanOptions,
+    out: Path,
+    model: str,
+    info: Mapping[str, Any],
+    device: str,
+    saved: LoadedTopK | None = None,
+    progress: bool = True,
+) -> tuple[dict[int, TopK], list[dict[str, Any]]]:
+    """The scan of a job that draws from one (fig2, atlas): `saved`, or run here over the whole
+    dataset, resumably from `out`/checkpoint.pt; written to `out`/topk.pt with the model, weights,
+    image ids, border and decode failures, the job's own checkpoint removed, the failures warned
+    about. Returns ({stage: TopK}, decode failures)."""
+    if saved is not None:
+        topk, failures = saved.result, list(saved.meta.get("decode_failures", []))
+    else:
+        outcome = scan_dataset(
+            net,
+            dataset,
+            opts,
+            0,
+            len(dataset),
+            int(opts.data.get("workers", 0)),
+            out / CHECKPOINT_FILE,
+            scan_fingerprint(model, info, opts.data, dataset.ids, opts, device),
+            progress,
+        )
+        topk, failures = outcome.result, [f.as_dict() for f in outcome.failures]
+    meta = {"model": model, "weights": dict(info), "dataset_ids": list(dataset.ids)}
+    save_topk(
+        topk,
+        out / TOPK_FILE,
+        meta={**meta, "exclude_border": opts.exclude_border, "decode_failures": failures},
+    )
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # this job's own checkpoint
+    warn_failures(failures)
+    return topk, failures
+
+
 def _first_k(topk: TopK, k: int) -> TopK:
     """The top k of a top-K (K >= k): its first k entries (the order is total: value, then image)."""
     keep = min(k, topk.k)

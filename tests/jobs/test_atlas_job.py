@@ -22,6 +22,7 @@ from PIL import Image
 from deconvnet.analysis.scan import scan_topk
 from deconvnet.data.models import MODELS, load_model
 from deconvnet.jobs import atlas
+from deconvnet.jobs import scan as scan_jobs
 from deconvnet.jobs.atlas import record_path, render_atlas, run_atlas
 from deconvnet.jobs.data_config import make_dataset
 from deconvnet.jobs.folder import RESULT_FILE, job_status
@@ -140,7 +141,7 @@ def test_a_killed_build_resumes_with_the_channels_it_had_not_finished(built, tmp
 
 
 def test_a_saved_scan_is_used_instead_of_scanning(built, tmp_path, monkeypatch):
-    monkeypatch.setattr(atlas, "scan_dataset", lambda *a, **k: pytest.fail("scanned again"))
+    monkeypatch.setattr(scan_jobs, "scan_dataset", lambda *a, **k: pytest.fail("scanned again"))
     result = run_atlas(tmp_path, **TINY, scan=built)
     assert result["scan_source"] == str(built.resolve())
     same = {n: b for n, b in files_of(built).items() if n.startswith("stage")}
